@@ -1,0 +1,2 @@
+"""Weight import from the formats people already have: timm state dicts and the official
+DeiT/DINO/MAE releases (`timm.py`), Hugging Face model directories (`hf.py`)."""

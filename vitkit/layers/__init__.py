@@ -1,0 +1,13 @@
+"""Pieces shared by three or more model families. Family-specific attention stays in its model file."""
+
+from .attention import Attention, eager_attention, fused_attention_enabled
+from .block import Block, LayerScale
+from .drop import DropPath, drop_path, drop_path_rates
+from .mlp import Mlp, make_activation
+from .patch_embed import PatchEmbed, to_2tuple
+from .pos_embed import resample_abs_pos_embed
+
+__all__ = [
+    "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
+    "eager_attention", "fused_attention_enabled", "make_activation", "resample_abs_pos_embed", "to_2tuple",
+]

@@ -1,0 +1,75 @@
+"""Image -> sequence of patch embeddings: a conv with kernel = stride = patch size (the paper's
+"linear projection of flattened patches", written as a conv so weights load as timm's `patch_embed.proj`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"expected an int or a pair (height, width), got {x!r}")
+        return int(x[0]), int(x[1])
+    return int(x), int(x)
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, N, D), or (B, H/p, W/p, D) when `flatten=False` (dynamic image size)."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        flatten: bool = True,
+        strict_img_size: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for s, p, what in zip(self.img_size, self.patch_size, ("height", "width")):
+            if s % p != 0:
+                raise ValueError(
+                    f"image {what} {s} is not divisible by the patch size {p}: choose an img_size that is a "
+                    f"multiple of {p} (for example {max(p, s // p * p)})"
+                )
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
+        self.flatten = flatten
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        B, C, H, W = x.shape
+        if C != self.in_chans:
+            raise ValueError(
+                f"the model expects {self.in_chans} input channel(s) but the images have {C}: create the model "
+                f"with in_chans={C} or convert the images (e.g. grayscale -> RGB by repeating the channel)"
+            )
+        if self.strict_img_size and (H, W) != self.img_size:
+            raise ValueError(
+                f"input size ({H}x{W}) does not match the model's img_size {self.img_size[0]}x{self.img_size[1]}: "
+                f"resize the images, create the model with img_size=({H}, {W}) (position embeddings are "
+                f"resampled when loading weights), or pass dynamic_img_size=True"
+            )
+        if H % self.patch_size[0] or W % self.patch_size[1]:
+            raise ValueError(
+                f"input size ({H}x{W}) is not divisible by the patch size {self.patch_size[0]}x{self.patch_size[1]}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        if self.flatten:
+            return x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return x.permute(0, 2, 3, 1)  # (B, H/p, W/p, D)

@@ -1,0 +1,58 @@
+"""What every vitkit model shares: a config dataclass, save/load, and a family registry.
+
+A *family* is one architecture file (vit.py, swin.py, ...): a config dataclass and a model class.
+`config.json` names the family, so `vitkit.from_pretrained(dir)` can rebuild any saved model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+FAMILIES: dict[str, type[VitkitModel]] = {}
+
+
+def register_family(cls: type[VitkitModel]) -> type[VitkitModel]:
+    """Class decorator: make a model class reachable by its `family` name (used by from_pretrained)."""
+    if cls.family in FAMILIES and FAMILIES[cls.family] is not cls:
+        raise ValueError(f"model family {cls.family!r} is registered twice")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from JSON values, naming any key the dataclass does not know."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {config_class.__name__} field(s) {unknown}; known fields: {sorted(known)} "
+            f"(was this config written by a newer vitkit?)"
+        )
+    return config_class(**values)
+
+
+class VitkitModel(nn.Module):
+    """Base class: holds `config`, `model_name` and `pretrained_cfg`; adds `save_pretrained`."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.model_name: str | None = None
+        # Preprocessing the weights expect (mean, std, crop_pct, interpolation); set by create_model.
+        self.pretrained_cfg: dict[str, Any] = {}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (atomically, file by file)."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)

@@ -1,0 +1,418 @@
+"""Vision Transformer (ViT), its ResNet hybrid, and DeiT with a distillation token.
+
+Papers
+    ViT:  Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition
+          at Scale", ICLR 2021 (arXiv:2010.11929).
+    DeiT: Touvron et al., "Training data-efficient image transformers & distillation through
+          attention", ICML 2021 (arXiv:2012.12877).
+Reference code
+    google-research/vision_transformer and big_vision (`models/vit.py`); timm
+    `vision_transformer.py`, `vision_transformer_hybrid.py` and `deit.py`, whose state-dict keys
+    this file keeps so timm checkpoints load with an identity map.
+Deviations
+    - The distilled model returns (class logits, distillation logits) in training mode and their
+      mean in eval mode (timm returns the mean in both unless `distilled_training` is set).
+    - The classifier head is zero-initialised by default, as the paper does for fine-tuning and
+      big_vision does always (`head_zeroinit`); timm uses a truncated normal.
+    - The pre-training head of the paper (`representation_size`: Linear + tanh, timm's old
+      `pre_logits.fc`) is kept; timm dropped it.
+
+Shapes: images (B, C, H, W) -> patches (B, N, D) with N = (H/p)(W/p) -> tokens (B, P + N, D) with
+P prefix tokens ([CLS], and the distillation token for DeiT) -> pooled (B, D) -> logits (B, K).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
+from ..registry import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, register_model
+from ._base import VitkitModel, register_family
+
+
+@dataclass
+class ViTConfig:
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = "token"  # 'token' ([CLS]) | 'avg' (mean of patch tokens) | '' (no pooling)
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    init_values: float | None = None  # LayerScale initial value; None disables it
+    class_token: bool = True
+    distilled: bool = False  # DeiT: add a distillation token and a second head
+    distilled_output: str = "mean"  # eval-mode output of a distilled model: 'mean' | 'cls' | 'dist'
+    fc_norm: bool | None = None  # LN after pooling instead of before; None = on for 'avg' (timm rule)
+    representation_size: int | None = None  # the paper's pre-training head: Linear(D, R) + tanh
+    norm_eps: float = 1e-6  # timm/DeiT/DINO use 1e-6; Hugging Face ViT checkpoints use 1e-12
+    act: str = "gelu"
+    drop_rate: float = 0.0  # dropout before the head
+    pos_drop_rate: float = 0.0  # dropout after adding position embeddings
+    proj_drop_rate: float = 0.0  # dropout in the MLP and after the attention projection
+    attn_drop_rate: float = 0.0  # dropout on the attention weights
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks
+    dynamic_img_size: bool = False  # accept any input size, resampling position embeddings per call
+    pos_embed_interp: str = "bicubic"  # mode used when resampling position embeddings
+    pos_embed_antialias: bool = True
+    hybrid_layers: tuple[int, ...] | None = None  # ResNetV2 stage depths of the R50+ViT hybrid stem
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
+        if isinstance(self.hybrid_layers, list):
+            self.hybrid_layers = tuple(self.hybrid_layers)
+        if self.global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs the class token: use global_pool='avg' with class_token=False")
+        if self.distilled and not self.class_token:
+            raise ValueError("a distilled (DeiT) model needs the class token")
+        if self.distilled_output not in ("mean", "cls", "dist"):
+            raise ValueError(f"distilled_output must be 'mean', 'cls' or 'dist', got {self.distilled_output!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+
+
+class HybridEmbed(nn.Module):
+    """The hybrid stem (ViT paper section 3.1): CNN feature map -> 1x1 conv -> tokens.
+
+    The "patches" are 1x1 cells of the ResNetV2 feature map, so the effective patch size is the
+    backbone's stride (16 for R50 with three stages)."""
+
+    def __init__(self, img_size: tuple[int, int], layers: tuple[int, ...], in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        from .resnetv2 import ResNetV2
+
+        self.backbone = ResNetV2(layers=layers, in_chans=in_chans)
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.reduction = self.backbone.reduction
+        self.patch_size = (self.reduction, self.reduction)
+        self.grid_size = self.feat_size(img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel_size=1, stride=1)
+        self.flatten = True
+
+    def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        # 'same' padding everywhere: each stride-2 step rounds up
+        return math.ceil(img_size[0] / self.reduction), math.ceil(img_size[1] / self.reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"the model expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}: "
+                f"create the model with in_chans={x.shape[1] if x.ndim == 4 else '?'} or convert the images"
+            )
+        x = self.proj(self.backbone(x))  # (B, D, H/16, W/16)
+        return x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)
+
+
+@register_family
+class VisionTransformer(VitkitModel):
+    family = "vit"
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__(config)
+        c = config
+        img_size = to_2tuple(c.img_size)
+        self.num_classes = c.num_classes
+        self.global_pool = c.global_pool
+        self.embed_dim = c.embed_dim
+        self.num_prefix_tokens = int(c.class_token) + int(c.distilled)
+        self.dynamic_img_size = c.dynamic_img_size
+        self.grad_checkpointing = False
+        use_fc_norm = c.global_pool == "avg" if c.fc_norm is None else c.fc_norm
+
+        if c.hybrid_layers:
+            self.patch_embed = HybridEmbed(img_size, c.hybrid_layers, c.in_chans, c.embed_dim)
+            self.patch_embed.flatten = not c.dynamic_img_size
+        else:
+            self.patch_embed = PatchEmbed(
+                img_size, c.patch_size, c.in_chans, c.embed_dim,
+                flatten=not c.dynamic_img_size, strict_img_size=not c.dynamic_img_size,
+            )
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.distilled else None
+        # One learnable 1-D position embedding per token, prefix tokens included (eq. 1).
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, c.embed_dim))
+        self.pos_drop = nn.Dropout(c.pos_drop_rate)
+
+        dpr = drop_path_rates(c.drop_path_rate, c.depth)
+        self.blocks = nn.Sequential(*[
+            Block(
+                c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, init_values=c.init_values,
+                proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate, drop_path=dpr[i],
+                norm_eps=c.norm_eps, act=c.act,
+            )
+            for i in range(c.depth)
+        ])
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if use_fc_norm else nn.Identity()
+
+        self.num_features = c.embed_dim
+        if c.representation_size:
+            self.pre_logits = nn.Sequential(OrderedDict(
+                fc=nn.Linear(c.embed_dim, c.representation_size), act=nn.Tanh(),
+            ))
+            self.num_features = c.representation_size
+        else:
+            self.pre_logits = nn.Identity()
+        self.head_drop = nn.Dropout(c.drop_rate)
+        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        if c.distilled:
+            self.head_dist = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ----------------------------------------------------------------- initialisation
+    def init_weights(self) -> None:
+        """timm's default scheme: trunc-normal(0.02) linears and position embeddings, tiny [CLS],
+        then zero-initialised classifier heads (ViT paper, section 3.1 / big_vision)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self._zero_init_heads()
+
+    def _zero_init_heads(self) -> None:
+        for head in (self.head, getattr(self, "head_dist", None)):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    # ----------------------------------------------------------------- backbone interface
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise LR decay, in timm's format (stem, then one per block)."""
+        return dict(
+            stem=r"^cls_token|^dist_token|^pos_embed|^patch_embed",
+            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head(s) with fresh zero-initialised ones for `num_classes` (0 = features)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs the class token")
+            self.global_pool = self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        device = self.pos_embed.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if self.dist_token is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self._zero_init_heads()
+
+    # ----------------------------------------------------------------- forward
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            B, H, W, D = x.shape  # patch embed kept the grid: resample the embeddings to it
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed, (H, W), old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=self.num_prefix_tokens,
+                interpolation=self.config.pos_embed_interp, antialias=self.config.pos_embed_antialias,
+            )
+            x = x.reshape(B, H * W, D)
+        else:
+            pos_embed = self.pos_embed
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)  # (B, P + N, D)
+        return self.pos_drop(x + pos_embed)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, P + N, D)."""
+        x = self._pos_embed(self.patch_embed(x))
+        for block in self.blocks:
+            x = self._run_block(block, x)
+        return self.norm(x)
+
+    def forward_features_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Like `forward_features`, also returning every block's attention weights (B, H, N, N).
+
+        Runs the eager attention path (the fused kernel never materialises the weights)."""
+        x = self._pos_embed(self.patch_embed(x))
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, return_attention=True)
+            attentions.append(weights)
+        return self.norm(x), attentions
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P + N, D) -> (B, D) by the configured rule."""
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.global_pool == "token":
+            return x[:, 0]
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, P + N, D) -> logits (B, K), or pooled features when `pre_logits`."""
+        if self.dist_token is not None:
+            return self._forward_head_distilled(x, pre_logits)
+        x = self.head_drop(self.pre_logits(self.fc_norm(self.pool(x))))
+        return x if pre_logits else self.head(x)
+
+    def _forward_head_distilled(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # DeiT: the class token feeds `head`, the distillation token (index 1) feeds `head_dist`.
+        x_cls = self.head_drop(self.pre_logits(self.fc_norm(self.pool(x))))
+        x_dist = self.head_drop(self.pre_logits(self.fc_norm(x[:, 1])))
+        if pre_logits:
+            return (x_cls + x_dist) / 2
+        logits, logits_dist = self.head(x_cls), self.head_dist(x_dist)
+        if self.training:
+            return logits, logits_dist  # both, for the distillation loss
+        mode = self.config.distilled_output
+        if mode == "cls":
+            return logits
+        if mode == "dist":
+            return logits_dist
+        return (logits + logits_dist) / 2  # the paper's default at inference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """The outputs of selected blocks, as in timm.
+
+        `indices`: an int n takes the last n blocks, a sequence takes those block indices (negative
+        ones count from the end), None takes all. Intermediates are (B, D, h, w) for
+        `output_fmt='NCHW'` or (B, N, D) for 'NLC'; with `return_prefix_tokens` each is a pair
+        (spatial, prefix (B, P, D)). Returns (final normalised tokens, intermediates) unless
+        `intermediates_only`.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        x = self._pos_embed(self.patch_embed(x))
+        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+
+        h, w = self.patch_embed.feat_size((height, width))
+        out = []
+        for y in intermediates:
+            prefix, spatial = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens:]
+            if output_fmt == "NCHW":
+                spatial = spatial.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            out.append((spatial, prefix) if return_prefix_tokens else spatial)
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+
+def feature_take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Normalise `forward_intermediates` indices to a sorted list of non-negative block indices."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"cannot take the last {indices} of {num_blocks} blocks")
+        return list(range(num_blocks - indices, num_blocks))
+    take = sorted({i + num_blocks if i < 0 else i for i in indices})
+    if not take or take[0] < 0 or take[-1] >= num_blocks:
+        raise ValueError(f"block indices {list(indices)} out of range for a model with {num_blocks} blocks")
+    return take
+
+
+# --------------------------------------------------------------------------------------------
+# Named configurations. Sizes as data (ViT paper table 1; Ti and S from DeiT).
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "micro": dict(embed_dim=64, depth=4, num_heads=4),  # CPU-trainable on 28x28 and 8x8 images
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+_PAPER_SIZES = ("tiny", "small", "base", "large", "huge")
+
+
+def _register_all() -> None:
+    vit_cfg = dict(mean=HALF_MEAN, std=HALF_STD, crop_pct=0.9)
+    for size in _PAPER_SIZES:
+        for patch in (8, 16, 32):
+            for res in (224, 384):
+                register_model(
+                    f"vit_{size}_patch{patch}_{res}", "vit",
+                    dict(VIT_SIZES[size], patch_size=patch, img_size=res),
+                    **dict(vit_cfg, crop_pct=1.0 if res == 384 else 0.9),
+                )
+        register_model(f"vit_{size}_patch14_224", "vit", dict(VIT_SIZES[size], patch_size=14, img_size=224), **vit_cfg)
+
+    # R50+ViT-B/16 hybrid: ResNetV2-50 with its 4th stage removed (stride 16), then 1x1 "patches".
+    for res in (224, 384):
+        register_model(
+            f"vit_base_r50_s16_{res}", "vit",
+            dict(VIT_SIZES["base"], img_size=res, patch_size=1, hybrid_layers=(3, 4, 9)),
+            **dict(vit_cfg, crop_pct=1.0 if res == 384 else 0.9),
+        )
+
+    # DeiT (ImageNet mean/std, crop 0.875); the distilled variants add the distillation token.
+    for size in ("tiny", "small", "base"):
+        register_model(f"deit_{size}_patch16_224", "vit", dict(VIT_SIZES[size], patch_size=16))
+        register_model(f"deit_{size}_distilled_patch16_224", "vit", dict(VIT_SIZES[size], patch_size=16, distilled=True))
+    register_model("deit_base_patch16_384", "vit", dict(VIT_SIZES["base"], img_size=384), crop_pct=1.0)
+    register_model("deit_base_distilled_patch16_384", "vit", dict(VIT_SIZES["base"], img_size=384, distilled=True), crop_pct=1.0)
+
+    # Small models for CPU training on real data: 28x28 grayscale (MNIST, Fashion-MNIST), 32x32
+    # RGB (CIFAR) and the 8x8 scikit-learn digits.
+    small = dict(VIT_SIZES["micro"], mlp_ratio=2.0, num_classes=10)
+    mnist = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    register_model("vit_micro_patch4_28", "vit", dict(small, img_size=28, patch_size=4, in_chans=1), **mnist)
+    register_model("vit_micro_patch7_28", "vit", dict(small, img_size=28, patch_size=7, in_chans=1), **mnist)
+    register_model("vit_micro_patch2_8", "vit", dict(small, img_size=8, patch_size=2, in_chans=1),
+                   mean=(0.5,), std=(0.5,), crop_pct=1.0)
+    register_model("vit_micro_patch4_32", "vit", dict(small, img_size=32, patch_size=4),
+                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
+    register_model("deit_micro_distilled_patch4_28", "vit",
+                   dict(small, img_size=28, patch_size=4, in_chans=1, distilled=True), **mnist)
+
+
+_register_all()
