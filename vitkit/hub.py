@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,12 +94,19 @@ def _read_torch_file(path: Path) -> Any:
         with _safe_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "load key" in ln), lines[0] if lines else "")
+        if "GLOBAL" not in str(e):  # not a refused object: random bytes or a damaged pickle stream
+            raise CheckpointError(
+                f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a "
+                f"checkpoint (UnpicklingError: {detail})"
+            ) from None
         raise CheckpointError(
             f"refusing to load {path}: it is a pickle that contains objects other than tensors and plain "
             f"containers, and unpickling it could run code. vitkit loads weights only. If you trust the file, "
-            f"re-save its state dict with safetensors (safetensors.torch.save_file). Details: {str(e).splitlines()[0]}"
+            f"re-save its state dict with safetensors (safetensors.torch.save_file). Details: {detail}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- a damaged pickle stream raises IndexError, KeyError, EOFError, ...
         raise CheckpointError(
             f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a "
             f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -214,6 +220,21 @@ def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory} has a config.json but no model.safetensors or pytorch_model.bin")
 
 
+def _hf_weight_keys(directory: Path) -> list[str]:
+    """The key names of a Hugging Face directory's weights (for safetensors, from the header alone)."""
+    path = directory / "model.safetensors"
+    if path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"could not read {path} as safetensors: the file is truncated, corrupt, or "
+                                  f"not a safetensors file ({type(e).__name__}: {e})") from None
+    return list(_hf_weights(directory))
+
+
 def read_checkpoint(path: str | Path, model=None) -> dict[str, torch.Tensor]:
     """A vitkit-keyed state dict from any supported path (see the module docstring)."""
     path = Path(path)
@@ -225,12 +246,12 @@ def read_checkpoint(path: str | Path, model=None) -> dict[str, torch.Tensor]:
             return read_state_dict_file(path / WEIGHTS_NAME)
         from .convert.hf import convert_hf_state_dict
 
-        return convert_hf_state_dict(_hf_weights(path), _read_json(path / CONFIG_NAME))
+        return convert_hf_state_dict(_hf_weights(path), _read_json(path / CONFIG_NAME), source=str(path))
     state = read_state_dict_file(path)
     from .convert.hf import convert_hf_state_dict, looks_like_hf
 
     if looks_like_hf(state):
-        return convert_hf_state_dict(state, None)
+        return convert_hf_state_dict(state, None, source=str(path))
     return state
 
 
@@ -315,7 +336,9 @@ def from_pretrained(directory: str | Path, **overrides: Any):
     else:
         from .convert.hf import config_from_hf
 
-        family, values, pretrained_cfg = config_from_hf(_read_json(directory / CONFIG_NAME), source=str(directory))
+        family, values, pretrained_cfg = config_from_hf(
+            _read_json(directory / CONFIG_NAME), source=str(directory), state_keys=_hf_weight_keys(directory)
+        )
         model_name = None
     if family not in FAMILIES:
         raise CheckpointError(f"{directory} is a {family!r} model, which this vitkit does not know "

@@ -57,7 +57,10 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
             state["patch_embed.proj.weight"] = w.reshape(target)
 
     pos = state.get("pos_embed")
-    if pos is not None and pos.ndim == 3 and "pos_embed" in expected and pos.shape != expected["pos_embed"].shape:
+    same_prefix = ("cls_token" in state) == (model.cls_token is not None) and \
+        ("dist_token" in state) == (model.dist_token is not None)  # else the strict loader reports the tokens
+    if (pos is not None and pos.ndim == 3 and "pos_embed" in expected and same_prefix
+            and pos.shape != expected["pos_embed"].shape):
         prefix = model.num_prefix_tokens
         old = _grid_of(pos.shape[1] - prefix, model)
         new = model.patch_embed.grid_size
@@ -74,26 +77,27 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
 
 
 def _fit_heads(model, state, expected, source) -> None:
-    ckpt_head = {k: v for k, v in state.items() if k.startswith(_HEAD_PREFIXES)}
-    model_head = {k: v for k, v in expected.items() if k.startswith(_HEAD_PREFIXES)}
-    if ckpt_head and model_head:
-        same = all(k in ckpt_head and ckpt_head[k].shape == v.shape for k, v in model_head.items())
-        if same:
-            return
-        if all(ckpt_head[k].shape[1:] == v.shape[1:] for k, v in model_head.items() if k in ckpt_head and k.endswith("weight")):
-            n_ckpt = next(v.shape[0] for k, v in ckpt_head.items() if k.endswith("weight"))
-            logger.warning("%s: the checkpoint's head has %d classes and the model's %d: the head is "
-                           "re-initialised (zeros) and must be trained", source, n_ckpt, model.num_classes)
-            for k in ckpt_head:
-                del state[k]
-            state.update({k: v.clone() for k, v in model_head.items()})
-    elif model_head and not ckpt_head:
-        logger.warning("%s: the checkpoint has no classifier head (a feature/pre-training checkpoint): the "
-                       "model's %d-class head is freshly initialised (zeros) and must be trained",
-                       source, model.num_classes)
-        state.update({k: v.clone() for k, v in model_head.items()})
-    elif ckpt_head and not model_head:
-        logger.warning("%s: the model has no classifier head (num_classes=0): ignoring the checkpoint's head",
-                       source)
+    """Per head (`head`, `head_dist`): keep the checkpoint's if it fits, else keep the model's fresh one."""
+    for prefix in _HEAD_PREFIXES:
+        model_head = {k: v for k, v in expected.items() if k.startswith(prefix)}
+        ckpt_head = {k: v for k, v in state.items() if k.startswith(prefix)}
+        if not model_head:
+            if ckpt_head and model.num_classes == 0:
+                logger.warning("%s: the model has no classifier (num_classes=0): ignoring the checkpoint's %s",
+                               source, prefix.rstrip("."))
+                for k in ckpt_head:
+                    del state[k]
+            continue  # a head_dist the model lacks is left for the strict loader to report
+        if ckpt_head.keys() == model_head.keys() and all(ckpt_head[k].shape == v.shape for k, v in model_head.items()):
+            continue
+        if ckpt_head:
+            n_ckpt = next((v.shape[0] for k, v in ckpt_head.items() if k.endswith("weight")), "?")
+            logger.warning("%s: the checkpoint's %s has %s classes and the model's %d: it is re-initialised "
+                           "(zeros) and must be trained", source, prefix.rstrip("."), n_ckpt, model.num_classes)
+        else:
+            logger.warning("%s: the checkpoint has no %s (a feature/pre-training checkpoint): the model's "
+                           "%d-class %s is freshly initialised (zeros) and must be trained",
+                           source, prefix.rstrip("."), model.num_classes, prefix.rstrip("."))
         for k in ckpt_head:
             del state[k]
+        state.update({k: v.clone() for k, v in model_head.items()})

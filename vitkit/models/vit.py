@@ -104,6 +104,7 @@ class HybridEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel_size=1, stride=1)
         self.flatten = True
+        self.strict_img_size = True  # off with dynamic_img_size: the position embeddings fit one grid
 
     def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         # 'same' padding everywhere: each stride-2 step rounds up
@@ -114,6 +115,13 @@ class HybridEmbed(nn.Module):
             raise ValueError(
                 f"the model expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}: "
                 f"create the model with in_chans={x.shape[1] if x.ndim == 4 else '?'} or convert the images"
+            )
+        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
+            H, W = x.shape[-2:]
+            raise ValueError(
+                f"input size ({H}x{W}) does not match the model's img_size {self.img_size[0]}x{self.img_size[1]}: "
+                f"resize the images, create the model with img_size=({H}, {W}) (position embeddings are "
+                f"resampled when loading weights), or pass dynamic_img_size=True"
             )
         x = self.proj(self.backbone(x))  # (B, D, H/16, W/16)
         return x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)
@@ -138,7 +146,7 @@ class VisionTransformer(VitkitModel):
 
         if c.hybrid_layers:
             self.patch_embed = HybridEmbed(img_size, c.hybrid_layers, c.in_chans, c.embed_dim)
-            self.patch_embed.flatten = not c.dynamic_img_size
+            self.patch_embed.flatten = self.patch_embed.strict_img_size = not c.dynamic_img_size
         else:
             self.patch_embed = PatchEmbed(
                 img_size, c.patch_size, c.in_chans, c.embed_dim,
@@ -201,7 +209,8 @@ class VisionTransformer(VitkitModel):
 
     # ----------------------------------------------------------------- backbone interface
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token"}
+        # only the names this model has (timm lists all of them, existing or not)
+        return {n for n in ("pos_embed", "cls_token", "dist_token") if getattr(self, n, None) is not None}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for layer-wise LR decay, in timm's format (stem, then one per block)."""

@@ -1,0 +1,366 @@
+"""vitkit vs timm throughput on CPU: same architecture, same weights, same inputs, same process.
+
+For each model the script builds timm's model and vitkit's, copies timm's weights into vitkit's
+(the state-dict keys are identical, so strict loading must succeed), checks that both give the
+same outputs, and then times them *interleaved*: every round runs timm and vitkit back to back,
+alternating which goes first, so slow drift on a shared or throttling machine hits both equally.
+Reported per (model, mode, batch): the median over rounds of images/s for each library, their
+ratio vitkit/timm, and the median and range of the per-round (paired) ratios, which is the
+number to read when the machine is noisy.
+
+Modes
+    infer  eval(), torch.inference_mode(), one forward pass per image batch.
+    train  train(), forward + cross-entropy + backward + AdamW step (zero_grad included). For
+           distilled DeiT both libraries return (class logits, distillation logits) --
+           timm via `set_distilled_training(True)` -- and the loss is CE(a, y) + CE(b, y).
+
+GFLOP/s is FLOPs per image (counted once per model with torch.utils.flop_counter on vitkit's
+eager-attention path: the counter does not see the fused CPU attention kernel; both libraries
+run the same architecture, so the count holds for both) times images/s. The share of peak is
+against a 2048x2048 fp32 matmul measured at the same thread count in the same run.
+
+Usage
+    OMP_NUM_THREADS=2 python benchmarks/bench_vs_timm.py --threads 2 --markdown /tmp/bench.md
+    python benchmarks/bench_vs_timm.py --quick          # smoke run, well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitkit
+from vitkit.compat import make_torchvision_importable
+from vitkit.layers.attention import eager_attention
+
+make_torchvision_importable()  # must precede `import timm` on a CPU-only torch
+import timm  # noqa: E402
+
+DEFAULT_MODELS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_distilled_patch16_224"]
+TOLERANCE = 1e-4
+
+
+# --------------------------------------------------------------------------- machine facts
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- timing helpers
+def timed(fn: Callable[[], object], iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - t0
+
+
+def calibrate(fn: Callable[[], object], warmup: int, min_time: float) -> int:
+    """Run `warmup` calls, then return how many calls make one timed sample last >= min_time."""
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    once = timed(fn, 1)
+    return max(1, math.ceil(min_time / max(once, 1e-6)))
+
+
+def matmul_peak_gflops(threads: int, repeats: int, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+# --------------------------------------------------------------------------- per-model work
+@dataclass
+class Row:
+    model: str
+    mode: str
+    batch: int
+    timm_ips: float
+    vitkit_ips: float
+    paired: list[float] = field(default_factory=list)  # per-round vitkit/timm
+    gflop_per_img: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.vitkit_ips / self.timm_ips
+
+
+def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    tm = timm.create_model(name, pretrained=False)
+    vm = vitkit.create_model(name)
+    nonzero_heads(tm)
+    try:
+        vm.load_state_dict(tm.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise SystemExit(f"{name}: timm's state dict does not load strictly into vitkit's model:\n{e}") from e
+    if getattr(vm, "dist_token", None) is not None:
+        tm.set_distilled_training(True)  # both return (cls, dist) logits in train mode
+    return tm, vm
+
+
+def check_same_outputs(name: str, tm: torch.nn.Module, vm: torch.nn.Module) -> float:
+    """Max |timm - vitkit| over eval outputs (and train outputs, which are deterministic here)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *vm.patch_embed.img_size)
+    worst = 0.0
+    with torch.inference_mode():
+        for mode in ("eval", "train"):
+            tm.train(mode == "train")
+            vm.train(mode == "train")
+            a, b = tm(x), vm(x)
+            a = a if isinstance(a, tuple) else (a,)
+            b = b if isinstance(b, tuple) else (b,)
+            if len(a) != len(b):
+                raise SystemExit(f"{name} ({mode}): timm returns {len(a)} outputs, vitkit {len(b)}")
+            for ta, tb in zip(a, b):
+                if ta.abs().max() == 0:
+                    raise SystemExit(f"{name} ({mode}): outputs are all zero, the equality check would be vacuous")
+                worst = max(worst, (ta - tb).abs().max().item())
+    tm.eval()
+    vm.eval()
+    if worst > TOLERANCE:
+        raise SystemExit(f"{name}: timm and vitkit outputs differ by {worst:.3g} > {TOLERANCE} with the same weights")
+    return worst
+
+
+def nonzero_heads(model: torch.nn.Module) -> None:
+    """Random (nonzero) classifier heads, so the output-equality check cannot pass vacuously."""
+    for head in (getattr(model, "head", None), getattr(model, "head_dist", None)):
+        if isinstance(head, torch.nn.Linear):
+            torch.nn.init.trunc_normal_(head.weight, std=0.02)
+
+
+def count_flops(vm: torch.nn.Module, img_size: tuple[int, int], train: bool) -> float:
+    """FLOPs per image: forward (eval) or forward + backward (train), eager attention so it is seen."""
+    batch = 2
+    x = torch.randn(batch, 3, *img_size)
+    was_training = vm.training
+    vm.train(train)
+    with eager_attention(), FlopCounterMode(display=False) as fc:
+        if train:
+            out = vm(x)
+            out = out if isinstance(out, tuple) else (out,)
+            sum(o.sum() for o in out).backward()
+        else:
+            with torch.inference_mode():
+                vm(x)
+    vm.zero_grad(set_to_none=True)
+    vm.train(was_training)
+    return fc.get_total_flops() / batch
+
+
+def interleaved(fns: dict[str, Callable[[], object]], iters: dict[str, int], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call for each fn, one sample per round, alternating which fn goes first."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            out[n].append(timed(fns[n], iters[n]) / iters[n])
+    return out
+
+
+def bench_inference(name, tm, vm, batch, args) -> Row:
+    x = torch.randn(batch, 3, *vm.patch_embed.img_size)
+    tm.eval()
+    vm.eval()
+    with torch.inference_mode():
+        fns = {"timm": lambda: tm(x), "vitkit": lambda: vm(x)}
+        iters = {k: calibrate(f, args.warmup, args.min_time) for k, f in fns.items()}
+        it = max(iters.values())  # same iteration count for both: identical work per sample
+        secs = interleaved(fns, {"timm": it, "vitkit": it}, args.repeats)
+    return make_row(name, "infer", batch, secs)
+
+
+def bench_train(name, tm, vm, batch, args) -> Row:
+    x = torch.randn(batch, 3, *vm.patch_embed.img_size)
+    y = torch.randint(0, vm.num_classes, (batch,))
+    fns = {}
+    for key, model in (("timm", tm), ("vitkit", vm)):
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            out = out if isinstance(out, tuple) else (out,)
+            loss = sum(F.cross_entropy(o, y) for o in out)
+            loss.backward()
+            opt.step()
+
+        fns[key] = step
+    iters = {k: calibrate(f, args.train_warmup, args.min_time) for k, f in fns.items()}
+    it = max(iters.values())
+    secs = interleaved(fns, {"timm": it, "vitkit": it}, args.train_repeats)
+    tm.eval()
+    vm.eval()
+    return make_row(name, "train", batch, secs)
+
+
+def make_row(name: str, mode: str, batch: int, secs: dict[str, list[float]]) -> Row:
+    t_ips = [batch / s for s in secs["timm"]]
+    v_ips = [batch / s for s in secs["vitkit"]]
+    paired = [v / t for v, t in zip(v_ips, t_ips)]
+    return Row(name, mode, batch, statistics.median(t_ips), statistics.median(v_ips), paired)
+
+
+# --------------------------------------------------------------------------- output
+HEADERS = ["model", "mode", "batch", "timm img/s", "vitkit img/s", "ratio", "paired ratio [min-max]",
+           "vitkit GFLOP/s", "% peak", "threads"]
+
+
+def cells(row: Row, threads: int, peak: float) -> list[str]:
+    gflops = row.gflop_per_img * row.vitkit_ips
+    return [
+        row.model, row.mode, str(row.batch), f"{row.timm_ips:.1f}", f"{row.vitkit_ips:.1f}", f"{row.ratio:.3f}",
+        f"{statistics.median(row.paired):.3f} [{min(row.paired):.3f}-{max(row.paired):.3f}]",
+        f"{gflops:.0f}" if row.gflop_per_img else "-",
+        f"{100 * gflops / peak:.0f}%" if row.gflop_per_img and peak else "-",
+        str(threads),
+    ]
+
+
+def header_lines(args, peak: float, started: str) -> list[str]:
+    return [
+        f"date: {started}",
+        f"CPU: {cpu_model()} ({cpu_count()} usable cores); load average at start: {load_average()}",
+        f"torch {torch.__version__}, timm {timm.__version__}, vitkit {vitkit.__version__}, "
+        f"python {platform.python_version()}; threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
+        f"fp32 matmul 2048x2048 peak at {args.threads} threads: {peak:.0f} GFLOP/s",
+        f"rounds: inference {args.repeats}, train {args.train_repeats}; >= {args.min_time}s per sample"
+        + (" (--quick)" if args.quick else ""),
+        "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
+    ]
+
+
+def print_table(rows: list[Row], threads: int, peak: float, lines: list[str]) -> None:
+    table = [HEADERS] + [cells(r, threads, peak) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
+    print()
+    for line in lines:
+        print(line)
+    print()
+    for i, r in enumerate(table):
+        print("  ".join(c.rjust(w) if j >= 2 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_markdown(path: str, rows: list[Row], threads: int, peak: float, lines: list[str]) -> None:
+    out = ["", "<!-- bench_vs_timm.py -->", ""]
+    out += [f"- {line}" for line in lines]
+    out += ["", "| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADERS) - 2)) + "|"]
+    out += ["| " + " | ".join(cells(r, threads, peak)) + " |" for r in rows]
+    with open(path, "a") as f:  # append: several runs can share one file
+        f.write("\n".join(out) + "\n")
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (also set OMP_NUM_THREADS)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per inference setting (default 10)")
+    p.add_argument("--train-repeats", type=int, default=None, help="interleaved rounds per train setting (default 6)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model and inference setting (default 3)")
+    p.add_argument("--train-warmup", type=int, default=None, help="warm-up steps per model for training (default 2)")
+    p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.5)")
+    p.add_argument("--quick", action="store_true", help="tiny counts for a smoke run (numbers are not meaningful)")
+    p.add_argument("--markdown", metavar="PATH", help="append the results as a Markdown table to PATH")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
+    args = p.parse_args(argv)
+    quick = args.quick
+    for key, full, small in (("repeats", 10, 2), ("train_repeats", 6, 1), ("warmup", 3, 1),
+                             ("train_warmup", 2, 1), ("min_time", 0.5, 0.0)):
+        if getattr(args, key) is None:
+            setattr(args, key, small if quick else full)
+    if quick and args.train_batch == 32:
+        args.train_batch = 4
+    return args
+
+
+def main(argv=None) -> list[Row]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if os.environ.get("OMP_NUM_THREADS") not in (None, str(args.threads)):
+        print(f"warning: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} but --threads {args.threads}", file=sys.stderr)
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    t_start = time.perf_counter()
+    peak = matmul_peak_gflops(args.threads, repeats=3 if args.quick else 10)
+    print(f"fp32 2048x2048 matmul: {peak:.0f} GFLOP/s at {args.threads} threads; timm fused attention: "
+          f"{timm.layers.use_fused_attn()}", flush=True)
+
+    rows: list[Row] = []
+    for name in args.models:
+        tm, vm = build_pair(name)
+        diff = check_same_outputs(name, tm, vm)
+        img = vm.patch_embed.img_size
+        fwd = count_flops(vm, img, train=False) / 1e9
+        print(f"{name}: weights copied timm -> vitkit (strict), max |diff| eval+train {diff:.2e}; "
+              f"{fwd:.2f} GFLOP/image forward", flush=True)
+        for b in args.batch_sizes:
+            row = bench_inference(name, tm, vm, b, args)
+            row.gflop_per_img = fwd
+            rows.append(row)
+            print(f"  infer b{b}: timm {row.timm_ips:.1f} img/s, vitkit {row.vitkit_ips:.1f} img/s, "
+                  f"ratio {row.ratio:.3f}", flush=True)
+        if not args.no_train:
+            row = bench_train(name, tm, vm, args.train_batch, args)
+            row.gflop_per_img = count_flops(vm, img, train=True) / 1e9
+            rows.append(row)
+            print(f"  train b{args.train_batch}: timm {row.timm_ips:.1f} img/s, vitkit {row.vitkit_ips:.1f} img/s, "
+                  f"ratio {row.ratio:.3f}", flush=True)
+        del tm, vm
+
+    lines = header_lines(args, peak, started)
+    lines.append(f"wall time: {time.perf_counter() - t_start:.0f}s")
+    print_table(rows, args.threads, peak, lines)
+    if args.markdown:
+        write_markdown(args.markdown, rows, args.threads, peak, lines)
+        print(f"\nMarkdown appended to {args.markdown}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

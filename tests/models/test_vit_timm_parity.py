@@ -1,0 +1,157 @@
+"""Outputs identical to timm after weight import (eval mode, fp32, max |diff| <= 1e-4).
+
+Reference models are timm's, randomly initialised from configs (no downloads), with every
+parameter -- LayerNorm and LayerScale included -- re-drawn at random so a swapped or skipped
+weight cannot hide behind an identity initialisation. Weights travel through a real file
+(safetensors or .pth) and `create_model(pretrained=...)`, the path users take.
+"""
+
+import pytest
+import torch
+
+import vitkit
+
+timm = pytest.importorskip("timm")
+from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
+
+ATOL = RTOL = 1e-4
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.shape == model.embed_dim else 0))
+    return model.eval()
+
+
+def save(state: dict, path, fmt: str):
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def vitkit_from_timm(timm_model, tmp_path, fmt="safetensors", name="vit_tiny_patch16_224", **cfg):
+    path = save(timm_model.state_dict(), tmp_path / f"w.{fmt}", fmt)
+    return vitkit.create_model(name, pretrained=path, **cfg).eval()
+
+
+# (timm kwargs, vitkit overrides) for the same architecture
+TINY = dict(embed_dim=64, depth=2, num_heads=4, num_classes=10)
+CASES = {
+    "p8_32": dict(img_size=32, patch_size=8),
+    "p4_32": dict(img_size=32, patch_size=4),
+    "p16_64": dict(img_size=64, patch_size=16),
+    "nonsquare": dict(img_size=(32, 48), patch_size=8),
+    "gray": dict(img_size=32, patch_size=8, in_chans=1),
+    "avgpool": dict(img_size=32, patch_size=8, global_pool="avg"),
+    "no_cls_avg": dict(img_size=32, patch_size=8, class_token=False, global_pool="avg"),
+    "layerscale": dict(img_size=32, patch_size=8, init_values=1e-2),
+    "no_qkv_bias": dict(img_size=32, patch_size=8, qkv_bias=False),
+    "mlp_ratio2": dict(img_size=32, patch_size=8, mlp_ratio=2.0),
+    "features_only": dict(img_size=32, patch_size=8, num_classes=0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_vit_parity(case, fmt, tmp_path):
+    kw = dict(TINY, **CASES[case])
+    ref = randomise(TimmViT(**kw))
+    ours = vitkit_from_timm(ref, tmp_path, fmt, **kw)
+    x = torch.randn(2, kw.get("in_chans", 3), *vitkit.layers.to_2tuple(kw["img_size"]))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=ATOL, rtol=RTOL)
+
+
+def test_forward_intermediates_parity(tmp_path):
+    kw = dict(TINY, depth=3, img_size=32, patch_size=8)
+    ref = randomise(TimmViT(**kw))
+    ours = vitkit_from_timm(ref, tmp_path, **kw)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for kwargs in (dict(indices=2), dict(indices=[0, -1], norm=True), dict(indices=None, output_fmt="NLC")):
+            final_ref, inter_ref = ref.forward_intermediates(x, **kwargs)
+            final, inter = ours.forward_intermediates(x, **kwargs)
+            torch.testing.assert_close(final, final_ref, atol=ATOL, rtol=RTOL)
+            assert len(inter) == len(inter_ref)
+            for a, b in zip(inter, inter_ref):
+                torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch32_224", "deit_tiny_distilled_patch16_224"])
+def test_named_model_parity(name, tmp_path):
+    """Full-size named models: timm's and vitkit's of the same name take the same weights."""
+    ref = randomise(timm.create_model(name, pretrained=False))
+    ours = vitkit_from_timm(ref, tmp_path, name=name)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+
+
+def test_deit_distilled_parity(tmp_path):
+    from timm.models.deit import VisionTransformerDistilled
+
+    kw = dict(TINY, img_size=32, patch_size=8)
+    ref = randomise(VisionTransformerDistilled(**kw))
+    ours = vitkit_from_timm(ref, tmp_path, name="deit_tiny_distilled_patch16_224", **kw)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)  # eval: mean of both heads
+    # training mode returns both heads, as timm does with distilled_training
+    ref.set_distilled_training(True)
+    ref.train(), ours.train()
+    with torch.no_grad():
+        for a, b in zip(ours(x), ref(x)):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+def _timm_hybrid(img_size, layers=(1, 1, 1), **kw):
+    from timm.models.vision_transformer_hybrid import HybridEmbed, _resnetv2
+
+    backbone = _resnetv2(layers=layers, in_chans=3)
+    return TimmViT(img_size=img_size, patch_size=1, embed_layer=lambda **a: HybridEmbed(backbone=backbone, **a),
+                   **dict(TINY, **kw))
+
+
+@pytest.mark.parametrize("img_size", [64, 96])
+def test_hybrid_parity(img_size, tmp_path):
+    ref = randomise(_timm_hybrid(img_size))
+    ours = vitkit_from_timm(ref, tmp_path, name="vit_base_r50_s16_224", img_size=img_size,
+                            hybrid_layers=(1, 1, 1), **TINY)
+    x = torch.randn(2, 3, img_size, img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+
+
+def test_load_at_another_resolution_matches_timm(tmp_path):
+    """A 32px checkpoint loaded into a 48px model: vitkit resamples the position embeddings as
+    timm's checkpoint filter does (bicubic, antialias), so the two 48px models agree."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    kw = dict(TINY, patch_size=8)
+    src = randomise(TimmViT(img_size=32, **kw))
+    state = src.state_dict()
+    ref = TimmViT(img_size=48, **kw).eval()
+    ref.load_state_dict(checkpoint_filter_fn(dict(state), ref))
+    path = save(state, tmp_path / "w.safetensors", "safetensors")
+    ours = vitkit.create_model("vit_tiny_patch16_224", pretrained=path, img_size=48, **kw).eval()
+    assert ours.pos_embed.shape == (1, 1 + 36, 64)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+
+
+def test_dynamic_img_size_matches_timm(tmp_path):
+    kw = dict(TINY, img_size=32, patch_size=8, dynamic_img_size=True)
+    ref = randomise(TimmViT(**kw))
+    ours = vitkit_from_timm(ref, tmp_path, **kw)
+    with torch.no_grad():
+        for hw in [(32, 32), (48, 64), (16, 40)]:
+            x = torch.randn(2, 3, *hw)
+            torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)

@@ -1,0 +1,107 @@
+"""The registry API: `list_models` filtering, `create_model` overrides and their errors, and the
+preprocessing config (`pretrained_cfg`) every model carries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitkit
+from vitkit import create_model, list_models
+from vitkit.registry import get_model_spec
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+def test_list_models_sorted_and_unique():
+    names = list_models()
+    assert names == sorted(names) and len(names) == len(set(names))
+    assert len(names) >= 50
+    for expected in ("vit_base_patch16_224", "vit_base_r50_s16_384", "deit_tiny_distilled_patch16_224",
+                     "vit_micro_patch4_28"):
+        assert expected in names
+
+
+@pytest.mark.parametrize(
+    "pattern, must, must_not",
+    [
+        ("vit_*_224", ["vit_base_patch16_224", "vit_base_r50_s16_224"], ["vit_base_patch16_384", "deit_tiny_patch16_224"]),
+        ("deit_*distilled*", ["deit_tiny_distilled_patch16_224", "deit_base_distilled_patch16_384"], ["deit_tiny_patch16_224"]),
+        ("*patch8*", ["vit_small_patch8_224"], ["vit_small_patch16_224"]),
+        ("vit_base_patch16_224", ["vit_base_patch16_224"], ["vit_base_patch16_384"]),
+    ],
+)
+def test_list_models_pattern(pattern, must, must_not):
+    import fnmatch
+
+    names = list_models(pattern)
+    assert names == sorted(names)
+    assert all(fnmatch.fnmatch(n, pattern) for n in names)
+    assert set(must) <= set(names) and not set(must_not) & set(names)
+    assert names == [n for n in list_models() if fnmatch.fnmatch(n, pattern)]
+
+
+def test_list_models_no_match():
+    assert list_models("swin_*") == []
+
+
+def test_create_model_overrides():
+    model = create_model("vit_tiny_patch16_224", num_classes=7, img_size=48, in_chans=1,
+                         drop_path_rate=0.2, **TINY)
+    c = model.config
+    assert (c.num_classes, c.img_size, c.in_chans, c.drop_path_rate) == (7, 48, 1, 0.2)
+    assert (c.embed_dim, c.depth, c.num_heads, c.patch_size) == (32, 2, 2, 16)
+    assert model.patch_embed.proj.weight.shape == (32, 1, 16, 16)
+    assert model.patch_embed.grid_size == (3, 3)
+    assert model.head.out_features == 7
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 1, 48, 48)).shape == (1, 7)
+    # the registered config itself is untouched
+    assert get_model_spec("vit_tiny_patch16_224").config["embed_dim"] == 192
+
+
+def test_create_model_keeps_registered_structure():
+    model = create_model("deit_tiny_distilled_patch16_224", **TINY)
+    assert model.config.distilled and model.num_prefix_tokens == 2
+    assert model.config.img_size == 224 and model.config.num_classes == 1000
+    micro = create_model("vit_micro_patch4_28")
+    assert (micro.config.in_chans, micro.config.img_size, micro.config.num_classes) == (1, 28, 10)
+
+
+def test_unknown_override_names_known_fields():
+    with pytest.raises(ValueError, match=r"(?s)unknown ViTConfig field\(s\) \['drop_path'\].*known fields.*drop_path_rate"):
+        create_model("vit_tiny_patch16_224", drop_path=0.1, **TINY)
+
+
+def test_invalid_override_values_are_clear():
+    with pytest.raises(ValueError, match="global_pool"):
+        create_model("vit_tiny_patch16_224", global_pool="max", **TINY)
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        create_model("vit_tiny_patch16_224", embed_dim=30, depth=1, num_heads=4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_pretrained_cfg(name):
+    spec = get_model_spec(name)
+    cfg = spec.pretrained_cfg
+    in_chans = spec.config.get("in_chans", 3)
+    assert len(cfg["mean"]) == len(cfg["std"]) == in_chans
+    assert all(s > 0 for s in cfg["std"])
+    assert 0 < cfg["crop_pct"] <= 1 and cfg["interpolation"] in ("bicubic", "bilinear")
+
+
+def test_model_carries_pretrained_cfg():
+    model = create_model("vit_tiny_patch16_224", **TINY)
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
+    deit = create_model("deit_tiny_patch16_224", **TINY)
+    assert deit.pretrained_cfg["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert deit.pretrained_cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
+    # a copy: changing one model's cfg does not change the registry or other models
+    model.pretrained_cfg["mean"] = (0.0,)
+    assert create_model("vit_tiny_patch16_224", **TINY).pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_public_api():
+    assert set(vitkit.__all__) >= {"create_model", "list_models", "from_pretrained", "CheckpointError"}
+    assert issubclass(vitkit.CheckpointError, ValueError)
