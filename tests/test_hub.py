@@ -94,6 +94,7 @@ def test_wrong_input_size_without_dynamic_img_size(name):
         model(torch.randn(B, 3, 64, 32))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin", ""])
 def test_corrupt_file(tmp_path, suffix):
     path = tmp_path / f"random{suffix}"
@@ -104,6 +105,7 @@ def test_corrupt_file(tmp_path, suffix):
     assert "run code" not in str(e.value)  # random bytes are not a refused pickle
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ""])
 def test_damaged_files_always_give_checkpoint_error(tmp_path, suffix):
     # short byte strings that look like the start of a pickle / zip / safetensors file: a damaged

@@ -3,11 +3,13 @@ embeddings, according to their location in the original image" (section 3.2), us
 or run at a resolution other than the one a model was trained at.
 
 Libraries differ here and the results differ by up to ~1.5 in value going from a 14x14 to a 24x24
-grid: timm uses bicubic with antialias (antialias only matters when shrinking), Hugging Face
-plain bicubic, DINO bicubic with a +0.1 offset on the scale factor, torchvision bilinear with
+grid: timm uses bicubic with antialias, Hugging Face plain bicubic (for bicubic, antialias
+changes the result even when enlarging: torch then uses PIL's kernel, a = -0.5 instead of -0.75,
+renormalised at the edges), DINO bicubic with a +0.1 offset on the scale factor, torchvision bilinear with
 align_corners=True, the original JAX code scipy's linear `zoom`. vitkit's default is timm's
 (bicubic, antialias=True, align_corners=False), so timm checkpoints load into vitkit exactly as
-they load into timm; both knobs are arguments. The prefix tokens ([CLS], distillation) have no
+they load into timm; models built from a Hugging Face config use HF's rule (antialias off), so
+they match HF's `interpolate_pos_encoding`. Both knobs are config fields. The prefix tokens ([CLS], distillation) have no
 position on the grid and are carried over unchanged.
 """
 
