@@ -258,10 +258,11 @@ def cells(row: Row, threads: int, peak: float) -> list[str]:
     ]
 
 
-def header_lines(args, peak: float, started: str) -> list[str]:
+def header_lines(args, peak: float, started: str, load_start: str) -> list[str]:
     return [
         f"date: {started}",
-        f"CPU: {cpu_model()} ({cpu_count()} usable cores); load average at start: {load_average()}",
+        f"CPU: {cpu_model()} ({cpu_count()} usable cores); load average (1/5/15 min) at start {load_start}, "
+        f"at end {load_average()}",
         f"torch {torch.__version__}, timm {timm.__version__}, vitkit {vitkit.__version__}, "
         f"python {platform.python_version()}; threads {torch.get_num_threads()} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
@@ -327,6 +328,10 @@ def main(argv=None) -> list[Row]:
         print(f"warning: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} but --threads {args.threads}", file=sys.stderr)
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     t_start = time.perf_counter()
+    load_start = load_average()
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: load average {load_start} -- other processes are running; numbers will be noisy",
+              file=sys.stderr)
     peak = matmul_peak_gflops(args.threads, repeats=3 if args.quick else 10)
     print(f"fp32 2048x2048 matmul: {peak:.0f} GFLOP/s at {args.threads} threads; timm fused attention: "
           f"{timm.layers.use_fused_attn()}", flush=True)
@@ -353,7 +358,7 @@ def main(argv=None) -> list[Row]:
                   f"ratio {row.ratio:.3f}", flush=True)
         del tm, vm
 
-    lines = header_lines(args, peak, started)
+    lines = header_lines(args, peak, started, load_start)
     lines.append(f"wall time: {time.perf_counter() - t_start:.0f}s")
     print_table(rows, args.threads, peak, lines)
     if args.markdown:

@@ -150,7 +150,7 @@ def _plot(path: Path, history: dict[str, list[float]], test: Split, preds: torch
     ax.set_title(f"ViT on real 8x8 digits: {history['test_acc'][-1]:.1f}% held-out")
     right.suptitle("first 32 held-out digits: prediction (truth if wrong)")
     for k, a in enumerate(right.subplots(4, 8).flat):
-        a.imshow(test.images[k, 0], cmap="gray_r")
+        a.imshow(test.images[k, 0].numpy(), cmap="gray_r")
         pred, true = preds[k].item(), test.labels[k].item()
         a.set_title(f"{pred}" if pred == true else f"{pred} ({true})", color="green" if pred == true else "red")
         a.axis("off")

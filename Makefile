@@ -1,0 +1,18 @@
+# The README's two commands. Each sets up .venv (idempotent) and runs its job.
+.PHONY: quickstart test test-slow bench
+
+quickstart:
+	bash scripts/setup.sh data
+	.venv/bin/vitkit quickstart
+
+test:
+	bash scripts/setup.sh test
+	.venv/bin/python -m pytest -q
+
+test-slow:
+	bash scripts/setup.sh test
+	.venv/bin/python -m pytest -q -m slow
+
+bench:
+	bash scripts/setup.sh test
+	.venv/bin/python benchmarks/bench_vs_timm.py --threads 2 --markdown docs/benchmarks-latest.md

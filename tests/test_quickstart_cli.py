@@ -1,0 +1,76 @@
+"""The main job and the command line, run for real on small settings."""
+
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.cli import main
+from vitkit.data import load_digits
+from vitkit.quickstart import cosine_schedule, run_quickstart
+
+pytest.importorskip("sklearn")
+
+
+def test_digits_split_is_deterministic_and_stratified():
+    train, test = load_digits(seed=0)
+    train2, test2 = load_digits(seed=0)
+    assert len(train) + len(test) == 1797 and len(test) == 359
+    assert torch.equal(test.labels, test2.labels) and torch.equal(train.images, train2.images)
+    assert train.images.shape[1:] == (1, 8, 8) and 0.0 <= train.images.min() and train.images.max() <= 1.0
+    counts = torch.bincount(test.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # ~20% of each class's ~180 images
+    assert not set(load_digits(seed=1)[1].labels.tolist()) ^ set(range(10))
+
+
+def test_cosine_schedule():
+    lrs = cosine_schedule(1.0, total_steps=10, warmup_steps=2)
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05
+
+
+def test_quickstart_learns_and_round_trips(tmp_path):
+    m = run_quickstart(tmp_path, epochs=8, progress=False)
+    # 8 epochs already separate the classes far above chance (10%); the full 40 reach ~95%
+    assert m["test_accuracy"] > 40.0
+    assert m["reloaded_test_accuracy"] == m["test_accuracy"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test_accuracy"] == m["test_accuracy"] and len(saved["history"]["loss"]) == 8
+    assert saved["history"]["loss"][-1] < saved["history"]["loss"][0]
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    if "figure" in m:
+        assert (tmp_path / "quickstart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_models_and_info(capsys):
+    assert main(["models", "deit_*_distilled_*", "--params"]) == 0
+    out = capsys.readouterr().out
+    assert "deit_tiny_distilled_patch16_224" in out and "5,910,800" in out
+    assert main(["info", "vit_base_r50_s16_224"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 98_659_112 and info["config"]["hybrid_layers"] == [3, 4, 9]
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert main(["info", "vit_tiny_patch16_22"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and "vit_tiny_patch16_224" in err and "Traceback" not in err
+    assert main(["models", "nothing_like_this*"]) == 1
+
+
+def test_cli_predict(tmp_path, capsys):
+    from PIL import Image
+
+    model = vitkit.create_model("vit_micro_patch2_8")
+    model.pretrained_cfg["label_names"] = [f"digit {i}" for i in range(10)]
+    torch.nn.init.normal_(model.head.weight)
+    model.save_pretrained(tmp_path / "m")
+    Image.fromarray((torch.rand(40, 30, 3) * 255).byte().numpy()).save(tmp_path / "a.png")
+    Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(tmp_path / "b.jpg")
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.count("digit ") == 2 for line in lines)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "bad.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
