@@ -22,6 +22,7 @@ against a 2048x2048 fp32 matmul measured at the same thread count in the same ru
 Usage
     OMP_NUM_THREADS=2 python benchmarks/bench_vs_timm.py --threads 2 --markdown /tmp/bench.md
     python benchmarks/bench_vs_timm.py --quick          # smoke run, well under a minute
+    python benchmarks/bench_vs_timm.py --control        # timm vs timm: how far apart noise alone puts them
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ def header_lines(args, peak: float, started: str, load_start: str) -> list[str]:
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
         f"fp32 matmul 2048x2048 peak at {args.threads} threads: {peak:.0f} GFLOP/s",
         f"rounds: inference {args.repeats}, train {args.train_repeats}; >= {args.min_time}s per sample"
-        + (" (--quick)" if args.quick else ""),
+        + (" (--quick)" if args.quick else "")
+        + (" -- CONTROL RUN: the 'vitkit' column is a second timm model" if args.control else ""),
         "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
     ]
 
@@ -302,17 +304,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (also set OMP_NUM_THREADS)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per inference setting (default 10)")
-    p.add_argument("--train-repeats", type=int, default=None, help="interleaved rounds per train setting (default 6)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per inference setting (default 20)")
+    p.add_argument("--train-repeats", type=int, default=None, help="interleaved rounds per train setting (default 8)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model and inference setting (default 3)")
     p.add_argument("--train-warmup", type=int, default=None, help="warm-up steps per model for training (default 2)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.5)")
     p.add_argument("--quick", action="store_true", help="tiny counts for a smoke run (numbers are not meaningful)")
     p.add_argument("--markdown", metavar="PATH", help="append the results as a Markdown table to PATH")
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
+    p.add_argument("--control", action="store_true",
+                   help="A/A run: the 'vitkit' column times a second timm model instead (the noise floor)")
     args = p.parse_args(argv)
     quick = args.quick
-    for key, full, small in (("repeats", 10, 2), ("train_repeats", 6, 1), ("warmup", 3, 1),
+    for key, full, small in (("repeats", 20, 2), ("train_repeats", 8, 1), ("warmup", 3, 1),
                              ("train_warmup", 2, 1), ("min_time", 0.5, 0.0)):
         if getattr(args, key) is None:
             setattr(args, key, small if quick else full)
@@ -342,8 +346,15 @@ def main(argv=None) -> list[Row]:
         diff = check_same_outputs(name, tm, vm)
         img = vm.patch_embed.img_size
         fwd = count_flops(vm, img, train=False) / 1e9
+        fwd_bwd = None if args.no_train else count_flops(vm, img, train=True) / 1e9
         print(f"{name}: weights copied timm -> vitkit (strict), max |diff| eval+train {diff:.2e}; "
               f"{fwd:.2f} GFLOP/image forward", flush=True)
+        if args.control:  # A/A: time timm against a second timm with the same weights
+            vm = timm.create_model(name, pretrained=False)
+            vm.load_state_dict(tm.state_dict())
+            if hasattr(vm, "set_distilled_training") and getattr(vm, "dist_token", None) is not None:
+                vm.set_distilled_training(True)
+            check_same_outputs(name, tm, vm)
         for b in args.batch_sizes:
             row = bench_inference(name, tm, vm, b, args)
             row.gflop_per_img = fwd
@@ -352,7 +363,7 @@ def main(argv=None) -> list[Row]:
                   f"ratio {row.ratio:.3f}", flush=True)
         if not args.no_train:
             row = bench_train(name, tm, vm, args.train_batch, args)
-            row.gflop_per_img = count_flops(vm, img, train=True) / 1e9
+            row.gflop_per_img = fwd_bwd
             rows.append(row)
             print(f"  train b{args.train_batch}: timm {row.timm_ips:.1f} img/s, vitkit {row.vitkit_ips:.1f} img/s, "
                   f"ratio {row.ratio:.3f}", flush=True)

@@ -1,5 +1,7 @@
 """Test set-up shared by the whole suite: offline Hugging Face, importable timm/transformers on a
-CPU-only torch (see vitkit/compat.py), and at most 2 threads so timings of a run are comparable."""
+CPU-only torch (see vitkit/compat.py), and one torch thread per test process: the tests use tiny
+models, for which a second thread costs more in synchronisation than it gains (and 2-thread
+OpenMP slows down tens of times when the other core is busy); `make test` runs two processes."""
 
 import os
 
@@ -11,4 +13,4 @@ import torch  # noqa: E402
 from vitkit.compat import make_torchvision_importable  # noqa: E402
 
 make_torchvision_importable()
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)

@@ -144,18 +144,8 @@ class StdConv2dSame(StdConv2d):
     convolution itself; otherwise the input is padded dynamically before a padding-free convolution.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-        groups: int = 1,
-        bias: bool = False,
-        eps: float = 1e-8,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, eps)
+    def __init__(self, *args, **kwargs) -> None:  # the arguments of StdConv2d
+        super().__init__(*args, **kwargs)
         self.dynamic_pad = not _is_static_same(self.kernel_size, self.stride, self.dilation)
         if self.dynamic_pad:
             self.padding = (0, 0)
