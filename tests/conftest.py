@@ -1,7 +1,7 @@
 """Test set-up shared by the whole suite: offline Hugging Face, importable timm/transformers on a
 CPU-only torch (see vitkit/compat.py), and one torch thread per test process: the tests use tiny
 models, for which a second thread costs more in synchronisation than it gains (and 2-thread
-OpenMP slows down tens of times when the other core is busy); `make test` runs two processes."""
+OpenMP slows down tens of times when the other core is busy)."""
 
 import os
 
