@@ -20,7 +20,7 @@ from vitkit.layers import eager_attention, resample_abs_pos_embed
 from vitkit.models.vit import ViTConfig
 from vitkit.registry import get_model_spec
 
-NAMES = list_models()
+NAMES = [n for n in list_models() if get_model_spec(n).family == "vit"]
 B = 2
 NUM_CLASSES = 5
 EMBED_DIM = 32
