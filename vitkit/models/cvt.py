@@ -1,0 +1,478 @@
+"""CvT: the Convolutional vision Transformer.
+
+Paper
+    Wu et al., "CvT: Introducing Convolutions to Vision Transformers", ICCV 2021 (arXiv:2103.15808).
+Reference code
+    microsoft/CvT (`lib/models/cls_cvt.py`), whose state-dict keys this file keeps
+    (`stage{i}.patch_embed.proj`, `stage{i}.blocks.{j}.attn.conv_proj_q.conv` / `.bn`,
+    `attn.proj_q`, `attn.proj`, `mlp.fc1`, `stage2.cls_token`, `norm`, `head`), so official
+    checkpoints load with an identity map; Hugging Face `CvtModel` / `CvtForImageClassification`
+    (`transformers/models/cvt/modeling_cvt.py`), whose checkpoints `vitkit/convert/hf_cvt.py` maps.
+Architecture
+    Three stages. Each starts with a convolutional token embedding (an overlapping strided conv,
+    7x7/4 then 3x3/2 and 3x3/2, followed by LayerNorm) and runs pre-LN transformer blocks whose
+    attention projects q, k and v with a depth-wise 3x3 conv + BatchNorm on the token map followed
+    by a linear layer (the paper's point-wise projection); k and v use stride 2 ("squeezed"
+    projection), q stride 1. No position embeddings. A [CLS] token is added in the last stage only:
+    it bypasses the convolutional projection and is concatenated to the projected tokens, as in the
+    reference. The classifier reads the LayerNorm-ed [CLS] token (or the mean of the normalised
+    tokens when there is no [CLS]).
+Faithful to the reference (and so unlike vitkit's ViT)
+    - The attention scale is `dim ** -0.5` with the stage's full width, not the head width (as
+      microsoft/CvT and HF; the paper does not say).
+    - LayerNorm eps is 1e-5 (torch's default, used by both references; HF's `layer_norm_eps` is
+      never read by its CvT modules).
+    - Images of any size are accepted (there are no position embeddings); `img_size` is nominal.
+Deviations
+    - The classifier head is zero-initialised, as in every vitkit model (microsoft/CvT uses
+      trunc-normal(0.02)); `load_pretrained` and `reset_classifier` behave as for ViT.
+    - Stochastic depth follows microsoft/CvT (per stage, linear from 0 to the stage's rate, on both
+      residual branches). HF's CvT gives every block of stage i the rate linspace(...)[i] and drops
+      the whole residual sum after the MLP; this only matters in training.
+    - Only the 'dw_bn' projection of the reference is implemented (HF cannot run its 'avg' either),
+      and a [CLS] token only in the last stage (the reference discards earlier ones; HF sizes them
+      with the last stage's width, so they cannot be loaded).
+    - Gradient checkpointing in training mode re-runs each block's BatchNorms in the backward pass,
+      so their running statistics get a second momentum update per step (as for any BN model under
+      torch.utils.checkpoint); outputs and gradients are unchanged.
+    - `final_norm=False` drops the last LayerNorm: HF `CvtModel` has none (it belongs to the
+      classification head there).
+
+Shapes: images (B, C, H, W) -> stage i token map (B, C_i, H_i, W_i) -> last stage tokens
+(B, P + H_3 W_3, C_3) with P = 1 [CLS] -> pooled (B, C_3) -> logits (B, K).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import DropPath, Mlp, drop_path_rates, fused_attention_enabled
+from ..registry import register_model
+from ._base import VitkitModel, register_family
+
+# fields that hold one value per stage; a scalar given for one of them applies to every stage
+_PER_STAGE = (
+    "embed_dims", "depths", "num_heads", "patch_sizes", "patch_strides", "patch_padding", "mlp_ratios",
+    "qkv_bias", "cls_token", "kernel_qkv", "stride_q", "stride_kv", "padding_q", "padding_kv",
+    "drop_rate", "attn_drop_rate", "drop_path_rate",
+)
+
+
+@dataclass
+class CvtConfig:
+    img_size: int | tuple[int, int] = 224  # nominal: any size runs (no position embeddings)
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = "token"  # 'token' (LN-ed [CLS]) | 'avg' (mean of the normalised patch tokens) | ''
+    embed_dims: tuple[int, ...] = (64, 192, 384)
+    depths: tuple[int, ...] = (1, 2, 10)
+    num_heads: tuple[int, ...] = (1, 3, 6)
+    patch_sizes: tuple[int, ...] = (7, 3, 3)  # convolutional token embedding: kernel, stride, padding
+    patch_strides: tuple[int, ...] = (4, 2, 2)
+    patch_padding: tuple[int, ...] = (2, 1, 1)
+    mlp_ratios: tuple[float, ...] = (4.0, 4.0, 4.0)
+    qkv_bias: tuple[bool, ...] = (True, True, True)
+    cls_token: tuple[bool, ...] = (False, False, True)  # only the last stage may have one
+    kernel_qkv: tuple[int, ...] = (3, 3, 3)  # depth-wise conv of the q/k/v projections
+    stride_q: tuple[int, ...] = (1, 1, 1)
+    stride_kv: tuple[int, ...] = (2, 2, 2)  # the "squeezed" key/value projection
+    padding_q: tuple[int, ...] = (1, 1, 1)
+    padding_kv: tuple[int, ...] = (1, 1, 1)
+    norm_eps: float = 1e-5
+    act: str = "gelu"
+    final_norm: bool = True  # the LayerNorm before the head (HF CvtModel has none)
+    drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)  # after the token embedding, attention projection, MLP
+    attn_drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)
+    drop_path_rate: tuple[float, ...] = (0.0, 0.0, 0.0)  # per stage, linear from 0 over its blocks
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
+        if not isinstance(self.depths, (list, tuple)) or not self.depths:
+            raise ValueError(f"depths must be a sequence with one depth per stage, got {self.depths!r}")
+        n = len(self.depths)
+        for name in _PER_STAGE:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                value = tuple(value)
+                if len(value) != n:
+                    raise ValueError(f"{name} has {len(value)} values for {n} stages (depths {tuple(self.depths)})")
+            else:
+                value = (value,) * n
+            setattr(self, name, value)
+        if self.global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
+        if any(self.cls_token[:-1]):
+            raise ValueError(f"cls_token {self.cls_token}: only the last stage can have a [CLS] token")
+        if self.global_pool == "token" and not self.cls_token[-1]:
+            raise ValueError("global_pool='token' needs the [CLS] token of the last stage: use global_pool='avg'")
+        for i, (d, h) in enumerate(zip(self.embed_dims, self.num_heads)):
+            if d % h:
+                raise ValueError(f"stage {i}: embed dim {d} is not divisible by num_heads {h}")
+        for i, (k, s, p) in enumerate(zip(self.kernel_qkv, self.stride_q, self.padding_q)):
+            if s != 1 or 2 * p != k - 1:
+                raise ValueError(f"stage {i}: the query projection must keep the token grid (stride_q 1, "
+                                 f"padding_q = (kernel_qkv - 1) / 2), got kernel {k}, stride {s}, padding {p}")
+
+
+class ConvEmbed(nn.Module):
+    """Convolutional token embedding: (B, C, H, W) -> tokens (B, H'W', D) and the grid (H', W')."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, padding: int, norm_eps: float):
+        super().__init__()
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected a (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}"
+                + (": create the model with the in_chans of the images" if x.ndim == 4 else "")
+            )
+        x = self.proj(x)
+        H, W = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
+
+
+def _conv_projection(dim: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+    """The paper's depth-wise separable projection, first half: depth-wise conv + BatchNorm."""
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(dim, dim, kernel_size=kernel, stride=stride, padding=padding, bias=False, groups=dim),
+        bn=nn.BatchNorm2d(dim),
+    ))
+
+
+class ConvAttention(nn.Module):
+    """Multi-head attention with convolutional q/k/v projections (paper section 3.2, figure 3).
+
+    Input tokens (B, P + H W, D) with P = 0 or 1 [CLS] token first."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, kernel: int, stride_q: int, stride_kv: int,
+                 padding_q: int, padding_kv: int, attn_drop: float, proj_drop: float, with_cls_token: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = dim**-0.5  # the references' choice: the full width, not the head width
+        self.with_cls_token = with_cls_token
+        self.conv_proj_q = _conv_projection(dim, kernel, stride_q, padding_q)
+        self.conv_proj_k = _conv_projection(dim, kernel, stride_kv, padding_kv)
+        self.conv_proj_v = _conv_projection(dim, kernel, stride_kv, padding_kv)
+        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], return_attention: bool = False):
+        B, N, D = x.shape
+        H, W = hw
+        cls = None
+        if self.with_cls_token:
+            cls, x = x[:, :1], x[:, 1:]  # the [CLS] token bypasses the convolutional projection
+        fmap = x.transpose(1, 2).reshape(B, D, H, W)
+        q, k, v = (proj(fmap).flatten(2).transpose(1, 2) for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v))
+        if cls is not None:
+            q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
+        q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
+        weights = None
+        if fused_attention_enabled() and not return_attention:
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale,
+            )
+        else:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N_kv)
+            x = self.attn_drop(weights) @ v
+        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+        return (x, weights) if return_attention else x
+
+
+class CvtBlock(nn.Module):
+    """Pre-LN transformer block with convolutional attention; keys `norm1`, `attn`, `norm2`, `mlp`."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, kernel: int, stride_q: int,
+                 stride_kv: int, padding_q: int, padding_kv: int, drop: float, attn_drop: float, drop_path: float,
+                 with_cls_token: bool, norm_eps: float, act: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = ConvAttention(dim, num_heads, qkv_bias, kernel, stride_q, stride_kv, padding_q, padding_kv,
+                                  attn_drop, drop, with_cls_token)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act, drop=drop)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], return_attention: bool = False):
+        if return_attention:
+            y, weights = self.attn(self.norm1(x), hw, return_attention=True)
+        else:
+            y, weights = self.attn(self.norm1(x), hw), None
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return (x, weights) if return_attention else x
+
+
+class CvtStage(nn.Module):
+    """Convolutional token embedding, optional [CLS] token, blocks (keys as microsoft/CvT's stages)."""
+
+    def __init__(self, c: CvtConfig, i: int) -> None:
+        super().__init__()
+        dim = c.embed_dims[i]
+        in_chans = c.in_chans if i == 0 else c.embed_dims[i - 1]
+        self.patch_embed = ConvEmbed(in_chans, dim, c.patch_sizes[i], c.patch_strides[i], c.patch_padding[i], c.norm_eps)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if c.cls_token[i] else None
+        self.num_prefix_tokens = int(c.cls_token[i])
+        self.pos_drop = nn.Dropout(c.drop_rate[i])
+        dpr = drop_path_rates(c.drop_path_rate[i], c.depths[i])
+        self.blocks = nn.ModuleList([
+            CvtBlock(dim, c.num_heads[i], c.mlp_ratios[i], c.qkv_bias[i], c.kernel_qkv[i], c.stride_q[i],
+                     c.stride_kv[i], c.padding_q[i], c.padding_kv[i], c.drop_rate[i], c.attn_drop_rate[i],
+                     dpr[j], c.cls_token[i], c.norm_eps, c.act)
+            for j in range(c.depths[i])
+        ])
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, hw = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x), hw
+
+
+@register_family
+class ConvolutionalVisionTransformer(VitkitModel):
+    family = "cvt"
+    config_class = CvtConfig
+
+    def __init__(self, config: CvtConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.num_stages = len(c.depths)
+        self.num_classes = c.num_classes
+        self.global_pool = c.global_pool
+        self.embed_dims = list(c.embed_dims)
+        self.embed_dim = self.num_features = c.embed_dims[-1]
+        self.num_prefix_tokens = int(c.cls_token[-1])
+        self.grad_checkpointing = False
+        for i in range(self.num_stages):  # attributes, not a list: the official keys are `stage{i}.`
+            self.add_module(f"stage{i}", CvtStage(c, i))
+        reduction, self.feature_info = 1, []
+        for i in range(self.num_stages):
+            reduction *= c.patch_strides[i]
+            self.feature_info.append(dict(num_chs=c.embed_dims[i], reduction=reduction, module=f"stage{i}"))
+        self.norm = nn.LayerNorm(self.embed_dim, eps=c.norm_eps) if c.final_norm else nn.Identity()
+        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @property
+    def stages(self) -> list[CvtStage]:
+        return [getattr(self, f"stage{i}") for i in range(self.num_stages)]
+
+    # ----------------------------------------------------------------- initialisation
+    def init_weights(self) -> None:
+        """microsoft/CvT's 'trunc_norm' scheme: trunc-normal(0.02) linears and [CLS], zero biases,
+        torch defaults for convs and norms; then vitkit's zero-initialised head."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for stage in self.stages:
+            if stage.cls_token is not None:
+                nn.init.trunc_normal_(stage.cls_token, std=0.02)
+        self._zero_init_head()
+
+    def _zero_init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # ----------------------------------------------------------------- backbone interface
+    def no_weight_decay(self) -> set[str]:
+        return {f"stage{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise LR decay, in timm's format: the first token embedding is
+        the stem; a later stage's embedding (a downsampling conv) and [CLS] go with its first block."""
+        if coarse:
+            return dict(stem=r"^stage0\.patch_embed", blocks=[(r"^stage(\d+)\.", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^stage0\.patch_embed",
+            blocks=[
+                (r"^stage(\d+)\.(?:patch_embed|cls_token)", (0,)),
+                (r"^stage(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh zero-initialised one for `num_classes` (0 = features)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            if global_pool == "token" and not self.num_prefix_tokens:
+                raise ValueError("global_pool='token' needs the [CLS] token")
+            self.global_pool = self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        device = self.stage0.patch_embed.proj.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self._zero_init_head()
+
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+        """Official keys are ours: only the classifier is fitted (another number of classes, or a
+        feature checkpoint, keeps the model's fresh zero head; the loader logs it)."""
+        from ..convert.timm import _fit_heads
+
+        state = dict(state)
+        _fit_heads(self, state, self.state_dict(), source)
+        return state
+
+    # ----------------------------------------------------------------- forward
+    def _run_block(self, block: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, hw, use_reentrant=False)
+        return block(x, hw)
+
+    @staticmethod
+    def _to_map(stage: CvtStage, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Tokens (B, P + HW, D) -> token map (B, D, H, W), prefix dropped."""
+        x = x[:, stage.num_prefix_tokens:]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the last stage's normalised tokens (B, P + N, D), [CLS] first."""
+        stages = self.stages
+        for i, stage in enumerate(stages):
+            x, hw = stage.embed(x)
+            for block in stage.blocks:
+                x = self._run_block(block, x, hw)
+            if i < len(stages) - 1:
+                x = self._to_map(stage, x, hw)
+        return self.norm(x)
+
+    def forward_features_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Like `forward_features`, also returning every block's attention weights (B, heads, N, N_kv)
+        (eager path). Blocks are numbered across stages."""
+        stages, attentions = self.stages, []
+        for i, stage in enumerate(stages):
+            x, hw = stage.embed(x)
+            for block in stage.blocks:
+                x, weights = block(x, hw, return_attention=True)
+                attentions.append(weights)
+            if i < len(stages) - 1:
+                x = self._to_map(stage, x, hw)
+        return self.norm(x), attentions
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.global_pool == "token":
+            return x[:, 0]
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, P + N, D) -> logits (B, K), or pooled features when `pre_logits`."""
+        x = self.pool(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """The outputs of selected *stages* (a feature pyramid), as timm does for hierarchical models.
+
+        `indices`: an int n takes the last n stages, a sequence takes those stage indices (negative
+        ones count from the end), None takes all. Stage i gives (B, C_i, H_i, W_i) for 'NCHW' or
+        (B, H_i W_i, C_i) for 'NLC'; with `return_prefix_tokens` each is a pair (spatial, prefix
+        (B, P_i, C_i)), P_i = 1 where the stage has a [CLS] token. `norm` applies the final
+        LayerNorm to the last stage's output (the only one of its width). Returns (final tokens,
+        intermediates) unless `intermediates_only`; the final tokens are `forward_features(x)`, or
+        the raw tokens of the last stage run when `stop_early` stops before the end.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = stage_take_indices(self.num_stages, indices)
+        stages = self.stages
+        last = max(take) if stop_early else self.num_stages - 1
+        out = []
+        for i, stage in enumerate(stages[: last + 1]):
+            x, hw = stage.embed(x)
+            for block in stage.blocks:
+                x = self._run_block(block, x, hw)
+            if i in take:
+                y = self.norm(x) if norm and i == self.num_stages - 1 else x
+                P = stage.num_prefix_tokens
+                prefix, spatial = y[:, :P], y[:, P:]
+                if output_fmt == "NCHW":
+                    spatial = spatial.transpose(1, 2).reshape(y.shape[0], y.shape[2], *hw)
+                out.append((spatial, prefix) if return_prefix_tokens else spatial)
+            if i < last:
+                x = self._to_map(stage, x, hw)
+        if intermediates_only:
+            return out
+        return (self.norm(x) if last == self.num_stages - 1 else x), out
+
+
+def stage_take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Normalise `forward_intermediates` indices to a sorted list of non-negative stage indices."""
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"cannot take the last {indices} of {num_stages} stages")
+        return list(range(num_stages - indices, num_stages))
+    take = sorted({i + num_stages if i < 0 else i for i in indices})
+    if not take or take[0] < 0 or take[-1] >= num_stages:
+        raise ValueError(f"stage indices {list(indices)} out of range for a model with {num_stages} stages")
+    return take
+
+
+# --------------------------------------------------------------------------------------------
+# Named configurations (paper table 2; microsoft/CvT `experiments/imagenet/cvt/*.yaml`).
+CVT_SIZES: dict[str, dict[str, Any]] = {
+    "13": dict(embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6)),
+    "21": dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6)),
+    "w24": dict(embed_dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16)),
+    # CPU-sized: three 3x3/2 token embeddings, 28 -> 14 -> 7 -> 4 and 32 -> 16 -> 8 -> 4
+    "micro": dict(embed_dims=(32, 64, 96), depths=(1, 1, 2), num_heads=(1, 2, 3), mlp_ratios=(2.0, 2.0, 2.0),
+                  patch_sizes=(3, 3, 3), patch_strides=(2, 2, 2), patch_padding=(1, 1, 1), num_classes=10),
+}
+
+
+def _register_all() -> None:
+    for size in ("13", "21", "w24"):  # ImageNet mean/std, bicubic (the registry's defaults)
+        register_model(f"cvt_{size}", "cvt", dict(CVT_SIZES[size], img_size=224), crop_pct=0.875)
+        register_model(f"cvt_{size}_384", "cvt", dict(CVT_SIZES[size], img_size=384), crop_pct=1.0)
+    micro = CVT_SIZES["micro"]
+    register_model("cvt_micro_28", "cvt", dict(micro, img_size=28, in_chans=1),
+                   mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    register_model("cvt_micro_32", "cvt", dict(micro, img_size=32),
+                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
+
+
+_register_all()

@@ -1,0 +1,393 @@
+"""The training loop: one process or many (`torchrun`), CPU or GPU, resumable.
+
+Determinism: the data order of epoch e is a permutation drawn from (seed, e) over the whole
+training set; a step takes the next `batch_size` indices of it and each process takes its own
+contiguous slice, so N processes with batch B/N see exactly the batches one process with B
+sees, and DDP's gradient averaging reproduces the single-process gradient. The last partial
+batch is dropped for that reason. A checkpoint at the end of every epoch stores the weights,
+the optimizer state, the RNG state and the history, so `--run.resume=true` continues a killed
+run to the same final weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..hub import _atomic_write, save_pretrained
+from ..registry import create_model
+from .config import TrainConfig, save_config
+from .optim import build_optimizer
+from .schedule import cosine_schedule
+
+logger = logging.getLogger("vitkit")
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------------------ set-up
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--run.device=cuda but no CUDA device is available; use --run.device=cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--run.device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ------------------------------------------------------------------------------------ data
+class Batches:
+    """Per-epoch batches of a dataset for this process (see the module docstring)."""
+
+    def __init__(self, data, batch_size: int, d: Dist, seed: int, num_workers: int = 0) -> None:
+        if batch_size % d.world:
+            raise ValueError(f"--run.batch_size={batch_size} must be divisible by the number of processes ({d.world})")
+        if len(data) < batch_size:
+            raise ValueError(f"the training set has {len(data)} images, fewer than one batch ({batch_size}): "
+                             f"lower --run.batch_size")
+        self.data, self.batch_size, self.d, self.seed = data, batch_size, d, seed
+        self.per_rank = batch_size // d.world
+        self.num_workers = num_workers
+        self.steps = len(data) // batch_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.data), generator=g)
+        lo = self.d.rank * self.per_rank
+        mine = [order[s * self.batch_size + lo: s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
+        if hasattr(self.data, "batch"):  # in-memory tensors: no workers, no per-item Python
+            for idx in mine:
+                yield self.data.batch(idx)
+        else:
+            loader = torch.utils.data.DataLoader(
+                self.data, batch_sampler=[idx.tolist() for idx in mine], num_workers=self.num_workers,
+                persistent_workers=False,
+            )
+            yield from loader
+
+
+def eval_batches(data, batch_size: int = 512):
+    if hasattr(data, "batch"):
+        for i in range(0, len(data), batch_size):
+            yield data.batch(torch.arange(i, min(i + batch_size, len(data))))
+    else:
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=0)
+
+
+class Normalise(nn.Module):
+    """(x - mean) / std inside the graph, so the data pipeline stays in [0, 1]."""
+
+    def __init__(self, mean, std) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split."""
+    was_training = model.training
+    model.eval()
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    for x, y in eval_batches(data):
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(norm(x))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(-1).sum().item()
+        n += len(y)
+    model.train(was_training)
+    return {"acc": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module | None, epoch: int,
+                    history: list[dict], best_val: float) -> None:
+    """Weights (safetensors) + training state, swapped in as a whole directory: never half written."""
+    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(model, tmp)
+    if ema is not None:
+        save_pretrained(ema, tmp / "ema")
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
+             "best_val_acc": best_val}
+    torch.save(state, tmp / "state.pt")
+    final, old = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module | None) -> dict[str, Any]:
+    from ..hub import load_pretrained
+
+    ckpt = run_dir / CHECKPOINT_DIR
+    if not (ckpt / "state.pt").is_file():
+        raise FileNotFoundError(f"--run.resume=true but {ckpt} has no checkpoint: start the run without --run.resume")
+    load_pretrained(model, ckpt)
+    if ema is not None:
+        load_pretrained(ema, ckpt / "ema")
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return state
+
+
+# ------------------------------------------------------------------------------------ outputs
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    _atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
+
+
+def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    if history and "val_loss" in history[0]:
+        a.plot(epochs, [h["val_loss"] for h in history], label="val")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.set_title("loss")
+    b.plot(epochs, [h["train_acc"] for h in history], label="train")
+    if history and "val_acc" in history[0]:
+        b.plot(epochs, [h["val_acc"] for h in history], label="val")
+    b.set_xlabel("epoch"), b.set_ylabel("top-1 accuracy (%)"), b.legend(), b.set_title("accuracy")
+    fig.suptitle(title)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train as configured; returns the final metrics (also written to RUN_DIR/metrics.json)."""
+    from ..data import load_dataset
+
+    device = resolve_device(cfg.run.device)
+    d = init_distributed(device)
+    if device == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        device_str = f"cuda:{d.local_rank}"
+    else:
+        device_str = "cpu"
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
+    if d.world > 1 and not cfg.run.out:
+        raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
+    if cfg.run.resume and not (run_dir / CHECKPOINT_DIR).exists():
+        raise FileNotFoundError(f"--run.resume=true but {run_dir / CHECKPOINT_DIR} does not exist")
+    if not cfg.run.resume and (run_dir / CHECKPOINT_DIR).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: continue it with --run.resume=true, or choose "
+                              f"another --run.out")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    splits = load_dataset(cfg.data.name, cfg.data.data_dir, val_fraction=cfg.data.val_fraction,
+                          seed=cfg.data.seed, strict=cfg.data.strict, img_size=cfg.data.img_size)
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(splits.classes),
+                         in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
+    model.pretrained_cfg.update(mean=tuple(splits.mean), std=tuple(splits.std), label_names=list(splits.classes),
+                                dataset=splits.name)
+    if cfg.run.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device_str)
+    norm = Normalise(splits.mean, splits.std).to(device_str)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.run.ema_decay else None
+    params = sum(p.numel() for p in model.parameters())
+
+    optimizer = build_optimizer(model, cfg.optim)
+    batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
+    if len(batches) % cfg.optim.accum_steps:
+        logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
+                       "each epoch are accumulated into the first step of the next",
+                       len(batches), cfg.optim.accum_steps, len(batches) % cfg.optim.accum_steps)
+    steps_per_epoch = len(batches)
+    lrs = cosine_schedule(cfg.optim.lr, cfg.sched.epochs * steps_per_epoch,
+                          round(cfg.sched.warmup_epochs * steps_per_epoch), cfg.sched.min_lr)
+
+    start_epoch, history, best_val = 0, [], -1.0
+    if cfg.run.resume:
+        state = load_checkpoint(run_dir, model, optimizer, ema)
+        start_epoch, history, best_val = state["epoch"], state["history"], state["best_val_acc"]
+        if d.main:
+            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device == "cuda" else None) \
+        if d.world > 1 else model
+
+    train_seconds = sum(h["seconds"] for h in history)
+    images_seen = 0
+    for epoch in range(start_epoch, cfg.sched.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device_str)
+        correct = torch.zeros((), device=device_str)
+        count = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
+                   disable=not (cfg.run.progress and d.main), leave=False)
+        for i, (x, y) in enumerate(batches.epoch(epoch)):
+            step = epoch * steps_per_epoch + i
+            x, y = x.to(device_str, non_blocking=True), y.to(device_str, non_blocking=True)
+            last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
+            sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
+            with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+                out = net(norm(x))
+                logits = out[0] if isinstance(out, tuple) else out  # distilled: train the class head here
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+                if isinstance(out, tuple):
+                    loss = 0.5 * (loss + F.cross_entropy(out[1].float(), y, label_smoothing=cfg.optim.label_smoothing))
+                (loss / cfg.optim.accum_steps).backward()
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint is "
+                    f"{run_dir / CHECKPOINT_DIR} (epoch {start_epoch if not history else history[-1]['epoch']}). "
+                    f"Lower --optim.lr (now {cfg.optim.lr}) or set --optim.clip_grad=1.0, then resume or restart."
+                )
+            if last_micro:
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs[step] * group["lr_scale"]
+                if cfg.optim.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    with torch.no_grad():
+                        for e, p in zip(ema.parameters(), model.parameters()):
+                            e.lerp_(p.detach(), 1.0 - cfg.run.ema_decay)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(-1) == y).sum()
+            count += len(y)
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if d.world > 1:  # metrics over all processes
+            totals = torch.stack([loss_sum, correct, torch.tensor(float(count), device=device_str)])
+            dist.all_reduce(totals)
+            loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
+        train_seconds += seconds
+        images_seen += count
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / count, "train_acc": 100.0 * correct.item() / count,
+               "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
+               "images_per_second": round(count / seconds, 1)}
+        if splits.val is not None:
+            val = evaluate(ema if ema is not None else model, splits.val, norm, device, cfg.run.bf16)
+            row.update(val_loss=val["loss"], val_acc=val["acc"])
+            best_val = max(best_val, val["acc"])
+        history.append(row)
+        if d.main:
+            save_checkpoint(run_dir, model, optimizer, ema, epoch + 1, history, best_val)
+            _write_history(run_dir, history)
+            msg = f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, train acc {row['train_acc']:.2f}%"
+            if "val_acc" in row:
+                msg += f", val acc {row['val_acc']:.2f}%"
+            logger.info("%s, %.0f img/s", msg, row["images_per_second"])
+        if d.world > 1:
+            dist.barrier()
+
+    final_model = ema if ema is not None else model
+    test = evaluate(final_model, splits.test, norm, device, cfg.run.bf16)
+    metrics = {
+        "model": cfg.model.name, "dataset": splits.name, "params": params, "epochs": cfg.sched.epochs,
+        "test_acc": round(test["acc"], 3), "test_top5": round(test["top5"], 3), "test_loss": round(test["loss"], 5),
+        "best_val_acc": round(best_val, 3) if best_val >= 0 else None, "train_seconds": round(train_seconds, 2),
+        "images_per_second": round(sum(h["images_per_second"] for h in history) / max(1, len(history)), 1),
+        "processes": d.world, "threads": torch.get_num_threads(), "device": device,
+        "run_dir": str(run_dir), "model_dir": str(run_dir / "model"),
+    }
+    if d.main:
+        save_pretrained(final_model, run_dir / "model")
+        _write_json(run_dir / "metrics.json", metrics)
+        figure = plot_history(run_dir / "curves.png", history, f"{cfg.model.name} on {splits.name}")
+        if figure:
+            metrics["figure"] = str(figure)
+    return metrics
