@@ -1,9 +1,9 @@
 # The README's two commands. Each sets up .venv (idempotent) and runs its job.
-.PHONY: quickstart test test-slow bench
+.PHONY: train test test-slow bench
 
-quickstart:
+train:
 	bash scripts/setup.sh data
-	.venv/bin/vitkit quickstart
+	.venv/bin/vitkit train
 
 test:
 	bash scripts/setup.sh test

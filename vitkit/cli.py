@@ -2,7 +2,6 @@
 
     vitkit train [--recipe R] [--out DIR] [--resume] [--section.field=value ...]
     vitkit eval RUN_OR_MODEL_DIR                  top-1/top-5 on the test split the model was trained on
-    vitkit quickstart [--out runs/quickstart]     train a ViT on real digits, save, reload, plot
     vitkit models [PATTERN]                       registered model names with parameter counts
     vitkit info NAME                              a model's configuration and size
     vitkit predict MODEL_DIR IMAGE...             classify images with a saved model
@@ -20,28 +19,11 @@ from pathlib import Path
 def _count_params(name: str) -> int:
     import torch
 
+    from .profile import count_params
     from .registry import create_model
 
     with torch.device("meta"):
-        return sum(p.numel() for p in create_model(name).parameters())
-
-
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    import torch
-
-    from .quickstart import run_quickstart
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    m = run_quickstart(out_dir=args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
-    print(f"\n{m['model']} ({m['parameters']:,} parameters) trained on {m['train_images']} real digit scans "
-          f"in {m['train_seconds']} s ({m['threads']} threads)")
-    print(f"held-out accuracy: {m['test_accuracy']:.2f}% on {m['test_images']} images "
-          f"(reloaded from {m['checkpoint']}: {m['reloaded_test_accuracy']:.2f}%)")
-    if "figure" in m:
-        print(f"figure: {m['figure']}")
-    print(f"metrics: {Path(args.out) / 'metrics.json'}")
-    return 0
+        return count_params(create_model(name))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -79,9 +61,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
+    from .profile import model_gmacs
+
     width = max(map(len, names))
+    if args.params:
+        print(f"{'model':<{width}}  {'params':>13}  {'GMACs':>8}")
     for name in names:
-        print(f"{name:<{width}}  {_count_params(name):>13,}" if args.params else name)
+        print(f"{name:<{width}}  {_count_params(name):>13,}  {model_gmacs(name):>8.2f}" if args.params else name)
     return 0
 
 
@@ -89,7 +75,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .registry import get_model_spec
 
     spec = get_model_spec(args.name)
+    from .profile import model_gmacs
+
     info = {"name": spec.name, "family": spec.family, "parameters": _count_params(args.name),
+            "gmacs": round(model_gmacs(args.name), 3),
             "config": spec.config, "pretrained_cfg": spec.pretrained_cfg}
     print(json.dumps(info, indent=2, default=str))
     return 0
@@ -128,17 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("quickstart", help="train a ViT on the real scikit-learn digits, save, reload and plot")
-    p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_quickstart)
-
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style wildcard, e.g. 'deit_*'")
-    p.add_argument("--params", action="store_true", help="also print parameter counts")
+    p.add_argument("--params", action="store_true", help="also print parameter counts and GMACs per image")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="configuration and parameter count of a model")

@@ -83,7 +83,8 @@ def test_train_val_test_layout(tmp_path):
     s = load_dataset("folder", tmp_path, img_size=10)
     assert (len(s.train), len(s.val), len(s.test)) == (12, 4, 6)
     assert all("/val/" in p for p, _ in s.val.samples) and all("/test/" in p for p, _ in s.test.samples)
-    x, y = s.val.batch(torch.arange(4))
+    assert not hasattr(s.val, "batch")  # the engine reads `batch` as 'in memory'
+    x, y = s.val.load_batch(torch.arange(4))
     assert x.shape == (4, 3, 10, 10) and y.tolist() == s.val.labels.tolist()
     # a train/ folder without test/: test carved from train
     (tmp_path / "test").rename(tmp_path / "elsewhere")

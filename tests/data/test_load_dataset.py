@@ -16,7 +16,7 @@ def test_digits():
     assert s.name == "digits" and s.classes == [str(i) for i in range(10)]
     assert (s.in_chans, s.img_size) == (1, (8, 8))
     assert len(s.train) + len(s.val) + len(s.test) == 1797
-    # the test split is load_digits' (the quickstart's), val is carved from its train split
+    # the test split is load_digits', val is carved from its train split
     _, test = load_digits(seed=0)
     assert torch.equal(s.test.labels, test.labels) and torch.equal(s.test.images, test.images)
     x, y = s.train.batch(torch.tensor([0, 5, 7]))

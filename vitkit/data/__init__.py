@@ -10,10 +10,11 @@ from .embedded import Split, load_digits, to_float01
 from .folder import ImageFolderDataset, scan_image_folder
 from .formats import DataFormatError, read_cifar_batch, read_idx, write_idx
 from .safe_pickle import UnsafePickleError, safe_load
+from .shards import TarShardDataset
 from .splits import channel_stats, stratified_split
 
 __all__ = [
-    "DATASETS", "DataFormatError", "DatasetSplits", "ImageFolderDataset", "Split", "UnsafePickleError",
+    "DATASETS", "DataFormatError", "DatasetSplits", "ImageFolderDataset", "Split", "TarShardDataset", "UnsafePickleError",
     "channel_stats", "list_datasets", "load_dataset", "load_digits", "read_cifar_batch", "read_idx",
     "safe_load", "scan_image_folder", "stratified_split", "to_float01", "write_idx",
 ]

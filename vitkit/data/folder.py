@@ -131,7 +131,7 @@ class ImageFolderDataset(Dataset):
     """Lazily decoded images: `ds[i]` -> (float32 (C, H, W) in [0, 1], label int).
 
     Also `len(ds)`, `ds.labels` (int64 tensor), `ds.classes`, `ds.samples` [(path, label)] and
-    `ds.batch(idx)` (decodes and stacks, like `Split.batch`). `transform`, if given, is applied
+    `ds.load_batch(idx)` (decodes and stacks in this process). `transform`, if given, is applied
     to the float tensor (augmentation hook for the engine).
     """
 
@@ -161,7 +161,8 @@ class ImageFolderDataset(Dataset):
             x = self.transform(x)
         return x, self.samples[i][1]
 
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode and stack (no `batch` method on purpose: `hasattr(ds, "batch")` marks in-memory data)."""
         idx = torch.as_tensor(idx, dtype=torch.long).flatten().tolist()
         xs = [self[i][0] for i in idx]
         return torch.stack(xs), self.labels[idx]

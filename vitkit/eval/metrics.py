@@ -1,7 +1,7 @@
 """Classification metrics: top-k accuracy, confusion matrix, per-class accuracy, and a plot.
 
 Conventions (the whole of `vitkit.eval`): accuracies are percentages in [0, 100] (as timm, DINO
-and the quickstart report them); confusion matrices have true labels on rows and predictions on
+and `vitkit train` report them); confusion matrices have true labels on rows and predictions on
 columns (scikit-learn's layout).
 
 Ties: the rank of the true class counts the classes with a strictly higher score plus the tied

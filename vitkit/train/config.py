@@ -48,7 +48,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 40
+    epochs: int = 60
     warmup_epochs: float = 2.0
     min_lr: float = 0.0
 
