@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files with a saved model directory")
     p.add_argument("model", help="a vitkit directory (save_pretrained) or a Hugging Face ViT/DeiT directory")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_predict)
     return parser
 
