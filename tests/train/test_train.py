@@ -91,8 +91,10 @@ def test_run_outputs(tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
-    """Kill a real run part-way (SIGKILL), resume it, and compare with an uninterrupted run."""
-    args = [f"--run.out={tmp_path / 'killed'}", *TINY, "--sched.epochs=8"]
+    """Kill a real run part-way (SIGKILL), resume it, and compare with an uninterrupted run.
+    Augmentation is on: its randomness must replay from the checkpointed RNG state too."""
+    aug = ["--aug.random_resized_crop=true", "--aug.scale=[0.6, 1.0]", "--aug.random_erasing=0.5"]
+    args = [f"--run.out={tmp_path / 'killed'}", *TINY, *aug, "--sched.epochs=8"]
     proc = subprocess.Popen([sys.executable, "-m", "vitkit.cli", "train", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = tmp_path / "killed" / "metrics.jsonl"
@@ -109,7 +111,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     assert 2 <= done < 8 and not (tmp_path / "killed" / "metrics.json").exists()
 
     train(apply_overrides(TrainConfig(), [*args, "--run.resume=true"]))
-    train(config(tmp_path / "straight", "--sched.epochs=8"))
+    train(config(tmp_path / "straight", *aug, "--sched.epochs=8"))
     a, b = weights(tmp_path / "killed"), weights(tmp_path / "straight")
     assert a.keys() == b.keys()
     for k in a:
@@ -146,8 +148,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_bf16_accumulation_clipping_ema_checkpointing_run(tmp_path):
+def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path):
     m = train(config(tmp_path / "run", "--sched.epochs=1", "--run.bf16=true", "--optim.accum_steps=2",
                      "--optim.clip_grad=1.0", "--run.ema_decay=0.9", "--run.grad_checkpointing=true",
-                     "--optim.layer_decay=0.75"))
+                     "--optim.layer_decay=0.75", "--aug.mixup=0.8", "--aug.cutmix=1.0",
+                     "--aug.randaugment=rand-m9-n2", "--aug.random_erasing=0.25"))
     assert 0.0 <= m["test_acc"] <= 100.0 and (tmp_path / "run" / "checkpoint" / "ema" / "model.safetensors").is_file()

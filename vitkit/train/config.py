@@ -2,8 +2,8 @@
 
     vitkit train --recipe recipes/digits_vit.yaml --optim.lr=1e-3 --sched.epochs=10
 
-A recipe is a YAML mapping with the same sections as `TrainConfig` (data, model, optim, sched,
-run); anything it leaves out keeps the default below. Overrides are `--section.field=value`, the
+A recipe is a YAML mapping with the same sections as `TrainConfig` (data, aug, model, optim,
+sched, run); anything it leaves out keeps the default below. Overrides are `--section.field=value`, the
 value parsed as YAML (so `1e-3`, `true`, `[0.9, 0.95]` and `null` mean what they look like).
 """
 
@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..data.augment import AugmentConfig
 
 
 @dataclass
@@ -48,8 +50,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 60
-    warmup_epochs: float = 2.0
+    epochs: int = 100
+    warmup_epochs: float = 5.0
     min_lr: float = 0.0
 
 
@@ -70,6 +72,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation (vitkit/data/augment.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -103,7 +106,7 @@ def load_recipe(path: str | Path) -> TrainConfig:
         raise FileNotFoundError(f"recipe {path} does not exist (recipes live in the repository's recipes/ folder)")
     values = _yaml().safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, model, optim, sched, run)")
+        raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run)")
     return TrainConfig.from_dict(values)
 
 

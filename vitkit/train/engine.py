@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
 from ..registry import create_model
 from .config import TrainConfig, save_config
@@ -284,6 +285,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
 
     optimizer = build_optimizer(model, cfg.optim)
+    # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
+    # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
+    augment = BatchAugment(cfg.aug, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
+    smoothing = 0.0 if augment.mixing else cfg.optim.label_smoothing
     batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
     if len(batches) % cfg.optim.accum_steps:
         logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
@@ -315,14 +320,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             step = epoch * steps_per_epoch + i
             x, y = x.to(device_str, non_blocking=True), y.to(device_str, non_blocking=True)
+            target = y
+            if augment.active:
+                x, target = augment(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
             last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
             sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
             with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
                 out = net(norm(x))
                 logits = out[0] if isinstance(out, tuple) else out  # distilled: train the class head here
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
-                if isinstance(out, tuple):
-                    loss = 0.5 * (loss + F.cross_entropy(out[1].float(), y, label_smoothing=cfg.optim.label_smoothing))
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+                if isinstance(out, tuple):  # both heads on the labels (distillation comes with a teacher)
+                    loss = 0.5 * (loss + F.cross_entropy(out[1].float(), target, label_smoothing=smoothing))
                 (loss / cfg.optim.accum_steps).backward()
             if not torch.isfinite(loss):
                 bar.close()
