@@ -232,7 +232,8 @@ def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
     if history and "val_loss" in history[0]:
         a.plot(epochs, [h["val_loss"] for h in history], label="val")
-    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.set_title("loss")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend()
+    a.set_title("loss (train: with label smoothing / mixing)")
     b.plot(epochs, [h["train_acc"] for h in history], label="train")
     if history and "val_acc" in history[0]:
         b.plot(epochs, [h["val_acc"] for h in history], label="val")
