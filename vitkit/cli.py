@@ -51,6 +51,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split)
     print(f"{r['model_dir']} on {r['dataset']} ({r['split']}, {r['images']} images): top-1 {r['acc']:.2f}%, "
           f"top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}")
+    worst = sorted(r["per_class_acc"].items(), key=lambda kv: kv[1])[:5]
+    print("lowest per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in worst))
+    if "figure" in r:
+        print(f"confusion matrix: {r['figure']}")
     return 0
 
 

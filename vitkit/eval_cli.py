@@ -1,4 +1,5 @@
-"""`vitkit eval`: a saved model on the test split of the dataset it was trained on."""
+"""`vitkit eval`: a saved model on the test split of the dataset it was trained on: top-1/top-5,
+loss, per-class accuracy and a confusion-matrix PNG next to the model."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
     data = getattr(splits, split)
     if data is None:
         raise ValueError(f"dataset {name} has no {split} split")
+    from .eval import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
+
     cfg = model.pretrained_cfg
-    result = evaluate(model, data, Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std)), "cpu")
+    result = evaluate(model, data, Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std)), "cpu",
+                      return_logits=True)
+    logits, labels = result.pop("logits"), result.pop("labels")
+    cm = confusion_matrix(logits, labels, len(splits.classes))
+    per_class = per_class_accuracy_from_cm(cm)
+    result["per_class_acc"] = {c: round(float(a), 2) for c, a in zip(splits.classes, per_class)}
+    try:
+        figure = plot_confusion_matrix(cm, splits.classes, path / f"confusion_{split}.png",
+                                       title=f"{name} {split}: top-1 {result['acc']:.2f}%")
+        result["figure"] = str(figure)
+    except ImportError:  # matplotlib is optional
+        pass
     return {**result, "model_dir": str(model_dir), "dataset": name, "split": split, "images": len(data)}

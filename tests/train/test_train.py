@@ -86,6 +86,8 @@ def test_run_outputs(tmp_path):
 
     r = evaluate_dir(run)
     assert abs(r["acc"] - m["test_acc"]) < 1e-3 and r["dataset"] == "digits"  # metrics.json rounds to 3 places
+    assert len(r["per_class_acc"]) == 10 and all(0.0 <= a <= 100.0 for a in r["per_class_acc"].values())
+    assert Path(r["figure"]).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileExistsError, match="resume"):
         train(config(tmp_path / "run", "--sched.epochs=2"))
 

@@ -137,12 +137,14 @@ class Normalise(nn.Module):
 
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = False) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split."""
+def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = False,
+             return_logits: bool = False) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split (+ logits and labels on request)."""
     was_training = model.training
     model.eval()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in eval_batches(data):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
@@ -153,8 +155,14 @@ def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = 
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(-1).sum().item()
         n += len(y)
+        if return_logits:
+            kept.append((logits.cpu(), y.cpu()))
     model.train(was_training)
-    return {"acc": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+    result: dict[str, Any] = {"acc": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+    if return_logits:
+        result["logits"] = torch.cat([k[0] for k in kept])
+        result["labels"] = torch.cat([k[1] for k in kept])
+    return result
 
 
 # ------------------------------------------------------------------------------------ checkpoints
