@@ -125,7 +125,8 @@ class Row:
 
 def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    tm = timm.create_model(name, pretrained=False)
+    # drop_path_rate=0: timm defaults to 0.1 for Swin (vitkit: 0), which makes train-mode outputs random
+    tm = timm.create_model(name, pretrained=False, drop_path_rate=0.0)
     vm = vitkit.create_model(name)
     nonzero_heads(tm)
     try:
@@ -350,7 +351,7 @@ def main(argv=None) -> list[Row]:
         print(f"{name}: weights copied timm -> vitkit (strict), max |diff| eval+train {diff:.2e}; "
               f"{fwd:.2f} GFLOP/image forward", flush=True)
         if args.control:  # A/A: time timm against a second timm with the same weights
-            vm = timm.create_model(name, pretrained=False)
+            vm = timm.create_model(name, pretrained=False, drop_path_rate=0.0)
             vm.load_state_dict(tm.state_dict())
             if hasattr(vm, "set_distilled_training") and getattr(vm, "dist_token", None) is not None:
                 vm.set_distilled_training(True)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-import vitkit
 from vitkit import CheckpointError, create_model, from_pretrained, list_models
 from vitkit.layers import eager_attention, to_2tuple
 from vitkit.models.mixer import MixerConfig, MlpMixer

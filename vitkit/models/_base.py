@@ -56,3 +56,21 @@ class VitkitModel(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+def feature_take_indices(
+    num_blocks: int, indices: int | list[int] | tuple[int, ...] | None, unit: str = "blocks"
+) -> list[int]:
+    """Normalise `forward_intermediates` indices (of blocks, or of stages for hierarchical models)
+    to a sorted list of non-negative indices: an int n takes the last n, a sequence takes those
+    (negative ones count from the end), None takes all."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"cannot take the last {indices} of {num_blocks} {unit}")
+        return list(range(num_blocks - indices, num_blocks))
+    take = sorted({i + num_blocks if i < 0 else i for i in indices})
+    if not take or take[0] < 0 or take[-1] >= num_blocks:
+        raise ValueError(f"{unit[:-1]} indices {list(indices)} out of range for a model with {num_blocks} {unit}")
+    return take

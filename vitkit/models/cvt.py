@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, drop_path_rates, fused_attention_enabled
 from ..registry import register_model
-from ._base import VitkitModel, register_family
+from ._base import VitkitModel, feature_take_indices, register_family
 
 # fields that hold one value per stage; a scalar given for one of them applies to every stage
 _PER_STAGE = (
@@ -416,7 +416,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = stage_take_indices(self.num_stages, indices)
+        take = feature_take_indices(self.num_stages, indices, unit="stages")
         stages = self.stages
         last = max(take) if stop_early else self.num_stages - 1
         out = []
@@ -436,20 +436,6 @@ class ConvolutionalVisionTransformer(VitkitModel):
         if intermediates_only:
             return out
         return (self.norm(x) if last == self.num_stages - 1 else x), out
-
-
-def stage_take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-    """Normalise `forward_intermediates` indices to a sorted list of non-negative stage indices."""
-    if indices is None:
-        return list(range(num_stages))
-    if isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ValueError(f"cannot take the last {indices} of {num_stages} stages")
-        return list(range(num_stages - indices, num_stages))
-    take = sorted({i + num_stages if i < 0 else i for i in indices})
-    if not take or take[0] < 0 or take[-1] >= num_stages:
-        raise ValueError(f"stage indices {list(indices)} out of range for a model with {num_stages} stages")
-    return take
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,10 +41,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, PatchEmbed, to_2tuple
+from ..layers import DropPath, Mlp, PatchEmbed
 from ..registry import HALF_MEAN, HALF_STD, register_model
-from ._base import VitkitModel, register_family
-from .vit import feature_take_indices
+from ._base import VitkitModel, feature_take_indices, register_family
 
 logger = logging.getLogger("vitkit")
 

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
-from ..registry import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, register_model
-from ._base import VitkitModel, register_family
+from ..registry import HALF_MEAN, HALF_STD, register_model
+from ._base import VitkitModel, feature_take_indices, register_family
 
 
 @dataclass
@@ -354,20 +353,6 @@ class VisionTransformer(VitkitModel):
         if intermediates_only:
             return out
         return self.norm(x), out
-
-
-def feature_take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-    """Normalise `forward_intermediates` indices to a sorted list of non-negative block indices."""
-    if indices is None:
-        return list(range(num_blocks))
-    if isinstance(indices, int):
-        if not 0 < indices <= num_blocks:
-            raise ValueError(f"cannot take the last {indices} of {num_blocks} blocks")
-        return list(range(num_blocks - indices, num_blocks))
-    take = sorted({i + num_blocks if i < 0 else i for i in indices})
-    if not take or take[0] < 0 or take[-1] >= num_blocks:
-        raise ValueError(f"block indices {list(indices)} out of range for a model with {num_blocks} blocks")
-    return take
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import random
 import shutil
