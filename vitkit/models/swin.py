@@ -149,28 +149,38 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
         return bias.permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x: (B * nW, N, C); mask: (nW, N, N) or None. Returns (B * nW, N, C) [, weights (B * nW, heads, N, N)]."""
+    def attn_bias(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The additive attention bias: the relative position bias (1, heads, N, N), plus the SW-MSA
+        mask (nW, N, N) when given -> (nW, heads, N, N)."""
+        bias = self.rel_pos_bias()
+        return bias if mask is None else bias + mask.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
+                attn_bias: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x: (B * nW, N, C); mask: (nW, N, N) or None. Returns (B * nW, N, C) [, weights (B * nW, heads, N, N)].
+        `attn_bias`, if given, replaces `self.attn_bias(mask)` (SwinBlock caches it for inference)."""
         BW, N, C = x.shape
         q, k, v = self.qkv(x).reshape(BW, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.rel_pos_bias()  # (1, h, N, N)
-        if mask is not None:
-            # (B, nW, h, N, hd) views so the (nW, 1, N, N) mask broadcasts over the batch without a copy
-            nW = mask.shape[0]
-            q, k, v = (t.view(BW // nW, nW, self.num_heads, N, self.head_dim) for t in (q, k, v))
-            bias = bias + mask.unsqueeze(1)  # (nW, h, N, N)
+        bias = self.attn_bias(mask) if attn_bias is None else attn_bias  # (1 | nW, h, N, N)
+        nW = bias.shape[0]
         weights = None
         if fused_attention_enabled() and not return_attention:
+            if nW != 1 and nW != BW:
+                # repeat the per-window bias over the batch: SDPA's fused CPU kernel takes 4-D inputs only
+                # (a 5-D (B, nW, h, N, hd) call falls back to the unfused math path, ~2-3x slower here)
+                bias = bias.expand(BW // nW, -1, -1, -1, -1).reshape(BW, self.num_heads, N, N)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
                                                dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            weights = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if nW != 1 and nW != BW:  # (B, nW, h, N, N) view: the bias broadcasts over the batch
+                attn = attn.view(BW // nW, nW, self.num_heads, N, N)
+            weights = (attn + bias).softmax(dim=-1).view(BW, self.num_heads, N, N)
             x = self.attn_drop(weights) @ v
-        x = x.reshape(BW, self.num_heads, N, self.head_dim).transpose(1, 2).reshape(BW, N, C)
+        x = x.transpose(1, 2).reshape(BW, N, C)
         x = self.proj_drop(self.proj(x))
         if return_attention:
-            return x, weights.reshape(BW, self.num_heads, N, N)
+            return x, weights
         return x
 
 
@@ -194,6 +204,10 @@ class SwinBlock(nn.Module):
         # the mask of the configured resolution, cached; other sizes build theirs per call (timm: not saved)
         mask = self._mask(*self._padded(*resolution)) if any(self.shift_size) else None
         self.register_buffer("attn_mask", mask, persistent=False)
+        # With autograd off, the combined bias (relative position bias gathered from the table, plus the
+        # shift mask) depends only on the table, the padded size, dtype and device: it is built once and
+        # reused. The cache keeps a copy of the table and is rebuilt whenever the table's values change.
+        self._bias_cache: tuple | None = None
 
     def _padded(self, H: int, W: int) -> tuple[int, int]:
         mh, mw = self.window_size
@@ -202,21 +216,43 @@ class SwinBlock(nn.Module):
     def _mask(self, Hp: int, Wp: int, device=None) -> torch.Tensor:
         return shifted_window_mask(Hp, Wp, self.window_size, self.shift_size, device=device)
 
+    def _shift_mask(self, H: int, W: int, Hp: int, Wp: int, device) -> torch.Tensor:
+        if (H, W) == self.resolution and self.attn_mask is not None:
+            return self.attn_mask
+        return self._mask(Hp, Wp, device=device)
+
+    def _cached_bias(self, H: int, W: int, Hp: int, Wp: int, device, dtype: torch.dtype) -> torch.Tensor | None:
+        """`attn.attn_bias(mask)` in `dtype`, cached while autograd is off (None when it is on)."""
+        if torch.is_grad_enabled():
+            return None
+        table = self.attn.relative_position_bias_table
+        key = (Hp, Wp, dtype, device, torch.is_inference_mode_enabled())
+        cache = self._bias_cache
+        if cache is not None and cache[0] == key and torch.equal(cache[1], table):
+            return cache[2]
+        mask = self._shift_mask(H, W, Hp, Wp, device) if any(self.shift_size) else None
+        bias = self.attn.attn_bias(mask).to(dtype)
+        self._bias_cache = (key, table.clone(), bias)
+        return bias
+
     def _attention(self, x: torch.Tensor, return_attention: bool = False):
         B, H, W, C = x.shape
         Hp, Wp = self._padded(H, W)
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # official detection code: pad, then shift
-        mask = None
-        if any(self.shift_size):
+        padded = (Hp, Wp) != (H, W)
+        if padded:
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # official detection code: pad, then shift
+        shifted = any(self.shift_size)
+        if shifted:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-            mask = self.attn_mask if (H, W) == self.resolution and self.attn_mask is not None else \
-                self._mask(Hp, Wp, device=x.device)
-        out = self.attn(window_partition(x, self.window_size), mask=mask, return_attention=return_attention)
+        bias = None if return_attention else self._cached_bias(H, W, Hp, Wp, x.device, x.dtype)
+        mask = self._shift_mask(H, W, Hp, Wp, x.device) if shifted and bias is None else None
+        out = self.attn(window_partition(x, self.window_size), mask=mask, return_attention=return_attention,
+                        attn_bias=bias)
         out, weights = out if return_attention else (out, None)
         x = window_reverse(out, self.window_size, Hp, Wp)  # (B, Hp, Wp, C)
-        if any(self.shift_size):
+        if shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
-        return x[:, :H, :W, :], weights
+        return (x[:, :H, :W, :] if padded else x), weights
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """(B, H, W, C) -> (B, H, W, C) [, attention weights (B * nW, heads, N, N)]."""
