@@ -50,6 +50,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this module created the process group, so it also destroys it
 
     @property
     def main(self) -> bool:
@@ -61,9 +62,10 @@ def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def resolve_device(name: str) -> str:
@@ -406,4 +408,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         figure = plot_history(run_dir / "curves.png", history, f"{cfg.model.name} on {splits.name}")
         if figure:
             metrics["figure"] = str(figure)
+    if d.owns_group:
+        dist.barrier()
+        dist.destroy_process_group()  # torchrun processes exit cleanly, with no NCCL/gloo warnings
     return metrics
