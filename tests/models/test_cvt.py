@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 import vitkit
-from vitkit import create_model, from_pretrained, list_models
+from vitkit import create_model, list_models
 from vitkit.layers import eager_attention
 from vitkit.registry import get_model_spec
+
+from contract import check_grad_checkpointing, check_save_roundtrip
 
 NAMES = list_models("cvt_*")
 B = 2
@@ -174,50 +176,14 @@ def test_fused_attention_equals_eager(name):
 def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.cvt as cvt_mod
 
-    calls = []
-    real_checkpoint = cvt_mod.checkpoint
-
-    def counting_checkpoint(*args, **kwargs):
-        calls.append(1)
-        return real_checkpoint(*args, **kwargs)
-
-    monkeypatch.setattr(cvt_mod, "checkpoint", counting_checkpoint)
     model = build(name)  # eval: BatchNorm on running statistics, which recomputation would update twice
-    x = images(model)
-    out_plain = model(x)
-    loss_of(out_plain).backward()
-    grads_plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    assert not calls
-
-    model.set_grad_checkpointing(True)
-    out_ckpt = model(x)
-    loss_of(out_ckpt).backward()
-    assert len(calls) == sum(DEPTHS), "gradient checkpointing is not active"
-    torch.testing.assert_close(out_ckpt, out_plain, atol=0, rtol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads_plain[n], atol=1e-6, rtol=1e-5, msg=n)
-    with torch.no_grad():
-        calls.clear()
-        model(x)
-        assert not calls
+    check_grad_checkpointing(model, images(model), cvt_mod, monkeypatch, expected_calls=sum(DEPTHS), loss_fn=loss_of)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_pretrained_roundtrip(name, tmp_path):
     model = build(name)
-    x = images(model)
-    model.save_pretrained(tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m")
-    assert type(loaded) is type(model) and loaded.config == model.config
-    assert loaded.model_name == name and not loaded.training
-    assert {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.pretrained_cfg.items()} == {
-        k: list(v) if isinstance(v, tuple) else v for k, v in model.pretrained_cfg.items()
-    }
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-    sd, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)  # BN buffers included
+    check_save_roundtrip(model, images(model), tmp_path, name)  # BN buffers are in the state dict
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -22,6 +22,8 @@ from vitkit.layers import eager_attention, to_2tuple
 from vitkit.models.mixer import MixerConfig, MlpMixer
 from vitkit.registry import get_model_spec
 
+from contract import check_grad_checkpointing, check_save_roundtrip, save_state
+
 NAMES = list_models("mixer_*")
 PAPER = {  # REFERENCE.md / timm 1.0.31, 1000-class head
     "mixer_s32_224": 19_104_624,
@@ -134,16 +136,6 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def save(state: dict, path, fmt: str):
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
-
-
 def timm_tiny(**kw) -> nn.Module:
     timm_mixer = pytest.importorskip("timm.models.mlp_mixer")
     kw = dict(kw)
@@ -169,7 +161,7 @@ CASES = {
 def test_timm_parity(case, fmt, tmp_path):
     kw = dict(TINY, **CASES[case])
     ref = randomise(timm_tiny(**kw))
-    path = save(ref.state_dict(), tmp_path / f"w.{fmt}", fmt)
+    path = save_state(ref.state_dict(), tmp_path / f"w.{fmt}", fmt)
     ours = create_model("mixer_s16_224", pretrained=path, **kw).eval()
     x = torch.randn(2, kw.get("in_chans", 3), *to_2tuple(kw["img_size"]))
     with torch.no_grad():
@@ -180,7 +172,7 @@ def test_timm_parity(case, fmt, tmp_path):
 def test_forward_intermediates_parity(tmp_path):
     kw = dict(TINY, depth=3, img_size=(32, 48), patch_size=8)
     ref = randomise(timm_tiny(**kw))
-    ours = create_model("mixer_s16_224", pretrained=save(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"),
+    ours = create_model("mixer_s16_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"),
                         **kw).eval()
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
@@ -199,7 +191,7 @@ def test_named_model_parity_s32(tmp_path):
     """A full-size named model: timm's and vitkit's mixer_s32_224 take the same weights."""
     timm = pytest.importorskip("timm")
     ref = randomise(timm.create_model("mixer_s32_224", pretrained=False))
-    ours = create_model("mixer_s32_224", pretrained=save(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"))
+    ours = create_model("mixer_s32_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"))
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), ref(x), atol=ATOL, rtol=RTOL)
@@ -270,40 +262,15 @@ def test_every_parameter_gets_a_gradient(name):
 def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.mixer as mixer_mod
 
-    calls = []
-    real = mixer_mod.checkpoint
-    monkeypatch.setattr(mixer_mod, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = build(name).train()
-    x = images(model)
-    out_plain = model(x)
-    loss_of(out_plain).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    assert not calls
-    model.set_grad_checkpointing(True)
-    out_ckpt = model(x)
-    loss_of(out_ckpt).backward()
-    assert len(calls) == DEPTH, "gradient checkpointing is not active"
-    torch.testing.assert_close(out_ckpt, out_plain, atol=0, rtol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-6, rtol=1e-5, msg=n)
-    calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert not calls
+    check_grad_checkpointing(model, images(model), mixer_mod, monkeypatch, expected_calls=DEPTH, loss_fn=loss_of)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_pretrained_roundtrip(name, tmp_path):
     model = build(name, mlp_ratio=0.75)  # float -> pair; tuples come back from JSON as lists
-    x = images(model)
-    model.save_pretrained(tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m")
-    assert type(loaded) is MlpMixer and loaded.config == model.config
+    loaded = check_save_roundtrip(model, images(model), tmp_path, name)
     assert loaded.config.mlp_ratio == (0.75, 0.75)
-    assert loaded.model_name == name and not loaded.training
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -417,13 +384,13 @@ def test_num_classes_mismatch_reinitialises_head(tmp_path, caplog):
     assert all(torch.equal(sd[k], src_sd[k]) for k in sd if not k.startswith("head."))
 
     # a timm-keyed file through create_model, and a feature checkpoint without a head
-    path = save(src.state_dict(), tmp_path / "w.safetensors", "safetensors")
+    path = save_state(src.state_dict(), tmp_path / "w.safetensors", "safetensors")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         create_model("mixer_micro_patch4_28", pretrained=path, embed_dim=EMBED_DIM, depth=DEPTH,
                      num_classes=7, img_size=(12, 8))
     assert any("re-initialised" in r.getMessage() for r in caplog.records)
-    no_head = save({k: v for k, v in src.state_dict().items() if not k.startswith("head.")},
+    no_head = save_state({k: v for k, v in src.state_dict().items() if not k.startswith("head.")},
                    tmp_path / "f.safetensors", "safetensors")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vitkit"):
@@ -436,14 +403,14 @@ def test_num_classes_mismatch_reinitialises_head(tmp_path, caplog):
 
 def test_checkpoint_for_another_img_size_is_refused(tmp_path):
     src = build("mixer_micro_patch4_28", img_size=16)  # 4x4 grid
-    path = save(src.state_dict(), tmp_path / "w.safetensors", "safetensors")
+    path = save_state(src.state_dict(), tmp_path / "w.safetensors", "safetensors")
     with pytest.raises(CheckpointError, match=r"(?s)16 patches.*img_size=16.*per patch position"):
         create_model("mixer_micro_patch4_28", pretrained=path, **tiny_overrides("mixer_micro_patch4_28"))
 
 
 def test_another_architecture_is_reported(tmp_path):
     vit = create_model("vit_micro_patch4_28")
-    path = save(vit.state_dict(), tmp_path / "vit.safetensors", "safetensors")
+    path = save_state(vit.state_dict(), tmp_path / "vit.safetensors", "safetensors")
     with pytest.raises(CheckpointError, match="another architecture"):
         create_model("mixer_micro_patch4_28", pretrained=path)
 

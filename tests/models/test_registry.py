@@ -20,6 +20,8 @@ from vitkit.layers import eager_attention, resample_abs_pos_embed
 from vitkit.models.vit import ViTConfig
 from vitkit.registry import get_model_spec
 
+from contract import check_grad_checkpointing, check_save_roundtrip
+
 NAMES = [n for n in list_models() if get_model_spec(n).family == "vit"]
 B = 2
 NUM_CLASSES = 5
@@ -153,56 +155,14 @@ def test_fused_attention_equals_eager(name):
 def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.vit as vit_mod
 
-    calls = []
-    real_checkpoint = vit_mod.checkpoint
-
-    def counting_checkpoint(*args, **kwargs):
-        calls.append(1)
-        return real_checkpoint(*args, **kwargs)
-
-    monkeypatch.setattr(vit_mod, "checkpoint", counting_checkpoint)
     model = build(name).train()
-    x = images(model)
-
-    out_plain = model(x)
-    loss_of(out_plain).backward()
-    grads_plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    assert not calls
-
-    model.set_grad_checkpointing(True)
-    out_ckpt = model(x)
-    loss_of(out_ckpt).backward()
-    assert len(calls) == DEPTH, "gradient checkpointing is not active"
-    for a, b in zip(as_tuple(out_plain), as_tuple(out_ckpt)):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads_plain[n], atol=1e-6, rtol=1e-5, msg=n)
-
-    with torch.no_grad():  # no checkpointing without autograd
-        calls.clear()
-        model(x)
-        assert not calls
+    check_grad_checkpointing(model, images(model), vit_mod, monkeypatch, expected_calls=DEPTH, loss_fn=loss_of)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_pretrained_roundtrip(name, tmp_path):
     model = build(name)
-    x = images(model)
-    model.save_pretrained(tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m")
-    assert type(loaded) is type(model)
-    assert loaded.config == model.config
-    assert loaded.model_name == name
-    assert {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.pretrained_cfg.items()} == {
-        k: list(v) if isinstance(v, tuple) else v for k, v in model.pretrained_cfg.items()
-    }
-    assert not loaded.training
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-    sd, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd.keys() == sd2.keys()
-    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    check_save_roundtrip(model, images(model), tmp_path, name)
 
 
 @pytest.mark.parametrize("name", NAMES)

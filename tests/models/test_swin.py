@@ -17,6 +17,8 @@ from vitkit.layers import eager_attention, to_2tuple
 from vitkit.models.swin import SwinConfig, resize_rel_pos_bias_table
 from vitkit.registry import get_model_spec
 
+from contract import check_grad_checkpointing, check_save_roundtrip, save_state
+
 ATOL = RTOL = 1e-4
 
 # name -> parameters with the 1000-class head (REFERENCE.md, timm 1.0.31)
@@ -61,16 +63,6 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def save(state: dict, path, fmt: str = "safetensors"):
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
-
-
 TINY = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=10)
 CASES = {
     "p2_w4_32": dict(img_size=32, patch_size=2, window_size=4),
@@ -92,7 +84,7 @@ def timm_swin(**kw):
 
 
 def vitkit_from(ref: nn.Module, tmp_path, fmt="safetensors", name="swin_tiny_patch4_window7_224", **cfg):
-    path = save(ref.state_dict(), tmp_path / f"w.{fmt}", fmt)
+    path = save_state(ref.state_dict(), tmp_path / f"w.{fmt}", fmt)
     return create_model(name, pretrained=path, **cfg).eval()
 
 
@@ -171,7 +163,7 @@ def test_window_resize_matches_timm(tmp_path):
     state = src.state_dict()
     ref = TimmSwin(window_size=4, **kw).eval()
     ref.load_state_dict(checkpoint_filter_fn(dict(state), ref))
-    path = save(state, tmp_path / "w8.safetensors")
+    path = save_state(state, tmp_path / "w8.safetensors")
     ours = create_model("swin_tiny_patch4_window7_224", pretrained=path, window_size=4, **kw).eval()
     key = "layers.0.blocks.1.attn.relative_position_bias_table"
     assert state[key].shape == (15 * 15, 2) and ours.state_dict()[key].shape == (7 * 7, 2)
@@ -209,7 +201,7 @@ def test_official_checkpoint_layout(tmp_path, caplog):
     ref = timm_swin(**kw)
     official = _official_layout(ref.state_dict())
     assert "layers.0.downsample.reduction.weight" in official and "head.weight" in official
-    path = save(official, tmp_path / "official.pth", "pth")
+    path = save_state(official, tmp_path / "official.pth", "pth")
     with caplog.at_level(logging.INFO, logger="vitkit"):
         ours = create_model("swin_tiny_patch4_window7_224", pretrained=path, **kw).eval()
     assert "official Swin layout" in caplog.text
@@ -221,7 +213,7 @@ def test_official_checkpoint_layout(tmp_path, caplog):
 def test_head_mismatch_reinitialises_with_warning(tmp_path, caplog):
     kw = dict(TINY, img_size=32, patch_size=2, window_size=4)
     ref = timm_swin(**kw)
-    path = save(ref.state_dict(), tmp_path / "w.safetensors")
+    path = save_state(ref.state_dict(), tmp_path / "w.safetensors")
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         ours = create_model("swin_tiny_patch4_window7_224", pretrained=path, **dict(kw, num_classes=3)).eval()
     assert "re-initialised" in caplog.text and ours.head.fc.weight.shape == (3, 64)
@@ -238,7 +230,7 @@ def test_head_mismatch_reinitialises_with_warning(tmp_path, caplog):
 
 def test_wrong_architecture_is_reported(tmp_path):
     vit = create_model("vit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2, img_size=32)
-    path = save(vit.state_dict(), tmp_path / "vit.safetensors")
+    path = save_state(vit.state_dict(), tmp_path / "vit.safetensors")
     with pytest.raises(vitkit.CheckpointError, match="another architecture"):
         create_model("swin_tiny_patch4_window7_224", pretrained=path, **dict(TINY, img_size=32, patch_size=2,
                                                                               window_size=4))
@@ -342,42 +334,16 @@ def test_fused_attention_equals_eager(name):
 def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.swin as swin_mod
 
-    calls = []
-    real = swin_mod.checkpoint
-    monkeypatch.setattr(swin_mod, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = build(name).train()
-    x = images(model)
-    out = model(x)
-    (out**2).mean().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    assert not calls
-    model.set_grad_checkpointing(True)
-    out_ckpt = model(x)
-    (out_ckpt**2).mean().backward()
-    assert len(calls) == sum(DEPTHS)
-    torch.testing.assert_close(out_ckpt, out, atol=0, rtol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-6, rtol=1e-5, msg=n)
-    calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert not calls
+    check_grad_checkpointing(model, images(model), swin_mod, monkeypatch, expected_calls=sum(DEPTHS),
+                             loss_fn=lambda out: (out**2).mean())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_pretrained_roundtrip(name, tmp_path):
     model = build(name)
-    x = images(model)
-    model.save_pretrained(tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m")
-    assert type(loaded) is type(model) and loaded.config == model.config and loaded.model_name == name
-    assert not loaded.training
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-    sd, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in sd)  # buffers not saved
+    loaded = check_save_roundtrip(model, images(model), tmp_path, name)
+    assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in loaded.state_dict())  # buffers not saved
 
 
 @pytest.mark.parametrize("name", NAMES)

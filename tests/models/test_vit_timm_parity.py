@@ -11,6 +11,8 @@ import torch
 
 import vitkit
 
+from contract import save_state
+
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
@@ -25,18 +27,8 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def save(state: dict, path, fmt: str):
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
-
-
 def vitkit_from_timm(timm_model, tmp_path, fmt="safetensors", name="vit_tiny_patch16_224", **cfg):
-    path = save(timm_model.state_dict(), tmp_path / f"w.{fmt}", fmt)
+    path = save_state(timm_model.state_dict(), tmp_path / f"w.{fmt}", fmt)
     return vitkit.create_model(name, pretrained=path, **cfg).eval()
 
 
@@ -139,7 +131,7 @@ def test_load_at_another_resolution_matches_timm(tmp_path):
     state = src.state_dict()
     ref = TimmViT(img_size=48, **kw).eval()
     ref.load_state_dict(checkpoint_filter_fn(dict(state), ref))
-    path = save(state, tmp_path / "w.safetensors", "safetensors")
+    path = save_state(state, tmp_path / "w.safetensors", "safetensors")
     ours = vitkit.create_model("vit_tiny_patch16_224", pretrained=path, img_size=48, **kw).eval()
     assert ours.pos_embed.shape == (1, 1 + 36, 64)
     x = torch.randn(2, 3, 48, 48)
