@@ -5,6 +5,11 @@
     vitkit models [PATTERN]                       registered model names with parameter counts
     vitkit info NAME                              a model's configuration and size
     vitkit predict MODEL_DIR IMAGE...             classify images with a saved model
+    vitkit pretrain METHOD [--recipe R] [...]     self-supervised pre-training (mae, mpp, dino, msn)
+    vitkit calibrate RUN_OR_MODEL_DIR --budget F  early-exit thresholds of a DVT for a compute budget
+    vitkit inspect MODEL [IMAGE...] --out DIR     attention maps, rollout, attention distance, embeddings
+    vitkit make-shards DATASET OUT_DIR            write a dataset as WebDataset tar shards
+    vitkit export CHECKPOINT [--format onnx]      ONNX with a dynamic batch axis, checked with onnxruntime
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
     apply_overrides(cfg, args.overrides)
+    if args.finetune:  # a pre-trained backbone (vitkit pretrain): its model, layer-wise LR decay 0.75
+        from .train.pretrain import finetune_settings
+
+        finetune_settings(cfg, args.finetune)
     if args.out:
         cfg.run.out = args.out
     if args.resume:
@@ -47,13 +56,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_cli import evaluate_dir
 
-    r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split)
+    r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split, bf16=args.bf16)
     print(f"{r['model_dir']} on {r['dataset']} ({r['split']}, {r['images']} images): top-1 {r['acc']:.2f}%, "
           f"top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}")
     worst = sorted(r["per_class_acc"].items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in worst))
     if "figure" in r:
         print(f"confusion matrix: {r['figure']}")
+    if "exits" in r:  # early-exit models (DVT)
+        e = r["exits"]
+        print(f"exits (images per exit): {e['exit_counts']}, thresholds {e['thresholds']}, mean "
+              f"{e['mean_gmacs']:.5f} GMACs per image (exit costs {[round(g, 5) for g in e['exit_gmacs']]})")
     return 0
 
 
@@ -87,11 +100,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect.run import run_inspect
+
+    s = run_inspect(args.model, args.out, images=args.images, data=args.data, num_images=args.num_images,
+                    show=args.show, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                    data_dir=args.data_dir, photos=args.photos)
+    print(f"{s['model_name']} on {s['num_images']} images ({s['images']}); figures in {args.out}:")
+    for key, value in s["figures"].items():
+        print(f"  {key}: {', '.join(value) if isinstance(value, list) else value}")
+    print(f"numbers: {s['summary']}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
-    for path, top in predict_files(args.model, args.images, top_k=args.top_k):
-        print(f"{path}: " + ", ".join(f"{label} {p:.1%}" for label, p in top))
+    costs = []
+    for path, top, info in predict_files(args.model, args.images, top_k=args.top_k, bf16=args.bf16, details=True):
+        extra = f"  [exit {info['exit']}, {info['gmacs']:.5f} GMACs]" if info else ""
+        print(f"{path}: " + ", ".join(f"{label} {p:.1%}" for label, p in top) + extra)
+        costs += [info["gmacs"]] if info else []
+    if costs:  # early-exit models (DVT)
+        print(f"mean GMACs per image: {sum(costs) / len(costs):.5f}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .models.dvt import calibrate_dir
+
+    r = calibrate_dir(args.model, budget=args.budget, target_gmacs=args.gmacs, dataset=args.data,
+                      data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
+    print(f"{r['model_dir']}: thresholds {[round(t, 4) for t in r['thresholds']]} for {r['target_gmacs']:.5f} GMACs "
+          f"per image (exit costs {[round(g, 5) for g in r['exit_gmacs']]})")
+    print(f"held-out {r['dataset']} ({r['heldout_images']} images): top-1 {r['heldout_acc']:.2f}%, "
+          f"{r['heldout_gmacs']:.5f} GMACs per image, exit fractions {r['heldout_exit_fractions']}; "
+          f"saved to {r['model_dir']}/config.json")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    result = export(args.checkpoint, fmt=args.format, out=args.out, opset=args.opset, check=not args.no_check)
+    print(result.summary())
     return 0
 
 
@@ -105,19 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a model (no arguments: a ViT on the real scikit-learn digits, about a minute)",
         description="Train a model. Settings come from the defaults, then --recipe, then --SECTION.FIELD=VALUE "
-                    "overrides (sections: data, model, optim, sched, run), e.g. --optim.lr=1e-3 --sched.epochs=10 "
+                    "overrides (sections: data, aug, model, optim, sched, run, distill), e.g. --optim.lr=1e-3 "
+                    "--sched.epochs=10 "
                     "--model.name=vit_micro_patch4_28 --data.name=mnist. Under torchrun it trains data-parallel.",
     )
     p.add_argument("--recipe", help="a YAML recipe (see recipes/)")
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--finetune", metavar="PATH", help="fine-tune a pre-trained backbone (vitkit pretrain's RUN or "
+                                                      "RUN/backbone): its model, new head, --optim.layer_decay 0.75")
     p.set_defaults(func=cmd_train)
+
+    from .train.pretrain import add_parser as add_pretrain_parser  # vitkit pretrain (vitkit/train/pretrain.py)
+
+    add_pretrain_parser(sub)
 
     p = sub.add_parser("eval", help="evaluate a trained model on its dataset's test split")
     p.add_argument("model", help="a run directory (vitkit train --out) or a model directory")
     p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast inference (CPU or CUDA)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list registered model names")
@@ -133,7 +193,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a vitkit directory (save_pretrained) or a Hugging Face ViT/DeiT directory")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast inference (CPU or CUDA)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="set a DVT's early-exit thresholds for a compute budget (held-out data)",
+                       description="Choose the exit thresholds of a trained DVT (dvt_*) so that its average GMACs "
+                                   "per image meet a budget on the held-out split of its training data, and store "
+                                   "them (with each exit's GMACs) in the model's config.json.")
+    p.add_argument("model", help="a run directory (vitkit train --out) or a model directory")
+    p.add_argument("--budget", type=float, default=None, help="average cost as a fraction of the last exit's GMACs")
+    p.add_argument("--gmacs", type=float, default=None, help="average cost in GMACs per image (instead of --budget)")
+    p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (as vitkit train's)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (as vitkit train's --data.seed)")
+    p.set_defaults(func=cmd_calibrate)
+
+    from .data.shards import add_parser as add_make_shards_parser  # vitkit make-shards (vitkit/data/shards.py)
+
+    add_make_shards_parser(sub)
+
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch), checked against onnxruntime")
+    p.add_argument("checkpoint", help="a run directory, a vitkit or Hugging Face model directory, or a registered "
+                                      "model name (random weights)")
+    p.add_argument("--format", default="onnx", help="export format (supported: onnx)")
+    p.add_argument("--out", default=None, help="output file (default: model.onnx next to the weights, or NAME.onnx)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "inspect", help="attention maps, rollout, attention distance and embedding figures of a model",
+        description="Write the ViT paper's figure 6-7 analyses for a model into --out: attention rollout, "
+                    "the last layer's [CLS] attention per head, mean attention distance per head and layer, "
+                    "position-embedding similarity, principal components of the patch filters (summary.json "
+                    "holds the numbers). Images: the files given, else --data, else the dataset the model was "
+                    "trained on, else scikit-image's bundled photos (--photos forces them).",
+    )
+    p.add_argument("model", help="a run directory, a model directory, or a registered name (random weights)")
+    p.add_argument("images", nargs="*", help="image files (default: see above)")
+    p.add_argument("--out", required=True, help="folder for the PNG figures and summary.json")
+    p.add_argument("--data", default=None, help="take test images of this dataset (e.g. mnist)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--photos", action="store_true", help="use scikit-image's bundled photos")
+    p.add_argument("--num-images", type=int, default=128, help="dataset images the distance averages over")
+    p.add_argument("--show", type=int, default=8, help="images shown in the map figures")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
+    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of the lowest weights")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -141,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "pretrain"):
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")

@@ -10,7 +10,8 @@ from .hub import from_pretrained
 
 
 def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 split: str = "test") -> dict[str, Any]:
+                 split: str = "test", bf16: bool = False) -> dict[str, Any]:
+    """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`)."""
     from .data import load_dataset
     from .train.engine import Normalise, evaluate
 
@@ -28,11 +29,16 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
 
     cfg = model.pretrained_cfg
     result = evaluate(model, data, Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std)), "cpu",
-                      return_logits=True)
+                      bf16=bf16, return_logits=True)
     logits, labels = result.pop("logits"), result.pop("labels")
     cm = confusion_matrix(logits, labels, len(splits.classes))
     per_class = per_class_accuracy_from_cm(cm)
     result["per_class_acc"] = {c: round(float(a), 2) for c, a in zip(splits.classes, per_class)}
+    if hasattr(model, "forward_dynamic"):  # early-exit models (DVT): which exit each image took, mean GMACs
+        from .models.dvt import exit_statistics
+
+        norm = Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std))
+        result["exits"] = exit_statistics(model, data, norm)
     try:
         figure = plot_confusion_matrix(cm, splits.classes, path / f"confusion_{split}.png",
                                        title=f"{name} {split}: top-1 {result['acc']:.2f}%")

@@ -28,16 +28,22 @@ def model_gmacs(name: str, img_size: int | tuple[int, int] | None = None, **over
         return gmacs(model)
 
 
-def gmacs(model: torch.nn.Module, input_size: tuple[int, ...] | None = None) -> float:
-    """GMACs of `model` on one input of `input_size` (default: (in_chans, *img_size) of its config)."""
+def gmacs(model: torch.nn.Module, input_size: tuple[int, ...] | None = None, forward=None) -> float:
+    """GMACs of `model` on one input of `input_size` (default: (in_chans, *img_size) of its config;
+    (in_chans, num_frames, *img_size) for video models).
+
+    `forward` (default: `model`) is the callable measured, e.g. a method running part of the model
+    (the DVT's cost of leaving at each exit)."""
     if input_size is None:
         c = model.config
         input_size = (c.in_chans, *to_2tuple(c.img_size))
+        if getattr(c, "num_frames", None):  # video models: one clip (C, T, H, W)
+            input_size = (c.in_chans, c.num_frames, *to_2tuple(c.img_size))
     device = next(model.parameters()).device
     x = torch.zeros(1, *input_size, device=device)
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter, eager_attention(), torch.no_grad():
-        model(x)
+        (forward or model)(x)
     model.train(was_training)
     return counter.get_total_flops() / 2e9

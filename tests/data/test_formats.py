@@ -126,6 +126,66 @@ def test_cifar100_batches_load(tmp_path):
     assert len(s.classes) == 100 and s.train.labels.bincount(minlength=100).tolist() == [1] * 100
 
 
+def _write_tar_gz(path, members: dict[str, bytes]):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_cifar10_from_the_official_tar_gz(tmp_path, as_file):
+    # the layout of cifar-10-python.tar.gz: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta, readme.html}
+    members = {f"cifar-10-batches-py/data_batch_{i}": _cifar_batch(20, b"labels", 10, i, 2) for i in range(1, 6)}
+    members["cifar-10-batches-py/test_batch"] = _cifar_batch(10, b"labels", 10, 9, 2)
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [f"k{i}".encode() for i in range(10)]})
+    members["cifar-10-batches-py/readme.html"] = b"<html></html>"
+    archive = _write_tar_gz(tmp_path / "cifar-10-python.tar.gz", members)
+    s = load_dataset("cifar10", archive if as_file else tmp_path, val_fraction=0.2, seed=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (80, 20, 10) and s.classes == [f"k{i}" for i in range(10)]
+    assert not (tmp_path / "cifar-10-batches-py").exists()  # read in place, nothing extracted
+    x, _ = read_cifar_batch("test_batch", members["cifar-10-batches-py/test_batch"])
+    xb, yb = s.test.batch(torch.arange(10))
+    torch.testing.assert_close(xb, torch.from_numpy(x).float() / 255)
+    assert yb.tolist() == list(range(10))
+    # the same splits as from the extracted folder
+    ext = tmp_path / "extracted" / "cifar-10-batches-py"
+    ext.mkdir(parents=True)
+    for name, data in members.items():
+        (ext / name.rsplit("/", 1)[-1]).write_bytes(data)
+    e = load_dataset("cifar10", tmp_path / "extracted", val_fraction=0.2, seed=0)
+    assert torch.equal(e.train.images, s.train.images) and torch.equal(e.val.labels, s.val.labels)
+
+
+def test_cifar100_tar_gz_and_bad_archives(tmp_path):
+    members = {"cifar-100-python/train": _cifar_batch(200, b"fine_labels", 100, 0, 2),
+               "cifar-100-python/test": _cifar_batch(100, b"fine_labels", 100, 1, 2),
+               "cifar-100-python/meta": pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]})}
+    _write_tar_gz(tmp_path / "cifar-100-python.tar.gz", members)
+    s = load_dataset("cifar100", tmp_path, val_fraction=0.0)
+    assert (len(s.train), len(s.test), s.classes[7]) == (200, 100, "f7")
+    # a truncated download, an archive lacking a batch, and a malicious pickle inside the archive
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    raw = (tmp_path / "cifar-100-python.tar.gz").read_bytes()
+    (bad / "cifar-100-python.tar.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataFormatError, match="corrupt or truncated archive"):
+        load_dataset("cifar100", bad)
+    _write_tar_gz(bad / "cifar-100-python.tar.gz", {"cifar-100-python/train": members["cifar-100-python/train"]})
+    with pytest.raises(FileNotFoundError, match=r"lacks|\['test'\] missing"):
+        load_dataset("cifar100", bad)
+    marker = tmp_path / "PWNED"
+    _write_tar_gz(bad / "cifar-100-python.tar.gz", {**members, "cifar-100-python/train": pickle.dumps(_Evil(marker))})
+    with pytest.raises(UnsafePickleError, match="train"):
+        load_dataset("cifar100", bad)
+    assert not marker.exists()
+
+
 def test_cifar_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_batch_1.*expected"):
         load_dataset("cifar10", tmp_path)

@@ -44,6 +44,8 @@ def test_overrides_and_recipes(tmp_path):
     with pytest.raises(ValueError, match="section.field=value"):
         apply_overrides(TrainConfig(), ["--optim.lr"])
     for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        if recipe.name.startswith("pretrain_"):  # `vitkit pretrain` recipes: tests/methods/test_pretrain.py
+            continue
         text = recipe.read_text()
         assert text.startswith("#") and "vitkit train" in text.splitlines()[0], f"{recipe} must open with its command"
         load_recipe(recipe)  # parses and type-checks

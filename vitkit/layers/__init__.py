@@ -1,6 +1,12 @@
 """Pieces shared by three or more model families. Family-specific attention stays in its model file."""
 
-from .attention import Attention, eager_attention, fused_attention_enabled
+from .attention import (
+    Attention,
+    attention_recorder,
+    eager_attention,
+    fused_attention_enabled,
+    record_attention,
+)
 from .block import Block, LayerScale
 from .drop import DropPath, drop_path, drop_path_rates
 from .mlp import Mlp, make_activation
@@ -8,6 +14,7 @@ from .patch_embed import PatchEmbed, to_2tuple
 from .pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
-    "eager_attention", "fused_attention_enabled", "make_activation", "resample_abs_pos_embed", "to_2tuple",
+    "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "attention_recorder", "drop_path",
+    "drop_path_rates", "eager_attention", "fused_attention_enabled", "make_activation", "record_attention",
+    "resample_abs_pos_embed", "to_2tuple",
 ]

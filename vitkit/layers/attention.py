@@ -6,13 +6,17 @@ appendix A) and is the only one that can hand back the attention weights, so ins
 use it. Which path runs is chosen per call (`return_attention=True` forces eager) or for a block
 of code with the `eager_attention()` context manager -- never by an environment variable read at
 import time. `tests/layers/test_attention.py` checks that both paths agree.
+
+Where both paths may run, the default policy ("auto", `use_fused_attention`) picks the faster one
+by measurement, keyed on (device, dtype, sequence length): `SDPA_MIN_SEQ_LEN` below. fp32 always
+takes SDPA; `attention_policy("fused" | "eager" | "auto")` overrides the choice for a block.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,68 @@ def eager_attention(enabled: bool = True) -> Iterator[None]:
 
 def fused_attention_enabled() -> bool:
     return _FUSED.get()
+
+
+# The "auto" attention path: (device type, dtype of q) -> shortest sequence for which the fused SDPA
+# kernel is used; shorter sequences run the eager softmax path, which is faster there. Keys not in the
+# table (fp32 everywhere, bf16 on CUDA) always use SDPA. The bf16 CPU entry: on a 2-core Zen 4 CPU
+# (avx512-bf16, no AMX, torch 2.13) bf16 SDPA was slower than eager attention at N = 197 (ViT-S/16 at
+# 224) and faster at N = 785 (ViT-S/8); 393 is the geometric mean of the two measured points.
+# `benchmarks/attention_paths.py` times both paths over a grid of sequence lengths and prints this
+# table for the machine it runs on (docs/performance.md, "Attention path"); the outputs of the two
+# paths agree within bf16 rounding (tests/layers/test_attention_policy.py).
+SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype], int] = {
+    ("cpu", torch.bfloat16): 393,
+}
+_AUTO = contextvars.ContextVar("vitkit_attention_auto", default=True)
+
+
+@contextlib.contextmanager
+def attention_policy(policy: str) -> Iterator[None]:
+    """Inside this block: "fused" always runs SDPA, "eager" always the explicit softmax path, "auto"
+    (the default) chooses by `SDPA_MIN_SEQ_LEN` (thread/task local; `return_attention` still forces eager)."""
+    if policy not in ("auto", "fused", "eager"):
+        raise ValueError(f"unknown attention policy {policy!r}; choose 'auto', 'fused' or 'eager'")
+    fused_token, auto_token = _FUSED.set(policy != "eager"), _AUTO.set(policy == "auto")
+    try:
+        yield
+    finally:
+        _FUSED.reset(fused_token)
+        _AUTO.reset(auto_token)
+
+
+def use_fused_attention(q: torch.Tensor) -> bool:
+    """Whether attention on queries `q` (..., N, head_dim) should run SDPA under the active policy."""
+    if not _FUSED.get():
+        return False
+    if not _AUTO.get():
+        return True
+    return q.shape[-2] >= SDPA_MIN_SEQ_LEN.get((q.device.type, q.dtype), 0)
+
+
+# A callback(module, weights) that eager attention paths report their softmax weights to, set by
+# `attention_recorder()` (vitkit.inspect.capture_attention builds on it); None = nobody listens.
+_RECORDER = contextvars.ContextVar("vitkit_attention_recorder", default=None)
+
+
+@contextlib.contextmanager
+def attention_recorder(callback: Callable[[nn.Module, torch.Tensor], None]) -> Iterator[None]:
+    """Inside this block attention runs eager and every module that opts in (see `record_attention`)
+    calls `callback(module, weights)` with its softmax weights (B, heads, N_q, N_k) (thread/task local)."""
+    token = _RECORDER.set(callback)
+    try:
+        with eager_attention():
+            yield
+    finally:
+        _RECORDER.reset(token)
+
+
+def record_attention(module: nn.Module, weights: torch.Tensor) -> None:
+    """The opt-in point for attention capture: an attention module calls this on its eager path with
+    the softmax weights; a no-op unless an `attention_recorder` block is active."""
+    callback = _RECORDER.get()
+    if callback is not None:
+        callback(module, weights)
 
 
 class Attention(nn.Module):
@@ -71,7 +137,7 @@ class Attention(nn.Module):
         # (B, N, 3, H, hd) -> (3, B, H, N, hd)
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         weights = None
-        if fused_attention_enabled() and not return_attention:
+        if use_fused_attention(q) and not return_attention:
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )
@@ -80,6 +146,7 @@ class Attention(nn.Module):
             if attn_bias is not None:
                 attn = attn + attn_bias
             weights = attn.softmax(dim=-1)
+            record_attention(self, weights)
             x = self.attn_drop(weights) @ v
         x = x.transpose(1, 2).reshape(B, N, D)
         x = self.proj_drop(self.proj(x))

@@ -53,7 +53,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, drop_path_rates, fused_attention_enabled
+from ..layers import (
+    DropPath,
+    Mlp,
+    drop_path_rates,
+    fused_attention_enabled,
+    record_attention,
+)
 from ..registry import register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
@@ -194,6 +200,7 @@ class ConvAttention(nn.Module):
             )
         else:
             weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N_kv)
+            record_attention(self, weights)
             x = self.attn_drop(weights) @ v
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
         return (x, weights) if return_attention else x

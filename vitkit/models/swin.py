@@ -38,7 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, drop_path_rates, fused_attention_enabled, to_2tuple
+from ..layers import (
+    DropPath,
+    Mlp,
+    drop_path_rates,
+    fused_attention_enabled,
+    record_attention,
+    to_2tuple,
+)
 from ..registry import register_model
 from ._base import VitkitModel, register_family
 from .vit import feature_take_indices
@@ -176,6 +183,7 @@ class WindowAttention(nn.Module):
             if nW != 1 and nW != BW:  # (B, nW, h, N, N) view: the bias broadcasts over the batch
                 attn = attn.view(BW // nW, nW, self.num_heads, N, N)
             weights = (attn + bias).softmax(dim=-1).view(BW, self.num_heads, N, N)
+            record_attention(self, weights)
             x = self.attn_drop(weights) @ v
         x = x.transpose(1, 2).reshape(BW, N, C)
         x = self.proj_drop(self.proj(x))

@@ -261,9 +261,22 @@ class VisionTransformer(VitkitModel):
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, P + N, D)."""
-        x = self._pos_embed(self.patch_embed(x))
+    def forward_features(self, x: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, P + N, D).
+
+        `keep_indices` (B, K), patch indices in [0, N), runs the encoder on those K patches only
+        (MAE's visible patches, He et al. 2022 section 3): the position embeddings are added first,
+        then each sample keeps its prefix tokens and its K patches, giving (B, P + K, D)."""
+        return self.forward_tokens(self.patch_embed(x), keep_indices)
+
+    def forward_tokens(self, x: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embeddings (the output of `patch_embed`, possibly altered, as masked patch
+        prediction does) -> normalised tokens; `keep_indices` as in `forward_features`."""
+        x = self._pos_embed(x)
+        if keep_indices is not None:
+            P = self.num_prefix_tokens
+            index = keep_indices.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            x = torch.cat([x[:, :P], torch.gather(x[:, P:], 1, index)], dim=1)  # (B, P + K, D)
         for block in self.blocks:
             x = self._run_block(block, x)
         return self.norm(x)

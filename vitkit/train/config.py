@@ -3,7 +3,7 @@
     vitkit train --recipe recipes/digits_vit.yaml --optim.lr=1e-3 --sched.epochs=10
 
 A recipe is a YAML mapping with the same sections as `TrainConfig` (data, aug, model, optim,
-sched, run); anything it leaves out keeps the default below. Overrides are `--section.field=value`, the
+sched, run, distill); anything it leaves out keeps the default below. Overrides are `--section.field=value`, the
 value parsed as YAML (so `1e-3`, `true`, `[0.9, 0.95]` and `null` mean what they look like).
 """
 
@@ -26,6 +26,7 @@ class DataConfig:
     strict: bool = False  # image folders: stop at the first unreadable file instead of skipping it
     img_size: int | None = None  # image folders: resize to this size
     num_workers: int = 2  # DataLoader workers for datasets decoded on the fly (image folders)
+    train_fraction: float = 1.0  # train on this stratified share of the train split (after carving val)
 
 
 @dataclass
@@ -62,11 +63,27 @@ class RunConfig:
     batch_size: int = 64  # global batch (all processes together, before accumulation)
     bf16: bool = False  # bf16 autocast (CPU and CUDA); never fp16 on CPU
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the training forward/backward (measure first: docs/performance.md)
     ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.999
     resume: bool = False  # continue the run in `out` from its last checkpoint
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads
     progress: bool = True
+    tensorboard: str = "auto"  # auto (when `tensorboard` is installed) | true | false; rank 0, in the run dir
+
+
+@dataclass
+class DistillConfig:
+    """DeiT knowledge distillation (vitkit/methods/distill.py, docs/distillation.md)."""
+
+    teacher: str | None = None  # a model or run directory (vitkit train --out), or a weights file + teacher_model
+    teacher_model: str | None = None  # registered name of the teacher when `teacher` is a state-dict file
+    type: str = "none"  # none | soft | hard
+    token: bool | None = None  # the distillation head takes the teacher term; None: whenever the student has one
+    alpha: float | None = None  # weight of the teacher term; None: 0.1 for soft, 0.5 for hard (DeiT)
+    tau: float = 3.0  # soft distillation temperature
+    kl_reduction: str = "batchmean"  # batchmean: the paper's KL per image (timm); deit: DeiT's code, sum / (B K)
+    cache_logits: bool = False  # compute the teacher's train-set logits once (only without augmentation)
 
 
 @dataclass
@@ -77,6 +94,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         import json
@@ -106,7 +124,8 @@ def load_recipe(path: str | Path) -> TrainConfig:
         raise FileNotFoundError(f"recipe {path} does not exist (recipes live in the repository's recipes/ folder)")
     values = _yaml().safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run)")
+        raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run, "
+                         f"distill)")
     return TrainConfig.from_dict(values)
 
 
@@ -150,6 +169,9 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
     sections = {f.name: f for f in dataclasses.fields(cfg)}
     if len(parts) == 3 and parts[:2] == ["model", "overrides"]:
         cfg.model.overrides[parts[2]] = value
+        return
+    if len(parts) == 3 and parts[0] in sections and isinstance(getattr(getattr(cfg, parts[0]), parts[1], None), dict):
+        getattr(getattr(cfg, parts[0]), parts[1])[parts[2]] = value  # any mapping field, e.g. method.options.NAME
         return
     if len(parts) != 2 or parts[0] not in sections:
         raise ValueError(f"unknown setting {dotted!r}: settings are SECTION.FIELD with SECTION one of {sorted(sections)}")

@@ -33,6 +33,7 @@ from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
 from ..registry import create_model
 from .config import TrainConfig, save_config
+from .logging import TensorBoardLogger
 from .optim import build_optimizer
 from .schedule import cosine_schedule
 
@@ -100,11 +101,15 @@ class Batches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, epoch: int):
+    def indices(self, epoch: int) -> list[torch.Tensor]:
+        """This process's dataset indices of every step of `epoch` (what `epoch()` yields, in order)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.data), generator=g)
         lo = self.d.rank * self.per_rank
-        mine = [order[s * self.batch_size + lo: s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
+        return [order[s * self.batch_size + lo: s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
+
+    def epoch(self, epoch: int):
+        mine = self.indices(epoch)
         if hasattr(self.data, "batch"):  # in-memory tensors: no workers, no per-item Python
             for idx in mine:
                 yield self.data.batch(idx)
@@ -133,6 +138,8 @@ class Normalise(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:  # video clips (B, C, T, H, W): per-channel statistics broadcast over time
+            return (x - self.mean.unsqueeze(2)) / self.std.unsqueeze(2)
         return (x - self.mean) / self.std
 
 
@@ -192,7 +199,12 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module |
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
              "best_val_acc": best_val}
     torch.save(state, tmp / "state.pt")
-    final, old = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old"
+    replace_dir(tmp, run_dir / CHECKPOINT_DIR)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory `tmp` in as `final` (the old one is removed only afterwards)."""
+    old = final.parent / f".{final.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
@@ -253,9 +265,39 @@ def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
     return path
 
 
+def train_subset(data, fraction: float, seed: int):
+    """A stratified `fraction` of an in-memory train split (`--data.train_fraction`), the same for a given seed."""
+    from ..data import stratified_split
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--data.train_fraction={fraction} must be in (0, 1]")
+    if not hasattr(data, "subset"):
+        raise ValueError("--data.train_fraction needs an in-memory dataset (digits, mnist, fashion_mnist, cifar*), "
+                         "not an image folder or tar shards")
+    _, keep = stratified_split(data.labels, fraction, seed + 2)  # the `fraction` share of every class
+    return data.subset(keep)
+
+
+def _head_accuracies(model: nn.Module, data, norm: Normalise, device: str, bf16: bool) -> dict[str, float]:
+    """Test top-1 of a distilled (DeiT) model with the class head, the distillation head, and their mean."""
+    saved = model.config.distilled_output
+    try:
+        result = {}
+        for mode in ("cls", "dist", "mean"):
+            model.config.distilled_output = mode
+            result[mode] = round(evaluate(model, data, norm, device, bf16)["acc"], 3)
+        return result
+    finally:
+        model.config.distilled_output = saved
+
+
 # ------------------------------------------------------------------------------------ the loop
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train as configured; returns the final metrics (also written to RUN_DIR/metrics.json)."""
+def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
+    """Train as configured; returns the final metrics (also written to RUN_DIR/metrics.json).
+
+    `model`: a prebuilt model (a `VitkitModel`, e.g. a wrapped third-party ViT in
+    benchmarks/time_to_accuracy.py) used instead of `create_model(cfg.model.name, ...)`.
+    """
     from ..data import load_dataset
 
     device = resolve_device(cfg.run.device)
@@ -278,13 +320,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    tb = TensorBoardLogger(run_dir, cfg.run.tensorboard, main=d.main)  # vitkit/train/logging.py
 
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     splits = load_dataset(cfg.data.name, cfg.data.data_dir, val_fraction=cfg.data.val_fraction,
                           seed=cfg.data.seed, strict=cfg.data.strict, img_size=cfg.data.img_size)
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(splits.classes),
-                         in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
+    if cfg.data.train_fraction != 1.0:
+        splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
+    if model is None:
+        model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(splits.classes),
+                             in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
     model.pretrained_cfg.update(mean=tuple(splits.mean), std=tuple(splits.std), label_names=list(splits.classes),
                                 dataset=splits.name)
     if cfg.run.grad_checkpointing:
@@ -299,7 +345,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
     augment = BatchAugment(cfg.aug, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
     smoothing = 0.0 if augment.mixing else cfg.optim.label_smoothing
-    batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
+    if isinstance(splits.train, torch.utils.data.IterableDataset):  # tar shards (vitkit/data/shards.py)
+        from ..data.shards import ShardBatches
+
+        batches = ShardBatches(splits.train, cfg.run.batch_size, d.rank, d.world, cfg.run.seed, cfg.data.num_workers)
+    else:
+        batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
+    from ..methods.distill import build_distillation
+
+    # The loss: cross-entropy, or DeiT distillation against a frozen teacher (vitkit/methods/distill.py).
+    distill = build_distillation(cfg.distill, model, splits, splits.train, augment.active, smoothing, device_str,
+                                 progress=cfg.run.progress and d.main)
     if len(batches) % cfg.optim.accum_steps:
         logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
                        "each epoch are accumulated into the first step of the next",
@@ -316,6 +372,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             logger.info("resuming %s after epoch %d", run_dir, start_epoch)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device == "cuda" else None) \
         if d.world > 1 else model
+    if cfg.run.compile:  # the compiled wrapper shares the parameters; checkpoints still save `model`
+        net = torch.compile(net)
 
     train_seconds = sum(h["seconds"] for h in history)
     images_seen = 0
@@ -327,20 +385,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         count = 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
                    disable=not (cfg.run.progress and d.main), leave=False)
+        step_indices = batches.indices(epoch) if distill.cached is not None else None
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             step = epoch * steps_per_epoch + i
             x, y = x.to(device_str, non_blocking=True), y.to(device_str, non_blocking=True)
             target = y
             if augment.active:
                 x, target = augment(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
+            teacher_logits = distill.teacher_logits(x, step_indices[i] if step_indices is not None else None)
             last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
             sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
             with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
                 out = net(norm(x))
-                logits = out[0] if isinstance(out, tuple) else out  # distilled: train the class head here
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-                if isinstance(out, tuple):  # both heads on the labels (distillation comes with a teacher)
-                    loss = 0.5 * (loss + F.cross_entropy(out[1].float(), target, label_smoothing=smoothing))
+                exits = out if isinstance(out, list) else None  # multi-exit models (DVT): one logits per exit
+                if exits is not None:
+                    out = exits[-1]  # accuracy is reported for the last exit
+                logits = out[0] if isinstance(out, tuple) else out  # distilled: the class head
+                # no teacher: CE on the labels (both heads of a distilled student); else DeiT eq. 2 / 3
+                loss = distill.criterion(out, target, teacher_logits)
+                if exits is not None:  # the sum of all exits' losses (DVT, Wang et al. 2021, sec. 3.3)
+                    loss = loss + sum(F.cross_entropy(e.float(), target, label_smoothing=smoothing) for e in exits[:-1])
                 (loss / cfg.optim.accum_steps).backward()
             if not torch.isfinite(loss):
                 bar.close()
@@ -385,6 +449,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if d.main:
             save_checkpoint(run_dir, model, optimizer, ema, epoch + 1, history, best_val)
             _write_history(run_dir, history)
+            tb.log_epoch(row)
             msg = f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, train acc {row['train_acc']:.2f}%"
             if "val_acc" in row:
                 msg += f", val acc {row['val_acc']:.2f}%"
@@ -402,12 +467,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "processes": d.world, "threads": torch.get_num_threads(), "device": device,
         "run_dir": str(run_dir), "model_dir": str(run_dir / "model"),
     }
+    if getattr(final_model, "dist_token", None) is not None:  # DeiT: each head alone and their mean
+        metrics["test_acc_heads"] = _head_accuracies(final_model, splits.test, norm, device, cfg.run.bf16)
+    if distill.teacher is not None:
+        teacher_test = evaluate(distill.teacher, splits.test, nn.Identity(), device, cfg.run.bf16)
+        metrics.update(distill_type=cfg.distill.type, teacher=cfg.distill.teacher,
+                       teacher_test_acc=round(teacher_test["acc"], 3))
     if d.main:
         save_pretrained(final_model, run_dir / "model")
         _write_json(run_dir / "metrics.json", metrics)
+        tb.log_final(metrics)
         figure = plot_history(run_dir / "curves.png", history, f"{cfg.model.name} on {splits.name}")
         if figure:
             metrics["figure"] = str(figure)
+    tb.close()
     if d.owns_group:
         dist.barrier()
         dist.destroy_process_group()  # torchrun processes exit cleanly, with no NCCL/gloo warnings

@@ -1,0 +1,154 @@
+"""Helpers shared by the benchmark scripts: machine facts, synchronised interleaved timing, peak memory.
+
+Timing: every library/variant runs back to back within a round and the order alternates between
+rounds, so slow drift on a shared machine hits all of them alike; the median over rounds is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import math
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+# --------------------------------------------------------------------------- machine facts
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(device: str) -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    line = f"CPU: {cpu_model()} ({cores} usable cores)"
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        line += f"; GPU: {p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    return line
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: str, repeats: int) -> float:
+    """Best-of-`repeats` fp32 matmul throughput (TF32 off on CUDA: the fp32 peak)."""
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for _ in range(2):
+            torch.mm(a, b)
+        best = math.inf
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    return 2 * n**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------- memory
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        with contextlib.suppress(OSError):
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB, fixed: big freed blocks go back to the OS
+    return _LIBC
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: RSS sampled by a thread (CPU) or the CUDA allocator's peak."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak = device, 0
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)
+        self.base = self.high = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.high = max(self.high, rss_bytes())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.high, rss_bytes()) - self.base
+
+
+# --------------------------------------------------------------------------- timing
+def timed(fn: Callable[[], object], iters: int, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def interleaved(fns: dict[str, Callable[[], object]], args, warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each fn; one sample per round, the order alternating."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    once = max(timed(fn, 1, args.device) for fn in fns.values())
+    iters = max(1, math.ceil(args.min_time / max(once, 1e-6)))
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            samples[n].append(timed(fns[n], iters, args.device))
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,157 @@
+"""Peak memory of a training step, with and without gradient checkpointing, vitkit vs timm.
+
+Each (library, checkpointing) case runs in a fresh Python process, so one case's freed memory
+cannot hide another's: the child imports torch, vitkit and timm, notes its resident set (RSS), builds the model
+(random weights), and runs two AdamW steps on a random batch (the first allocates the optimizer's
+moments). Reported: the process's peak RSS above the post-import level (`ru_maxrss`: weights +
+gradients + AdamW moments + the activations kept for the backward pass, at their peak), or on CUDA
+`torch.cuda.max_memory_allocated`. Gradient checkpointing (`model.set_grad_checkpointing()`, the
+same call in vitkit and timm) keeps only each block's input and recomputes the block in the
+backward pass (Chen et al. 2016, "Training deep nets with sublinear memory cost"), trading about
+one extra forward pass for activation memory.
+
+Usage
+    python benchmarks/memory.py --threads 2                          # ViT-S, batch 64: ~3 min
+    python benchmarks/memory.py --models vit_small_patch16_224 swin_tiny_patch4_window7_224 cvt_13 mixer_b16_224
+    python benchmarks/memory.py --device cuda
+    python benchmarks/memory.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from _common import machine_line, rss_bytes, write_atomic
+
+MiB = 2**20
+
+
+def child(args) -> None:
+    """One case, in this process: print a JSON line with the memory numbers."""
+    import torch.nn.functional as F
+
+    import vitkit
+    from vitkit.compat import make_torchvision_importable
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    make_torchvision_importable()
+    import timm  # in every case, so that both libraries start from the same imported code
+
+    base = rss_bytes()
+    torch.manual_seed(0)
+    if args.lib == "timm":
+        model = timm.create_model(args.model, pretrained=False, drop_path_rate=0.0)
+    else:
+        model = vitkit.create_model(args.model)
+    model.set_grad_checkpointing(args.ckpt)
+    model.to(args.device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    c = model.pretrained_cfg if args.lib == "timm" else None
+    size = c["input_size"] if c else (model.config.in_chans, *vitkit.layers.to_2tuple(model.config.img_size))
+    x = torch.randn(args.batch, *size, device=args.device)
+    y = torch.randint(0, model.num_classes, (args.batch,), device=args.device)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        out = out if isinstance(out, tuple) else (out,)
+        sum(F.cross_entropy(o, y) for o in out).backward()
+        opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    result = {"rss_mib": (peak - base) / MiB, "params": sum(p.numel() for p in model.parameters())}
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        result["cuda_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / MiB
+    print(json.dumps(result))
+
+
+def run_case(model: str, lib: str, ckpt: bool, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--lib", lib, "--model", model, "--batch", str(args.batch),
+           "--device", args.device] + (["--ckpt"] if ckpt else []) + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{lib} {model} (checkpointing {ckpt}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=None, help="registered names (default vit_small_patch16_224)")
+    p.add_argument("--libs", nargs="+", default=["vitkit", "timm"], choices=["vitkit", "timm"])
+    p.add_argument("--batch", type=int, default=None, help="training batch (default 64)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--smoke", action="store_true", help="ViT-Ti at batch 2 (numbers meaningless)")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--lib", default="vitkit", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.batch is None:
+        args.batch = 2 if args.smoke else 64
+    if args.models is None:
+        args.models = ["vit_tiny_patch16_224"] if args.smoke else ["vit_small_patch16_224"]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch.cuda.is_available() is False")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return []
+    key = "cuda_mib" if args.device == "cuda" else "rss_mib"
+    rows = []
+    for model in args.models:
+        res = {}
+        for lib in args.libs:
+            for ckpt in (False, True):
+                try:
+                    res[lib, ckpt] = run_case(model, lib, ckpt, args)[key]
+                except SystemExit as e:
+                    if lib == "timm" and "Unknown model" in str(e):  # e.g. CvT: timm has none
+                        break
+                    raise
+                print(f"{model} {lib} checkpointing={ckpt}: {res[lib, ckpt]:.0f} MiB", flush=True)
+        for ckpt in (False, True):
+            v, t = res.get(("vitkit", ckpt)), res.get(("timm", ckpt))
+            rows.append({"model": model, "checkpointing": "yes" if ckpt else "no", "vitkit MiB": v, "timm MiB": t,
+                         "vitkit/timm": v / t if v and t else None,
+                         "vitkit vs no checkpointing": v / res["vitkit", False] if v and ckpt else None})
+    what = "CUDA max allocated" if args.device == "cuda" else "peak RSS above the post-import level"
+    lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+             + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
+             machine_line(args.device) + f"; torch {torch.__version__}",
+             f"one process per case; training step (AdamW) at batch {args.batch}; {what}",
+             "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
+    cols = ["model", "checkpointing", "vitkit MiB", "timm MiB", "vitkit/timm", "vitkit vs no checkpointing"]
+
+    def cell(v):
+        return "-" if v is None else (v if isinstance(v, str) else f"{v:.2f}" if v < 10 else f"{v:.0f}")
+
+    out = ["<!-- benchmarks/memory.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
+    out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
+    out += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    if args.markdown:
+        write_atomic(Path(args.markdown), text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

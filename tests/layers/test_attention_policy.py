@@ -1,0 +1,69 @@
+"""The measured attention-path policy (vitkit/layers/attention.py): fp32 always takes SDPA, bf16 on the
+CPU takes the eager path below `SDPA_MIN_SEQ_LEN`, and every path gives the same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.layers import Attention, eager_attention
+from vitkit.layers.attention import (
+    SDPA_MIN_SEQ_LEN,
+    attention_policy,
+    use_fused_attention,
+)
+
+THRESHOLD = SDPA_MIN_SEQ_LEN[("cpu", torch.bfloat16)]
+
+
+def q_of(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    return torch.empty(1, 2, n, 8, dtype=dtype, device=device)
+
+
+def test_auto_policy_follows_the_table():
+    for n in (1, 197, THRESHOLD - 1, THRESHOLD, 785, 4096):
+        assert use_fused_attention(q_of(n))  # fp32: SDPA at every length, as before the policy existed
+        assert use_fused_attention(q_of(n, torch.bfloat16)) == (n >= THRESHOLD)
+        assert use_fused_attention(q_of(n, torch.bfloat16, "meta"))  # devices without an entry: SDPA
+    with attention_policy("fused"):
+        assert use_fused_attention(q_of(197, torch.bfloat16))
+    with attention_policy("eager"):
+        assert not use_fused_attention(q_of(4096))
+    with eager_attention():
+        assert not use_fused_attention(q_of(4096, torch.bfloat16))
+    assert not use_fused_attention(q_of(197, torch.bfloat16))  # restored to "auto"
+    with pytest.raises(ValueError, match="unknown attention policy 'fast'"), attention_policy("fast"):
+        pass
+
+
+@pytest.mark.parametrize("n", [50, THRESHOLD + 7])  # one sequence length on each side of the threshold
+def test_paths_agree_in_bf16(n):
+    torch.manual_seed(0)
+    attn = Attention(64, num_heads=4).eval()
+    x = torch.randn(2, n, 64)
+    with torch.inference_mode():
+        ref = attn(x)  # fp32
+        out = {}
+        for policy in ("auto", "fused", "eager"):
+            with attention_policy(policy), torch.autocast("cpu", dtype=torch.bfloat16):
+                out[policy] = attn(x).float()
+    scale = ref.abs().max().item()
+    for policy, y in out.items():
+        assert (y - ref).abs().max().item() < 0.02 * scale, policy  # bf16 rounding only
+    expected = "fused" if n >= THRESHOLD else "eager"
+    torch.testing.assert_close(out["auto"], out[expected], atol=0, rtol=0)  # auto ran the path the table names
+
+
+def test_vit_bf16_logits_agree_across_paths():
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_micro_patch4_28").eval()
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.inference_mode():
+        ref = model(x)
+        for policy in ("auto", "fused", "eager"):
+            with attention_policy(policy), torch.autocast("cpu", dtype=torch.bfloat16):
+                y = model(x).float()
+            assert (y - ref).abs().max().item() < 0.05 * ref.abs().max().item(), policy
+            assert (y.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75, policy

@@ -1,0 +1,73 @@
+"""The training benchmarks (benchmarks/time_to_accuracy.py, benchmarks/family_compare.py) run end to end in
+their --smoke mode: digits, budgets of seconds. No accuracy or time is asserted beyond sanity: the smoke
+budgets are far too small to learn much."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def script(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def test_time_to_accuracy_smoke(tmp_path):
+    pytest.importorskip("vit_pytorch")
+    tta = script("time_to_accuracy")
+    rows = tta.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "t.md")])
+    assert [r["model"] for r in rows] == ["vitkit vit_micro_patch2_8", "vit_pytorch"]
+    vitkit_row, vp_row = rows
+    assert abs(vitkit_row["params"] - vp_row["params"]) / vitkit_row["params"] < 0.01  # matched size
+    for r in rows:
+        assert r["epochs"] >= 1 and 0 <= r["test_acc"] <= 100 and r["train_s"] > 0
+        assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["epochs"] == r["epochs"]
+    text = (tmp_path / "t.md").read_text()
+    assert "SMOKE RUN" in text and text.count("\n| digits |") == 2
+    assert json.loads((tmp_path / "runs" / "results.json").read_text())[1]["model"] == "vit_pytorch"
+
+
+def test_vit_pytorch_wrapper_matches_vitkit_size_and_trains():
+    pytest.importorskip("vit_pytorch")
+    tta = script("time_to_accuracy")
+    from vitkit.train import load_recipe
+
+    cfg = load_recipe(tta.REPO / "recipes" / "mnist_vit_fast.yaml")
+    ours, theirs = tta.vitkit_model(cfg, 10, 1, 28), tta.matched_vit_pytorch(cfg, 10, 1, 28)
+    n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+    # vit-pytorch adds two patch LayerNorms and has no qkv bias: 538,988 vs 540,170 parameters
+    assert abs(n_ours - n_theirs) / n_ours < 0.005
+    assert theirs(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert tta.plan_epochs(300, 0.05, 468) == 12 and tta.plan_epochs(1, 1.0, 100) == 1
+
+
+@pytest.mark.slow  # four families x (calibration, training, evaluation, plot): ~15 s on a quiet 2-core machine
+def test_family_compare_smoke(tmp_path):
+    fc = script("family_compare")
+    rows = fc.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "f.md")])
+    assert [r["model"] for r in rows] == ["vit_micro_patch4_28", "swin_micro_patch2_window7_28", "cvt_micro_28",
+                                          "mixer_micro_patch4_28"]
+    for r in rows:
+        assert r["epochs"] >= 1 and len(r["test_accs"]) == 1 and r["params"] > 50_000 and r["gmacs"] > 0
+    assert "SMOKE RUN" in (tmp_path / "f.md").read_text()
+
+
+def test_family_recipes_differ_only_in_the_model():
+    from vitkit.train import load_recipe
+
+    cfgs = {f: load_recipe(BENCH.parent / "recipes" / f"fmnist_{f}_micro.yaml").to_dict() for f in
+            ("vit", "swin", "cvt", "mixer")}
+    names = {f: c.pop("model")["name"] for f, c in cfgs.items()}
+    assert len(set(names.values())) == 4 and all(f in n for f, n in names.items())
+    first = cfgs["vit"]
+    assert all(c == first for c in cfgs.values())
+    assert first["data"]["name"] == "fashion_mnist"

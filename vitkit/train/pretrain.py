@@ -1,0 +1,400 @@
+"""Self-supervised pre-training: one loop for every method of `vitkit.methods` (MAE, masked patch
+prediction, DINO, MSN), one process or many (`torchrun`), resumable.
+
+    vitkit pretrain mae --recipe recipes/pretrain_mae_mnist.yaml --sched.epochs=10
+    vitkit pretrain mpp --data.name=fashion_mnist --model.name=vit_micro_patch4_28
+
+The images come from `load_dataset` (labels are never used), are normalised with the dataset's
+mean and std and handed to the method, which makes its own masks or views on the tensor
+(vitkit/methods/base.py). Everything else is the supervised loop's (vitkit/train/engine.py):
+the deterministic per-process batches, warm-up + cosine per step, AdamW without weight decay on
+norms, biases, tokens and position embeddings, DDP with gloo/NCCL, an atomic checkpoint every
+epoch with optimizer and RNG state, `--resume` to the same final weights, a NaN stop.
+
+The run directory holds `config.yaml`, `metrics.jsonl` (per epoch: every scalar the method logs,
+averaged, including the collapse monitor `feature_std`), `metrics.json`, `curves.png`,
+`checkpoint/` and `backbone/`: the pre-trained encoder as a vitkit model directory, which
+`vitkit train --finetune RUN/backbone` fine-tunes (and `vitkit.eval` probes). MAE runs also write
+the whole MAE model (`model/`) and `reconstruction.png`.
+
+Learning rate: `optim.lr` is the peak rate for the global batch, as in `vitkit train`; the MAE
+paper's rule is lr = blr * batch / 256 with blr = 1.5e-4 (recipes state the product).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..hub import save_pretrained
+from ..registry import create_model
+from .config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    _yaml,
+    apply_overrides,
+    save_config,
+    set_field,
+)
+from .engine import (
+    CHECKPOINT_DIR,
+    Batches,
+    Normalise,
+    TrainingDiverged,
+    _rng_state,
+    _set_rng_state,
+    _write_history,
+    _write_json,
+    eval_batches,
+    init_distributed,
+    replace_dir,
+    resolve_device,
+    train_subset,
+)
+from .optim import build_optimizer
+from .schedule import cosine_schedule
+
+logger = logging.getLogger("vitkit")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "mae"  # mae | mpp | dino | msn (vitkit.methods.list_methods())
+    options: dict[str, Any] = field(default_factory=dict)  # the method's keyword options, e.g. mask_ratio
+
+
+def _pretrain_optim() -> OptimConfig:
+    # MAE's pre-training optimizer (appendix A.1): AdamW, betas (0.9, 0.95), weight decay 0.05. The
+    # peak lr suits the small CPU models; the paper's rule for ViT-B on ImageNet is 1.5e-4 * batch / 256.
+    return OptimConfig(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), label_smoothing=0.0)
+
+
+@dataclass
+class PretrainConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone (any registered ViT)
+    optim: OptimConfig = field(default_factory=_pretrain_optim)
+    sched: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=20, warmup_epochs=2.0))
+    run: RunConfig = field(default_factory=lambda: RunConfig(batch_size=128))
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        cfg = cls()
+        for section, entries in (values or {}).items():
+            if section not in {f.name for f in dataclasses.fields(cls)}:
+                raise ValueError(f"unknown recipe section {section!r}; a pre-training recipe has "
+                                 f"{[f.name for f in dataclasses.fields(cls)]}")
+            for key, value in (entries or {}).items():
+                set_field(cfg, f"{section}.{key}", value)
+        return cfg
+
+
+def load_pretrain_recipe(path: str | Path) -> PretrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist (recipes live in the repository's recipes/ folder)")
+    values = _yaml().safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping of sections (method, data, model, optim, sched, run)")  # noqa: TRY004
+    return PretrainConfig.from_dict(values)
+
+
+def pretrain_config(method: str | None, recipe: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Defaults, then the recipe, then `--section.field=value` overrides; `method` (the CLI's
+    positional argument) must agree with the recipe's."""
+    cfg = load_pretrain_recipe(recipe) if recipe else PretrainConfig()
+    if method is not None:
+        if recipe and cfg.method.name != method:
+            raise ValueError(f"the recipe {recipe} is for method {cfg.method.name!r}, not {method!r}")
+        cfg.method.name = method
+    return apply_overrides(cfg, overrides or [])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _save_state(run_dir: Path, method: nn.Module, optimizer, epoch: int, history: list[dict]) -> None:
+    """The whole method (weights + buffers: a DINO teacher and centre too) + training state, atomically."""
+    from safetensors.torch import save_file
+
+    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in method.state_dict().items()}
+    save_file(weights, str(tmp / "method.safetensors"), metadata={"format": "pt"})
+    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history},
+               tmp / "state.pt")
+    replace_dir(tmp, run_dir / CHECKPOINT_DIR)
+
+
+def _load_state(run_dir: Path, method: nn.Module, optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from ..hub import load_state_dict_checked
+
+    ckpt = run_dir / CHECKPOINT_DIR
+    if not (ckpt / "state.pt").is_file() or not (ckpt / "method.safetensors").is_file():
+        raise FileNotFoundError(f"--run.resume=true but {ckpt} has no pre-training checkpoint: start without it")
+    load_state_dict_checked(method, load_file(str(ckpt / "method.safetensors")), source=str(ckpt))
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return state
+
+
+def save_backbone(method, directory: Path) -> Path:
+    """The method's encoder (`encoder_state_dict()`: e.g. DINO's teacher) as a vitkit model directory."""
+    backbone = copy.deepcopy(method.backbone).cpu()
+    backbone.load_state_dict(method.encoder_state_dict())
+    backbone.requires_grad_(True)
+    return save_pretrained(backbone, directory)
+
+
+def plot_pretrain_history(path: Path, history: list[dict], title: str) -> Path | None:
+    """Loss and the collapse monitor (feature std) per epoch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from ..hub import _atomic_write
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    a.plot(epochs, [h["loss"] for h in history])
+    a.set_xlabel("epoch"), a.set_ylabel("pre-training loss"), a.set_title("loss")
+    if history and "feature_std" in history[0]:
+        b.plot(epochs, [h["feature_std"] for h in history])
+    b.set_xlabel("epoch"), b.set_ylabel("std of normalised features")
+    b.set_title("collapse monitor (0 = collapsed)")
+    fig.suptitle(title)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------ the loop
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Pre-train as configured; returns the final metrics (also written to RUN_DIR/metrics.json)."""
+    from ..data import load_dataset
+    from ..methods import create_method
+
+    device = resolve_device(cfg.run.device)
+    d = init_distributed(device)
+    device_str = f"cuda:{d.local_rank}" if device == "cuda" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(d.local_rank)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    default_dir = Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
+    if d.world > 1 and not cfg.run.out:
+        raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
+    if cfg.run.resume and not (run_dir / CHECKPOINT_DIR).exists():
+        raise FileNotFoundError(f"--run.resume=true but {run_dir / CHECKPOINT_DIR} does not exist")
+    if not cfg.run.resume and (run_dir / CHECKPOINT_DIR).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: continue it with --run.resume=true, or choose "
+                              f"another --run.out")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    splits = load_dataset(cfg.data.name, cfg.data.data_dir, val_fraction=cfg.data.val_fraction,
+                          seed=cfg.data.seed, strict=cfg.data.strict, img_size=cfg.data.img_size)
+    if cfg.data.train_fraction != 1.0:  # pre-train on a stratified share (smoke runs)
+        splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
+    backbone = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=0,
+                            in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
+    # The data's normalisation travels with the backbone (so fine-tuning and probing reuse it) and
+    # lets a method undo it (masked patch prediction's colour targets).
+    backbone.pretrained_cfg.update(mean=tuple(splits.mean), std=tuple(splits.std), dataset=splits.name)
+    method = create_method(cfg.method.name, backbone, **cfg.method.options)
+    if cfg.run.grad_checkpointing:
+        method.backbone.set_grad_checkpointing(True)
+    method.to(device_str)
+    norm = Normalise(splits.mean, splits.std).to(device_str)
+    params = sum(p.numel() for p in method.parameters())
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+
+    optimizer = build_optimizer(method, cfg.optim)
+    batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
+    steps_per_epoch = len(batches)
+    total_steps = cfg.sched.epochs * steps_per_epoch
+    lrs = cosine_schedule(cfg.optim.lr, total_steps, round(cfg.sched.warmup_epochs * steps_per_epoch), cfg.sched.min_lr)
+
+    start_epoch, history = 0, []
+    if cfg.run.resume:
+        state = _load_state(run_dir, method, optimizer)
+        start_epoch, history = state["epoch"], state["history"]
+        if d.main:
+            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+    net = nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if device == "cuda" else None) \
+        if d.world > 1 else method
+
+    for epoch in range(start_epoch, cfg.sched.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
+                   disable=not (cfg.run.progress and d.main), leave=False)
+        for i, (x, _) in enumerate(batches.epoch(epoch)):  # labels unused
+            step = epoch * steps_per_epoch + i
+            x = x.to(device_str, non_blocking=True)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+                out = net(norm(x))
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"the {cfg.method.name} loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last "
+                    f"good checkpoint is {run_dir / CHECKPOINT_DIR}. Lower --optim.lr (now {cfg.optim.lr}) or set "
+                    f"--optim.clip_grad=1.0, then resume or restart.")
+            loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[step] * group["lr_scale"]
+            if cfg.optim.clip_grad:
+                nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.on_step_end(step, total_steps)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(x)
+            count += len(x)
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        keys = sorted(sums)
+        totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=device_str)])
+        if d.world > 1:
+            dist.all_reduce(totals)
+        row = {"epoch": epoch + 1, **{k: round((totals[j] / totals[-1]).item(), 6) for j, k in enumerate(keys)},
+               "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
+               "images_per_second": round(totals[-1].item() / seconds, 1)}
+        history.append(row)
+        if d.main:
+            _save_state(run_dir, method, optimizer, epoch + 1, history)
+            _write_history(run_dir, history)
+            logs = ", ".join(f"{k} {row[k]:.4f}" for k in keys)
+            logger.info("epoch %d/%d: %s, %.0f img/s", epoch + 1, cfg.sched.epochs, logs, row["images_per_second"])
+        if d.world > 1:
+            dist.barrier()
+
+    metrics = {
+        "method": cfg.method.name, "model": cfg.model.name, "dataset": splits.name, "params": params,
+        "trainable_params": trainable, "epochs": cfg.sched.epochs,
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_feature_std": history[-1].get("feature_std") if history else None,
+        "train_seconds": round(sum(h["seconds"] for h in history), 2),
+        "processes": d.world, "threads": torch.get_num_threads(), "device": device,
+        "run_dir": str(run_dir), "backbone_dir": str(run_dir / "backbone"),
+    }
+    if d.main:
+        method.eval()
+        save_backbone(method, run_dir / "backbone")
+        if hasattr(method, "save_pretrained"):  # MAE: the whole model (encoder + decoder) too
+            method.save_pretrained(run_dir / "model")
+        if hasattr(method, "save_figure"):  # e.g. MAE's reconstructions of test images
+            x, _ = next(iter(eval_batches(splits.test, batch_size=8)))
+            metrics["reconstruction"] = str(method.save_figure(norm(x.to(device_str)), run_dir / "reconstruction.png"))
+        _write_json(run_dir / "metrics.json", metrics)
+        figure = plot_pretrain_history(run_dir / "curves.png", history,
+                                       f"{cfg.method.name} pre-training of {cfg.model.name} on {splits.name}")
+        if figure:
+            metrics["figure"] = str(figure)
+    if d.owns_group:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+def finetune_settings(cfg, path: str | Path) -> None:
+    """`vitkit train --finetune PATH`: start from a pre-trained backbone directory (a pre-training
+    run's `backbone/`, or the run directory itself). Unless a model name is set (recipe or
+    `--model.name`; anything but the default), the model is
+    the one saved there; unless `--optim.layer_decay` is given it is 0.75 (layer-wise LR decay,
+    BEiT/MAE fine-tuning: block i of L learns at lr * 0.75^(L + 1 - i)). The head is new."""
+    from ..hub import CONFIG_NAME, _read_json
+
+    path = Path(path)
+    if (path / "backbone" / CONFIG_NAME).is_file():
+        path = path / "backbone"
+    if not path.exists():
+        raise FileNotFoundError(f"--finetune {path} does not exist: give a pre-training run directory "
+                                f"(vitkit pretrain --out) or its backbone/ directory")
+    if path.is_dir() and cfg.model.name == ModelConfig.name:
+        meta = _read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else {}
+        if meta.get("model_name"):
+            cfg.model.name = meta["model_name"]
+            saved = meta.get("config") or {}
+            # structural settings of the pre-trained backbone that its registered name may not carry
+            for key in ("global_pool", "class_token", "fc_norm", "init_values", "qkv_bias", "norm_eps", "act"):
+                if key in saved and key not in cfg.model.overrides:
+                    cfg.model.overrides[key] = saved[key]
+    cfg.model.pretrained = str(path)
+    if cfg.optim.layer_decay is None:
+        cfg.optim.layer_decay = 0.75
+
+
+# ------------------------------------------------------------------------------------ command line
+def cmd_pretrain(args) -> int:
+    """`vitkit pretrain METHOD [--recipe R] [--out DIR] [--resume] [--section.field=value ...]`."""
+    import os
+
+    cfg = pretrain_config(args.method, args.recipe, args.overrides)
+    if args.out:
+        cfg.run.out = args.out
+    if args.resume:
+        cfg.run.resume = True
+    m = pretrain(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\n{m['method']} pre-training of {m['model']} ({m['params']:,} parameters, {m['trainable_params']:,} "
+              f"trainable) on {m['dataset']}: final loss {m['final_loss']:.4f}, feature std "
+              f"{m['final_feature_std']}, {m['epochs']} epochs in {m['train_seconds']:.0f} s ({m['processes']} "
+              f"process(es) x {m['threads']} threads)")
+        print(f"run directory: {m['run_dir']}  (backbone: {m['backbone_dir']}; fine-tune it with "
+              f"`vitkit train --finetune {m['backbone_dir']} --data.name={m['dataset']}`)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register `vitkit pretrain` on the CLI's sub-parsers."""
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pre-training of a ViT backbone (mae, mpp, dino, msn)",
+        description="Pre-train a backbone without labels. Settings come from the defaults, then --recipe, then "
+                    "--SECTION.FIELD=VALUE overrides (sections: method, data, model, optim, sched, run; method "
+                    "options as --method.options.mask_ratio=0.75), e.g. `vitkit pretrain mae --data.name=mnist "
+                    "--model.name=vit_micro_patch4_28`. Under torchrun it trains data-parallel. The encoder is "
+                    "written to RUN/backbone for `vitkit train --finetune`.",
+    )
+    p.add_argument("method", help="mae | mpp | dino | msn")
+    p.add_argument("--recipe", help="a YAML recipe (see recipes/pretrain_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/pretrain-METHOD-MODEL-DATA-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_pretrain)
