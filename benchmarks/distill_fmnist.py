@@ -1,13 +1,13 @@
 """DeiT's distillation ordering in miniature: Fashion-MNIST (a 10% subset or all of it), a CNN teacher,
 one micro ViT student, four ways of training it, several seeds.
 
-    python benchmarks/distill_fmnist.py --fraction 0.1 --threads 1      # 10% of the train set
-    python benchmarks/distill_fmnist.py --fraction 1.0 --threads 2      # the full train set
-    python benchmarks/distill_fmnist.py --smoke                         # the whole pipeline in a minute
+    python benchmarks/distill_fmnist.py --fraction 0.1 --augment --threads 1   # 10% of the train set
+    python benchmarks/distill_fmnist.py --fraction 1.0 --augment --threads 2   # the full train set
+    python benchmarks/distill_fmnist.py --smoke [--augment]                    # the pipeline in a minute
 
 What it does (every step is a `vitkit.train.train` run, i.e. `vitkit train` with these settings):
-1. Train the teacher (`resnet_micro_28` by default) once on the same training images the students
-   get; it is kept in OUT/teacher and reused by later invocations (delete it to retrain).
+1. Train the teacher (`resnet_micro_28` by default, 12 epochs) once on the same training images
+   the students get; it is kept in OUT/teacher and reused by later invocations (delete it to retrain).
 2. Train the student for each method and seed, with the same budget (epochs, batch, schedule):
      none        the student (`vit_micro_patch7_28`), cross-entropy on the labels
      soft        the student, (1 - 0.1) CE + 0.1 tau^2 KL (tau 3)                         DeiT eq. 2
@@ -15,8 +15,9 @@ What it does (every step is a `vitkit.train.train` run, i.e. `vitkit train` with
      hard+token  the student plus DeiT's distillation token and head (`distilled=True`): label
                  term on the class head, teacher term on the distillation head; tested with the
                  mean of the two heads (DeiT's default)
-   The students train without augmentation, so the teacher's train-set logits are computed once and
-   cached (`--distill.cache_logits=true`): valid because each student sees exactly those images.
+   Without --augment the students see the un-augmented images, so the teacher's train-set logits
+   are computed once and cached (`--distill.cache_logits=true`, valid exactly then); with
+   --augment teacher and students train on crops + flips and the teacher labels every batch.
 3. Print a Markdown table (test accuracy mean +- sample std over seeds, min-max, each seed) and
    write OUT/results.json.
 
