@@ -45,8 +45,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.run.resume = True
     m = train(cfg)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
+        val = f"best val {m['best_val_acc']}%" if m["best_val_acc"] is not None else "no validation split"
         print(f"\n{m['model']} ({m['params']:,} parameters) on {m['dataset']}: test accuracy {m['test_acc']:.2f}% "
-              f"(top-5 {m['test_top5']:.2f}%), best val {m['best_val_acc']}%, {m['epochs']} epochs in "
+              f"(top-5 {m['test_top5']:.2f}%), {val}, {m['epochs']} epochs in "
               f"{m['train_seconds']:.0f} s ({m['images_per_second']:.0f} img/s, {m['processes']} process(es) x "
               f"{m['threads']} threads)")
         print(f"run directory: {m['run_dir']}  (model: {m['model_dir']}, curves: {m.get('figure', 'no matplotlib')})")
