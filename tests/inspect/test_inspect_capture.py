@@ -140,3 +140,34 @@ def test_video_models_capture(name):
     for r in recs:
         spatial = r.weights.shape[-1] == r.num_prefix_tokens + 49  # one 7x7 frame
         assert (r.query_grid == (7, 7)) == spatial, r.name
+
+
+def test_vivit_model4_captures_space_and_time_heads():
+    """Model 4 (factorised dot-product attention) splits its heads in one module: capture gives two
+    records per block, the space heads over each frame, then the time heads over each location, and
+    each equals softmax(q k^T / sqrt(d)) of those heads computed from the block's input by hand."""
+    from vitkit.models.vivit import group_tokens
+
+    name = "vivit_micro_fdp_4x2_28"
+    torch.manual_seed(0)
+    model = vitkit.create_model(name).eval()
+    x = torch.randn(2, model.config.in_chans, model.config.num_frames, 28, 28)
+    attn = model.blocks[0].attn
+    seen = {}
+    hook = attn.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        ref = model(x)
+        out, recs = get_attention(model, x)
+    hook.remove()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert len(recs) == 2 * len(model.blocks)
+    T, S = model.patch_embed.grid_size[0], model.patch_embed.grid_size[1] * model.patch_embed.grid_size[2]
+    P, h, B = model.num_prefix_tokens, attn.num_heads // 2, x.shape[0]
+    assert recs[0].weights.shape == (B * T, h, P + S, P + S)  # space: every frame's tokens
+    assert recs[1].weights.shape == (B * S, h, P + T, P + T)  # time: every location's tokens
+    xin = seen["x"]
+    qkv = attn.qkv(xin).reshape(B, xin.shape[1], 3, attn.num_heads, attn.head_dim)
+    for rec, (axis, heads) in zip(recs[:2], (("space", slice(0, h)), ("time", slice(h, None)))):
+        q, k, _ = group_tokens(qkv[:, :, :, heads], P, T, S, axis).permute(2, 0, 3, 1, 4).unbind(0)
+        want = ((q * attn.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1)
+        torch.testing.assert_close(rec.weights, want, atol=1e-6, rtol=1e-5)

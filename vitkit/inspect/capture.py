@@ -11,7 +11,9 @@ changed and its output is the eager path's output (equal to the fused one up to 
 
 How a model family opts in: its attention module calls `vitkit.layers.record_attention(self, weights)`
 on its eager path with the softmax weights (B, heads, N_q, N_k). `vitkit.layers.Attention` (ViT, DeiT
-and any family built from it), Swin's `WindowAttention` and CvT's `ConvAttention` do. Nothing else is
+and any family built from it), Swin's `WindowAttention`, CvT's `ConvAttention`, MViT's pooling
+attention and ViViT model 4's factorised dot-product attention (two records per block: the space
+heads, then the time heads) do. Nothing else is
 needed for capture; for the spatial analyses each record also gets:
     - `num_prefix_tokens`: from the nearest enclosing module (or the model) with a
       `num_prefix_tokens` attribute ([CLS], distillation token), else 0;

@@ -48,6 +48,7 @@ from ..layers import (
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
+    record_attention,
     to_2tuple,
 )
 from ..layers.video import (
@@ -144,11 +145,15 @@ def ungroup_tokens(y: torch.Tensor, B: int, prefix: int, T: int, S: int, axis: s
     return torch.cat([y[:, :prefix].reshape(B, G, prefix, *rest).mean(1), tok], dim=1)
 
 
-def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v on (B, H, L, d): fused by default, explicit inside `eager_attention()`."""
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
+                       module: nn.Module | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v on (B, H, L, d): fused by default, explicit inside `eager_attention()`,
+    where the weights are reported to attention capture (`record_attention`) on behalf of `module`."""
     if fused_attention_enabled():
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    if module is not None:
+        record_attention(module, attn)
     return F.dropout(attn, dropout) @ v
 
 
@@ -198,7 +203,8 @@ class FactorisedDotProductAttention(nn.Module):
         for axis, heads in (("space", slice(0, h)), ("time", slice(h, self.num_heads))):
             g = group_tokens(qkv[:, :, :, heads], prefix, T, S, axis)  # (B*G, P + L, 3, h, hd)
             q, k, v = g.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*G, h, P + L, hd)
-            o = scaled_dot_product(q, k, v, self.attn_drop if self.training else 0.0)
+            # captured as two records per block: the space heads (B*T, h, P+S, P+S), then the time heads
+            o = scaled_dot_product(q, k, v, self.attn_drop if self.training else 0.0, module=self)
             outs.append(ungroup_tokens(o.transpose(1, 2), B, prefix, T, S, axis))  # (B, N, h, hd)
         x = torch.cat(outs, dim=2).reshape(B, N, D)
         return self.proj_drop(self.proj(x))
