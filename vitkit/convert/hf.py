@@ -296,6 +296,24 @@ def _preprocessing(model_type: str, directory: Path | None) -> dict[str, Any]:
     return cfg
 
 
+def _encoder_fields(hf_config: Mapping[str, Any], source: str, default_act: str):
+    """The transformer-encoder fields every HF vision config shares, checked: returns `get` (a config
+    lookup where None means the default), hidden size, heads, intermediate size and activation name."""
+
+    def get(name: str, default: Any) -> Any:
+        value = hf_config.get(name)
+        return default if value is None else value
+
+    hidden, heads = int(get("hidden_size", 768)), int(get("num_attention_heads", 12))
+    intermediate = int(get("intermediate_size", 3072))
+    if hidden % heads:
+        raise _error(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    act = get("hidden_act", default_act)
+    if act not in _ACTIVATIONS:
+        raise _error(f"{source}: hidden_act {act!r} has no vitkit equivalent; supported: {sorted(_ACTIVATIONS)}")
+    return get, hidden, heads, intermediate, act
+
+
 def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
                    state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, ViTConfig values, pretrained_cfg) for an HF ViT/DeiT `config.json`.

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .hf import _ACTIVATIONS, _error, _label_names
+from .hf import _ACTIVATIONS, _encoder_fields, _error, _label_names
 
 ARCHITECTURES = ("TimesformerModel", "TimesformerForVideoClassification")
 _PREFIX = "timesformer."
@@ -92,17 +92,7 @@ def config_from_hf_timesformer(hf_config: Mapping[str, Any], source: str = "chec
         raise _error(f"{source}: Hugging Face architecture {archs[0]!r} is not supported for model_type "
                      f"'timesformer'; supported: {', '.join(ARCHITECTURES)}")
 
-    def get(name: str, default: Any) -> Any:
-        value = hf_config.get(name)
-        return default if value is None else value
-
-    hidden, heads = int(get("hidden_size", 768)), int(get("num_attention_heads", 12))
-    intermediate = int(get("intermediate_size", 3072))
-    if hidden % heads:
-        raise _error(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
-    act = get("hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
-        raise _error(f"{source}: hidden_act {act!r} has no vitkit equivalent; supported: {sorted(_ACTIVATIONS)}")
+    get, hidden, heads, intermediate, act = _encoder_fields(hf_config, source, "gelu")
     patch = get("patch_size", 16)
     if isinstance(patch, (list, tuple)):
         if len(set(patch)) != 1:
