@@ -11,7 +11,7 @@ backward pass (Chen et al. 2016, "Training deep nets with sublinear memory cost"
 one extra forward pass for activation memory.
 
 Usage
-    python benchmarks/memory.py --threads 2                          # ViT-S, batch 64: ~3 min
+    python benchmarks/memory.py --threads 2                          # ViT-S, batch 64, 3 repeats: ~8 min
     python benchmarks/memory.py --models vit_small_patch16_224 swin_tiny_patch4_window7_224 cvt_13 mixer_b16_224
     python benchmarks/memory.py --device cuda
     python benchmarks/memory.py --smoke
@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="training batch (default 64)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh processes per case; the median is reported (peak RSS moves by tens of MiB "
+                        "from process to process with the allocator's state; default 3)")
     p.add_argument("--smoke", action="store_true", help="ViT-Ti at batch 2 (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -102,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch is None:
         args.batch = 2 if args.smoke else 64
+    if args.smoke:
+        args.repeats = 1
     if args.models is None:
         args.models = ["vit_tiny_patch16_224"] if args.smoke else ["vit_small_patch16_224"]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -117,28 +123,39 @@ def main(argv=None) -> list[dict]:
     key = "cuda_mib" if args.device == "cuda" else "rss_mib"
     rows = []
     for model in args.models:
-        res = {}
-        for lib in args.libs:
-            for ckpt in (False, True):
-                try:
-                    res[lib, ckpt] = run_case(model, lib, ckpt, args)[key]
-                except SystemExit as e:
-                    if lib == "timm" and "Unknown model" in str(e):  # e.g. CvT: timm has none
-                        break
-                    raise
-                print(f"{model} {lib} checkpointing={ckpt}: {res[lib, ckpt]:.0f} MiB", flush=True)
+        samples: dict[tuple[str, bool], list[float]] = {}
+        libs = list(args.libs)
+        for rep in range(args.repeats):
+            for lib in (libs if rep % 2 == 0 else libs[::-1]):  # alternate which library goes first
+                for ckpt in (False, True):
+                    try:
+                        value = run_case(model, lib, ckpt, args)[key]
+                    except SystemExit as e:
+                        if lib == "timm" and "Unknown model" in str(e):  # e.g. CvT: timm has none
+                            libs.remove(lib)
+                            break
+                        raise
+                    samples.setdefault((lib, ckpt), []).append(value)
+                    print(f"{model} {lib} checkpointing={ckpt} (repeat {rep + 1}/{args.repeats}): {value:.0f} MiB",
+                          flush=True)
+        res = {k: statistics.median(v) for k, v in samples.items()}
         for ckpt in (False, True):
             v, t = res.get(("vitkit", ckpt)), res.get(("timm", ckpt))
+            spread = {lib: samples[lib, ckpt] for lib in ("vitkit", "timm") if (lib, ckpt) in samples}
             rows.append({"model": model, "checkpointing": "yes" if ckpt else "no", "vitkit MiB": v, "timm MiB": t,
                          "vitkit/timm": v / t if v and t else None,
-                         "vitkit vs no checkpointing": v / res["vitkit", False] if v and ckpt else None})
+                         "vitkit vs no checkpointing": v / res["vitkit", False] if v and ckpt else None,
+                         "range MiB": "; ".join(f"{lib} {min(x):.0f}-{max(x):.0f}" for lib, x in spread.items())})
     what = "CUDA max allocated" if args.device == "cuda" else "peak RSS above the post-import level"
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
              machine_line(args.device) + f"; torch {torch.__version__}",
-             f"one process per case; training step (AdamW) at batch {args.batch}; {what}",
+             f"one process per case; training step (AdamW) at batch {args.batch}; {what}"
+             + (f"; median of {args.repeats} processes per case, libraries alternating" if args.repeats > 1 else ""),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     cols = ["model", "checkpointing", "vitkit MiB", "timm MiB", "vitkit/timm", "vitkit vs no checkpointing"]
+    if args.repeats > 1:
+        cols.append("range MiB")
 
     def cell(v):
         return "-" if v is None else (v if isinstance(v, str) else f"{v:.2f}" if v < 10 else f"{v:.0f}")

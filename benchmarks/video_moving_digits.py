@@ -1,7 +1,7 @@
 """The video models side by side on moving digits: accuracy, accuracy with the frames shuffled,
 parameters, GMACs per clip and time per clip; plus the GMACs of the paper-size models.
 
-    python benchmarks/video_moving_digits.py --threads 2                 # the timed run (~30-60 min, quiet machine)
+    python benchmarks/video_moving_digits.py --threads 2                 # the timed run (~9 min on 2 quiet cores)
     python benchmarks/video_moving_digits.py --smoke                     # the whole pipeline in ~2 minutes
     python benchmarks/video_moving_digits.py --models vivit_micro_4x2_28 vivit_micro_fe_4x2_28
 

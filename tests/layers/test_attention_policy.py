@@ -14,17 +14,32 @@ from vitkit.layers.attention import (
     use_fused_attention,
 )
 
-THRESHOLD = SDPA_MIN_SEQ_LEN[("cpu", torch.bfloat16)]
+BF16_CPU = ("cpu", torch.bfloat16)
+
+
+@pytest.fixture(params=["measured", "no-amx"])
+def threshold(request, monkeypatch):
+    """The bf16 CPU threshold: this machine's table as it stands (on an AMX CPU: no entry, SDPA at
+    every length), and the non-AMX entry of 393 set by hand, so the eager side is tested everywhere."""
+    if request.param == "no-amx":
+        monkeypatch.setitem(SDPA_MIN_SEQ_LEN, BF16_CPU, 393)
+    return SDPA_MIN_SEQ_LEN.get(BF16_CPU, 1)
 
 
 def q_of(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     return torch.empty(1, 2, n, 8, dtype=dtype, device=device)
 
 
-def test_auto_policy_follows_the_table():
-    for n in (1, 197, THRESHOLD - 1, THRESHOLD, 785, 4096):
+def test_table_entry_matches_the_cpu():
+    from vitkit.layers.attention import _cpu_has_amx
+
+    assert (BF16_CPU in SDPA_MIN_SEQ_LEN) == (not _cpu_has_amx())  # AMX: SDPA everywhere (measured)
+
+
+def test_auto_policy_follows_the_table(threshold):
+    for n in (1, 197, max(1, threshold - 1), threshold, 785, 4096):
         assert use_fused_attention(q_of(n))  # fp32: SDPA at every length, as before the policy existed
-        assert use_fused_attention(q_of(n, torch.bfloat16)) == (n >= THRESHOLD)
+        assert use_fused_attention(q_of(n, torch.bfloat16)) == (n >= threshold)
         assert use_fused_attention(q_of(n, torch.bfloat16, "meta"))  # devices without an entry: SDPA
     with attention_policy("fused"):
         assert use_fused_attention(q_of(197, torch.bfloat16))
@@ -32,13 +47,13 @@ def test_auto_policy_follows_the_table():
         assert not use_fused_attention(q_of(4096))
     with eager_attention():
         assert not use_fused_attention(q_of(4096, torch.bfloat16))
-    assert not use_fused_attention(q_of(197, torch.bfloat16))  # restored to "auto"
+    assert use_fused_attention(q_of(197, torch.bfloat16)) == (197 >= threshold)  # restored to "auto"
     with pytest.raises(ValueError, match="unknown attention policy 'fast'"), attention_policy("fast"):
         pass
 
 
-@pytest.mark.parametrize("n", [50, THRESHOLD + 7])  # one sequence length on each side of the threshold
-def test_paths_agree_in_bf16(n):
+@pytest.mark.parametrize("n", [50, 400])  # one sequence length on each side of the non-AMX threshold
+def test_paths_agree_in_bf16(n, threshold):
     torch.manual_seed(0)
     attn = Attention(64, num_heads=4).eval()
     x = torch.randn(2, n, 64)
@@ -51,7 +66,7 @@ def test_paths_agree_in_bf16(n):
     scale = ref.abs().max().item()
     for policy, y in out.items():
         assert (y - ref).abs().max().item() < 0.02 * scale, policy  # bf16 rounding only
-    expected = "fused" if n >= THRESHOLD else "eager"
+    expected = "fused" if n >= threshold else "eager"
     torch.testing.assert_close(out["auto"], out[expected], atol=0, rtol=0)  # auto ran the path the table names
 
 

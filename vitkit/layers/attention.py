@@ -41,13 +41,26 @@ def fused_attention_enabled() -> bool:
 
 # The "auto" attention path: (device type, dtype of q) -> shortest sequence for which the fused SDPA
 # kernel is used; shorter sequences run the eager softmax path, which is faster there. Keys not in the
-# table (fp32 everywhere, bf16 on CUDA) always use SDPA. The bf16 CPU entry: on a 2-core Zen 4 CPU
-# (avx512-bf16, no AMX, torch 2.13) bf16 SDPA was slower than eager attention at N = 197 (ViT-S/16 at
-# 224) and faster at N = 785 (ViT-S/8); 393 is the geometric mean of the two measured points.
-# `benchmarks/attention_paths.py` times both paths over a grid of sequence lengths and prints this
-# table for the machine it runs on (docs/performance.md, "Attention path"); the outputs of the two
-# paths agree within bf16 rounding (tests/layers/test_attention_policy.py).
-SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype], int] = {
+# table always use SDPA. Measured points (docs/benchmarks.md, "SDPA vs eager attention on this CPU"):
+# - CPUs without AMX (the design notes' 2-core Zen 4, avx512-bf16, torch 2.13): bf16 SDPA was slower
+#   than eager attention at N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8); the entry is
+#   393, the geometric mean of the two measured points.
+# - CPUs with AMX tiles (the project's 2-core Xeon, torch 2.13, `benchmarks/attention_paths.py
+#   --threads 2`): bf16 SDPA was as fast as or faster than eager at N = 50 ... 1025 (1.14x at
+#   N = 197; eager ahead only at 145 and 257, by 12% and 3%, inside this machine's noise), so no
+#   entry: SDPA everywhere.
+# fp32 and bf16 on CUDA: SDPA everywhere. `benchmarks/attention_paths.py` times both paths over a
+# grid of sequence lengths and prints the entry for the machine it runs on (docs/performance.md,
+# "Attention path"); the outputs of the two paths agree within bf16 rounding
+# (tests/layers/test_attention_policy.py).
+def _cpu_has_amx() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # older torch: no query, assume no AMX
+        return False
+
+
+SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype], int] = {} if _cpu_has_amx() else {
     ("cpu", torch.bfloat16): 393,
 }
 _AUTO = contextvars.ContextVar("vitkit_attention_auto", default=True)

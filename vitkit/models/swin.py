@@ -230,8 +230,9 @@ class SwinBlock(nn.Module):
         return self._mask(Hp, Wp, device=device)
 
     def _cached_bias(self, H: int, W: int, Hp: int, Wp: int, device, dtype: torch.dtype) -> torch.Tensor | None:
-        """`attn.attn_bias(mask)` in `dtype`, cached while autograd is off (None when it is on)."""
-        if torch.is_grad_enabled():
+        """`attn.attn_bias(mask)` in `dtype`, cached while autograd is off (None when it is on, and while
+        `torch.export`/`torch.compile` trace the model: a traced graph must not write module attributes)."""
+        if torch.is_grad_enabled() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
             return None
         table = self.attn.relative_position_bias_table
         key = (Hp, Wp, dtype, device, torch.is_inference_mode_enabled())
