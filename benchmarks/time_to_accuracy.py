@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.precision import resolve_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {  # dataset -> (recipe, budget seconds, target test accuracy %)
     "mnist": ("recipes/mnist_vit_fast.yaml", 300.0, 99.0),
@@ -136,7 +138,7 @@ def calibrate(model: nn.Module, cfg, chans: int, size: int, steps: int, classes:
 
     def step():
         xb, _ = augment(x, y) if augment.active else (x, y)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(cfg.run.bf16, "cpu", warn=False)):
             loss = F.cross_entropy(model(xb).float(), y, label_smoothing=cfg.optim.label_smoothing)
         loss.backward()
         opt.step()

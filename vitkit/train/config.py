@@ -61,7 +61,9 @@ class RunConfig:
     out: str | None = None  # run directory; default runs/<model>-<data>-<time>
     seed: int = 0
     batch_size: int = 64  # global batch (all processes together, before accumulation)
-    bf16: bool = False  # bf16 autocast (CPU and CUDA); never fp16 on CPU
+    # bf16 autocast (CPU and CUDA; never fp16 on CPU): true | false | auto = only where bf16 is native (CPUs with
+    # AMX or AVX512-BF16, CUDA GPUs with bf16); emulated bf16 is ~10x slower than fp32 (vitkit/precision.py)
+    bf16: bool | str = False
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the training forward/backward (measure first: docs/performance.md)
     ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.999
@@ -143,6 +145,13 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{key} expects a mapping such as {{drop_path_rate: 0.1}}, got {value!r}")
         return value
+    if annotation == "bool | str":  # true | false | auto (run.bf16)
+        from ..precision import parse_bf16
+
+        try:
+            return parse_bf16(value)
+        except ValueError:
+            raise ValueError(f"{key} expects true, false or auto, got {value!r}") from None
     if annotation.startswith("bool"):
         if not isinstance(value, bool):
             raise ValueError(f"{key} expects true or false, got {value!r}")

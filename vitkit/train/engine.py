@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
+from ..precision import resolve_bf16
 from ..registry import create_model
 from .config import TrainConfig, save_config
 from .logging import TensorBoardLogger
@@ -307,6 +308,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
         device_str = f"cuda:{d.local_rank}"
     else:
         device_str = "cpu"
+    bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native (vitkit/precision.py)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
@@ -395,7 +397,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
             teacher_logits = distill.teacher_logits(x, step_indices[i] if step_indices is not None else None)
             last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
             sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
-            with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+            with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
                 out = net(norm(x))
                 exits = out if isinstance(out, list) else None  # multi-exit models (DVT): one logits per exit
                 if exits is not None:
@@ -442,7 +444,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
                "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
                "images_per_second": round(count / seconds, 1)}
         if splits.val is not None:
-            val = evaluate(ema if ema is not None else model, splits.val, norm, device, cfg.run.bf16)
+            val = evaluate(ema if ema is not None else model, splits.val, norm, device, bf16)
             row.update(val_loss=val["loss"], val_acc=val["acc"])
             best_val = max(best_val, val["acc"])
         history.append(row)
@@ -458,19 +460,19 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
             dist.barrier()
 
     final_model = ema if ema is not None else model
-    test = evaluate(final_model, splits.test, norm, device, cfg.run.bf16)
+    test = evaluate(final_model, splits.test, norm, device, bf16)
     metrics = {
         "model": cfg.model.name, "dataset": splits.name, "params": params, "epochs": cfg.sched.epochs,
         "test_acc": round(test["acc"], 3), "test_top5": round(test["top5"], 3), "test_loss": round(test["loss"], 5),
         "best_val_acc": round(best_val, 3) if best_val >= 0 else None, "train_seconds": round(train_seconds, 2),
         "images_per_second": round(sum(h["images_per_second"] for h in history) / max(1, len(history)), 1),
-        "processes": d.world, "threads": torch.get_num_threads(), "device": device,
+        "processes": d.world, "threads": torch.get_num_threads(), "device": device, "bf16": bf16,
         "run_dir": str(run_dir), "model_dir": str(run_dir / "model"),
     }
     if getattr(final_model, "dist_token", None) is not None:  # DeiT: each head alone and their mean
-        metrics["test_acc_heads"] = _head_accuracies(final_model, splits.test, norm, device, cfg.run.bf16)
+        metrics["test_acc_heads"] = _head_accuracies(final_model, splits.test, norm, device, bf16)
     if distill.teacher is not None:
-        teacher_test = evaluate(distill.teacher, splits.test, nn.Identity(), device, cfg.run.bf16)
+        teacher_test = evaluate(distill.teacher, splits.test, nn.Identity(), device, bf16)
         metrics.update(distill_type=cfg.distill.type, teacher=cfg.distill.teacher,
                        teacher_test_acc=round(teacher_test["acc"], 3))
     if d.main:

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hub import save_pretrained
+from ..precision import resolve_bf16
 from ..registry import create_model
 from .config import (
     DataConfig,
@@ -205,6 +206,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     device_str = f"cuda:{d.local_rank}" if device == "cuda" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(d.local_rank)
+    bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     default_dir = Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -264,7 +266,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         for i, (x, _) in enumerate(batches.epoch(epoch)):  # labels unused
             step = epoch * steps_per_epoch + i
             x = x.to(device_str, non_blocking=True)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.run.bf16):
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
                 out = net(norm(x))
             loss = out["loss"]
             if not torch.isfinite(loss):
