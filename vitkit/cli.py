@@ -19,6 +19,9 @@ import json
 import logging
 import sys
 
+BF16_HELP = ("bf16 autocast inference: fast on CPUs with AMX or AVX512-BF16 and on CUDA; elsewhere bf16 is "
+             "emulated, slower than fp32, and a warning says so")
+
 
 def _count_params(name: str) -> int:
     import torch
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast inference (CPU or CUDA)")
+    p.add_argument("--bf16", action="store_true", help=BF16_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list registered model names")
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a vitkit directory (save_pretrained) or a Hugging Face ViT/DeiT directory")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast inference (CPU or CUDA)")
+    p.add_argument("--bf16", action="store_true", help=BF16_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="set a DVT's early-exit thresholds for a compute budget (held-out data)",

@@ -13,6 +13,7 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
                  split: str = "test", bf16: bool = False) -> dict[str, Any]:
     """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`)."""
     from .data import load_dataset
+    from .precision import resolve_bf16
     from .train.engine import Normalise, evaluate
 
     path = Path(path)
@@ -29,7 +30,7 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
 
     cfg = model.pretrained_cfg
     result = evaluate(model, data, Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std)), "cpu",
-                      bf16=bf16, return_logits=True)
+                      bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
     logits, labels = result.pop("logits"), result.pop("labels")
     cm = confusion_matrix(logits, labels, len(splits.classes))
     per_class = per_class_accuracy_from_cm(cm)

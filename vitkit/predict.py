@@ -70,6 +70,9 @@ def predict_files(model_dir: str | Path, images: Sequence[str | Path], top_k: in
     `bf16` runs the model under bf16 autocast on the CPU (matmuls in bf16, softmax in fp32).
     `details` adds a third item, a dict: for early-exit models (DVT) the exit the image took and its
     GMACs ({"exit": k, "gmacs": g}), empty for other models."""
+    from .precision import resolve_bf16
+
+    bf16 = resolve_bf16(bf16, "cpu")  # True is honoured; warns where bf16 is emulated (slower than fp32)
     model = from_pretrained(model_dir).eval()
     names = model.pretrained_cfg.get("label_names")
     dynamic = hasattr(model, "forward_dynamic")  # early exit: which exit, at what cost
