@@ -244,6 +244,30 @@ def test_timesformer_divided_block_definition():
         torch.testing.assert_close(blk(x, T), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["timesformer_micro_patch4_28", "timesformer_micro_joint_patch4_28"])
+def test_timesformer_time_embedding_follows_the_frames(name):
+    """Issue 8 check: the token of location s in frame t is patch(frame t, s) + pos[s] + time[t]
+    ((s, t) order), so the model sees the frame order exactly through `time_embed`: with the
+    reference code's zero time embedding it is blind to the order (as it should be), with a
+    non-zero one reversing the frames changes the logits, and the time embedding gets a gradient."""
+    model = build(name)
+    x = clips(model)
+    T, D = model.num_frames, model.embed_dim
+    with torch.no_grad():
+        assert not model.time_embed.any()  # the reference code's initialisation
+        torch.testing.assert_close(model(x.flip(2)), model(x), atol=1e-5, rtol=1e-5)  # order-blind at te = 0
+        model.time_embed.normal_(std=0.5)
+        tokens = model._embed(x)[:, 1:]  # (B, S*T, D), (s, t) order
+        patches = model.patch_embed(x).reshape(B, T, -1, D)  # (B, T, S, D), (t, s) order
+        S = patches.shape[2]
+        expected = patches + model.pos_embed[:, 1:].unsqueeze(1) + model.time_embed.unsqueeze(2)  # (B, T, S, D)
+        torch.testing.assert_close(tokens, expected.transpose(1, 2).reshape(B, S * T, D))
+        assert (model(x.flip(2)) - model(x)).abs().max() > 1e-3  # the order now matters
+    model.train()
+    model(x).pow(2).sum().backward()
+    assert model.time_embed.grad is not None and model.time_embed.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- inflation
 def test_inflate_patch_weight():
     w = torch.randn(8, 3, 4, 4)
