@@ -15,6 +15,7 @@ The default lengths are the token counts of ViT at common sizes: 50 (B/32 at 224
 
 Usage
     OMP_NUM_THREADS=2 python benchmarks/attention_paths.py --threads 2     # ~3 min
+    OMP_NUM_THREADS=2 python benchmarks/attention_paths.py --threads 2 --train   # forward + backward
     python benchmarks/attention_paths.py --device cuda
     python benchmarks/attention_paths.py --smoke
 """
@@ -53,13 +54,24 @@ def measure(dtype_name: str, n: int, args) -> dict:
     with torch.inference_mode(), amp():
         diff = (F.scaled_dot_product_attention(q, k, v).float() - eager(q, k, v).float()).abs().max().item()
 
-    def run_sdpa():
-        with torch.inference_mode(), amp():
-            F.scaled_dot_product_attention(q, k, v)
+    if args.train:  # forward + backward, as in a training step
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        grad = torch.randn(q.shape, generator=g).to(args.device, dtype)
 
-    def run_eager():
-        with torch.inference_mode(), amp():
-            eager(q, k, v)
+        def timed(fn):
+            def run():
+                with amp():
+                    out = fn(q, k, v)
+                torch.autograd.backward(out, grad.to(out.dtype))
+                q.grad = k.grad = v.grad = None
+            return run
+    else:
+        def timed(fn):
+            def run():
+                with torch.inference_mode(), amp():
+                    fn(q, k, v)
+            return run
+    run_sdpa, run_eager = timed(F.scaled_dot_product_attention), timed(eager)
 
     secs = interleaved({"sdpa": run_sdpa, "eager": run_eager}, args, args.warmup, args.rounds)
     return {"dtype": dtype_name, "N": n, "sdpa ms": 1e3 * secs["sdpa"], "eager ms": 1e3 * secs["eager"],
@@ -89,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.3)")
+    p.add_argument("--train", action="store_true", help="time forward + backward (a training step) instead of inference")
     p.add_argument("--smoke", action="store_true", help="two short lengths, one round (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     args = p.parse_args(argv)
@@ -121,7 +134,8 @@ def main(argv=None) -> list[dict]:
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
              machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}",
-             f"q, k, v: batch {args.batch}, {args.heads} heads of {args.head_dim}; inference",
+             f"q, k, v: batch {args.batch}, {args.heads} heads of {args.head_dim}; "
+             + ("training (forward + backward)" if args.train else "inference"),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     cols = ["dtype", "N", "sdpa ms", "eager ms", "eager/sdpa time", "max abs diff"]
     out = ["<!-- benchmarks/attention_paths.py -->", ""] + [f"- {ln}" for ln in lines] + [""]

@@ -1,5 +1,6 @@
-"""The measured attention-path policy (vitkit/layers/attention.py): fp32 always takes SDPA, bf16 on the
-CPU takes the eager path below `SDPA_MIN_SEQ_LEN`, and every path gives the same outputs."""
+"""The measured attention-path policy (vitkit/layers/attention.py): bf16 on a CPU without AMX, and fp32 on
+an AVX2-only CPU, take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path
+gives the same outputs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from vitkit.layers import Attention, eager_attention
 from vitkit.layers.attention import (
     SDPA_MIN_SEQ_LEN,
     attention_policy,
+    cpu_attention_table,
     use_fused_attention,
 )
 
-BF16_CPU = ("cpu", torch.bfloat16)
+BF16_CPU = ("cpu", torch.bfloat16, "infer")
+FP32_CPU = ("cpu", torch.float32, "infer")
 
 
 @pytest.fixture(params=["measured", "no-amx"])
@@ -26,19 +29,39 @@ def threshold(request, monkeypatch):
     return SDPA_MIN_SEQ_LEN.get(BF16_CPU, 1)
 
 
-def q_of(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    return torch.empty(1, 2, n, 8, dtype=dtype, device=device)
+def q_of(n: int, dtype=torch.float32, device="cpu", requires_grad=False) -> torch.Tensor:
+    return torch.empty(1, 2, n, 8, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def test_table_entry_matches_the_cpu():
-    from vitkit.layers.attention import _cpu_has_amx
+    from vitkit.layers.attention import _cpu_has_amx, _cpu_has_avx512
 
+    assert SDPA_MIN_SEQ_LEN == cpu_attention_table(_cpu_has_amx(), _cpu_has_avx512())
     assert (BF16_CPU in SDPA_MIN_SEQ_LEN) == (not _cpu_has_amx())  # AMX: SDPA everywhere (measured)
 
 
+def test_measured_tables_per_cpu():
+    assert cpu_attention_table(amx=True, avx512=True) == {}  # the AMX Xeon: SDPA at every length
+    zen4 = cpu_attention_table(amx=False, avx512=True)  # bf16 short sequences eager, fp32 SDPA everywhere
+    assert zen4 == {("cpu", torch.bfloat16, "infer"): 393, ("cpu", torch.bfloat16, "train"): 393}
+    avx2 = cpu_attention_table(amx=False, avx512=False)  # the AVX2 EPYC: short fp32 sequences eager too
+    assert avx2[("cpu", torch.float32, "infer")] == 65 and avx2[("cpu", torch.float32, "train")] == 145
+
+
+def test_training_and_inference_thresholds_differ(monkeypatch):
+    for key, value in cpu_attention_table(amx=False, avx512=False).items():
+        monkeypatch.setitem(SDPA_MIN_SEQ_LEN, key, value)
+    assert not use_fused_attention(q_of(17)) and use_fused_attention(q_of(65))  # inference: from 65 on
+    assert not use_fused_attention(q_of(100, requires_grad=True))  # training: eager below 145
+    assert use_fused_attention(q_of(145, requires_grad=True))
+    with torch.no_grad():  # no graph is recorded: inference timing applies
+        assert use_fused_attention(q_of(100, requires_grad=True))
+
+
 def test_auto_policy_follows_the_table(threshold):
+    fp32 = SDPA_MIN_SEQ_LEN.get(FP32_CPU, 1)  # AVX2-only CPUs: 65, else no entry
     for n in (1, 197, max(1, threshold - 1), threshold, 785, 4096):
-        assert use_fused_attention(q_of(n))  # fp32: SDPA at every length, as before the policy existed
+        assert use_fused_attention(q_of(n)) == (n >= fp32)
         assert use_fused_attention(q_of(n, torch.bfloat16)) == (n >= threshold)
         assert use_fused_attention(q_of(n, torch.bfloat16, "meta"))  # devices without an entry: SDPA
     with attention_policy("fused"):

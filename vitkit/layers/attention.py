@@ -8,8 +8,9 @@ of code with the `eager_attention()` context manager -- never by an environment 
 import time. `tests/layers/test_attention.py` checks that both paths agree.
 
 Where both paths may run, the default policy ("auto", `use_fused_attention`) picks the faster one
-by measurement, keyed on (device, dtype, sequence length): `SDPA_MIN_SEQ_LEN` below. fp32 always
-takes SDPA; `attention_policy("fused" | "eager" | "auto")` overrides the choice for a block.
+by measurement, keyed on (device, dtype, training or inference, sequence length): `SDPA_MIN_SEQ_LEN`
+below (on CPUs with AVX-512, fp32 always takes SDPA; on AVX2-only CPUs short fp32 sequences run
+eager, which is faster there); `attention_policy("fused" | "eager" | "auto")` overrides the choice for a block.
 """
 
 from __future__ import annotations
@@ -39,16 +40,22 @@ def fused_attention_enabled() -> bool:
     return _FUSED.get()
 
 
-# The "auto" attention path: (device type, dtype of q) -> shortest sequence for which the fused SDPA
-# kernel is used; shorter sequences run the eager softmax path, which is faster there. Keys not in the
-# table always use SDPA. Measured points (docs/benchmarks.md, "SDPA vs eager attention on this CPU"):
+# The "auto" attention path: (device type, dtype of q, "train" | "infer") -> shortest sequence for which
+# the fused SDPA kernel is used; shorter sequences run the eager softmax path, which is faster there.
+# "train" is a call whose q needs a gradient (the backward pass is timed too). Keys not in the table
+# always use SDPA. Measured points (docs/benchmarks.md, "SDPA vs eager attention"):
 # - CPUs without AMX (the design notes' 2-core Zen 4, avx512-bf16, torch 2.13): bf16 SDPA was slower
 #   than eager attention at N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8); the entry is
 #   393, the geometric mean of the two measured points.
-# - CPUs with AMX tiles (the project's 2-core Xeon, torch 2.13, `benchmarks/attention_paths.py
+# - CPUs with AMX tiles (the sessions-1-3 2-core Xeon, torch 2.13, `benchmarks/attention_paths.py
 #   --threads 2`): bf16 SDPA was as fast as or faster than eager at N = 50 ... 1025 (1.14x at
-#   N = 197; eager ahead only at 145 and 257, by 12% and 3%, inside this machine's noise), so no
-#   entry: SDPA everywhere.
+#   N = 197; eager ahead only at 145 and 257, by 12% and 3%, inside this machine's noise), and fp32
+#   SDPA from N = 50 on (inference), so no entry: SDPA everywhere.
+# - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
+#   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
+#   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
+#   slower; 1.9x at N = 17 with the MNIST recipe's 4 heads of 32 at batch 256); SDPA wins from
+#   N = 65 (inference) and N = 145 (training) on. bf16 is emulated there (vitkit/precision.py).
 # fp32 and bf16 on CUDA: SDPA everywhere. `benchmarks/attention_paths.py` times both paths over a
 # grid of sequence lengths and prints the entry for the machine it runs on (docs/performance.md,
 # "Attention path"); the outputs of the two paths agree within bf16 rounding
@@ -60,9 +67,24 @@ def _cpu_has_amx() -> bool:
         return False
 
 
-SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype], int] = {} if _cpu_has_amx() else {
-    ("cpu", torch.bfloat16): 393,
-}
+def _cpu_has_avx512() -> bool:
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except (AttributeError, RuntimeError):
+        return True  # unknown: keep the AVX-512 table (fp32 SDPA everywhere, as before this entry)
+
+
+def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple[str, torch.dtype, str], int]:
+    """The measured `SDPA_MIN_SEQ_LEN` entries for a CPU with/without AMX tiles and AVX-512."""
+    if amx:
+        return {}
+    table = {("cpu", torch.bfloat16, mode): 393 for mode in ("infer", "train")}
+    if not avx512:
+        table |= {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
+    return table
+
+
+SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype, str], int] = cpu_attention_table(_cpu_has_amx(), _cpu_has_avx512())
 _AUTO = contextvars.ContextVar("vitkit_attention_auto", default=True)
 
 
@@ -86,7 +108,8 @@ def use_fused_attention(q: torch.Tensor) -> bool:
         return False
     if not _AUTO.get():
         return True
-    return q.shape[-2] >= SDPA_MIN_SEQ_LEN.get((q.device.type, q.dtype), 0)
+    mode = "train" if q.requires_grad and torch.is_grad_enabled() else "infer"
+    return q.shape[-2] >= SDPA_MIN_SEQ_LEN.get((q.device.type, q.dtype, mode), 0)
 
 
 # A callback(module, weights) that eager attention paths report their softmax weights to, set by
