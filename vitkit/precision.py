@@ -2,12 +2,12 @@
 
 bf16 autocast is fast only where the hardware computes in bf16. On a CPU that means AMX tiles or
 AVX512-BF16; without them oneDNN emulates bf16 and the matmuls get *slower*, not faster. Measured
-with `benchmarks/bf16_accuracy.py`-style training steps of the 540k-parameter MNIST ViT
+as training steps of the 540k-parameter MNIST ViT
 (`recipes/mnist_vit_fast.yaml`, batch 256, 1 thread):
 
 - Intel Xeon with AMX (the machine of sessions 1-3): bf16 1.7x the fp32 throughput;
-- AMD EPYC with AVX2 only (session 4): bf16 about 10x *slower* than fp32 (1.1-1.7 s vs 10-15 s
-  per step).
+- AMD EPYC with AVX2 only (session 4): bf16 about 10x *slower* than fp32 (0.39-0.51 s vs
+  3.99-4.97 s per step).
 
 So `--run.bf16=auto` (what the recipes use) turns autocast on only where it is native, and an
 explicit `--run.bf16=true` on such a CPU runs as asked but logs a warning that names the cost.
