@@ -148,7 +148,9 @@ def main(argv=None) -> list[dict]:
         if t is None:
             table[dtype_name] = f"eager was faster at the longest N measured ({max(args.lengths)}): measure longer"
         elif t > min(args.lengths):
-            table[dtype_name] = f'("{args.device}", torch.{DTYPES[dtype_name]}): {t},'.replace("torch.torch.", "torch.")
+            mode = "train" if args.train else "infer"
+            table[dtype_name] = (f'("{args.device}", torch.{DTYPES[dtype_name]}, "{mode}"): {t},'
+                                 .replace("torch.torch.", "torch."))
         else:
             table[dtype_name] = "SDPA at every measured N: no entry needed"
     out += ["", "Suggested `SDPA_MIN_SEQ_LEN` entries (vitkit/layers/attention.py):", ""]
