@@ -53,6 +53,9 @@ def test_attention_paths_smoke(tmp_path):
     rows = attention.main(["--smoke", "--markdown", str(tmp_path / "attn.md")])
     assert {(r["dtype"], r["N"]) for r in rows} == {("fp32", 16), ("fp32", 40), ("bf16", 16), ("bf16", 40)}
     assert "Suggested `SDPA_MIN_SEQ_LEN` entries" in (tmp_path / "attn.md").read_text()
+    rows = attention.main(["--smoke", "--train", "--dtypes", "fp32", "--markdown", str(tmp_path / "train.md")])
+    assert all(r["sdpa ms"] > 0 and r["eager ms"] > 0 and r["max abs diff"] < 1e-4 for r in rows)
+    assert "training (forward + backward)" in (tmp_path / "train.md").read_text()
 
 
 def test_threshold_rule():
