@@ -333,3 +333,33 @@ def test_benchmark_smoke(tmp_path):
         assert gmacs[0] < gmacs[-1] == pytest.approx(c["exit_gmacs"][-1])  # the largest budget: no early exit
     for name in ("curve_fashion_mnist.png", "results_fashion_mnist.md", "results_fashion_mnist.json"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.parametrize(("src", "dst"), [((7, 7), (14, 14)), ((4, 4), (7, 7)), ((2, 3), (4, 9)), ((4, 4), (4, 4))])
+def test_relation_bias_add_equals_the_dense_resized_map(src, dst):
+    """`RelationBias.add_to` (in place, no resized map for integer ratios) = logits + resize_attention(maps),
+    values and gradients of both inputs (double precision, exact up to summation order)."""
+    n, N = 1 + src[0] * src[1], 1 + dst[0] * dst[1]
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, n, n, 8, generator=g, dtype=torch.float64)  # (B, n, n, C): as the reuse MLP's output
+    maps = maps.permute(0, 3, 1, 2)[:, 4:]  # a non-contiguous (B, 4, n, n) view, as a chunk of the reuse MLP's output
+    base = torch.randn(2, 4, N, N, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 4, N, N, generator=g, dtype=torch.float64)
+    results = []
+    for structured in (True, False):
+        m = maps.detach().clone().requires_grad_(True)
+        q = base.clone().requires_grad_(True)
+        bias = dvt_mod.RelationBias(m, src, dst)
+        assert bias.shape == (2, 4, N, N)
+        assert torch.equal(bias.dense(), resize_attention(m, src, dst))
+        out = bias.add_to(q * 1.0) if structured else q * 1.0 + bias.dense()
+        (out * w).sum().backward()
+        results.append((out.detach(), q.grad, m.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_relation_bias_gradcheck():
+    m = torch.randn(1, 1, 7, 7, dtype=torch.float64, requires_grad=True)  # a 2x3 grid, replicated to 4x9
+    q = torch.randn(1, 1, 37, 37, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, q: dvt_mod.RelationBias(m, (2, 3), (4, 9)).add_to(q * 1.0), (m, q))

@@ -117,14 +117,22 @@ class LogitAttention(Attention):
     """Multi-head self-attention that can also return its logits q k^T / sqrt(d) + bias (B, H, N, N),
     the quantity relationship reuse passes downstream. Same parameters (timm keys) as `Attention`."""
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | RelationBias | None = None,
                 return_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not return_logits:
-            return super().forward(x, attn_bias=attn_bias), None
+        """`attn_bias`: a dense (B, H, N, N) tensor, or a `RelationBias` (the reused upstream maps, resized
+        to this grid as they are added). Without logits to return this is the shared `Attention` (SDPA,
+        with the bias as its float mask), except for a `RelationBias` while gradients are recorded: then
+        the explicit softmax path adds it without building the resized map (SDPA with a mask that needs a
+        gradient runs its slow unfused path on a CPU). With logits to return: the explicit path."""
+        if not return_logits and not (isinstance(attn_bias, RelationBias) and torch.is_grad_enabled()):
+            dense = attn_bias.dense() if isinstance(attn_bias, RelationBias) else attn_bias
+            return super().forward(x, attn_bias=dense), None
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-        if attn_bias is not None:
+        if isinstance(attn_bias, RelationBias):
+            logits = attn_bias.add_to(logits)
+        elif attn_bias is not None:
             logits = logits + attn_bias
         weights = logits.softmax(dim=-1)
         record_attention(self, weights)
@@ -147,7 +155,8 @@ class DVTBlock(nn.Module):
         self.mlp = Mlp(dim + reuse_dim, int(dim * mlp_ratio), out_features=dim, act=act, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, reuse: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, reuse: torch.Tensor | None = None,
+                attn_bias: torch.Tensor | RelationBias | None = None,
                 return_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, logits = self.attn(self.norm1(x), attn_bias, return_logits)
         x = x + self.drop_path1(y)
@@ -185,6 +194,88 @@ def resize_attention(a: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]
         return a
     idx = nearest_token_index(src, dst, a.device)
     return a.index_select(3, idx).index_select(2, idx)  # keys on the small map, then whole rows
+
+
+class _AddReplicatedRows(torch.autograd.Function):
+    """logits (B, C, 1 + N, M) += rows (B, C, 1 + n, M) resized along the query axis by integer factors
+    (nearest neighbour = replication of each source cell's row over its fh x fw block of query tokens;
+    [CLS] to [CLS]), in place and without materialising the resized rows. The gradient of `rows` is the
+    sum over each block. The innermost (key) axis stays contiguous in both directions."""
+
+    @staticmethod
+    def forward(ctx, logits, rows, src, f):  # noqa: ANN001, ANN205
+        (h, w), (fh, fw) = src, f
+        B, C, _, M = logits.shape
+        ctx.cell, ctx.rows_shape = (h, fh, w, fw), rows.shape
+        logits[:, :, 0].add_(rows[:, :, 0])
+        logits[:, :, 1:].view(B, C, h, fh, w, fw, M).add_(rows[:, :, 1:].reshape(B, C, h, 1, w, 1, M))
+        ctx.mark_dirty(logits)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        B, C, _, M = grad.shape
+        g_rows = grad.new_empty(ctx.rows_shape)
+        g_rows[:, :, 0] = grad[:, :, 0]
+        blocks = grad[:, :, 1:].reshape(B, C, *ctx.cell, M)  # (B, C, h, fh, w, fw, M)
+        g_grid = g_rows[:, :, 1:].view(B, C, ctx.cell[0], ctx.cell[2], M)
+        g_grid.copy_(blocks[:, :, :, 0, :, 0])
+        for a in range(ctx.cell[1]):  # a loop of strided adds: several times faster than .sum(dim=(3, 5)) on a CPU
+            for b in range(ctx.cell[3]):
+                if a or b:
+                    g_grid.add_(blocks[:, :, :, a, :, b])
+        return grad, g_rows, None, None
+
+
+@dataclass
+class RelationBias:
+    """The logit bias relationship reuse hands one downstream layer: the reused maps (B, H, 1 + n, 1 + n)
+    at the upstream resolution, resized to the downstream grid as they are added to the logits.
+
+    `dense()` is `resize_attention(maps, src, dst)`. `add_to(logits)` gives logits + dense() and, when
+    the downstream grid is an integer multiple of the upstream one (7x7 -> 14x14: nearest neighbour is
+    exact replication), gathers only the key axis (a (B, H, 1 + n, 1 + N) map) and adds its rows in place,
+    replicated along the query axis, without building the resized map, which is as large as the
+    downstream attention map itself; the backward is a block sum instead of a scatter into it. Other
+    ratios (4x4 -> 7x7) add the gathered dense map. The result is the same (a test checks values and
+    gradients against `dense()`)."""
+
+    maps: torch.Tensor
+    src: tuple[int, int]
+    dst: tuple[int, int]
+
+    @property
+    def shape(self) -> torch.Size:
+        n = 1 + self.dst[0] * self.dst[1]
+        return torch.Size((*self.maps.shape[:2], n, n))
+
+    def _factor(self) -> tuple[int, int] | None:
+        """The integer (fh, fw) with dst = f * src, or None (src == dst, or not an integer multiple)."""
+        (h, w), (H, W) = self.src, self.dst
+        return None if self.src == self.dst or H % h or W % w else (H // h, W // w)
+
+    def dense(self) -> torch.Tensor:
+        """The resized maps (B, H, 1 + N, 1 + N) = resize_attention(maps, src, dst). For an integer factor
+        the query axis is replicated by a broadcast copy instead of a second gather (several times faster
+        on a CPU; same values)."""
+        f = self._factor()
+        if f is None:
+            return resize_attention(self.maps, self.src, self.dst)
+        rows = self.maps.index_select(3, nearest_token_index(self.src, self.dst, self.maps.device))
+        B, C, _, M = rows.shape
+        (h, w), (fh, fw) = self.src, f
+        grid = rows[:, :, 1:].reshape(B, C, h, 1, w, 1, M).expand(B, C, h, fh, w, fw, M).reshape(B, C, M - 1, M)
+        return torch.cat([rows[:, :, :1], grid], dim=2)
+
+    def add_to(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, H, 1 + N, 1 + N) + the resized maps. Takes ownership of `logits` (it may be
+        modified in place): pass a tensor nothing else reads, such as a fresh q k^T."""
+        f = self._factor()
+        if f is None:
+            return logits + self.dense()
+        idx = nearest_token_index(self.src, self.dst, self.maps.device)
+        rows = self.maps.to(logits.dtype).index_select(3, idx)  # keys resized (a quarter of the map at 2x)
+        return _AddReplicatedRows.apply(logits, rows, self.src, f)
 
 
 @dataclass
@@ -236,10 +327,11 @@ class DVTStage(nn.Module):
         self.head = nn.Linear(D, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
 
-    def reused(self, up: Upstream | None) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """Per-layer reused features (B, 1 + N, r) and logit biases (B, H, 1 + N, 1 + N)."""
+    def reused(self, up: Upstream | None) -> tuple[list[torch.Tensor | None], list[RelationBias | None]]:
+        """Per-layer reused features (B, 1 + N, r) and logit biases (a `RelationBias` each: the maps at the
+        upstream resolution, (B, H, 1 + N, 1 + N) once resized; `.dense()` materialises them)."""
         feats: list[torch.Tensor | None] = [None] * self.depth
-        biases: list[torch.Tensor | None] = [None] * self.depth
+        biases: list[RelationBias | None] = [None] * self.depth
         if up is None:
             return feats, biases
         if self.reuse_dim:
@@ -247,7 +339,7 @@ class DVTStage(nn.Module):
             feats = list(resize_tokens(e, up.grid, self.grid_size).chunk(self.depth, dim=-1))
         if self.relation_reuse is not None:
             r = self.relation_reuse(up.logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, L * H, 1+n, 1+n)
-            biases = list(resize_attention(r, up.grid, self.grid_size).chunk(self.depth, dim=1))
+            biases = [RelationBias(m, up.grid, self.grid_size) for m in r.chunk(self.depth, dim=1)]
         return feats, biases
 
     def forward(self, x: torch.Tensor, up: Upstream | None, return_logits: bool) -> tuple[torch.Tensor, Upstream]:
