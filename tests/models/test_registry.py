@@ -470,3 +470,27 @@ def test_in_chans_1(name):
     assert first_conv.weight.shape[1] == 1
     with pytest.raises(ValueError, match="in_chans=3"):
         model(torch.randn(B, 3, *x.shape[-2:]))
+
+
+def test_weight_init_jax_is_the_papers_flax_init():
+    """weight_init='jax' (timm's name): Xavier-uniform linears, zero biases but MLP biases normal(1e-6), a LeCun-normal
+    patch embedding, zero heads; the default stays timm's trunc-normal(0.02)."""
+    import math
+
+    torch.manual_seed(0)
+    jax = vitkit.create_model("vit_small_patch16_224", weight_init="jax", num_classes=10)
+    timm_like = vitkit.create_model("vit_small_patch16_224", num_classes=10)
+    qkv = jax.blocks[0].attn.qkv.weight
+    bound = math.sqrt(6.0 / (qkv.shape[0] + qkv.shape[1]))
+    assert qkv.abs().max() <= bound and qkv.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    # torch's trunc_normal_ cuts at +-2 in absolute units, so with std 0.02 nothing is cut (as in timm)
+    assert timm_like.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    fc1_bias = jax.blocks[0].mlp.fc1.bias
+    assert 0 < fc1_bias.abs().max() < 1e-4 and not jax.blocks[0].attn.qkv.bias.any()
+    w = jax.patch_embed.proj.weight
+    fan_in = w[0].numel()
+    assert w.std().item() == pytest.approx(1 / math.sqrt(fan_in), rel=0.02)
+    assert w.abs().max().item() <= 2 / math.sqrt(fan_in) / 0.87962566103423978 + 1e-6
+    assert not jax.head.weight.any() and not jax.head.bias.any()
+    with pytest.raises(ValueError, match="weight_init must be"):
+        vitkit.create_model("vit_micro_patch4_28", weight_init="xavier")

@@ -103,9 +103,14 @@ def _symmetric_padding(kernel_size: _Pair, stride: _Pair, dilation: _Pair) -> _P
 
 
 def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weight Standardization: zero mean, unit biased variance per output channel."""
-    var, mean = torch.var_mean(weight, dim=(1, 2, 3), correction=0, keepdim=True)
-    return (weight - mean) * torch.rsqrt(var + eps)
+    """Weight Standardization: zero mean, unit biased variance per output channel.
+
+    Computed as timm computes it (a training-mode batch norm over each output channel's weights), so
+    that imported weights give timm's numbers to the last bit rather than within rounding."""
+    out_channels = weight.shape[0]
+    return F.batch_norm(
+        weight.reshape(1, out_channels, -1), None, None, training=True, momentum=0.0, eps=eps
+    ).reshape_as(weight)
 
 
 class StdConv2d(nn.Conv2d):

@@ -66,6 +66,10 @@ class ViTConfig:
     pos_embed_interp: str = "bicubic"  # mode used when resampling position embeddings
     pos_embed_antialias: bool = True
     hybrid_layers: tuple[int, ...] | None = None  # ResNetV2 stage depths of the R50+ViT hybrid stem
+    # initialisation, under timm's names: '' = timm's default (trunc-normal 0.02 linears); 'jax' = the
+    # paper's own code (big_vision / Flax: Xavier-uniform linears, LeCun-normal patch embedding; timm
+    # `weight_init='jax'`). Both zero the classifier head.
+    weight_init: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, list):
@@ -80,6 +84,8 @@ class ViTConfig:
             raise ValueError("a distilled (DeiT) model needs the class token")
         if self.distilled_output not in ("mean", "cls", "dist"):
             raise ValueError(f"distilled_output must be 'mean', 'cls' or 'dist', got {self.distilled_output!r}")
+        if self.weight_init not in ("", "jax"):
+            raise ValueError(f"weight_init must be '' (timm's default) or 'jax' (the paper's code), got {self.weight_init!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -186,16 +192,35 @@ class VisionTransformer(VitkitModel):
 
     # ----------------------------------------------------------------- initialisation
     def init_weights(self) -> None:
-        """timm's default scheme: trunc-normal(0.02) linears and position embeddings, tiny [CLS],
-        then zero-initialised classifier heads (ViT paper, section 3.1 / big_vision)."""
+        """trunc-normal(0.02) position embeddings, tiny [CLS], zero-initialised classifier heads (ViT
+        paper, section 3.1 / big_vision), and for the rest `config.weight_init`: '' = timm's default,
+        trunc-normal(0.02) linears (the patch-embedding conv keeps PyTorch's init, as in timm); 'jax' =
+        big_vision's Flax init, as timm's `init_weights_vit_jax`: Xavier-uniform linears with zero biases
+        (MLP biases normal(1e-6)) and LeCun-normal convolution kernels (the patch embedding, and the
+        hybrid's ResNet stem and stages)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
+        jax = self.config.weight_init == "jax"
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                if jax:
+                    nn.init.xavier_uniform_(m.weight)
+                else:
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    if jax and "mlp" in name:
+                        nn.init.normal_(m.bias, std=1e-6)
+                    else:
+                        nn.init.zeros_(m.bias)
+            elif jax and isinstance(m, nn.Conv2d):  # the patch embedding (and the hybrid's ResNet), as timm
+                fan_in = m.weight[0].numel()
+                # LeCun normal as Flax/timm draw it: a unit normal truncated at +-2, scaled so that the
+                # truncated distribution's std is 1/sqrt(fan_in) (0.8796... = std of the truncated unit normal)
+                with torch.no_grad():
+                    nn.init.trunc_normal_(m.weight, std=1.0, a=-2.0, b=2.0).mul_((1.0 / fan_in) ** 0.5 / 0.87962566103423978)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self._zero_init_heads()
