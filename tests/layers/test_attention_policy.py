@@ -1,6 +1,7 @@
-"""The measured attention-path policy (vitkit/layers/attention.py): bf16 on a CPU without AMX, and fp32 on
-an AVX2-only CPU, take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path
-gives the same outputs."""
+"""The measured attention-path policy (vitkit/layers/attention.py): short bf16 sequences on every CPU kind,
+short fp32 training sequences on AMX and AVX2-only CPUs, and short fp32 inference sequences on AVX2-only CPUs
+take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path gives the same
+outputs."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ FP32_CPU = ("cpu", torch.float32, "infer")
 
 @pytest.fixture(params=["measured", "no-amx"])
 def threshold(request, monkeypatch):
-    """The bf16 CPU threshold: this machine's table as it stands (on an AMX CPU: no entry, SDPA at
-    every length), and the non-AMX entry of 393 set by hand, so the eager side is tested everywhere."""
+    """The bf16 CPU inference threshold: this machine's table as it stands (145 on an AMX CPU, 393
+    without AMX), and the non-AMX entry of 393 set by hand, so both entries are tested everywhere."""
     if request.param == "no-amx":
         monkeypatch.setitem(SDPA_MIN_SEQ_LEN, BF16_CPU, 393)
     return SDPA_MIN_SEQ_LEN.get(BF16_CPU, 1)
@@ -37,11 +38,13 @@ def test_table_entry_matches_the_cpu():
     from vitkit.layers.attention import _cpu_has_amx, _cpu_has_avx512
 
     assert SDPA_MIN_SEQ_LEN == cpu_attention_table(_cpu_has_amx(), _cpu_has_avx512())
-    assert (BF16_CPU in SDPA_MIN_SEQ_LEN) == (not _cpu_has_amx())  # AMX: SDPA everywhere (measured)
+    assert BF16_CPU in SDPA_MIN_SEQ_LEN  # bf16 short sequences run eager on every CPU kind measured
 
 
 def test_measured_tables_per_cpu():
-    assert cpu_attention_table(amx=True, avx512=True) == {}  # the AMX Xeon: SDPA at every length
+    amx = cpu_attention_table(amx=True, avx512=True)  # the AMX Xeon: eager for short training sequences
+    assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513,
+                   ("cpu", torch.float32, "train"): 145}
     zen4 = cpu_attention_table(amx=False, avx512=True)  # bf16 short sequences eager, fp32 SDPA everywhere
     assert zen4 == {("cpu", torch.bfloat16, "infer"): 393, ("cpu", torch.bfloat16, "train"): 393}
     avx2 = cpu_attention_table(amx=False, avx512=False)  # the AVX2 EPYC: short fp32 sequences eager too

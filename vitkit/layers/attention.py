@@ -47,10 +47,14 @@ def fused_attention_enabled() -> bool:
 # - CPUs without AMX (the design notes' 2-core Zen 4, avx512-bf16, torch 2.13): bf16 SDPA was slower
 #   than eager attention at N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8); the entry is
 #   393, the geometric mean of the two measured points.
-# - CPUs with AMX tiles (the sessions-1-3 2-core Xeon, torch 2.13, `benchmarks/attention_paths.py
-#   --threads 2`): bf16 SDPA was as fast as or faster than eager at N = 50 ... 1025 (1.14x at
-#   N = 197; eager ahead only at 145 and 257, by 12% and 3%, inside this machine's noise), and fp32
-#   SDPA from N = 50 on (inference), so no entry: SDPA everywhere.
+# - CPUs with AMX tiles (the 2-core Xeon of sessions 1-3 and 5, torch 2.13, `benchmarks/attention_paths.py
+#   --threads 2 [--train]`). Inference: bf16 SDPA as fast as or faster than eager from N = 145 on (1.14x-2.4x
+#   at N = 197), even at N = 17-50, eager 14% ahead at N = 65; fp32 SDPA never slower. Training (forward +
+#   backward, session 5, batch 256, 4 heads of 32): bf16 SDPA is far slower at short sequences (eager 11x
+#   faster at N = 17, 2.9x at 145, 1.7x at 197, even at 393 and 513, SDPA 1.2x ahead at 785; the MNIST
+#   recipe's whole training step ran 3.4x faster eager, 1,122 -> 3,768 img/s), fp32 eager 1.2-1.4x faster up
+#   to N = 65, SDPA 1.85x ahead from 145. (Sessions 3-4 measured inference only and dropped these entries,
+#   which slowed bf16 training of short sequences 3x on this CPU.)
 # - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
 #   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
 #   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
@@ -77,7 +81,11 @@ def _cpu_has_avx512() -> bool:
 def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple[str, torch.dtype, str], int]:
     """The measured `SDPA_MIN_SEQ_LEN` entries for a CPU with/without AMX tiles and AVX-512."""
     if amx:
-        return {}
+        return {
+            ("cpu", torch.bfloat16, "infer"): 145,
+            ("cpu", torch.bfloat16, "train"): 513,
+            ("cpu", torch.float32, "train"): 145,
+        }
     table = {("cpu", torch.bfloat16, mode): 393 for mode in ("infer", "train")}
     if not avx512:
         table |= {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
