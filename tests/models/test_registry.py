@@ -492,5 +492,6 @@ def test_weight_init_jax_is_the_papers_flax_init():
     assert w.std().item() == pytest.approx(1 / math.sqrt(fan_in), rel=0.02)
     assert w.abs().max().item() <= 2 / math.sqrt(fan_in) / 0.87962566103423978 + 1e-6
     assert not jax.head.weight.any() and not jax.head.bias.any()
+    assert vitkit.create_model("vit_micro_patch4_28", weight_init=None).config.weight_init == ""  # YAML null
     with pytest.raises(ValueError, match="weight_init must be"):
         vitkit.create_model("vit_micro_patch4_28", weight_init="xavier")

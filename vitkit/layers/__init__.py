@@ -15,7 +15,7 @@ from .patch_embed import PatchEmbed, to_2tuple
 from .pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "attention_policy", "attention_recorder", "drop_path",
-    "drop_path_rates", "eager_attention", "fused_attention_enabled", "make_activation", "record_attention",
-    "resample_abs_pos_embed", "to_2tuple",
+    "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "attention_policy", "attention_recorder",
+    "drop_path", "drop_path_rates", "eager_attention", "fused_attention_enabled", "make_activation",
+    "record_attention", "resample_abs_pos_embed", "to_2tuple",
 ]

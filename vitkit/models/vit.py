@@ -69,7 +69,7 @@ class ViTConfig:
     # initialisation, under timm's names: '' = timm's default (trunc-normal 0.02 linears); 'jax' = the
     # paper's own code (big_vision / Flax: Xavier-uniform linears, LeCun-normal patch embedding; timm
     # `weight_init='jax'`). Both zero the classifier head.
-    weight_init: str = ""
+    weight_init: str | None = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, list):
@@ -84,6 +84,8 @@ class ViTConfig:
             raise ValueError("a distilled (DeiT) model needs the class token")
         if self.distilled_output not in ("mean", "cls", "dist"):
             raise ValueError(f"distilled_output must be 'mean', 'cls' or 'dist', got {self.distilled_output!r}")
+        if self.weight_init is None:  # `weight_init: null` in a recipe: the default
+            self.weight_init = ""
         if self.weight_init not in ("", "jax"):
             raise ValueError(f"weight_init must be '' (timm's default) or 'jax' (the paper's code), got {self.weight_init!r}")
         if self.embed_dim % self.num_heads:
