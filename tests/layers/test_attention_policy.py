@@ -1,6 +1,5 @@
 """The measured attention-path policy (vitkit/layers/attention.py): short bf16 sequences on every CPU kind,
-short fp32 training sequences on AMX and AVX2-only CPUs, and short fp32 inference sequences on AVX2-only CPUs
-take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path gives the same
+and short fp32 sequences on AVX2-only CPUs take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path gives the same
 outputs."""
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ def test_table_entry_matches_the_cpu():
 
 def test_measured_tables_per_cpu():
     amx = cpu_attention_table(amx=True, avx512=True)  # the AMX Xeon: eager for short training sequences
-    assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513,
-                   ("cpu", torch.float32, "train"): 145}
+    assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513}
     zen4 = cpu_attention_table(amx=False, avx512=True)  # bf16 short sequences eager, fp32 SDPA everywhere
     assert zen4 == {("cpu", torch.bfloat16, "infer"): 393, ("cpu", torch.bfloat16, "train"): 393}
     avx2 = cpu_attention_table(amx=False, avx512=False)  # the AVX2 EPYC: short fp32 sequences eager too

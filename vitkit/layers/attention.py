@@ -52,9 +52,10 @@ def fused_attention_enabled() -> bool:
 #   at N = 197), even at N = 17-50, eager 14% ahead at N = 65; fp32 SDPA never slower. Training (forward +
 #   backward, session 5, batch 256, 4 heads of 32): bf16 SDPA is far slower at short sequences (eager 11x
 #   faster at N = 17, 2.9x at 145, 1.7x at 197, even at 393 and 513, SDPA 1.2x ahead at 785; the MNIST
-#   recipe's whole training step ran 3.4x faster eager, 1,122 -> 3,768 img/s), fp32 eager 1.2-1.4x faster up
-#   to N = 65, SDPA 1.85x ahead from 145. (Sessions 3-4 measured inference only and dropped these entries,
-#   which slowed bf16 training of short sequences 3x on this CPU.)
+#   recipe's whole training step ran 3.4x faster eager, 1,122 -> 3,768 img/s). In fp32 the attention call
+#   alone is 1.2-1.4x faster eager up to N = 65, but whole training steps are not (MNIST recipe 2,421 fused
+#   vs 2,383 eager img/s; `make train`'s digits model 3,860 vs 3,610), so fp32 keeps SDPA. (Sessions 3-4
+#   measured inference only and dropped the bf16 entries, which slowed bf16 training of short sequences 3x.)
 # - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
 #   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
 #   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
@@ -84,7 +85,6 @@ def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple[str, torch.dtype,
         return {
             ("cpu", torch.bfloat16, "infer"): 145,
             ("cpu", torch.bfloat16, "train"): 513,
-            ("cpu", torch.float32, "train"): 145,
         }
     table = {("cpu", torch.bfloat16, mode): 393 for mode in ("infer", "train")}
     if not avx512:
