@@ -1,6 +1,6 @@
 """The measured attention-path policy (vitkit/layers/attention.py): short bf16 sequences on every CPU kind,
-and short fp32 sequences on AVX2-only CPUs take the eager path below `SDPA_MIN_SEQ_LEN` (per training / inference), and every path gives the same
-outputs."""
+and short fp32 sequences on AVX2-only CPUs, take the eager path below `SDPA_MIN_SEQ_LEN` (per training /
+inference), and every path gives the same outputs."""
 
 from __future__ import annotations
 

@@ -7,12 +7,38 @@ A *family* is one architecture file (vit.py, swin.py, ...): a config dataclass a
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 FAMILIES: dict[str, type[VitkitModel]] = {}
+
+
+def lecun_normal_(weight: torch.Tensor) -> None:
+    """timm's `lecun_normal_`: N(0, 1/fan_in) truncated at 2 std, rescaled to keep the variance."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of a standard normal truncated to (-2, 2)
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def init_weights_jax_(name: str, module: nn.Module) -> None:
+    """The big_vision / Flax initialisation of one module, as timm's `init_weights_vit_jax` and Mixer's
+    `_init_weights` (heads left to the caller): Xavier-uniform linears with zero biases, except MLP biases
+    N(0, 1e-6); LeCun-normal (truncated) convolution kernels with zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            if "mlp" in name:
+                nn.init.normal_(module.bias, std=1e-6)
+            else:
+                nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        lecun_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def register_family(cls: type[VitkitModel]) -> type[VitkitModel]:

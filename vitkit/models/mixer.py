@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, PatchEmbed
 from ..registry import HALF_MEAN, HALF_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -99,13 +99,6 @@ class MixerBlock(nn.Module):
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))
 
 
-def _lecun_normal_(weight: torch.Tensor) -> None:
-    """timm's `lecun_normal_`: N(0, 1/fan_in) truncated at 2 std, rescaled to keep the variance."""
-    fan_in = weight[0].numel()
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of a standard normal truncated to (-2, 2)
-    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
-
-
 @register_family
 class MlpMixer(VitkitModel):
     family = "mixer"
@@ -143,18 +136,8 @@ class MlpMixer(VitkitModel):
     def init_weights(self) -> None:
         """timm's Mixer scheme (`_init_weights`, nlhb off), then a zero head (timm and the paper)."""
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    if "mlp" in name:
-                        nn.init.normal_(m.bias, std=1e-6)
-                    else:
-                        nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                _lecun_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            init_weights_jax_(name, m)
+            if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         self._zero_init_head()

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
 from ..registry import HALF_MEAN, HALF_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
 
 @dataclass
@@ -87,7 +87,9 @@ class ViTConfig:
         if self.weight_init is None:  # `weight_init: null` in a recipe: the default
             self.weight_init = ""
         if self.weight_init not in ("", "jax"):
-            raise ValueError(f"weight_init must be '' (timm's default) or 'jax' (the paper's code), got {self.weight_init!r}")
+            raise ValueError(
+                f"weight_init must be '' (timm's default) or 'jax' (the paper's code), got {self.weight_init!r}"
+            )
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -207,22 +209,10 @@ class VisionTransformer(VitkitModel):
             nn.init.trunc_normal_(self.dist_token, std=0.02)
         jax = self.config.weight_init == "jax"
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                if jax:
-                    nn.init.xavier_uniform_(m.weight)
-                else:
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    if jax and "mlp" in name:
-                        nn.init.normal_(m.bias, std=1e-6)
-                    else:
-                        nn.init.zeros_(m.bias)
-            elif jax and isinstance(m, nn.Conv2d):  # the patch embedding (and the hybrid's ResNet), as timm
-                fan_in = m.weight[0].numel()
-                # LeCun normal as Flax/timm draw it: a unit normal truncated at +-2, scaled so that the
-                # truncated distribution's std is 1/sqrt(fan_in) (0.8796... = std of the truncated unit normal)
-                with torch.no_grad():
-                    nn.init.trunc_normal_(m.weight, std=1.0, a=-2.0, b=2.0).mul_((1.0 / fan_in) ** 0.5 / 0.87962566103423978)
+            if jax:  # every conv too: the patch embedding and the hybrid's ResNet, as timm
+                init_weights_jax_(name, m)
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self._zero_init_heads()
