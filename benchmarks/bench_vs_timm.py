@@ -21,7 +21,8 @@ against a 2048x2048 fp32 matmul measured at the same thread count in the same ru
 
 Usage
     OMP_NUM_THREADS=2 python benchmarks/bench_vs_timm.py --threads 2 --markdown /tmp/bench.md
-    python benchmarks/bench_vs_timm.py --quick          # smoke run, well under a minute
+    python benchmarks/bench_vs_timm.py --quick          # full-size models, few rounds, well under a minute
+    python benchmarks/bench_vs_timm.py --smoke          # tiny models, one round: seconds (run by the tests)
     python benchmarks/bench_vs_timm.py --control        # timm vs timm: how far apart noise alone puts them
 """
 
@@ -51,6 +52,17 @@ import timm  # noqa: E402
 
 DEFAULT_MODELS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_distilled_patch16_224"]
 TOLERANCE = 1e-4
+
+# --smoke: a tiny configuration of each architecture, the same for both libraries: (timm kwargs, vitkit kwargs).
+_VIT_SMOKE = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 10}
+SMOKE = {
+    "vit_tiny_patch16_224": (_VIT_SMOKE, _VIT_SMOKE),
+    "deit_tiny_distilled_patch16_224": (_VIT_SMOKE, _VIT_SMOKE),
+    "swin_tiny_patch4_window7_224": ({"img_size": 32, "patch_size": 2, "embed_dim": 16, "depths": (2, 2),
+                                      "num_heads": (2, 4), "window_size": 4, "num_classes": 10},) * 2,
+    "mixer_b16_224": ({"img_size": 32, "patch_size": 8, "embed_dim": 32, "num_blocks": 2, "num_classes": 10},
+                      {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_classes": 10}),
+}
 
 
 # --------------------------------------------------------------------------- machine facts
@@ -123,11 +135,19 @@ class Row:
         return self.vitkit_ips / self.timm_ips
 
 
-def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
+def create_timm(name: str, smoke: bool = False) -> torch.nn.Module:
     # drop_path_rate=0: timm defaults to 0.1 for Swin (vitkit: 0), which makes train-mode outputs random
-    tm = timm.create_model(name, pretrained=False, drop_path_rate=0.0)
-    vm = vitkit.create_model(name)
+    if not smoke:
+        return timm.create_model(name, pretrained=False, drop_path_rate=0.0)
+    kwargs = dict(SMOKE[name][0], drop_path_rate=0.0)
+    # timm's mixer_* functions fix the size arguments themselves: build the class with all of them
+    return timm.models.MlpMixer(**kwargs) if name.startswith("mixer") else timm.create_model(name, **kwargs)
+
+
+def build_pair(name: str, smoke: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    tm = create_timm(name, smoke)
+    vm = vitkit.create_model(name, **(SMOKE[name][1] if smoke else {}))
     nonzero_heads(tm)
     try:
         vm.load_state_dict(tm.state_dict(), strict=True)
@@ -138,10 +158,16 @@ def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return tm, vm
 
 
+def img_size(model: torch.nn.Module) -> tuple[int, int]:
+    """The input size of a vitkit or timm model (timm's Mixer calls its patch embedding `stem`)."""
+    embed = model.patch_embed if hasattr(model, "patch_embed") else model.stem
+    return tuple(embed.img_size)
+
+
 def check_same_outputs(name: str, tm: torch.nn.Module, vm: torch.nn.Module) -> float:
     """Max |timm - vitkit| over eval outputs (and train outputs, which are deterministic here)."""
     torch.manual_seed(1)
-    x = torch.randn(2, 3, *vm.patch_embed.img_size)
+    x = torch.randn(2, 3, *img_size(vm))
     worst = 0.0
     with torch.inference_mode():
         for mode in ("eval", "train"):
@@ -201,7 +227,7 @@ def interleaved(fns: dict[str, Callable[[], object]], iters: dict[str, int], rou
 
 
 def bench_inference(name, tm, vm, batch, args) -> Row:
-    x = torch.randn(batch, 3, *vm.patch_embed.img_size)
+    x = torch.randn(batch, 3, *img_size(vm))
     tm.eval()
     vm.eval()
     with torch.inference_mode():
@@ -213,7 +239,7 @@ def bench_inference(name, tm, vm, batch, args) -> Row:
 
 
 def bench_train(name, tm, vm, batch, args) -> Row:
-    x = torch.randn(batch, 3, *vm.patch_embed.img_size)
+    x = torch.randn(batch, 3, *img_size(vm))
     y = torch.randint(0, vm.num_classes, (batch,))
     fns = {}
     for key, model in (("timm", tm), ("vitkit", vm)):
@@ -271,6 +297,7 @@ def header_lines(args, peak: float, started: str, load_start: str) -> list[str]:
         f"fp32 matmul 2048x2048 peak at {args.threads} threads: {peak:.0f} GFLOP/s",
         f"rounds: inference {args.repeats}, train {args.train_repeats}; >= {args.min_time}s per sample"
         + (" (--quick)" if args.quick else "")
+        + (" -- SMOKE RUN: tiny models, numbers meaningless" if args.smoke else "")
         + (" -- CONTROL RUN: the 'vitkit' column is a second timm model" if args.control else ""),
         "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
     ]
@@ -301,7 +328,8 @@ def write_markdown(path: str, rows: list[Row], threads: int, peak: float, lines:
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    p.add_argument("--models", nargs="+", default=None,
+                   help=f"timm/vitkit model names (default {' '.join(DEFAULT_MODELS)}; with --smoke {' '.join(SMOKE)})")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (also set OMP_NUM_THREADS)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=32)
@@ -310,12 +338,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model and inference setting (default 3)")
     p.add_argument("--train-warmup", type=int, default=None, help="warm-up steps per model for training (default 2)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.5)")
-    p.add_argument("--quick", action="store_true", help="tiny counts for a smoke run (numbers are not meaningful)")
+    p.add_argument("--quick", action="store_true", help="tiny counts for a quick run (numbers are not meaningful)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models (32x32, 2 blocks) of each --models architecture, --quick counts with 1 round, "
+                        "batches 1 and 2: seconds, numbers meaningless (the test suite runs this)")
     p.add_argument("--markdown", metavar="PATH", help="append the results as a Markdown table to PATH")
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--control", action="store_true",
                    help="A/A run: the 'vitkit' column times a second timm model instead (the noise floor)")
     args = p.parse_args(argv)
+    if args.models is None:
+        args.models = list(SMOKE) if args.smoke else DEFAULT_MODELS
+    if args.smoke:
+        unknown = [m for m in args.models if m not in SMOKE]
+        if unknown:
+            p.error(f"--smoke has no tiny configuration for {unknown}; choose from {list(SMOKE)}")
+        args.quick = True
+        if args.repeats is None:
+            args.repeats = 1
+        if args.batch_sizes == [1, 32]:
+            args.batch_sizes = [1, 2]
+        if args.train_batch == 32:
+            args.train_batch = 2
     quick = args.quick
     for key, full, small in (("repeats", 20, 2), ("train_repeats", 8, 1), ("warmup", 3, 1),
                              ("train_warmup", 2, 1), ("min_time", 0.5, 0.0)):
@@ -337,13 +381,13 @@ def main(argv=None) -> list[Row]:
     if os.getloadavg()[0] > 0.5:
         print(f"warning: load average {load_start} -- other processes are running; numbers will be noisy",
               file=sys.stderr)
-    peak = matmul_peak_gflops(args.threads, repeats=3 if args.quick else 10)
+    peak = matmul_peak_gflops(args.threads, repeats=1 if args.smoke else 3 if args.quick else 10)
     print(f"fp32 2048x2048 matmul: {peak:.0f} GFLOP/s at {args.threads} threads; timm fused attention: "
           f"{timm.layers.use_fused_attn()}", flush=True)
 
     rows: list[Row] = []
     for name in args.models:
-        tm, vm = build_pair(name)
+        tm, vm = build_pair(name, args.smoke)
         diff = check_same_outputs(name, tm, vm)
         img = vm.patch_embed.img_size
         fwd = count_flops(vm, img, train=False) / 1e9
@@ -351,7 +395,7 @@ def main(argv=None) -> list[Row]:
         print(f"{name}: weights copied timm -> vitkit (strict), max |diff| eval+train {diff:.2e}; "
               f"{fwd:.2f} GFLOP/image forward", flush=True)
         if args.control:  # A/A: time timm against a second timm with the same weights
-            vm = timm.create_model(name, pretrained=False, drop_path_rate=0.0)
+            vm = create_timm(name, args.smoke)
             vm.load_state_dict(tm.state_dict())
             if hasattr(vm, "set_distilled_training") and getattr(vm, "dist_token", None) is not None:
                 vm.set_distilled_training(True)

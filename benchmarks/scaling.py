@@ -9,6 +9,7 @@ the median over --repeats timed calls (the two models alternate each round), and
 
 Usage
     OMP_NUM_THREADS=2 python benchmarks/scaling.py --threads 2 --plot docs/img/scaling.png
+    python benchmarks/scaling.py --smoke     # tiny models, 1 round: seconds (tests/test_benchmarks_smoke.py)
 """
 
 from __future__ import annotations
@@ -26,19 +27,38 @@ MODELS = {
     "vit_small_patch16_224": dict(dynamic_img_size=True),
     "swin_tiny_patch4_window7_224": dict(strict_img_size=False),
 }
+# --smoke: the same two architectures and input handling, tiny widths and depths (patch sizes kept)
+SMOKE_OVERRIDES = {
+    "vit_small_patch16_224": dict(embed_dim=32, depth=2, num_heads=2, num_classes=10),
+    "swin_tiny_patch4_window7_224": dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), num_classes=10),
+}
+SMOKE_RESOLUTIONS = [64, 96, 128]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[tuple]:
+    """Returns the rows (model, resolution, tokens, GMACs, median ms, min ms) also printed as a table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resolutions", type=int, nargs="+", default=[224, 320, 448, 640])
+    p.add_argument("--resolutions", type=int, nargs="+", default=None,
+                   help="square input sizes (default 224 320 448 640; with --smoke 64 96 128)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per model and resolution (median)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per model and resolution (median; default 5, with --smoke 1)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--plot", metavar="PNG", help="write ms/image and GMACs vs resolution to this file")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models (2 blocks, widths 16-32; same patch sizes and input handling), small "
+                        "resolutions, 1 repeat: seconds, numbers meaningless (the test suite runs this)")
     args = p.parse_args(argv)
+    if args.resolutions is None:
+        args.resolutions = SMOKE_RESOLUTIONS if args.smoke else [224, 320, 448, 640]
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else 5
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {name: vitkit.create_model(name, **kw).eval() for name, kw in MODELS.items()}
+    models = {name: vitkit.create_model(name, **kw, **(SMOKE_OVERRIDES[name] if args.smoke else {})).eval()
+              for name, kw in MODELS.items()}
+    if args.smoke:
+        print("SMOKE RUN: tiny models, numbers meaningless")
 
     rows = []  # (model, res, tokens at the first stage, GMACs, median ms, min ms)
     for res in args.resolutions:
@@ -61,7 +81,9 @@ def main(argv=None) -> None:
             print(f"{name:30s} {res:4d}px tokens {tokens:6d}  {rows[-1][3]:7.2f} GMACs  "
                   f"{rows[-1][4]:8.1f} ms (min {rows[-1][5]:.1f})", flush=True)
 
-    print("\n| model | resolution | tokens (first stage) | GMACs | ms/image (median) | ms/image (min) | ms / ms at 224 | GMACs / GMACs at 224 |")
+    r0 = args.resolutions[0]
+    print(f"\n| model | resolution | tokens (first stage) | GMACs | ms/image (median) | ms/image (min) "
+          f"| ms / ms at {r0} | GMACs / GMACs at {r0} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = {(r[0]): r for r in rows if r[1] == args.resolutions[0]}
     for name in models:
@@ -89,6 +111,7 @@ def main(argv=None) -> None:
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
+    return rows
 
 
 if __name__ == "__main__":

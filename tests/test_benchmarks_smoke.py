@@ -39,6 +39,51 @@ def test_suite_smoke(tmp_path):
     assert text.count("\n| ") == 1 + 5 * 5  # header + 5 metrics per family
 
 
+def test_bench_vs_timm_smoke(tmp_path, capsys):
+    pytest.importorskip("timm")
+    bench = script("bench_vs_timm")
+    out = tmp_path / "bench.md"
+    rows = bench.main(["--smoke", "--threads", "1", "--markdown", str(out)])
+    # every architecture at batches 1 and 2 (inference) and one training step, timm's weights loaded strictly
+    assert [(r.model, r.mode, r.batch) for r in rows] == [
+        (m, mode, b) for m in bench.SMOKE for mode, b in (("infer", 1), ("infer", 2), ("train", 2))]
+    for r in rows:
+        assert r.timm_ips > 0 and r.vitkit_ips > 0 and len(r.paired) == 1 and r.gflop_per_img > 0
+    text = out.read_text()
+    assert "SMOKE RUN" in text and "fp32 matmul 2048x2048 peak" in text
+    assert "| " + " | ".join(bench.HEADERS) + " |" in text
+    assert text.count("\n| ") == 1 + len(rows)  # header + one line per row
+    printed = capsys.readouterr().out
+    assert "paired ratio [min-max]" in printed and all(m in printed for m in bench.SMOKE)
+
+
+def test_bench_vs_timm_smoke_needs_a_tiny_config():
+    pytest.importorskip("timm")
+    bench = script("bench_vs_timm")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--smoke", "--models", "vit_small_patch16_224"])
+
+
+def test_scaling_smoke(tmp_path, capsys):
+    scaling = script("scaling")
+    plot = tmp_path / "scaling.png" if importlib.util.find_spec("matplotlib") else None
+    rows = scaling.main(["--smoke", "--threads", "1"] + (["--plot", str(plot)] if plot else []))
+    assert [(r[0], r[1]) for r in rows] == [(m, res) for res in scaling.SMOKE_RESOLUTIONS for m in scaling.MODELS]
+    for name, res, tokens, macs, median_ms, min_ms in rows:
+        patch = 16 if name.startswith("vit") else 4
+        assert tokens == (res // patch) ** 2 and macs > 0 and median_ms >= min_ms > 0
+    # GMACs grow with the input size for both models (ViT-S: dynamic_img_size, Swin-T: padded windows)
+    for name in scaling.MODELS:
+        macs = [r[3] for r in rows if r[0] == name]
+        assert macs == sorted(macs) and macs[0] < macs[-1]
+    printed = capsys.readouterr().out
+    assert "SMOKE RUN" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | resolution | tokens (first stage) | GMACs |") and len(table) == 1 + len(rows)
+    if plot:
+        assert plot.stat().st_size > 0
+
+
 def test_bf16_accuracy_smoke(tmp_path):
     bf16 = script("bf16_accuracy")
     rows = bf16.main(["--smoke", "--markdown", str(tmp_path / "bf16.md")])

@@ -3,7 +3,10 @@
 Formats read (detected from the path, never from a flag):
     - a vitkit directory: `config.json` (with "architecture") + `model.safetensors`;
     - a Hugging Face model directory: `config.json` (with "model_type") + `model.safetensors`
-      or `pytorch_model.bin` (ViT and DeiT);
+      or `pytorch_model.bin`, for the model types of `convert.hf.SUPPORTED_MODEL_TYPES`: "vit" and
+      "deit" (convert/hf.py), "swin" (hf_swin.py), "cvt" (hf_cvt.py), "vit_mae" (hf_mae.py:
+      `ViTMAEForPreTraining` -> the MAE model, `ViTMAEModel` -> a headless ViT), "vivit" (hf_vivit.py)
+      and "timesformer" (hf_timesformer.py);
     - a state-dict file: `.safetensors`, or a PyTorch file (`.pth`, `.pt`, `.bin`, `.ckpt`) with
       timm-style keys, possibly inside a wrapper dict (`model`, `state_dict`, `teacher`, ...) and
       with a `module.` / `backbone.` prefix, as the official DeiT, DINO and MAE releases ship.
@@ -314,7 +317,11 @@ def _mismatch_message(model, source, missing, unexpected, mismatched) -> str:
 
 # ------------------------------------------------------------------------------------ from_pretrained
 def from_pretrained(directory: str | Path, **overrides: Any):
-    """Rebuild a model from a vitkit directory or a Hugging Face ViT/DeiT model directory.
+    """Rebuild a model from a vitkit directory or a Hugging Face model directory.
+
+    Hugging Face model types read (`convert.hf.SUPPORTED_MODEL_TYPES`): ViT ("vit"), DeiT ("deit"),
+    Swin ("swin"), CvT ("cvt"), ViTMAE ("vit_mae": `ViTMAEForPreTraining` becomes vitkit's MAE model,
+    `ViTMAEModel` a ViT without a head), ViViT ("vivit") and TimeSformer ("timesformer").
 
     `overrides` change config fields before the weights are loaded (for example `num_classes=10`,
     which re-initialises the head, or `img_size=384`, which resamples the position embeddings)."""

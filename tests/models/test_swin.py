@@ -27,7 +27,7 @@ REFERENCE = {
     "swin_small_patch4_window7_224": 49_606_258,
     "swin_base_patch4_window7_224": 87_768_224,
     "swin_base_patch4_window12_384": 87_903_584,
-    "swin_large_patch4_window7_224": 196_532_476,  # measured on timm 1.0.31 (not in REFERENCE.md)
+    "swin_large_patch4_window7_224": 196_532_476,  # Swin-L: not in REFERENCE.md; checked against timm below
     "swin_large_patch4_window12_384": 196_735_516,
 }
 
@@ -41,6 +41,16 @@ def count(name: str, **kw) -> int:
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_reference_param_counts(name):
     assert count(name) == REFERENCE[name]
+
+
+@pytest.mark.parametrize("name", ["swin_large_patch4_window7_224", "swin_large_patch4_window12_384"])
+def test_large_count_is_timms(name):
+    """The Swin-L counts come from no paper table: timm's model of the same name, built on the meta
+    device (no weights, no memory), must have exactly as many parameters as vitkit's."""
+    timm = _timm()
+    with torch.device("meta"):
+        ref = timm.create_model(name, pretrained=False)
+    assert sum(p.numel() for p in ref.parameters()) == count(name) == REFERENCE[name]
 
 
 def test_micro_models_are_small():
