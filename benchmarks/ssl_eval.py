@@ -3,7 +3,7 @@ Fashion-MNIST, then measure what the representation is worth.
 
     python benchmarks/ssl_eval.py --method mae --data fashion_mnist --epochs 10 --threads 1   # accuracy
     python benchmarks/ssl_eval.py --timing --threads 2                                        # MAE speed-up
-    python benchmarks/ssl_eval.py --smoke                                                     # everything, ~2 min
+    python benchmarks/ssl_eval.py --smoke                                                     # everything on the digits, ~1 min
 
 What it does (each step is the library's own code: `vitkit pretrain`, `vitkit.eval`, `vitkit train`):
 1. Pre-train `--model` (vit_micro_patch4_28) with `--method` (mae | mpp | dino | msn) on the train

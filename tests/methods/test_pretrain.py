@@ -49,10 +49,11 @@ def test_resume_gives_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
 
 
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("method", ["mae", "mpp"])  # DINO and MSN: tests/methods/test_msn.py
+def test_torchrun_two_processes(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "vitkit.cli", "pretrain", "mae", f"--run.out={tmp_path / 'ddp'}", *TINY, "--sched.epochs=1"]
+           "-m", "vitkit.cli", "pretrain", method, f"--run.out={tmp_path / 'ddp'}", *TINY, "--sched.epochs=1"]
     res = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

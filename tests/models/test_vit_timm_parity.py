@@ -149,6 +149,55 @@ def test_dynamic_img_size_matches_timm(tmp_path):
             torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("extra", [dict(), dict(class_token=False, global_pool="avg"), dict(distilled=True)])
+def test_patch_dropout_matches_timm(extra, tmp_path):
+    """patch_drop_rate (timm's PatchDropout): the same kept patches from the same seed in training, and
+    every patch in eval; the loss's gradient reaches the model."""
+    if extra.get("distilled"):
+        from timm.models.deit import VisionTransformerDistilled
+
+        kw = dict(TINY, img_size=32, patch_size=4, patch_drop_rate=0.3)
+        ref = randomise(VisionTransformerDistilled(**kw))
+        ours = vitkit_from_timm(ref, tmp_path, name="deit_tiny_distilled_patch16_224", **kw)
+        # timm 1.0 builds the PatchDropout before DeiT sets num_prefix_tokens = 2, so it may drop the
+        # distillation token as if it were a patch; vitkit always keeps both. Compare with that fixed.
+        assert ref.patch_drop.num_prefix_tokens == 1
+        ref.patch_drop.num_prefix_tokens = 2
+    else:
+        kw = dict(TINY, img_size=32, patch_size=4, patch_drop_rate=0.3, **extra)
+        ref = randomise(TimmViT(**kw))
+        ours = vitkit_from_timm(ref, tmp_path, **kw)
+    x = torch.randn(3, 3, 32, 32)
+    ref.train()
+    ours.train()
+    torch.manual_seed(7)
+    expected = ref.forward_features(x)
+    torch.manual_seed(7)
+    got = ours.forward_features(x)
+    prefix = ours.num_prefix_tokens
+    assert got.shape == (3, prefix + int(64 * 0.7), 64)  # 64 patches, 44 kept per image
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    torch.manual_seed(8)
+    out = ours(x)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    assert ours.patch_embed.proj.weight.grad.abs().sum() > 0
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        assert ours.forward_features(x).shape[1] == prefix + 64
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+
+
+def test_patch_dropout_spares_forward_tokens_and_checks_its_rate():
+    model = vitkit.create_model("vit_micro_patch4_28", patch_drop_rate=0.5).train()
+    tokens = model.patch_embed(torch.randn(2, 1, 28, 28))
+    assert model.forward_tokens(tokens).shape[1] == 1 + 49  # per-patch callers (masked patch prediction) keep all
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape[1] == 1 + 24
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="patch_drop_rate"):
+            vitkit.create_model("vit_micro_patch4_28", patch_drop_rate=bad)
+
+
 def saved_for_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, list]:
     """Bytes of the distinct storages autograd keeps for the backward pass of a training forward,
     and their (shape, dtype) list: the activation memory of a training step, exactly."""

@@ -59,6 +59,9 @@ class ViTConfig:
     act: str = "gelu"
     drop_rate: float = 0.0  # dropout before the head
     pos_drop_rate: float = 0.0  # dropout after adding position embeddings
+    # PatchDropout (Liu et al. 2022; timm's name): in training, each image keeps a random
+    # int(N * (1 - rate)) of its N patch tokens (at least 1; prefix tokens always stay); eval uses all
+    patch_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0  # dropout in the MLP and after the attention projection
     attn_drop_rate: float = 0.0  # dropout on the attention weights
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks
@@ -92,6 +95,9 @@ class ViTConfig:
             )
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.patch_drop_rate < 1.0:
+            raise ValueError(f"patch_drop_rate is the share of patches dropped in training, in [0, 1); "
+                             f"got {self.patch_drop_rate}")
 
 
 class HybridEmbed(nn.Module):
@@ -283,13 +289,26 @@ class VisionTransformer(VitkitModel):
 
         `keep_indices` (B, K), patch indices in [0, N), runs the encoder on those K patches only
         (MAE's visible patches, He et al. 2022 section 3): the position embeddings are added first,
-        then each sample keeps its prefix tokens and its K patches, giving (B, P + K, D)."""
-        return self.forward_tokens(self.patch_embed(x), keep_indices)
+        then each sample keeps its prefix tokens and its K patches, giving (B, P + K, D).
+        Without it, a model with `patch_drop_rate` > 0 keeps a random subset in training (PatchDropout)."""
+        return self._encode(self.patch_embed(x), keep_indices, patch_drop=True)
 
     def forward_tokens(self, x: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embeddings (the output of `patch_embed`, possibly altered, as masked patch
-        prediction does) -> normalised tokens; `keep_indices` as in `forward_features`."""
+        prediction does) -> normalised tokens; `keep_indices` as in `forward_features`. Every
+        patch is kept otherwise: no PatchDropout here (callers predict something per patch)."""
+        return self._encode(x, keep_indices, patch_drop=False)
+
+    def _patch_drop_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's PatchDropout draw: per image, the first int(N * (1 - rate)) of a random permutation of N."""
+        B, N = x.shape[0], x.shape[1] - self.num_prefix_tokens
+        num_keep = max(1, int(N * (1.0 - self.config.patch_drop_rate)))
+        return torch.argsort(torch.randn(B, N, device=x.device), dim=-1)[:, :num_keep]
+
+    def _encode(self, x: torch.Tensor, keep_indices: torch.Tensor | None, patch_drop: bool) -> torch.Tensor:
         x = self._pos_embed(x)
+        if keep_indices is None and patch_drop and self.training and self.config.patch_drop_rate > 0:
+            keep_indices = self._patch_drop_indices(x)
         if keep_indices is not None:
             P = self.num_prefix_tokens
             index = keep_indices.unsqueeze(-1).expand(-1, -1, x.shape[-1])

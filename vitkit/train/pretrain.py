@@ -1,7 +1,7 @@
 """Self-supervised pre-training: one loop for every method of `vitkit.methods` (MAE, masked patch
 prediction, DINO, MSN), one process or many (`torchrun`), resumable.
 
-    vitkit pretrain mae --recipe recipes/pretrain_mae_mnist.yaml --sched.epochs=10
+    vitkit pretrain mae --recipe recipes/pretrain_mae_fashion_mnist.yaml --sched.epochs=10
     vitkit pretrain mpp --data.name=fashion_mnist --model.name=vit_micro_patch4_28
 
 The images come from `load_dataset` (labels are never used), are normalised with the dataset's
