@@ -331,8 +331,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=None,
                    help=f"timm/vitkit model names (default {' '.join(DEFAULT_MODELS)}; with --smoke {' '.join(SMOKE)})")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (also set OMP_NUM_THREADS)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
-    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="inference batch sizes (default 1 32; with --smoke 1 2)")
+    p.add_argument("--train-batch", type=int, default=None, help="training-step batch (default 32; with --smoke 2)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per inference setting (default 20)")
     p.add_argument("--train-repeats", type=int, default=None, help="interleaved rounds per train setting (default 8)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model and inference setting (default 3)")
@@ -356,10 +357,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.quick = True
         if args.repeats is None:
             args.repeats = 1
-        if args.batch_sizes == [1, 32]:
-            args.batch_sizes = [1, 2]
-        if args.train_batch == 32:
-            args.train_batch = 2
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 2] if args.smoke else [1, 32]
+    if args.train_batch is None:
+        args.train_batch = 2 if args.smoke else 32
     quick = args.quick
     for key, full, small in (("repeats", 20, 2), ("train_repeats", 8, 1), ("warmup", 3, 1),
                              ("train_warmup", 2, 1), ("min_time", 0.5, 0.0)):
@@ -389,7 +390,7 @@ def main(argv=None) -> list[Row]:
     for name in args.models:
         tm, vm = build_pair(name, args.smoke)
         diff = check_same_outputs(name, tm, vm)
-        img = vm.patch_embed.img_size
+        img = img_size(vm)
         fwd = count_flops(vm, img, train=False) / 1e9
         fwd_bwd = None if args.no_train else count_flops(vm, img, train=True) / 1e9
         print(f"{name}: weights copied timm -> vitkit (strict), max |diff| eval+train {diff:.2e}; "

@@ -85,7 +85,7 @@ def main(argv=None) -> list[tuple]:
     print(f"\n| model | resolution | tokens (first stage) | GMACs | ms/image (median) | ms/image (min) "
           f"| ms / ms at {r0} | GMACs / GMACs at {r0} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = {(r[0]): r for r in rows if r[1] == args.resolutions[0]}
+    base = {r[0]: r for r in rows if r[1] == r0}
     for name in models:
         for r in (r for r in rows if r[0] == name):
             b = base[name]

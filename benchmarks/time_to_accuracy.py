@@ -122,11 +122,9 @@ MODELS = {"vitkit": vitkit_model, "vit_pytorch": matched_vit_pytorch}
 
 
 # ------------------------------------------------------------------------------------ the budget
-def calibrate(model: nn.Module, cfg, chans: int, size: int, steps: int, classes: int = 10) -> float:
-    """Seconds per training step (the recipe's batch augmentation, forward, backward, AdamW step) of this
-    model, batch and thread count, on random data; the model passed in is a throw-away copy (its weights change).
-    The caller runs it twice for the first model of a process: the first call also pays one-time start-up
-    costs (thread pool, bf16 kernel creation) that would make whichever model runs first look slower."""
+def training_step(model: nn.Module, cfg, chans: int, size: int, classes: int = 10):
+    """One training step of the recipe on a fixed random batch, as a closure: its batch augmentation,
+    forward (bf16 autocast if the recipe asks for it), cross-entropy, backward and optimizer step."""
     from vitkit.data.augment import BatchAugment
     from vitkit.train.optim import build_optimizer
 
@@ -135,15 +133,25 @@ def calibrate(model: nn.Module, cfg, chans: int, size: int, steps: int, classes:
     augment = BatchAugment(cfg.aug, classes, label_smoothing=cfg.optim.label_smoothing)
     x = torch.rand(cfg.run.batch_size, chans, size, size)
     y = torch.randint(0, classes, (cfg.run.batch_size,))
+    bf16 = resolve_bf16(cfg.run.bf16, "cpu", warn=False)
 
     def step():
         xb, _ = augment(x, y) if augment.active else (x, y)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(cfg.run.bf16, "cpu", warn=False)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(xb).float(), y, label_smoothing=cfg.optim.label_smoothing)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def calibrate(model: nn.Module, cfg, chans: int, size: int, steps: int, classes: int = 10) -> float:
+    """Seconds per training step (`training_step`) of this model, batch and thread count, on random data; the
+    model passed in is a throw-away copy (its weights change).
+    The caller runs it twice for the first model of a process: the first call also pays one-time start-up
+    costs (thread pool, bf16 kernel creation) that would make whichever model runs first look slower."""
+    step = training_step(model, cfg, chans, size, classes)
     for _ in range(5):  # warm-up: allocator, kernels (bf16 kernels take a few steps to settle)
         step()
     # A 20-step (1-2 s) timing proved too noisy on a shared VM: in one run it planned 12 epochs for one model and

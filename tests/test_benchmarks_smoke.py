@@ -121,3 +121,13 @@ def test_memory_smoke(tmp_path):
     memory = script("memory")
     rows = memory.main(["--smoke", "--libs", "vitkit", "--threads", "1", "--markdown", str(tmp_path / "m.md")])
     assert [r["checkpointing"] for r in rows] == ["no", "yes"] and all(r["vitkit MiB"] > 0 for r in rows)
+
+
+def test_step_profile_smoke(capsys):
+    profile = script("step_profile")
+    result = profile.main(["--smoke", "--threads", "1"])
+    ms = result["ms_per_step"]
+    assert set(ms) == {*profile.GROUPS, "other", "total"} and ms["matmul"] > 0
+    assert ms["total"] == pytest.approx(sum(v for k, v in ms.items() if k != "total"))
+    printed = capsys.readouterr().out
+    assert "SMOKE RUN" in printed and "| matmul |" in printed
