@@ -56,7 +56,7 @@ def run(overrides: list[str]) -> dict:
 def common(args: argparse.Namespace) -> list[str]:
     return [f"--data.name={args.data}", "--data.val_fraction=0", f"--data.train_fraction={args.fraction}",
             f"--run.threads={args.threads}", "--run.progress=false", f"--run.batch_size={args.batch_size}",
-            "--data.num_workers=0"]
+            "--data.num_workers=0", f"--run.bf16={args.bf16}"]
 
 
 def train_teacher(args: argparse.Namespace, out: Path) -> dict:
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"],
+                   help="bf16 autocast for teacher and students (auto: where bf16 is native, e.g. AMX)")
     p.add_argument("--out", default=None, help="default: runs/distill_<data>_<fraction>")
     p.add_argument("--augment", action="store_true", help="train the students with crop + flip (see AUGMENT)")
     p.add_argument("--smoke", action="store_true", help="2%% of the data, 1 epoch, tiny models, 1 seed")

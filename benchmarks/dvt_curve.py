@@ -68,9 +68,10 @@ def train_model(model, splits, norm, args, desc: str) -> float:
         for i in range(steps_per_epoch):
             x, y = splits.train.batch(order[i * args.batch_size:(i + 1) * args.batch_size])
             x, y = x.to(args.device), y.to(args.device)
-            out = model(norm(x))
+            with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.use_bf16):
+                out = model(norm(x))
             outs = out if isinstance(out, list) else [out]  # a cascade: the sum of its exits' losses
-            loss = sum(F.cross_entropy(o, y, label_smoothing=optim_cfg.label_smoothing) for o in outs)
+            loss = sum(F.cross_entropy(o.float(), y, label_smoothing=optim_cfg.label_smoothing) for o in outs)
             for group in optimizer.param_groups:
                 group["lr"] = lrs[epoch * steps_per_epoch + i] * group["lr_scale"]
             optimizer.zero_grad(set_to_none=True)
@@ -122,7 +123,7 @@ def run_dataset(name: str, args) -> dict:
     test = subset_split(splits.test, args.eval_images)
     acc = lambda logits, y: 100.0 * float((logits.argmax(-1) == y).float().mean())
     result = {"dataset": name, "train_images": min(args.train_images or len(splits.train), len(splits.train)),
-              "epochs": args.epochs, "val_images": len(val), "test_images": len(test), "singles": {}, "cascades": {}}
+              "epochs": args.epochs, "bf16_training": args.use_bf16, "val_images": len(val), "test_images": len(test), "singles": {}, "cascades": {}}
     models = {}
 
     for label, patch in SINGLES.items():
@@ -225,7 +226,8 @@ def write_outputs(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / f"results_{name}.json", lambda t: Path(t).write_text(json.dumps(result, indent=2) + "\n"))
     lines = [(f"### {name}: {result['train_images']} training images, {result['epochs']} epochs, "
-              f"{result['test_images']} test images"), "",
+              f"{result['test_images']} test images"
+              + (", bf16 autocast in training" if result.get("bf16_training") else "")), "",
              "| model | GMACs / image | test top-1 (%) |", "|---|---:|---:|"]
     for label, s in result["singles"].items():
         lines.append(f"| {label} | {s['gmacs']:.4f} | {s['test_acc']:.2f} |")
@@ -301,11 +303,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"],
+                   help="bf16 autocast in training (auto: where bf16 is native, e.g. AMX); evaluation is fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default docs/img/dvt; --smoke: runs/dvt_curve_smoke)")
     p.add_argument("--smoke", action="store_true", help="tiny subsets and widths: checks the pipeline in ~1 minute")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from vitkit.precision import resolve_bf16
+
+    args.use_bf16 = resolve_bf16(args.bf16, args.device)
     args.model_kw = {}
     if args.smoke:
         args.datasets, args.epochs, args.train_images, args.eval_images, args.points = ["fashion_mnist"], 1, 256, 200, 5

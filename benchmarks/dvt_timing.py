@@ -7,7 +7,7 @@ and reports the median seconds per pass, the ratio and the exits taken. The firs
 not counted. Every model runs in `torch.inference_mode()`, on `--threads` threads.
 
 Usage
-    python benchmarks/dvt_timing.py --models runs/dvt_models --results docs/img/dvt --dataset fashion_mnist
+    python benchmarks/dvt_timing.py --models runs/dvt_models --results docs/img/dvt --dataset fashion_mnist [--bf16]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (plus one warm-up round)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for both models (where bf16 is native)")
     p.add_argument("--out", default=None, help="write the numbers here (default: <results>/timing_<dataset>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
     n = min(args.images, len(splits.test))
     x = Normalise(splits.mean, splits.std)(splits.test.batch(torch.arange(n))[0])
 
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
         _, exits = dvt.forward_dynamic(x, thresholds)
         fractions = (torch.bincount(exits, minlength=dvt.num_exits) / n).tolist()
         runs = {"dvt": lambda b: dvt.forward_dynamic(b, thresholds), "vit_14x14": vit}
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "dataset": args.dataset, "images": n, "batch": args.batch, "threads": torch.get_num_threads(),
-        "rounds": args.rounds, "thresholds": thresholds, "exit_fractions": fractions,
+        "bf16": args.bf16, "rounds": args.rounds, "thresholds": thresholds, "exit_fractions": fractions,
         "counted_gmacs": {"dvt": at["test_gmacs"], "vit_14x14": result["singles"]["ViT 14x14 (patch 2)"]["gmacs"]},
         "seconds_per_pass": times, "median_ms_per_image": {k: 1e3 * v / n for k, v in med.items()},
         "wall_clock_ratio": med["dvt"] / med["vit_14x14"],

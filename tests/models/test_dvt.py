@@ -25,6 +25,7 @@ from vitkit.models.dvt import (
     simulate_exits,
     thresholds_for_proportions,
 )
+from vitkit.precision import cpu_has_native_bf16
 from vitkit.profile import model_gmacs
 
 from contract import check_grad_checkpointing, check_save_roundtrip
@@ -325,7 +326,7 @@ def test_benchmark_smoke(tmp_path):
     spec = importlib.util.spec_from_file_location("dvt_curve", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    (r,) = bench.main(["--smoke", "--out", str(tmp_path)])
+    (r,) = bench.main(["--smoke", "--out", str(tmp_path), "--save-models", str(tmp_path / "models")])
     assert set(r["singles"]) == set(bench.SINGLES) and set(r["cascades"]) == set(bench.CASCADES)
     for c in r["cascades"].values():
         gmacs = [p["test_gmacs"] for p in c["curve"]]
@@ -333,6 +334,16 @@ def test_benchmark_smoke(tmp_path):
         assert gmacs[0] < gmacs[-1] == pytest.approx(c["exit_gmacs"][-1])  # the largest budget: no early exit
     for name in ("curve_fashion_mnist.png", "results_fashion_mnist.md", "results_fashion_mnist.json"):
         assert (tmp_path / name).is_file()
+
+    # benchmarks/dvt_timing.py on the models the smoke run saved (one round, bf16 autocast where it is native)
+    spec = importlib.util.spec_from_file_location("dvt_timing", path.with_name("dvt_timing.py"))
+    timing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timing)
+    t = timing.main(["--models", str(tmp_path / "models"), "--results", str(tmp_path), "--images", "64",
+                     "--batch", "32", "--rounds", "1", "--out", str(tmp_path / "timing.json"),
+                     *(["--bf16"] if cpu_has_native_bf16() else [])])
+    assert sum(t["exit_fractions"]) == pytest.approx(1.0) and len(t["seconds_per_pass"]["dvt"]) == 1
+    assert (tmp_path / "timing.json").is_file()
 
 
 @pytest.mark.parametrize(("src", "dst"), [((7, 7), (14, 14)), ((4, 4), (7, 7)), ((2, 3), (4, 9)), ((4, 4), (4, 4))])
