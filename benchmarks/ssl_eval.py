@@ -39,21 +39,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+PRETRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 1.5e-3}  # without --recipe
+
+
 def pretrain_backbone(args, out: Path) -> Path:
     from vitkit.train.pretrain import pretrain, pretrain_config
 
     run_dir = out / f"pretrain-{args.method}"
     if (run_dir / "backbone" / "model.safetensors").is_file():
         print(f"reusing {run_dir}/backbone")
+        if (run_dir / "config.yaml").is_file():
+            import yaml
+
+            args.epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["sched"]["epochs"]
         return run_dir / "backbone"
     overrides = [f"--run.out={run_dir}", f"--data.name={args.data}", "--data.val_fraction=0",
                  f"--data.train_fraction={args.fraction}", f"--model.name={args.model}",
-                 f"--sched.epochs={args.epochs}", f"--sched.warmup_epochs={min(1.0, args.epochs / 4)}",
-                 f"--run.threads={args.threads}", f"--run.batch_size={args.batch_size}", f"--optim.lr={args.lr}",
-                 "--data.num_workers=0", *args.pretrain_overrides]
+                 f"--run.threads={args.threads}", f"--run.bf16={args.bf16}", "--data.num_workers=0"]
+    # the recipe's epochs, batch and lr stand unless given here; without a recipe, PRETRAIN_DEFAULTS
+    for key, flag in (("epochs", "sched.epochs"), ("batch_size", "run.batch_size"), ("lr", "optim.lr")):
+        if getattr(args, key) is not None:
+            overrides.append(f"--{flag}={getattr(args, key)}")
+    if not args.recipe:
+        overrides.append(f"--sched.warmup_epochs={min(1.0, args.epochs / 4)}")
+    overrides += args.pretrain_overrides
     if args.method == "mae":
         overrides.append("--method.options.norm_pix_loss=true")
-    m = pretrain(pretrain_config(args.method, overrides=overrides))
+    cfg = pretrain_config(args.method, recipe=args.recipe, overrides=overrides)
+    args.epochs = cfg.sched.epochs
+    m = pretrain(cfg)
     print(f"pre-trained {args.method}: final loss {m['final_loss']:.4f}, feature std {m['final_feature_std']}, "
           f"{m['train_seconds']:.0f} s")
     return run_dir / "backbone"
@@ -84,6 +98,7 @@ def finetune(args, out: Path, backbone_dir: Path | None, fraction: float) -> flo
         f"--run.out={out / f'ft-{tag}-{fraction}'}", f"--data.name={args.data}", "--data.val_fraction=0",
         f"--data.train_fraction={fraction}", f"--model.name={args.model}", f"--sched.epochs={args.ft_epochs}",
         "--sched.warmup_epochs=1", f"--run.threads={args.threads}", f"--run.batch_size={args.ft_batch_size}",
+        f"--run.bf16={args.bf16}",
         f"--optim.lr={args.ft_lr}", "--run.progress=false", "--data.num_workers=0", "--optim.layer_decay=0.75",
     ])
     if (Path(cfg.run.out) / "metrics.json").is_file():
@@ -133,15 +148,19 @@ def mae_step_times(args) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="mae")
     p.add_argument("--data", default="fashion_mnist", choices=["mnist", "fashion_mnist", "digits"])
     p.add_argument("--model", default="vit_micro_patch4_28")
-    p.add_argument("--epochs", type=int, default=10, help="pre-training epochs")
+    p.add_argument("--recipe", default=None, help="a `vitkit pretrain` recipe for the pre-training (e.g. "
+                   "recipes/pretrain_dino_mnist.yaml); --epochs/--batch-size/--lr and the overrides go on top")
+    p.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: the recipe's, else 10)")
     p.add_argument("--fraction", type=float, default=1.0, help="share of the train images used for pre-training")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--batch-size", type=int, default=None, help="pre-training batch (default: the recipe's, else 256)")
+    p.add_argument("--lr", type=float, default=None, help="pre-training lr (default: the recipe's, else 1.5e-3)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"],
+                   help="bf16 autocast for pre-training and fine-tuning (auto: where bf16 is native, e.g. AMX)")
     p.add_argument("--ft-epochs", type=int, default=30, help="fine-tuning epochs (same for both starts)")
     p.add_argument("--ft-batch-size", type=int, default=64)
     p.add_argument("--ft-lr", type=float, default=1e-3)
@@ -154,20 +173,24 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline, numbers meaningless")
     p.add_argument("--out", default="runs/ssl_eval")
     p.add_argument("pretrain_overrides", nargs="*", help="extra --section.field=value for vitkit pretrain")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.recipe:
+        for key, value in PRETRAIN_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     if args.smoke:
         args.data, args.model, args.epochs, args.fraction, args.ft_epochs = "digits", "vit_micro_patch2_8", 1, 1.0, 1
         args.ft_fractions, args.probe_train, args.probe_iter = [0.1], 0, 50
     out = Path(args.out) / (f"{args.method}-{args.data}" + ("-smoke" if args.smoke else ""))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results: dict = {"args": {k: v for k, v in vars(args).items()}, "threads": args.threads}
+    results: dict = {"args": dict(vars(args)), "threads": args.threads}
     if args.timing or args.smoke:
         results["mae_step_time"] = mae_step_times(args)
         if args.timing:
             (out / "timing.json").write_text(json.dumps(results, indent=2) + "\n")
-            return
+            return results
 
     import vitkit
     from vitkit.data import load_dataset
@@ -182,6 +205,7 @@ def main() -> None:
         str(f): {"pretrained": finetune(args, out, backbone_dir, f), "scratch": finetune(args, out, None, f)}
         for f in args.ft_fractions
     }
+    results["args"] = dict(vars(args))  # after pre-training: the epochs a recipe gave are filled in
     results["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
@@ -198,6 +222,7 @@ def main() -> None:
     print(f"\nresults: {out / 'results.json'} ({results['seconds']:.0f} s)")
     if "mae_step_time" in results:
         print(json.dumps(results["mae_step_time"]))
+    return results
 
 
 if __name__ == "__main__":

@@ -131,3 +131,19 @@ def test_step_profile_smoke(capsys):
     assert ms["total"] == pytest.approx(sum(v for k, v in ms.items() if k != "total"))
     printed = capsys.readouterr().out
     assert "SMOKE RUN" in printed and "| matmul |" in printed
+
+
+@pytest.mark.slow  # ~1 min: a pre-training, frozen evaluations and two fine-tunings on the 8x8 digits
+def test_ssl_eval_smoke_with_a_recipe(tmp_path):
+    """benchmarks/ssl_eval.py --smoke, pre-training DINO from its MNIST recipe (the recipe's head and crops, the
+    smoke's data, model and epochs on top): every evaluation of both backbones and both fine-tunings are there."""
+    ssl_eval = script("ssl_eval")
+    recipe = BENCH.parent / "recipes" / "pretrain_dino_mnist.yaml"
+    r = ssl_eval.main(["--smoke", "--method", "dino", "--recipe", str(recipe), "--out", str(tmp_path),
+                       "--", "--method.options.out_dim=256", "--method.options.num_local=2"])
+    assert r["args"]["epochs"] == 1 and r["args"]["recipe"] == str(recipe)
+    for backbone in ("pretrained", "random_init"):
+        assert set(r["frozen"][backbone]) == {"knn20", "linear_probe", "few_shot_1", "few_shot_5", "few_shot_10"}
+    assert set(r["finetune"]["0.1"]) == {"pretrained", "scratch"}
+    config = (tmp_path / "dino-digits-smoke" / "pretrain-dino" / "config.yaml").read_text()
+    assert "out_dim: 256" in config and "name: digits" in config and "clip_grad: 3.0" in config  # recipe + overrides
