@@ -196,10 +196,11 @@ def nonzero_heads(model: torch.nn.Module) -> None:
             torch.nn.init.trunc_normal_(head.weight, std=0.02)
 
 
-def count_flops(vm: torch.nn.Module, img_size: tuple[int, int], train: bool) -> float:
-    """FLOPs per image: forward (eval) or forward + backward (train), eager attention so it is seen."""
+def count_flops(vm: torch.nn.Module, size: tuple[int, int], train: bool) -> float:
+    """FLOPs per image of `size` (H, W): forward (eval) or forward + backward (train), eager attention so
+    it is seen."""
     batch = 2
-    x = torch.randn(batch, 3, *img_size)
+    x = torch.randn(batch, 3, *size)
     was_training = vm.training
     vm.train(train)
     with eager_attention(), FlopCounterMode(display=False) as fc:
