@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     n_train = round(60000 * args.fraction) if args.data == "fashion_mnist" else None
     print(f"\n{args.data}, {args.fraction:.0%} of the train set" + (", crop + flip" if args.augment else "")
-          + (f" ({n_train:,} images)" if n_train else "") + f", {args.epochs} student epochs, seeds {args.seeds}; "
+          + (f" ({n_train:,} images)" if n_train else "") + f", {args.epochs} student epochs, batch {args.batch_size}, "
+          f"bf16 {args.bf16}, seeds {args.seeds}; "
           f"teacher {args.teacher} ({teacher['params']:,} params, {args.teacher_epochs} epochs): "
           f"{teacher['test_acc']:.2f}% test\n")
     print("| method | student | params | test acc. % (mean ± std) | min – max | per seed |")

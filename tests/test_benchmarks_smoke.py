@@ -147,3 +147,18 @@ def test_ssl_eval_smoke_with_a_recipe(tmp_path):
     assert set(r["finetune"]["0.1"]) == {"pretrained", "scratch"}
     config = (tmp_path / "dino-digits-smoke" / "pretrain-dino" / "config.yaml").read_text()
     assert "out_dim: 256" in config and "name: digits" in config and "clip_grad: 3.0" in config  # recipe + overrides
+
+
+@pytest.mark.slow  # ~1 min: a teacher and four students on 2% of Fashion-MNIST
+def test_distill_fmnist_smoke(tmp_path, capsys):
+    """benchmarks/distill_fmnist.py --smoke --augment: the teacher, every method, the table and results.json."""
+    import json
+
+    distill = script("distill_fmnist")
+    assert distill.main(["--smoke", "--augment", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "bf16 auto" in table and "| hard+token |" in table and "class head" in table
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert set(r["results"]) == {"none", "soft", "hard", "hard+token"}
+    assert r["results"]["hard+token"]["params"] > r["results"]["hard"]["params"]  # the token and its head
+    assert all(len(m["acc"]) == 1 for m in r["results"].values())
