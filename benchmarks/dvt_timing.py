@@ -41,6 +41,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (plus one warm-up round)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--target", type=float, default=None,
+                   help="time the curve point calibrated for the target GMACs nearest this one (default: the 60%% budget)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for both models (where bf16 is native)")
     p.add_argument("--out", default=None, help="write the numbers here (default: <results>/timing_<dataset>.json)")
     args = p.parse_args(argv)
@@ -48,6 +50,8 @@ def main(argv=None) -> dict:
 
     result = json.loads((Path(args.results) / f"results_{args.dataset}.json").read_text())
     at = result["cascades"]["DVT"]["at_budget"]
+    if args.target is not None:  # thresholds calibrated on held-out data for another budget of the sweep
+        at = min(result["cascades"]["DVT"]["curve"], key=lambda p: abs(p["target_gmacs"] - args.target))
     thresholds = at["thresholds"]
     dvt = from_pretrained(Path(args.models) / args.dataset / "dvt").eval()
     vit = from_pretrained(Path(args.models) / args.dataset / "vit_14x14_patch_2").eval()
@@ -70,7 +74,8 @@ def main(argv=None) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "dataset": args.dataset, "images": n, "batch": args.batch, "threads": torch.get_num_threads(),
-        "bf16": args.bf16, "rounds": args.rounds, "thresholds": thresholds, "exit_fractions": fractions,
+        "bf16": args.bf16, "rounds": args.rounds, "target_gmacs": at["target_gmacs"], "thresholds": thresholds,
+        "exit_fractions": fractions,
         "counted_gmacs": {"dvt": at["test_gmacs"], "vit_14x14": result["singles"]["ViT 14x14 (patch 2)"]["gmacs"]},
         "seconds_per_pass": times, "median_ms_per_image": {k: 1e3 * v / n for k, v in med.items()},
         "wall_clock_ratio": med["dvt"] / med["vit_14x14"],

@@ -340,9 +340,10 @@ def test_benchmark_smoke(tmp_path):
     timing = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(timing)
     t = timing.main(["--models", str(tmp_path / "models"), "--results", str(tmp_path), "--images", "64",
-                     "--batch", "32", "--rounds", "1", "--out", str(tmp_path / "timing.json"),
+                     "--batch", "32", "--rounds", "1", "--out", str(tmp_path / "timing.json"), "--target", "0",
                      *(["--bf16"] if cpu_has_native_bf16() else [])])
     assert sum(t["exit_fractions"]) == pytest.approx(1.0) and len(t["seconds_per_pass"]["dvt"]) == 1
+    assert t["target_gmacs"] == r["cascades"]["DVT"]["curve"][0]["target_gmacs"]  # --target: the nearest point
     assert (tmp_path / "timing.json").is_file()
 
 
