@@ -1,8 +1,8 @@
 """DeiT's distillation ordering in miniature: Fashion-MNIST (a 10% subset or all of it), a CNN teacher,
 one micro ViT student, four ways of training it, several seeds.
 
-    python benchmarks/distill_fmnist.py --fraction 0.1 --augment --threads 1   # 10% of the train set
-    python benchmarks/distill_fmnist.py --fraction 1.0 --augment --threads 2   # the full train set
+    python benchmarks/distill_fmnist.py --fraction 0.1 --augment --threads 1 --bf16 false   # 10% (docs, section 2)
+    python benchmarks/distill_fmnist.py --fraction 1.0 --augment --threads 1 --batch-size 128 --epochs 10  # all (section 3)
     python benchmarks/distill_fmnist.py --smoke [--augment]                    # the pipeline in a minute
 
 What it does (every step is a `vitkit.train.train` run, i.e. `vitkit train` with these settings):
