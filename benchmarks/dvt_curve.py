@@ -123,7 +123,8 @@ def run_dataset(name: str, args) -> dict:
     test = subset_split(splits.test, args.eval_images)
     acc = lambda logits, y: 100.0 * float((logits.argmax(-1) == y).float().mean())
     result = {"dataset": name, "train_images": min(args.train_images or len(splits.train), len(splits.train)),
-              "epochs": args.epochs, "bf16_training": args.use_bf16, "val_images": len(val), "test_images": len(test), "singles": {}, "cascades": {}}
+              "epochs": args.epochs, "bf16_training": args.use_bf16, "val_images": len(val), "test_images": len(test),
+              "singles": {}, "cascades": {}}
     models = {}
 
     for label, patch in SINGLES.items():
