@@ -43,15 +43,13 @@ PRETRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 1.5e-3}  # without -
 
 
 def pretrain_backbone(args, out: Path) -> Path:
-    from vitkit.train.pretrain import pretrain, pretrain_config
+    from vitkit.train.pretrain import load_pretrain_recipe, pretrain, pretrain_config
 
     run_dir = out / f"pretrain-{args.method}"
     if (run_dir / "backbone" / "model.safetensors").is_file():
         print(f"reusing {run_dir}/backbone")
-        if (run_dir / "config.yaml").is_file():
-            import yaml
-
-            args.epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["sched"]["epochs"]
+        if (run_dir / "config.yaml").is_file():  # the settings the run was made with
+            args.epochs = load_pretrain_recipe(run_dir / "config.yaml").sched.epochs
         return run_dir / "backbone"
     overrides = [f"--run.out={run_dir}", f"--data.name={args.data}", "--data.val_fraction=0",
                  f"--data.train_fraction={args.fraction}", f"--model.name={args.model}",
