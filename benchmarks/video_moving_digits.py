@@ -4,6 +4,7 @@ parameters, GMACs per clip and time per clip; plus the GMACs of the paper-size m
     python benchmarks/video_moving_digits.py --threads 2                 # the timed run (~9 min on 2 quiet cores)
     python benchmarks/video_moving_digits.py --smoke                     # the whole pipeline in ~2 minutes
     python benchmarks/video_moving_digits.py --models vivit_micro_4x2_28 vivit_micro_fe_4x2_28
+    python benchmarks/video_moving_digits.py --models timesformer_micro_patch4_28 --init runs/frame_vit.pt --epochs 8
 
 Every model gets the same recipe: the moving-digits clips of `vitkit.data.moving_digits` (8 frames
 of 28x28, 4 directions; `--train-clips` from MNIST train digits, `--test-clips` from MNIST test
@@ -18,6 +19,8 @@ smoothing 0.1, no augmentation. Columns:
                    attention on the eager path), counted, not timed
     ms/clip        median inference time per clip at batch 64 (timed: run on a quiet machine)
     train s        training wall time
+`--init FILE` starts each model from an image ViT (benchmarks/video_frame_pretrain.py makes one for
+this task), as the papers start from ImageNet; without it every model starts from scratch.
 The second table counts params and GMACs of the paper-size models (32x224 ViViT-B, 8x224
 TimeSformer-B, 16x224 MViT-B) on the meta device: no weights, no time.
 """
@@ -87,7 +90,7 @@ def train_one(name: str, data, args) -> dict:
     from vitkit.train.schedule import cosine_schedule
 
     torch.manual_seed(args.seed)
-    model = create_model(name, num_classes=len(data.classes))
+    model = create_model(name, num_classes=len(data.classes), **({"pretrained": str(args.init)} if args.init else {}))
     norm = Normalise(data.mean, data.std)
     opt_cfg = OptimConfig(lr=args.lr, weight_decay=0.05)
     optimizer = build_optimizer(model, opt_cfg)
@@ -127,6 +130,7 @@ def train_one(name: str, data, args) -> dict:
         "acc": accuracy(model, xt, yt, norm), "acc_shuffled": accuracy(model, shuffle_frames(xt), yt, norm),
         "ms_per_clip": ms_per_clip(model, xt, norm, 64, args.repeats), "train_s": train_s,
         "epochs": args.epochs, "train_clips": len(x), "threads": torch.get_num_threads(),
+        "init": str(args.init) if args.init else "scratch",
     }
 
 
@@ -154,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=10, help="timing repeats for ms/clip")
     p.add_argument("--out", type=Path, default=Path("runs/video_moving_digits"))
+    p.add_argument("--init", type=Path, default=None,
+                   help="start every model from this image-ViT state dict (filter inflation, position embeddings "
+                        "repeated over time), e.g. from benchmarks/video_frame_pretrain.py; default: from scratch")
     p.add_argument("--smoke", action="store_true", help="tiny data and 1 epoch: checks the pipeline, numbers mean nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -173,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     paper = paper_sizes()
 
     print(f"\nMoving digits: {len(data.train)} train / {len(data.test)} test clips (8 x 28x28, 4 directions), "
-          f"{args.epochs} epoch(s), batch {args.batch_size}, {args.threads} thread(s)"
+          f"{args.epochs} epoch(s), batch {args.batch_size}, {args.threads} thread(s), "
+          f"{'from ' + str(args.init) if args.init else 'from scratch'}"
           + (" -- SMOKE RUN, the numbers mean nothing" if args.smoke else ""))
     print("\n| model | what | params | GMACs/clip | acc % | acc % frames shuffled | ms/clip | train s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

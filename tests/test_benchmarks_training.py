@@ -71,3 +71,33 @@ def test_family_recipes_differ_only_in_the_model():
     first = cfgs["vit"]
     assert all(c == first for c in cfgs.values())
     assert first["data"]["name"] == "fashion_mnist"
+
+
+def test_video_frame_pretrain_writes_a_checkpoint_the_video_models_start_from(tmp_path):
+    fp = script("video_frame_pretrain")
+    out = tmp_path / "sub" / "frame_vit.pt"
+    result = fp.main(["--frames", "128", "--epochs", "1", "--out", str(out)])
+    assert result["steps"] == 2 and 0 <= result["digit_acc"] <= 100
+    state = torch.load(out)
+    assert "patch_embed.proj.weight" in state and not any(k.startswith("head.") for k in state)
+    import vitkit
+
+    # the image ViT's patch filters become one-frame tubelets of the TimeSformer (inflated, not re-initialised)
+    model = vitkit.create_model("timesformer_micro_patch4_28", num_classes=4, pretrained=str(out))
+    torch.testing.assert_close(model.patch_embed.proj.weight[:, :, 0], state["patch_embed.proj.weight"])
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.slow  # two micro video models, 256 clips, one epoch: ~30 s on one busy thread
+def test_video_moving_digits_smoke_from_scratch_and_from_an_image_vit(tmp_path):
+    fp, vmd = script("video_frame_pretrain"), script("video_moving_digits")
+    fp.main(["--frames", "128", "--epochs", "1", "--out", str(tmp_path / "frame_vit.pt")])
+    models = ["vivit_micro_4x2_28", "timesformer_micro_patch4_28"]
+    for init in (None, tmp_path / "frame_vit.pt"):
+        out = tmp_path / ("init" if init else "scratch")
+        assert vmd.main(["--smoke", "--models", *models, "--out", str(out), "--no-progress"]
+                        + (["--init", str(init)] if init else [])) == 0
+        rows = json.loads((out / "results.json").read_text())["micro"]
+        assert [r["model"] for r in rows] == models
+        assert all(r["init"] == (str(init) if init else "scratch") for r in rows)
+        assert all(0 <= r["acc"] <= 100 and r["gmacs"] > 0 and r["params"] > 100_000 for r in rows)
