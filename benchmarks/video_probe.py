@@ -11,7 +11,7 @@ LN, or the mean of the tokens with global_pool='avg' -- averaged over channels: 
 model's output no longer depends on its input), the norm of the time embedding and a few gradient norms. At the end, test accuracy on
 `--test` clips with the frames in order and shuffled. `--kw k=v,...` are create_model overrides
 (`1x4x4` is a tuple, True/False booleans); `--te-std`, `--conv-std`, `--pos-std` re-initialise the
-time embedding (`--te-sincos S`: S x the 1-D sin-cos embedding of the frame index), the patch projection (trunc-normal, zero bias) or the position embedding with that
+time embedding, the patch projection (trunc-normal, zero bias) or the position embedding with that
 std; `--init FILE` initialises from an image-ViT state dict (create_model's `pretrained`).
 Research tool: not tested, numbers only meaningful on the seeds and sizes given.
 """
@@ -35,8 +35,6 @@ p.add_argument("--kw", default="", help="k=v,k=v create_model kwargs (float/int/
 p.add_argument("--conv-std", type=float, default=None); p.add_argument("--pos-std", type=float, default=None)
 p.add_argument("--init", default=None, help="image ViT state dict for the spatial part")
 p.add_argument("--nohead0", action="store_true", help="head init trunc normal instead of zero")
-p.add_argument("--te-sincos", type=float, default=None, metavar="SCALE",
-               help="initialise the time embedding to SCALE x the 1-D sin-cos embedding of the frame index (still learned)")
 a = p.parse_args()
 torch.set_num_threads(1)
 data = load_moving_digits(val_fraction=0.0, seed=0, num_train=a.train, num_test=a.test)
@@ -55,11 +53,6 @@ for item in filter(None, a.kw.split(",")):
 m = vitkit.create_model(a.model, num_classes=4, **({'pretrained': a.init} if a.init else {}), **kw)
 if a.te_std is not None and getattr(m, "time_embed", None) is not None:
     torch.nn.init.trunc_normal_(m.time_embed, std=a.te_std)
-if a.te_sincos is not None and getattr(m, "time_embed", None) is not None:
-    from vitkit.layers.video import sincos_pos_embed_1d
-    with torch.no_grad():
-        T, D = m.time_embed.shape[1:]
-        m.time_embed.copy_(a.te_sincos * sincos_pos_embed_1d(D, torch.arange(T, dtype=torch.float32))[None])
 if a.conv_std is not None:
     torch.nn.init.trunc_normal_(m.patch_embed.proj.weight, std=a.conv_std); torch.nn.init.zeros_(m.patch_embed.proj.bias)
 if a.pos_std is not None:
