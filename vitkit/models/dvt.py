@@ -264,8 +264,10 @@ class RelationBias:
         rows = self.maps.index_select(3, nearest_token_index(self.src, self.dst, self.maps.device))
         B, C, _, M = rows.shape
         (h, w), (fh, fw) = self.src, f
-        grid = rows[:, :, 1:].reshape(B, C, h, 1, w, 1, M).expand(B, C, h, fh, w, fw, M).reshape(B, C, M - 1, M)
-        return torch.cat([rows[:, :, :1], grid], dim=2)
+        out = rows.new_empty(B, C, M, M)  # written once: a broadcast copy per block, no concatenation afterwards
+        out[:, :, 0] = rows[:, :, 0]
+        out[:, :, 1:].view(B, C, h, fh, w, fw, M).copy_(rows[:, :, 1:].reshape(B, C, h, 1, w, 1, M))
+        return out
 
     def add_to(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, H, 1 + N, 1 + N) + the resized maps. Takes ownership of `logits` (it may be
