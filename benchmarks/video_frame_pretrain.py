@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--frames {a.frames} is smaller than one batch ({a.batch_size})")
     torch.set_num_threads(a.threads)
 
-    stats = load_moving_digits(val_fraction=0.0, seed=0, num_train=8000, num_test=16)  # the probe's normalisation
+    stats = load_moving_digits(val_fraction=0.0, seed=0, num_train=8000, num_test=16)  # the moving-digits normalisation
     norm = Normalise(stats.mean, stats.std)
     train_digits, test_digits = _mnist_digits(None, 0)
     g = torch.Generator().manual_seed(a.seed)
