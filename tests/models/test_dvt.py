@@ -375,3 +375,40 @@ def test_relation_bias_gradcheck():
     m = torch.randn(1, 1, 7, 7, dtype=torch.float64, requires_grad=True)  # a 2x3 grid, replicated to 4x9
     q = torch.randn(1, 1, 37, 37, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m, q: dvt_mod.RelationBias(m, (2, 3), (4, 9)).add_to(q * 1.0), (m, q))
+
+
+@pytest.mark.parametrize(("src", "dst"), [((7, 7), (14, 14)), ((2, 3), (4, 9)), ((3, 2), (9, 2))])
+def test_relation_bias_attend_equals_sdpa_with_the_dense_map(src, dst):
+    """`RelationBias.attend` (one SDPA call per query group, no resized map) = SDPA with the dense resized
+    map as its mask, for square and non-square integer ratios (a factor of 1 along one axis included)."""
+    n, N = 1 + src[0] * src[1], 1 + dst[0] * dst[1]
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, n, n, 8, generator=g).permute(0, 3, 1, 2)[:, 4:]  # a non-contiguous chunk
+    q, k, v = torch.randn(3, 3, 4, N, 16, generator=g).unbind(0)
+    bias = dvt_mod.RelationBias(maps, src, dst)
+    groups, inverse = dvt_mod.query_groups(src, bias.factor(), q.device)
+    assert sorted(torch.cat(groups).tolist()) == list(range(N)) and groups[0][0] == 0  # a partition, [CLS] first
+    got = bias.attend(q, k, v)
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense()),
+                               atol=1e-5, rtol=1e-5)
+    logits = (q @ k.transpose(-2, -1)) / 16**0.5 + resize_attention(maps, src, dst)
+    torch.testing.assert_close(got, logits.softmax(-1) @ v, atol=1e-5, rtol=1e-5)  # and the definition
+    with pytest.raises(ValueError, match="integer grid ratio"):
+        dvt_mod.RelationBias(maps[..., :17, :17], (4, 4), (7, 7)).attend(q, k, v)
+
+
+def test_inference_takes_the_grouped_path_and_equals_training_mode_math(monkeypatch):
+    """In eval under no_grad, the 14x14 stage's attention runs `RelationBias.attend` (fused policy) and
+    gives the same exits' logits as the explicit path with gradients enabled."""
+    model, x = build(), images(4)
+    calls = []
+    attend = dvt_mod.RelationBias.attend
+    monkeypatch.setattr(dvt_mod.RelationBias, "attend", lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw))
+    from vitkit.layers.attention import attention_policy
+
+    with attention_policy("fused"), torch.no_grad():
+        fast = model.forward_exits(x)
+    assert len(calls) == model.config.depth  # every layer of the last stage (7x7 -> 14x14); none elsewhere
+    explicit = model.forward_exits(x)  # grad enabled: the explicit softmax path with the in-place add
+    for a, b in zip(fast, explicit):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)

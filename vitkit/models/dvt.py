@@ -47,6 +47,7 @@ Shapes: images (B, C, H, W) -> stage k tokens (B, 1 + N_k, D) -> exit logits (B,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, to_2tuple
-from ..layers.attention import record_attention
+from ..layers.attention import record_attention, use_fused_attention
 from ..registry import register_model
 from ._base import VitkitModel, register_family
 
@@ -120,17 +121,25 @@ class LogitAttention(Attention):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | RelationBias | None = None,
                 return_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`attn_bias`: a dense (B, H, N, N) tensor, or a `RelationBias` (the reused upstream maps, resized
-        to this grid as they are added). Without logits to return this is the shared `Attention` (SDPA,
-        with the bias as its float mask), except for a `RelationBias` while gradients are recorded: then
-        the explicit softmax path adds it without building the resized map (SDPA with a mask that needs a
-        gradient runs its slow unfused path on a CPU). With logits to return: the explicit path."""
-        if not return_logits and not (isinstance(attn_bias, RelationBias) and torch.is_grad_enabled()):
-            dense = attn_bias.dense() if isinstance(attn_bias, RelationBias) else attn_bias
-            return super().forward(x, attn_bias=dense), None
+        to this grid as they are added). Paths, fastest first, where they apply:
+        - no logits to return, no gradient, a `RelationBias` with an integer grid ratio (7x7 -> 14x14):
+          SDPA per query group (`RelationBias.attend`), without building the resized map;
+        - no logits to return and no `RelationBias` with a gradient: the shared `Attention` (SDPA, the
+          bias as its float mask);
+        - otherwise (logits to return; a `RelationBias` while gradients are recorded, where SDPA with a
+          mask that needs a gradient runs its slow unfused path on a CPU): the explicit softmax path,
+          which adds a `RelationBias` in place without building the resized map."""
+        relation = isinstance(attn_bias, RelationBias)
+        grouped = relation and attn_bias.factor() is not None and not torch.is_grad_enabled()
+        if not return_logits and not grouped and not (relation and torch.is_grad_enabled()):
+            return super().forward(x, attn_bias=attn_bias.dense() if relation else attn_bias), None
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if grouped and not return_logits and use_fused_attention(q):  # not under attention_recorder (eager)
+            x = attn_bias.attend(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D))), None
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-        if isinstance(attn_bias, RelationBias):
+        if relation:
             logits = attn_bias.add_to(logits)
         elif attn_bias is not None:
             logits = logits + attn_bias
@@ -227,18 +236,36 @@ class _AddReplicatedRows(torch.autograd.Function):
         return grad, g_rows, None, None
 
 
+@functools.lru_cache(maxsize=64)
+def query_groups(src: tuple[int, int], f: tuple[int, int], device: torch.device
+                 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The downstream tokens ([CLS] first, grid (h * fh, w * fw) row-major) split into the fh * fw groups
+    that share one source row under nearest-neighbour replication: group (a, b) holds the tokens
+    (i * fh + a, j * fw + b) for the source cells (i, j) in row-major order, and group (0, 0) also [CLS]
+    first. Returns (the groups' token indices, the inverse permutation of their concatenation)."""
+    (h, w), (fh, fw) = src, f
+    i, j = torch.arange(h)[:, None], torch.arange(w)[None, :]
+    groups = [(1 + (i * fh + a) * (w * fw) + (j * fw + b)).flatten() for a in range(fh) for b in range(fw)]
+    groups[0] = torch.cat([torch.zeros(1, dtype=torch.long), groups[0]])
+    inverse = torch.argsort(torch.cat(groups))
+    return tuple(g.to(device) for g in groups), inverse.to(device)
+
+
 @dataclass
 class RelationBias:
     """The logit bias relationship reuse hands one downstream layer: the reused maps (B, H, 1 + n, 1 + n)
     at the upstream resolution, resized to the downstream grid as they are added to the logits.
 
-    `dense()` is `resize_attention(maps, src, dst)`. `add_to(logits)` gives logits + dense() and, when
-    the downstream grid is an integer multiple of the upstream one (7x7 -> 14x14: nearest neighbour is
-    exact replication), gathers only the key axis (a (B, H, 1 + n, 1 + N) map) and adds its rows in place,
-    replicated along the query axis, without building the resized map, which is as large as the
-    downstream attention map itself; the backward is a block sum instead of a scatter into it. Other
-    ratios (4x4 -> 7x7) add the gathered dense map. The result is the same (a test checks values and
-    gradients against `dense()`)."""
+    `dense()` is `resize_attention(maps, src, dst)`. When the downstream grid is an integer multiple of
+    the upstream one (7x7 -> 14x14: nearest neighbour is exact replication) two paths avoid building the
+    resized map, which is as large as the downstream attention map itself:
+    - `add_to(logits)` (the explicit softmax path, training) resizes only the key axis (a (B, H, 1 + n,
+      1 + N) map) and adds its rows in place, replicated along the query axis; the backward is a block
+      sum instead of a scatter into the resized map;
+    - `attend(q, k, v)` (SDPA, inference) runs one SDPA call per group of queries that share a source
+      row (`query_groups`), each with the key-resized rows as its mask, unreplicated.
+    Other ratios (4x4 -> 7x7) use the gathered dense map. The results are the same (tests check values,
+    and gradients, against `dense()`)."""
 
     maps: torch.Tensor
     src: tuple[int, int]
@@ -249,19 +276,30 @@ class RelationBias:
         n = 1 + self.dst[0] * self.dst[1]
         return torch.Size((*self.maps.shape[:2], n, n))
 
-    def _factor(self) -> tuple[int, int] | None:
+    def factor(self) -> tuple[int, int] | None:
         """The integer (fh, fw) with dst = f * src, or None (src == dst, or not an integer multiple)."""
         (h, w), (H, W) = self.src, self.dst
         return None if self.src == self.dst or H % h or W % w else (H // h, W // w)
 
+    def key_rows(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The maps with the key axis resized, (B, H, 1 + n, 1 + N), for an integer factor: a broadcast
+        copy of each source column over its fh x fw block of keys (faster than a gather on a CPU)."""
+        (h, w), (fh, fw) = self.src, self.factor()
+        maps = self.maps if dtype is None else self.maps.to(dtype)
+        B, C, R, _ = maps.shape
+        out = maps.new_empty(B, C, R, 1 + h * fh * w * fw)
+        out[..., 0] = maps[..., 0]
+        out[..., 1:].view(B, C, R, h, fh, w, fw).copy_(maps[..., 1:].reshape(B, C, R, h, 1, w, 1))
+        return out
+
     def dense(self) -> torch.Tensor:
         """The resized maps (B, H, 1 + N, 1 + N) = resize_attention(maps, src, dst). For an integer factor
-        the query axis is replicated by a broadcast copy instead of a second gather (several times faster
-        on a CPU; same values)."""
-        f = self._factor()
+        both axes are replicated by broadcast copies into one preallocated map (several times faster than
+        two gathers on a CPU; same values)."""
+        f = self.factor()
         if f is None:
             return resize_attention(self.maps, self.src, self.dst)
-        rows = self.maps.index_select(3, nearest_token_index(self.src, self.dst, self.maps.device))
+        rows = self.key_rows()
         B, C, _, M = rows.shape
         (h, w), (fh, fw) = self.src, f
         out = rows.new_empty(B, C, M, M)  # written once: a broadcast copy per block, no concatenation afterwards
@@ -272,12 +310,27 @@ class RelationBias:
     def add_to(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, H, 1 + N, 1 + N) + the resized maps. Takes ownership of `logits` (it may be
         modified in place): pass a tensor nothing else reads, such as a fresh q k^T."""
-        f = self._factor()
+        f = self.factor()
         if f is None:
             return logits + self.dense()
-        idx = nearest_token_index(self.src, self.dst, self.maps.device)
-        rows = self.maps.to(logits.dtype).index_select(3, idx)  # keys resized (a quarter of the map at 2x)
-        return _AddReplicatedRows.apply(logits, rows, self.src, f)
+        return _AddReplicatedRows.apply(logits, self.key_rows(logits.dtype), self.src, f)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) + dense()) v for (B, H, 1 + N, d) queries, keys and values on the
+        downstream grid (integer factor only), without building the resized map: one SDPA call per
+        `query_groups` group, whose queries share their source rows, so each call's mask is the
+        key-resized map (`key_rows()`) itself, unreplicated ([CLS] row only for the group that holds
+        [CLS]). The outputs are put back in token order; values equal SDPA with `dense()` (rows are
+        computed independently). Returns (B, H, 1 + N, d)."""
+        f = self.factor()
+        if f is None:
+            raise ValueError(f"attend() needs an integer grid ratio, got {self.src} -> {self.dst}; use dense()")
+        rows = self.key_rows(q.dtype)
+        groups, inverse = query_groups(self.src, f, q.device)
+        outs = [F.scaled_dot_product_attention(q.index_select(2, g), k, v, dropout_p=dropout_p,
+                                               attn_mask=rows if n == 0 else rows[:, :, 1:])
+                for n, g in enumerate(groups)]
+        return torch.cat(outs, dim=2).index_select(2, inverse)
 
 
 @dataclass
