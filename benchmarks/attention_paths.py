@@ -142,18 +142,19 @@ def main(argv=None) -> list[dict]:
     out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     out += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
             for r in rows]
-    table = {}
+    table, mode = {}, "train" if args.train else "infer"
     for dtype_name in args.dtypes:
         t = threshold(rows, dtype_name)
         if t is None:
             table[dtype_name] = f"eager was faster at the longest N measured ({max(args.lengths)}): measure longer"
         elif t > min(args.lengths):
-            mode = "train" if args.train else "infer"
             table[dtype_name] = (f'("{args.device}", torch.{DTYPES[dtype_name]}, "{mode}"): {t},'
                                  .replace("torch.torch.", "torch."))
         else:
             table[dtype_name] = "SDPA at every measured N: no entry needed"
-    out += ["", "Suggested `SDPA_MIN_SEQ_LEN` entries (vitkit/layers/attention.py):", ""]
+    out += ["", f"Suggested `SDPA_MIN_SEQ_LEN` entries (vitkit/layers/attention.py) for heads of {args.head_dim}",
+            f"(the crossing moves with the head width; an entry for one width is keyed (..., \"{mode}\", "
+            f"{args.head_dim})):", ""]
     out += [f"- {d}: `{v}`" for d, v in table.items()]
     text = "\n".join(out) + "\n"
     print("\n" + text)

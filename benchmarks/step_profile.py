@@ -28,6 +28,8 @@ GROUPS = {
     "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
     "copy / cast": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"),
     "softmax": ("aten::_softmax", "aten::_softmax_backward_data"),
+    "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
     "layer norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
     "gelu": ("aten::gelu", "aten::gelu_backward"),
 }

@@ -27,6 +27,7 @@ Usage
     OMP_NUM_THREADS=2 python benchmarks/suite.py --threads 2 --markdown docs/suite-cpu.md   # ~25 min
     python benchmarks/suite.py --device cuda --markdown docs/suite-cuda.md                  # ~5 min
     python benchmarks/suite.py --smoke                                                      # seconds, CI
+    OMP_NUM_THREADS=2 python benchmarks/suite.py --threads 2 --families vit --no-onnx --profile  # where a step goes
 """
 
 from __future__ import annotations
@@ -251,6 +252,11 @@ def bench_train(models, img, batch, args) -> tuple[dict[str, float], dict[str, f
             fn()
         peaks[lib] = mem.peak / 2**20
     secs = interleaved(fns, args, args.train_warmup, args.train_rounds)
+    if args.profile:  # after the timing, so that the profiler's overhead does not touch it
+        from step_profile import profile_groups
+
+        steps = 1 if args.smoke else 2
+        args.profiles = {lib: profile_groups(fn, steps) for lib, fn in fns.items()}
     for model in models.values():
         model.eval()
         model.zero_grad(set_to_none=True)
@@ -319,6 +325,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for every PyTorch library")
     p.add_argument("--compile", action="store_true", help="torch.compile every PyTorch model")
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime (CPU only anyway)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each library's training step (CPU): ms per step by op group (matmul, "
+                        "attention, copies, LayerNorm, GELU, ...) as extra rows")
     p.add_argument("--smoke", action="store_true",
                    help="tiny models, one round, onnxruntime for the first family only: seconds, numbers meaningless")
     p.add_argument("--markdown", metavar="PATH", help="write the table (with machine facts) to PATH")
@@ -331,6 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.warmup, args.train_warmup = (1, 1) if args.smoke else (3, 2)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.profile and args.device != "cpu":
+        p.error("--profile groups the profiler's CPU time, which is not the GPU's: use it with --device cpu")
     return args
 
 
@@ -383,6 +394,10 @@ def main(argv=None) -> list[Row]:
                  Row(fam.name, "train % of fp32 peak", flops)]
         print(f"  train b{args.train_batch}: " + ", ".join(f"{k} {v:.1f} img/s ({mem[k]:.0f} MiB)"
                                                           for k, v in ips.items()), flush=True)
+        if args.profile:  # ms per training step by op group (torch.profiler self CPU time), per library
+            groups = next(iter(args.profiles.values()))
+            rows += [Row(fam.name, f"train ms/step: {g}", {lib: ms[g] for lib, ms in args.profiles.items()},
+                         "profiler") for g in groups]
         del models, ort
         gc.collect()
     versions = (f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}, "

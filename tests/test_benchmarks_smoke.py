@@ -39,6 +39,19 @@ def test_suite_smoke(tmp_path):
     assert text.count("\n| ") == 1 + 5 * 5  # header + 5 metrics per family
 
 
+def test_suite_profile_rows(tmp_path):
+    """--profile adds, per library, the training step's milliseconds by op group; the groups add up."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    rows = script("suite").main(["--smoke", "--threads", "1", "--families", "vit", "--no-onnx", "--profile"])
+    prof = {r.metric.removeprefix("train ms/step: "): r.values for r in rows if r.metric.startswith("train ms/step")}
+    assert {"matmul", "attention (SDPA)", "gelu", "other", "total"} <= set(prof)
+    for lib in ("vitkit", "timm", "transformers"):
+        assert prof["matmul"][lib] > 0
+        parts = sum(v[lib] for g, v in prof.items() if g != "total")
+        assert parts == pytest.approx(prof["total"][lib])
+
+
 def test_bench_vs_timm_smoke(tmp_path, capsys):
     pytest.importorskip("timm")
     bench = script("bench_vs_timm")

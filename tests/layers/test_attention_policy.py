@@ -22,8 +22,8 @@ FP32_CPU = ("cpu", torch.float32, "infer")
 
 @pytest.fixture(params=["measured", "no-amx"])
 def threshold(request, monkeypatch):
-    """The bf16 CPU inference threshold: this machine's table as it stands (145 on an AMX CPU, 393
-    without AMX), and the non-AMX entry of 393 set by hand, so both entries are tested everywhere."""
+    """The bf16 CPU inference threshold: this machine's table as it stands (145 on an AMX CPU or a Zen 4,
+    393 on an AVX2-only CPU), and the AVX2 entry of 393 set by hand, so both values are tested everywhere."""
     if request.param == "no-amx":
         monkeypatch.setitem(SDPA_MIN_SEQ_LEN, BF16_CPU, 393)
     return SDPA_MIN_SEQ_LEN.get(BF16_CPU, 1)
@@ -43,10 +43,27 @@ def test_table_entry_matches_the_cpu():
 def test_measured_tables_per_cpu():
     amx = cpu_attention_table(amx=True, avx512=True)  # the AMX Xeon: eager for short training sequences
     assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513}
-    zen4 = cpu_attention_table(amx=False, avx512=True)  # bf16 short sequences eager, fp32 SDPA everywhere
-    assert zen4 == {("cpu", torch.bfloat16, "infer"): 393, ("cpu", torch.bfloat16, "train"): 393}
+    zen4 = cpu_attention_table(amx=False, avx512=True)  # session 9's Zen 4: short sequences eager in both dtypes
+    assert zen4 == {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145,
+                    ("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "infer", 64): 577,
+                    ("cpu", torch.bfloat16, "train"): 785}
     avx2 = cpu_attention_table(amx=False, avx512=False)  # the AVX2 EPYC: short fp32 sequences eager too
     assert avx2[("cpu", torch.float32, "infer")] == 65 and avx2[("cpu", torch.float32, "train")] == 145
+    assert avx2[("cpu", torch.bfloat16, "infer")] == 393
+
+
+def test_an_entry_for_the_head_width_takes_precedence(monkeypatch):
+    """Zen 4, bf16 inference: heads of 64 run eager up to N = 576, narrower heads SDPA from 145."""
+    for key in list(SDPA_MIN_SEQ_LEN):
+        monkeypatch.delitem(SDPA_MIN_SEQ_LEN, key)
+    for key, value in cpu_attention_table(amx=False, avx512=True).items():
+        monkeypatch.setitem(SDPA_MIN_SEQ_LEN, key, value)
+
+    def q(n: int, head_dim: int) -> torch.Tensor:
+        return torch.empty(1, 2, n, head_dim, dtype=torch.bfloat16)
+
+    assert use_fused_attention(q(197, 32)) and use_fused_attention(q(197, 16)) and not use_fused_attention(q(100, 32))
+    assert not use_fused_attention(q(197, 64)) and not use_fused_attention(q(576, 64)) and use_fused_attention(q(577, 64))
 
 
 def test_training_and_inference_thresholds_differ(monkeypatch):
@@ -60,7 +77,7 @@ def test_training_and_inference_thresholds_differ(monkeypatch):
 
 
 def test_auto_policy_follows_the_table(threshold):
-    fp32 = SDPA_MIN_SEQ_LEN.get(FP32_CPU, 1)  # AVX2-only CPUs: 65, else no entry
+    fp32 = SDPA_MIN_SEQ_LEN.get(FP32_CPU, 1)  # CPUs without AMX: 65, AMX: no entry
     for n in (1, 197, max(1, threshold - 1), threshold, 785, 4096):
         assert use_fused_attention(q_of(n)) == (n >= fp32)
         assert use_fused_attention(q_of(n, torch.bfloat16)) == (n >= threshold)

@@ -40,13 +40,13 @@ def fused_attention_enabled() -> bool:
     return _FUSED.get()
 
 
-# The "auto" attention path: (device type, dtype of q, "train" | "infer") -> shortest sequence for which
+# The "auto" attention path: (device type, dtype of q, "train" | "infer"[, head_dim]) -> shortest sequence for which
 # the fused SDPA kernel is used; shorter sequences run the eager softmax path, which is faster there.
 # "train" is a call whose q needs a gradient (the backward pass is timed too). Keys not in the table
 # always use SDPA. Measured points (docs/benchmarks.md, "SDPA vs eager attention"):
-# - CPUs without AMX (the design notes' 2-core Zen 4, avx512-bf16, torch 2.13): bf16 SDPA was slower
-#   than eager attention at N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8); the entry is
-#   393, the geometric mean of the two measured points.
+# - The design notes' 2-core Zen 4 (avx512-bf16, torch 2.13): bf16 SDPA slower than eager attention at
+#   N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8). Session 9 measured such a machine in full
+#   (below); the AVX2-only entry keeps the notes' 393 for bf16, where bf16 is emulated and not measured.
 # - CPUs with AMX tiles (the 2-core Xeon of sessions 1-3 and 5, torch 2.13, `benchmarks/attention_paths.py
 #   --threads 2 [--train]`). Inference: bf16 SDPA as fast as or faster than eager from N = 145 on (1.14x-2.4x
 #   at N = 197), even at N = 17-50, eager 14% ahead at N = 65; fp32 SDPA never slower. Training (forward +
@@ -56,6 +56,15 @@ def fused_attention_enabled() -> bool:
 #   alone is 1.2-1.4x faster eager up to N = 65, but whole training steps are not (MNIST recipe 2,421 fused
 #   vs 2,383 eager img/s; `make train`'s digits model 3,860 vs 3,610), so fp32 keeps SDPA. (Sessions 3-4
 #   measured inference only and dropped the bf16 entries, which slowed bf16 training of short sequences 3x.)
+# - CPUs with AVX-512 (and AVX512-BF16) but no AMX (the 2-core AMD EPYC Zen 4 of session 9, torch 2.13,
+#   `attention_paths.py --threads 2 [--train]` at 4 heads of 32 (batch 256), 6 heads of 64 (batch 32) and
+#   4 heads of 16 (batch 128); docs/benchmarks.md, "Session 9"). fp32: eager faster below N = 65 in
+#   inference (2.6x at N = 17) and below N = 145 in training (2.9x at 17, 1.35x at 65); whole steps agree
+#   (MNIST recipe, 17 tokens, fp32: eager 1.17x training, 1.16x inference; Fashion-MNIST recipe, 50
+#   tokens: 1.08x / 1.03x). bf16 training: eager faster up to N = 393 at every head width, SDPA from
+#   785. bf16 inference depends on the head width: heads of 16 and 32 run SDPA faster from N = 145-197
+#   (1.3-2x), heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197 and even at 393 (SDPA 1.3x at 785):
+#   an entry keyed by head width, (device, dtype, mode, head_dim), takes precedence.
 # - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
 #   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
 #   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
@@ -76,23 +85,28 @@ def _cpu_has_avx512() -> bool:
     try:
         return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     except (AttributeError, RuntimeError):
-        return True  # unknown: keep the AVX-512 table (fp32 SDPA everywhere, as before this entry)
+        return True  # unknown (older torch): assume AVX-512
 
 
-def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple[str, torch.dtype, str], int]:
+def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple, int]:
     """The measured `SDPA_MIN_SEQ_LEN` entries for a CPU with/without AMX tiles and AVX-512."""
     if amx:
         return {
             ("cpu", torch.bfloat16, "infer"): 145,
             ("cpu", torch.bfloat16, "train"): 513,
         }
-    table = {("cpu", torch.bfloat16, mode): 393 for mode in ("infer", "train")}
-    if not avx512:
-        table |= {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
-    return table
+    fp32 = {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
+    if avx512:  # the Zen 4 of session 9
+        return fp32 | {
+            ("cpu", torch.bfloat16, "infer"): 145,
+            ("cpu", torch.bfloat16, "infer", 64): 577,
+            ("cpu", torch.bfloat16, "train"): 785,
+        }
+    return fp32 | {("cpu", torch.bfloat16, mode): 393 for mode in ("infer", "train")}
 
 
-SDPA_MIN_SEQ_LEN: dict[tuple[str, torch.dtype, str], int] = cpu_attention_table(_cpu_has_amx(), _cpu_has_avx512())
+# (device type, dtype, mode) or (device type, dtype, mode, head_dim) -> shortest sequence that runs SDPA
+SDPA_MIN_SEQ_LEN: dict[tuple, int] = cpu_attention_table(_cpu_has_amx(), _cpu_has_avx512())
 _AUTO = contextvars.ContextVar("vitkit_attention_auto", default=True)
 
 
@@ -116,8 +130,8 @@ def use_fused_attention(q: torch.Tensor) -> bool:
         return False
     if not _AUTO.get():
         return True
-    mode = "train" if q.requires_grad and torch.is_grad_enabled() else "infer"
-    return q.shape[-2] >= SDPA_MIN_SEQ_LEN.get((q.device.type, q.dtype, mode), 0)
+    key = (q.device.type, q.dtype, "train" if q.requires_grad and torch.is_grad_enabled() else "infer")
+    return q.shape[-2] >= SDPA_MIN_SEQ_LEN.get((*key, q.shape[-1]), SDPA_MIN_SEQ_LEN.get(key, 0))
 
 
 # A callback(module, weights) that eager attention paths report their softmax weights to, set by
