@@ -3,10 +3,13 @@
 The step is the one `time_to_accuracy.py` plans its budget with (`training_step`): the recipe's model, batch,
 augmentation, precision and optimizer on a fixed random batch. The profile groups torch.profiler's self CPU time
 per step into matmuls, copies/casts, softmax, LayerNorm, GELU and the rest; `--compile` then times the eager and
-the compiled step in interleaved rounds (median images/s of each).
+the compiled step in interleaved rounds (median images/s of each), and `--attention-paths` the whole step and
+inference with every attention call on SDPA against the explicit softmax path.
 
     OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/fmnist_vit_fast.yaml --threads 2 --compile \\
         --model.overrides.patch_drop_rate=0        # the step with every patch (docs/benchmarks.md, "Session 6")
+    OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/mnist_vit_fast.yaml --threads 2 \\
+        --attention-paths --rounds 5 --steps 8 --run.bf16=false   # SDPA vs eager on whole steps
     python benchmarks/step_profile.py --smoke      # a tiny model, seconds (tests/test_benchmarks_smoke.py)
 """
 
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="steps per profile and per timed round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved eager/compiled rounds (with --compile)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd step against the eager one")
+    p.add_argument("--attention-paths", action="store_true",
+                   help="also time the whole step (and eval-mode inference on the same batch) with every attention "
+                        "call on SDPA (policy 'fused') against the explicit softmax path ('eager'), interleaved")
     p.add_argument("--smoke", action="store_true", help="a 1-block model, batch 16, 2 steps: seconds, numbers meaningless")
     args, overrides = p.parse_known_args(argv)
     cfg = load_recipe(args.recipe)
@@ -103,7 +109,40 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: median {statistics.median(values):,.0f} img/s (rounds: "
                   f"{', '.join(f'{v:,.0f}' for v in values)})")
         result["img_per_s"] = rates
+    if args.attention_paths:
+        result["attention_paths"] = time_attention_paths(model, step, cfg, chans, size, args)
     return result
+
+
+def time_attention_paths(model, step, cfg, chans: int, size: int, args) -> dict[str, list[float]]:
+    """Images/s of the training step and of inference under attention_policy('fused') and ('eager'),
+    in interleaved rounds (the check behind the CPU rows of SDPA_MIN_SEQ_LEN, on whole steps)."""
+    from vitkit.layers.attention import attention_policy
+    from vitkit.precision import resolve_bf16
+
+    batch = cfg.run.batch_size
+    x = torch.rand(batch, chans, size, size)
+    bf16 = resolve_bf16(cfg.run.bf16, "cpu", warn=False)
+
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            model(x)
+        model.train()
+
+    rates = {f"{mode} {policy}": [] for mode in ("train", "infer") for policy in ("fused", "eager")}
+    for _ in range(args.rounds):
+        for policy in ("fused", "eager"):
+            with attention_policy(policy):
+                step()  # one warm-up step per switch
+                rates[f"train {policy}"].append(images_per_second(step, batch, args.steps))
+                infer()
+                rates[f"infer {policy}"].append(images_per_second(infer, batch, args.steps))
+    print(f"\nattention paths ({'bf16' if bf16 else 'fp32'}, {args.rounds} interleaved rounds of {args.steps} steps):")
+    for mode in ("train", "infer"):
+        fused, eager = (statistics.median(rates[f"{mode} {p}"]) for p in ("fused", "eager"))
+        print(f"{mode}: fused {fused:,.0f} img/s, eager {eager:,.0f} img/s, eager/fused {eager / fused:.2f}")
+    return rates
 
 
 if __name__ == "__main__":

@@ -146,6 +146,15 @@ def test_step_profile_smoke(capsys):
     assert "SMOKE RUN" in printed and "| matmul |" in printed
 
 
+def test_step_profile_attention_paths_smoke(capsys):
+    """--attention-paths times the step and inference under both attention policies, every round."""
+    result = script("step_profile").main(["--smoke", "--threads", "1", "--attention-paths"])
+    rates = result["attention_paths"]
+    assert set(rates) == {"train fused", "train eager", "infer fused", "infer eager"}
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())  # --smoke: one round
+    assert "eager/fused" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # ~1 min: a pre-training, frozen evaluations and two fine-tunings on the 8x8 digits
 def test_ssl_eval_smoke_with_a_recipe(tmp_path):
     """benchmarks/ssl_eval.py --smoke, pre-training DINO from its MNIST recipe (the recipe's head and crops, the

@@ -63,7 +63,8 @@ def test_an_entry_for_the_head_width_takes_precedence(monkeypatch):
         return torch.empty(1, 2, n, head_dim, dtype=torch.bfloat16)
 
     assert use_fused_attention(q(197, 32)) and use_fused_attention(q(197, 16)) and not use_fused_attention(q(100, 32))
-    assert not use_fused_attention(q(197, 64)) and not use_fused_attention(q(576, 64)) and use_fused_attention(q(577, 64))
+    assert not use_fused_attention(q(197, 64)) and not use_fused_attention(q(576, 64))
+    assert use_fused_attention(q(577, 64))
 
 
 def test_training_and_inference_thresholds_differ(monkeypatch):

@@ -403,7 +403,8 @@ def test_inference_takes_the_grouped_path_and_equals_training_mode_math(monkeypa
     model, x = build(), images(4)
     calls = []
     attend = dvt_mod.RelationBias.attend
-    monkeypatch.setattr(dvt_mod.RelationBias, "attend", lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw))
+    monkeypatch.setattr(dvt_mod.RelationBias, "attend",
+                        lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw))
     from vitkit.layers.attention import attention_policy
 
     with attention_policy("fused"), torch.no_grad():

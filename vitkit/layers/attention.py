@@ -60,11 +60,12 @@ def fused_attention_enabled() -> bool:
 #   `attention_paths.py --threads 2 [--train]` at 4 heads of 32 (batch 256), 6 heads of 64 (batch 32) and
 #   4 heads of 16 (batch 128); docs/benchmarks.md, "Session 9"). fp32: eager faster below N = 65 in
 #   inference (2.6x at N = 17) and below N = 145 in training (2.9x at 17, 1.35x at 65); whole steps agree
-#   (MNIST recipe, 17 tokens, fp32: eager 1.17x training, 1.16x inference; Fashion-MNIST recipe, 50
-#   tokens: 1.08x / 1.03x). bf16 training: eager faster up to N = 393 at every head width, SDPA from
-#   785. bf16 inference depends on the head width: heads of 16 and 32 run SDPA faster from N = 145-197
-#   (1.3-2x), heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197 and even at 393 (SDPA 1.3x at 785):
-#   an entry keyed by head width, (device, dtype, mode, head_dim), takes precedence.
+#   (`step_profile.py --attention-paths`, fp32: MNIST recipe, 17 tokens, eager 1.01-1.17x training, 1.16-1.21x
+#   inference; Fashion-MNIST recipe, 50 tokens, 1.08-1.13x / 1.03x). bf16 training: eager faster up to
+#   N = 393 at every head width, SDPA from 785. bf16 inference depends on the head width: heads of 16 and
+#   32 run SDPA faster from N = 145-197 (1.3-2x), heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197
+#   and even at 393 (SDPA 1.3x at 785): an entry keyed by head width, (device, dtype, mode, head_dim),
+#   takes precedence.
 # - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
 #   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
 #   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
