@@ -40,16 +40,15 @@ def test_suite_smoke(tmp_path):
 
 
 def test_suite_profile_rows(tmp_path):
-    """--profile adds, per library, the training step's milliseconds by op group; the groups add up."""
+    """--profile adds, per library, the training step's milliseconds by op group, each group finding its ops."""
     pytest.importorskip("timm")
     pytest.importorskip("transformers")
     rows = script("suite").main(["--smoke", "--threads", "1", "--families", "vit", "--no-onnx", "--profile"])
     prof = {r.metric.removeprefix("train ms/step: "): r.values for r in rows if r.metric.startswith("train ms/step")}
-    assert {"matmul", "attention (SDPA)", "gelu", "other", "total"} <= set(prof)
     for lib in ("vitkit", "timm", "transformers"):
-        assert prof["matmul"][lib] > 0
-        parts = sum(v[lib] for g, v in prof.items() if g != "total")
-        assert parts == pytest.approx(prof["total"][lib])
+        assert prof["matmul"][lib] > 0 and prof["layer norm"][lib] > 0 and prof["gelu"][lib] > 0
+    # timm and transformers always call SDPA; the op names of the group must catch it
+    assert prof["attention (SDPA)"]["timm"] > 0 and prof["attention (SDPA)"]["transformers"] > 0
 
 
 def test_bench_vs_timm_smoke(tmp_path, capsys):

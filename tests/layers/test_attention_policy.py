@@ -45,6 +45,7 @@ def test_measured_tables_per_cpu():
     assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513}
     zen4 = cpu_attention_table(amx=False, avx512=True)  # session 9's Zen 4: short sequences eager in both dtypes
     assert zen4 == {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145,
+                    ("cpu", torch.float32, "train", 64): 197,
                     ("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "infer", 64): 577,
                     ("cpu", torch.bfloat16, "train"): 785}
     avx2 = cpu_attention_table(amx=False, avx512=False)  # the AVX2 EPYC: short fp32 sequences eager too
@@ -65,6 +66,8 @@ def test_an_entry_for_the_head_width_takes_precedence(monkeypatch):
     assert use_fused_attention(q(197, 32)) and use_fused_attention(q(197, 16)) and not use_fused_attention(q(100, 32))
     assert not use_fused_attention(q(197, 64)) and not use_fused_attention(q(576, 64))
     assert use_fused_attention(q(577, 64))
+    fp32 = torch.empty(1, 2, 145, 32, requires_grad=True), torch.empty(1, 2, 145, 64, requires_grad=True)
+    assert use_fused_attention(fp32[0]) and not use_fused_attention(fp32[1])  # training: heads of 64 from 197
 
 
 def test_training_and_inference_thresholds_differ(monkeypatch):

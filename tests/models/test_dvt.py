@@ -397,6 +397,19 @@ def test_relation_bias_attend_equals_sdpa_with_the_dense_map(src, dst):
         dvt_mod.RelationBias(maps[..., :17, :17], (4, 4), (7, 7)).attend(q, k, v)
 
 
+def test_attend_after_a_first_call_under_inference_mode_still_records_gradients():
+    """The query groups are cached; built under inference_mode they must still serve an autograd call."""
+    src, dst = (3, 3), (6, 6)  # a ratio no other test uses first, so this call builds the cache entry
+    dvt_mod.query_groups.cache_clear()
+    maps = torch.randn(1, 2, 10, 10)
+    q, k, v = torch.randn(3, 1, 2, 37, 8).unbind(0)
+    with torch.inference_mode():
+        dvt_mod.RelationBias(maps, src, dst).attend(q, k, v)
+    q = q.clone().requires_grad_(True)
+    dvt_mod.RelationBias(maps, src, dst).attend(q, k, v).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
 def test_inference_takes_the_grouped_path_and_equals_training_mode_math(monkeypatch):
     """In eval under no_grad, the 14x14 stage's attention runs `RelationBias.attend` (fused policy) and
     gives the same exits' logits as the explicit path with gradients enabled."""

@@ -56,15 +56,17 @@ def fused_attention_enabled() -> bool:
 #   alone is 1.2-1.4x faster eager up to N = 65, but whole training steps are not (MNIST recipe 2,421 fused
 #   vs 2,383 eager img/s; `make train`'s digits model 3,860 vs 3,610), so fp32 keeps SDPA. (Sessions 3-4
 #   measured inference only and dropped the bf16 entries, which slowed bf16 training of short sequences 3x.)
-# - CPUs with AVX-512 (and AVX512-BF16) but no AMX (the 2-core AMD EPYC Zen 4 of session 9, torch 2.13,
-#   `attention_paths.py --threads 2 [--train]` at 4 heads of 32 (batch 256), 6 heads of 64 (batch 32) and
-#   4 heads of 16 (batch 128); docs/benchmarks.md, "Session 9"). fp32: eager faster below N = 65 in
-#   inference (2.6x at N = 17) and below N = 145 in training (2.9x at 17, 1.35x at 65); whole steps agree
+# - CPUs with AVX-512 but no AMX, measured on the 2-core AMD EPYC Zen 4 of session 9 (which also has
+#   AVX512-BF16; torch 2.13, `attention_paths.py --threads 2 [--train]` at 4 heads of 32 (batch 256), 6 heads
+#   of 64 (batch 32), and in inference 4 heads of 16 (batch 128); docs/benchmarks.md, "Session 9"). fp32:
+#   eager faster below N = 65 in inference (2.6x at N = 17) and below N = 145 in training (2.9x at 17,
+#   1.35x at 65; heads of 64: eager 1.2x at 145, SDPA from 197); whole steps agree
 #   (`step_profile.py --attention-paths`, fp32: MNIST recipe, 17 tokens, eager 1.01-1.17x training, 1.16-1.21x
 #   inference; Fashion-MNIST recipe, 50 tokens, 1.08-1.13x / 1.03x). bf16 training: eager faster up to
-#   N = 393 at every head width, SDPA from 785. bf16 inference depends on the head width: heads of 16 and
-#   32 run SDPA faster from N = 145-197 (1.3-2x), heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197
-#   and even at 393 (SDPA 1.3x at 785): an entry keyed by head width, (device, dtype, mode, head_dim),
+#   N = 393 at both head widths measured (32, 64), SDPA from 785 (even at 785 with heads of 64). bf16
+#   inference depends on the head width: heads of 16 and 32 run SDPA faster from N = 145-197 (1.3-2x),
+#   heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197, even at 393, SDPA 1.3x at 785 (577 lies
+#   between the two measured points). An entry keyed by head width, (device, dtype, mode, head_dim),
 #   takes precedence.
 # - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
 #   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
@@ -97,8 +99,9 @@ def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple, int]:
             ("cpu", torch.bfloat16, "train"): 513,
         }
     fp32 = {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
-    if avx512:  # the Zen 4 of session 9
+    if avx512:  # measured on the Zen 4 of session 9
         return fp32 | {
+            ("cpu", torch.float32, "train", 64): 197,
             ("cpu", torch.bfloat16, "infer"): 145,
             ("cpu", torch.bfloat16, "infer", 64): 577,
             ("cpu", torch.bfloat16, "train"): 785,

@@ -147,7 +147,7 @@ class LogitAttention(Attention):
         record_attention(self, weights)
         x = self.attn_drop(weights) @ v
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
-        return x, logits
+        return x, (logits if return_logits else None)  # do not keep the (B, H, N, N) map alive for nothing
 
 
 class DVTBlock(nn.Module):
@@ -242,13 +242,16 @@ def query_groups(src: tuple[int, int], f: tuple[int, int], device: torch.device
     """The downstream tokens ([CLS] first, grid (h * fh, w * fw) row-major) split into the fh * fw groups
     that share one source row under nearest-neighbour replication: group (a, b) holds the tokens
     (i * fh + a, j * fw + b) for the source cells (i, j) in row-major order, and group (0, 0) also [CLS]
-    first. Returns (the groups' token indices, the inverse permutation of their concatenation)."""
+    first. Returns (the groups' token indices, the inverse permutation of their concatenation). Built as
+    normal tensors even when first called under `torch.inference_mode()`, so that the cached indices can
+    also serve a later call that records gradients."""
     (h, w), (fh, fw) = src, f
-    i, j = torch.arange(h)[:, None], torch.arange(w)[None, :]
-    groups = [(1 + (i * fh + a) * (w * fw) + (j * fw + b)).flatten() for a in range(fh) for b in range(fw)]
-    groups[0] = torch.cat([torch.zeros(1, dtype=torch.long), groups[0]])
-    inverse = torch.argsort(torch.cat(groups))
-    return tuple(g.to(device) for g in groups), inverse.to(device)
+    with torch.inference_mode(False):
+        i, j = torch.arange(h)[:, None], torch.arange(w)[None, :]
+        groups = [(1 + (i * fh + a) * (w * fw) + (j * fw + b)).flatten() for a in range(fh) for b in range(fw)]
+        groups[0] = torch.cat([torch.zeros(1, dtype=torch.long), groups[0]])
+        inverse = torch.argsort(torch.cat(groups))
+        return tuple(g.to(device) for g in groups), inverse.to(device)
 
 
 @dataclass
