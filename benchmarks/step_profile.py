@@ -2,7 +2,7 @@
 
 The step is the one `time_to_accuracy.py` plans its budget with (`training_step`): the recipe's model, batch,
 augmentation, precision and optimizer on a fixed random batch. The profile groups torch.profiler's self CPU time
-per step into matmuls, copies/casts, softmax, LayerNorm, GELU and the rest; `--compile` then times the eager and
+per step into matmuls, copies/casts, softmax, SDPA, LayerNorm, GELU and the rest; `--compile` then times the eager and
 the compiled step in interleaved rounds (median images/s of each), and `--attention-paths` the whole step and
 inference with every attention call on SDPA against the explicit softmax path.
 

@@ -225,8 +225,8 @@ def bench_infer(models, img, batch, args, ort_session=None) -> dict[str, float]:
     return {lib: batch / s for lib, s in secs.items()}
 
 
-def bench_train(models, img, batch, args) -> tuple[dict[str, float], dict[str, float]]:
-    """(images/s, peak MiB of one step) per library."""
+def bench_train(models, img, batch, args) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, float]]]:
+    """(images/s, peak MiB of one step, and with --profile ms per step by op group) per library."""
     x = torch.randn(batch, 3, img, img, device=args.device)
     n_classes = models["vitkit"].num_classes
     y = torch.randint(0, n_classes, (batch,), device=args.device)
@@ -252,15 +252,15 @@ def bench_train(models, img, batch, args) -> tuple[dict[str, float], dict[str, f
             fn()
         peaks[lib] = mem.peak / 2**20
     secs = interleaved(fns, args, args.train_warmup, args.train_rounds)
+    profiles = {}
     if args.profile:  # after the timing, so that the profiler's overhead does not touch it
         from step_profile import profile_groups
 
-        steps = 1 if args.smoke else 2
-        args.profiles = {lib: profile_groups(fn, steps) for lib, fn in fns.items()}
+        profiles = {lib: profile_groups(fn, 1 if args.smoke else 2) for lib, fn in fns.items()}
     for model in models.values():
         model.eval()
         model.zero_grad(set_to_none=True)
-    return {lib: batch / s for lib, s in secs.items()}, peaks
+    return {lib: batch / s for lib, s in secs.items()}, peaks, profiles
 
 
 # --------------------------------------------------------------------------- output
@@ -387,17 +387,17 @@ def main(argv=None) -> list[Row]:
             ips = bench_infer(models, img, b, args, ort)
             rows.append(Row(fam.name, f"infer b{b} img/s", ips))
             print(f"  infer b{b}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items()) + " img/s", flush=True)
-        ips, mem = bench_train(models, img, args.train_batch, args)
+        ips, mem, profiles = bench_train(models, img, args.train_batch, args)
         flops = {lib: 100 * gflop * v / peak for lib, v in ips.items()}
         rows += [Row(fam.name, f"train b{args.train_batch} img/s", ips),
                  Row(fam.name, "train peak MiB", mem, "RSS" if args.device == "cpu" else "max allocated"),
                  Row(fam.name, "train % of fp32 peak", flops)]
         print(f"  train b{args.train_batch}: " + ", ".join(f"{k} {v:.1f} img/s ({mem[k]:.0f} MiB)"
                                                           for k, v in ips.items()), flush=True)
-        if args.profile:  # ms per training step by op group (torch.profiler self CPU time), per library
-            groups = next(iter(args.profiles.values()))
-            rows += [Row(fam.name, f"train ms/step: {g}", {lib: ms[g] for lib, ms in args.profiles.items()},
-                         "profiler") for g in groups]
+        if profiles:  # ms per training step by op group (torch.profiler self CPU time), per library
+            groups = next(iter(profiles.values()))
+            rows += [Row(fam.name, f"train ms/step: {g}", {lib: ms[g] for lib, ms in profiles.items()}, "profiler")
+                     for g in groups]
         del models, ort
         gc.collect()
     versions = (f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}, "

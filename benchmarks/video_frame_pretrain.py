@@ -18,11 +18,11 @@ Writes the state dict without its head (atomically) and prints the digit accurac
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import vitkit
@@ -32,6 +32,9 @@ from vitkit.train.config import OptimConfig
 from vitkit.train.engine import Normalise
 from vitkit.train.optim import build_optimizer
 from vitkit.train.schedule import cosine_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from video_moving_digits import accuracy, train_step  # noqa: E402
 
 
 def frames(digits, num: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,19 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
                 if step >= total:
                     break
                 idx = order[i * a.batch_size:(i + 1) * a.batch_size]
-                for group in opt.param_groups:
-                    group["lr"] = lrs[step] * group["lr_scale"]
-                loss = F.cross_entropy(model(norm(x[idx].float() / 255)), y[idx], label_smoothing=0.1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = train_step(model, opt, x[idx], y[idx], norm, lrs[step])
                 step += 1
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start
-    model.eval()
-    with torch.no_grad():
-        acc = 100 * (model(norm(xt.float() / 255)).argmax(-1) == yt).float().mean().item()
+    acc = accuracy(model, xt, yt, norm)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

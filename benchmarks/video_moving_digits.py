@@ -59,6 +59,18 @@ def shuffle_frames(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.gather(x, 2, perm[:, None, :, None, None].expand_as(x))
 
 
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, norm, lr: float) -> torch.Tensor:
+    """One step of the benchmark recipe on uint8 images `x`: every group's lr (times its lr_scale),
+    cross-entropy with label smoothing 0.1, backward, optimizer step. Returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    loss = F.cross_entropy(model(norm(x.float() / 255)), y, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, norm, batch: int = 256) -> float:
     model.eval()
@@ -112,12 +124,7 @@ def train_one(name: str, data, args) -> dict:
                    disable=not args.progress)
         for i in bar:
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = lrs[step] * group["lr_scale"]
-            loss = F.cross_entropy(model(norm(x[idx].float() / 255)), y[idx], label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, x[idx], y[idx], norm, lrs[step])
             step += 1
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")

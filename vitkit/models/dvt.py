@@ -236,6 +236,21 @@ class _AddReplicatedRows(torch.autograd.Function):
         return grad, g_rows, None, None
 
 
+def replicate_grid(x: torch.Tensor, src: tuple[int, int], f: tuple[int, int], dim: int) -> torch.Tensor:
+    """Axis `dim` of `x` holds [CLS] then a (h, w) token grid (row-major): resize it to [CLS] then the
+    (h * fh, w * fw) grid by nearest neighbour, which for an integer factor f is replication of each cell
+    over its fh x fw block. One preallocated output, written by a broadcast copy (faster than a gather on
+    a CPU)."""
+    (h, w), (fh, fw) = src, f
+    dim = dim % x.dim()
+    pre, post = x.shape[:dim], x.shape[dim + 1:]
+    out = x.new_empty(*pre, 1 + h * fh * w * fw, *post)
+    out.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
+    out.narrow(dim, 1, h * fh * w * fw).view(*pre, h, fh, w, fw, *post).copy_(
+        x.narrow(dim, 1, h * w).reshape(*pre, h, 1, w, 1, *post))
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def query_groups(src: tuple[int, int], f: tuple[int, int], device: torch.device
                  ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -285,30 +300,17 @@ class RelationBias:
         return None if self.src == self.dst or H % h or W % w else (H // h, W // w)
 
     def key_rows(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The maps with the key axis resized, (B, H, 1 + n, 1 + N), for an integer factor: a broadcast
-        copy of each source column over its fh x fw block of keys (faster than a gather on a CPU)."""
-        (h, w), (fh, fw) = self.src, self.factor()
-        maps = self.maps if dtype is None else self.maps.to(dtype)
-        B, C, R, _ = maps.shape
-        out = maps.new_empty(B, C, R, 1 + h * fh * w * fw)
-        out[..., 0] = maps[..., 0]
-        out[..., 1:].view(B, C, R, h, fh, w, fw).copy_(maps[..., 1:].reshape(B, C, R, h, 1, w, 1))
-        return out
+        """The maps with the key axis resized, (B, H, 1 + n, 1 + N), for an integer factor."""
+        return replicate_grid(self.maps if dtype is None else self.maps.to(dtype), self.src, self.factor(), dim=-1)
 
     def dense(self) -> torch.Tensor:
         """The resized maps (B, H, 1 + N, 1 + N) = resize_attention(maps, src, dst). For an integer factor
-        both axes are replicated by broadcast copies into one preallocated map (several times faster than
-        two gathers on a CPU; same values)."""
+        both axes are replicated by broadcast copies (`replicate_grid`; several times faster than two
+        gathers on a CPU; same values)."""
         f = self.factor()
         if f is None:
             return resize_attention(self.maps, self.src, self.dst)
-        rows = self.key_rows()
-        B, C, _, M = rows.shape
-        (h, w), (fh, fw) = self.src, f
-        out = rows.new_empty(B, C, M, M)  # written once: a broadcast copy per block, no concatenation afterwards
-        out[:, :, 0] = rows[:, :, 0]
-        out[:, :, 1:].view(B, C, h, fh, w, fw, M).copy_(rows[:, :, 1:].reshape(B, C, h, 1, w, 1, M))
-        return out
+        return replicate_grid(self.key_rows(), self.src, f, dim=2)
 
     def add_to(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, H, 1 + N, 1 + N) + the resized maps. Takes ownership of `logits` (it may be
