@@ -67,15 +67,37 @@ def matmul_peak_gflops(device: str, repeats: int) -> float:
 
 
 # --------------------------------------------------------------------------- memory
+def add_allocator_argument(p) -> None:
+    p.add_argument("--allocator", default="reuse", choices=["reuse", "glibc"],
+                   help="CPU memory allocator setting of the process, the same for everything timed: reuse = "
+                        "vitkit.allocator.reuse_freed_memory(), as `vitkit train` runs (default); glibc = the C "
+                        "library's defaults, which fault big activations in anew every step")
+
+
+def apply_allocator(args) -> str:
+    """Apply --allocator (CPU only); returns a phrase for the report."""
+    if getattr(args, "device", "cpu") != "cpu":
+        return "CUDA caching allocator"
+    if args.allocator == "glibc":
+        return "CPU allocator: glibc defaults"
+    from vitkit.allocator import reuse_freed_memory
+
+    kept = reuse_freed_memory()
+    return f"CPU allocator: freed blocks up to {kept >> 20} MiB reused (vitkit.allocator)" if kept else \
+        "CPU allocator: not glibc, its defaults"
+
+
 _LIBC = None
 
 
 def _libc():
+    # No mallopt here: an earlier version fixed M_MMAP_THRESHOLD at 64 KiB for exact RSS peaks, and every timing
+    # after the first memory measurement then paid a page fault per 4 KiB of activations (ViT-S training 0.7x;
+    # vitkit/allocator.py). malloc_trim(0) at the start of a measurement is enough for the peak above it.
     global _LIBC
     if _LIBC is None:
         with contextlib.suppress(OSError):
             _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB, fixed: big freed blocks go back to the OS
     return _LIBC
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import interleaved, machine_line, write_atomic
+from _common import add_allocator_argument, apply_allocator, interleaved, machine_line, write_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_LENGTHS = [50, 65, 145, 197, 257, 401, 577, 785, 1025]
@@ -102,6 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.3)")
     p.add_argument("--train", action="store_true", help="time forward + backward (a training step) instead of inference")
+    add_allocator_argument(p)
     p.add_argument("--smoke", action="store_true", help="two short lengths, one round (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     args = p.parse_args(argv)
@@ -121,6 +122,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = apply_allocator(args)
     rows = []
     for dtype_name in args.dtypes:
         for n in args.lengths:
@@ -133,7 +135,7 @@ def main(argv=None) -> list[dict]:
                 raise SystemExit(f"{dtype_name} N={n}: SDPA and eager attention differ by {r['max abs diff']:.3g}")
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
-             machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}",
+             machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}; {allocator}",
              f"q, k, v: batch {args.batch}, {args.heads} heads of {args.head_dim}; "
              + ("training (forward + backward)" if args.train else "inference"),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]

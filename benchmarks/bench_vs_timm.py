@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from _common import add_allocator_argument, apply_allocator
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
@@ -295,7 +296,7 @@ def header_lines(args, peak: float, started: str, load_start: str) -> list[str]:
         f"torch {torch.__version__}, timm {timm.__version__}, vitkit {vitkit.__version__}, "
         f"python {platform.python_version()}; threads {torch.get_num_threads()} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
-        f"fp32 matmul 2048x2048 peak at {args.threads} threads: {peak:.0f} GFLOP/s",
+        f"fp32 matmul 2048x2048 peak at {args.threads} threads: {peak:.0f} GFLOP/s; {args.allocator_line}",
         f"rounds: inference {args.repeats}, train {args.train_repeats}; >= {args.min_time}s per sample"
         + (" (--quick)" if args.quick else "")
         + (" -- SMOKE RUN: tiny models, numbers meaningless" if args.smoke else "")
@@ -346,6 +347,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "batches 1 and 2: seconds, numbers meaningless (the test suite runs this)")
     p.add_argument("--markdown", metavar="PATH", help="append the results as a Markdown table to PATH")
     p.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
+    add_allocator_argument(p)
     p.add_argument("--control", action="store_true",
                    help="A/A run: the 'vitkit' column times a second timm model instead (the noise floor)")
     args = p.parse_args(argv)
@@ -375,6 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.allocator_line = apply_allocator(args)
     if os.environ.get("OMP_NUM_THREADS") not in (None, str(args.threads)):
         print(f"warning: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} but --threads {args.threads}", file=sys.stderr)
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_allocator_argument, apply_allocator  # noqa: E402
 from time_to_accuracy import SHAPES, training_step, vitkit_model  # noqa: E402
 
 # self-CPU-time groups of aten ops (each op's own time, so nothing is counted twice)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--attention-paths", action="store_true",
                    help="also time the whole step (and eval-mode inference on the same batch) with every attention "
                         "call on SDPA (policy 'fused') against the explicit softmax path ('eager'), interleaved")
+    add_allocator_argument(p)
     p.add_argument("--smoke", action="store_true", help="a 1-block model, batch 16, 2 steps: seconds, numbers meaningless")
     args, overrides = p.parse_known_args(argv)
     cfg = load_recipe(args.recipe)
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps, args.rounds = 2, 1
     apply_overrides(cfg, overrides)
     torch.set_num_threads(args.threads)
+    allocator = apply_allocator(args)
     classes, chans, size = SHAPES[cfg.data.name]
     torch.manual_seed(0)
     model = vitkit_model(cfg, classes, chans, size)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     ms = profile_groups(step, args.steps)
     batch = cfg.run.batch_size
     print(f"{cfg.model.name} ({args.recipe}{' ' + ' '.join(overrides) if overrides else ''}), batch {batch}, "
-          f"{args.threads} thread(s), torch {torch.__version__}" + (" -- SMOKE RUN" if args.smoke else ""))
+          f"{args.threads} thread(s), torch {torch.__version__}; {allocator}" + (" -- SMOKE RUN" if args.smoke else ""))
     print("\n| ops | ms per step | share |\n|---|---:|---:|")
     for group, value in ms.items():
         print(f"| {group} | {value:.1f} | {100 * value / ms['total']:.0f}% |")

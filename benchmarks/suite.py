@@ -12,9 +12,12 @@ shared machine hits every library alike; the median over rounds is reported:
     infer b1, infer b32   eval(), inference_mode, images/s
     train b32             forward + cross-entropy (both heads for distilled DeiT) + backward + AdamW, images/s
     peak MiB              memory of one training step above what was in use just before it:
-                          CPU: the resident set (RSS, sampled every 0.5 ms by a thread; glibc is told to
-                          return freed blocks to the OS so that earlier libraries do not hide later ones),
+                          CPU: the resident set (RSS, sampled every 0.5 ms by a thread, after malloc_trim
+                          has handed the free memory back, so that earlier libraries do not hide later ones),
                           CUDA: torch.cuda.max_memory_allocated
+    CPU allocator         --allocator reuse (default): glibc keeps freed blocks for reuse
+                          (vitkit.allocator, what `vitkit train` does) for every library alike; without it
+                          each step faults its big activations in anew (ViT-S training ~0.8x)
     % peak (train)        achieved FLOP/s of the training step as a share of this machine's fp32
                           matmul peak, measured in the same run (2048^2 on CPU, 8192^2 on CUDA, TF32 off).
                           FLOPs per image: torch.utils.flop_counter on vitkit's eager-attention path,
@@ -52,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from _common import (
     PeakMemory,
+    add_allocator_argument,
+    apply_allocator,
     interleaved,
     machine_line,
     matmul_peak_gflops,
@@ -324,6 +329,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.5)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for every PyTorch library")
     p.add_argument("--compile", action="store_true", help="torch.compile every PyTorch model")
+    add_allocator_argument(p)
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime (CPU only anyway)")
     p.add_argument("--profile", action="store_true",
                    help="also profile each library's training step (CPU): ms per step by op group (matmul, "
@@ -363,6 +369,7 @@ def main(argv=None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    allocator = apply_allocator(args)
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     t_start = time.perf_counter()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -409,7 +416,8 @@ def main(argv=None) -> list[Row]:
              + ("; SMOKE RUN: tiny models, numbers meaningless" if args.smoke else ""),
              machine_line(args.device) + f"; load average at start {load}",
              (f"device {args.device}, {threads} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-              f"{'bf16 autocast' if args.bf16 else 'fp32'}{', torch.compile' if args.compile else ''}"),
+              f"{'bf16 autocast' if args.bf16 else 'fp32'}{', torch.compile' if args.compile else ''}"
+              + f"; {allocator}"),
              f"fp32 matmul peak {peak:.0f} GFLOP/s; " + versions,
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     print_table(rows, lines)

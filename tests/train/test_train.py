@@ -158,3 +158,14 @@ def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path)
                      "--optim.layer_decay=0.75", "--aug.mixup=0.8", "--aug.cutmix=1.0",
                      "--aug.randaugment=rand-m9-n2", "--aug.random_erasing=0.25"))
     assert 0.0 <= m["test_acc"] <= 100.0 and (tmp_path / "run" / "checkpoint" / "ema" / "model.safetensors").is_file()
+
+
+def test_training_on_cpu_reuses_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
+    import vitkit.train.engine as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "reuse_freed_memory", lambda: calls.append(1))  # the effect: tests/test_allocator.py
+    train(config(tmp_path / "a", "--sched.epochs=1"))
+    assert calls == [1]
+    train(config(tmp_path / "b", "--sched.epochs=1", "--run.reuse_cpu_memory=false"))
+    assert calls == [1]

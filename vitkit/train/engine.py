@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..allocator import reuse_freed_memory
 from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
 from ..precision import resolve_bf16
@@ -311,6 +312,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native (vitkit/precision.py)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    if device == "cpu" and cfg.run.reuse_cpu_memory:
+        reuse_freed_memory()  # vitkit/allocator.py: no page faults for the activations of every step
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
     if d.world > 1 and not cfg.run.out:
         raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")

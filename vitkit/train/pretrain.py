@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..allocator import reuse_freed_memory
 from ..hub import save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
@@ -209,6 +210,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    if device == "cpu" and cfg.run.reuse_cpu_memory:
+        reuse_freed_memory()  # vitkit/allocator.py: no page faults for the activations of every step
     default_dir = Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
     if d.world > 1 and not cfg.run.out:
