@@ -10,7 +10,7 @@ number to read when the machine is noisy.
 
 Modes
     infer  eval(), torch.inference_mode(), one forward pass per image batch.
-    train  train(), forward + cross-entropy + backward + AdamW step (zero_grad included). For
+    train  train(), forward + cross-entropy + backward + fused AdamW step (zero_grad included). For
            distilled DeiT both libraries return (class logits, distillation logits) --
            timm via `set_distilled_training(True)` -- and the loss is CE(a, y) + CE(b, y).
 
@@ -246,7 +246,7 @@ def bench_train(name, tm, vm, batch, args) -> Row:
     fns = {}
     for key, model in (("timm", tm), ("vitkit", vm)):
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)  # as vitkit train
 
         def step(model=model, opt=opt):
             opt.zero_grad(set_to_none=True)

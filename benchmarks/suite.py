@@ -10,7 +10,8 @@ vitkit on the same input (max |diff| <= 1e-4), so the numbers compare the same f
 Measured per family and library, interleaved round by round (alternating the order) so that drift on a
 shared machine hits every library alike; the median over rounds is reported:
     infer b1, infer b32   eval(), inference_mode, images/s
-    train b32             forward + cross-entropy (both heads for distilled DeiT) + backward + AdamW, images/s
+    train b32             forward + cross-entropy (both heads for distilled DeiT) + backward + AdamW (fused,
+                          as `vitkit train` runs it), images/s
     peak MiB              memory of one training step above what was in use just before it:
                           CPU: the resident set (RSS, sampled every 0.5 ms by a thread, after malloc_trim
                           has handed the free memory back, so that earlier libraries do not hide later ones),
@@ -240,7 +241,7 @@ def bench_train(models, img, batch, args) -> tuple[dict[str, float], dict[str, f
         model.train()
         if lib == "timm" and getattr(model, "dist_token", None) is not None:
             model.set_distilled_training(True)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)  # as vitkit train
 
         def step(lib=lib, model=model, opt=opt):
             opt.zero_grad(set_to_none=True)

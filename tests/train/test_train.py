@@ -73,6 +73,31 @@ def test_param_groups_weight_decay_and_layer_decay():
     assert sum(len(g["params"]) for g in groups) == len(named)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_by_default_and_it_matches_the_loop(name):
+    from vitkit.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    models = [vitkit.create_model("vit_micro_patch2_8") for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = torch.cat([p.detach().flatten() for p in models[0].parameters()])
+    opts = []
+    for model, fused in zip(models, (True, False)):
+        cfg = apply_overrides(TrainConfig(), [f"--optim.name={name}", f"--optim.fused={str(fused).lower()}"]).optim
+        opts.append(build_optimizer(model, cfg))
+        assert bool(opts[-1].defaults["fused"]) is fused
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    # the same updates up to rounding (Adam turns the rounding noise of near-zero gradients, e.g. the key bias's,
+    # into lr-sized steps of either sign, so compare the whole update, not each element)
+    fused_update, loop_update = (torch.cat([p.detach().flatten() for p in m.parameters()]) - start for m in models)
+    assert (fused_update - loop_update).norm() <= 1e-3 * loop_update.norm()
+
+
 def test_run_outputs(tmp_path):
     m = train(config(tmp_path / "run", "--sched.epochs=2"))
     run = tmp_path / "run"

@@ -57,10 +57,15 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return list(groups.values())
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused AdamW and SGD kernels (CPU since torch 2.4)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    fused = cfg.fused and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
     raise ValueError(f"unknown optimizer {cfg.name!r}: choose adamw or sgd (--optim.name=sgd)")
