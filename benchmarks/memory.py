@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import machine_line, rss_bytes, write_atomic
+from _common import add_allocator_argument, apply_allocator, machine_line, rss_bytes, write_atomic
 
 MiB = 2**20
 
@@ -45,6 +45,7 @@ def child(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     make_torchvision_importable()
+    apply_allocator(args)
     import timm  # in every case, so that both libraries start from the same imported code
 
     base = rss_bytes()
@@ -79,7 +80,7 @@ def child(args) -> None:
 
 def run_case(model: str, lib: str, ckpt: bool, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--lib", lib, "--model", model, "--batch", str(args.batch),
-           "--device", args.device] + (["--ckpt"] if ckpt else []) + (["--threads", str(args.threads)] if args.threads else [])
+           "--device", args.device, "--allocator", args.allocator] + (["--ckpt"] if ckpt else []) + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"{lib} {model} (checkpointing {ckpt}) failed:\n{proc.stderr[-3000:]}")
@@ -97,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3,
                    help="fresh processes per case; the median is reported (peak RSS moves by tens of MiB "
                         "from process to process with the allocator's state; default 3)")
+    add_allocator_argument(p)
     p.add_argument("--smoke", action="store_true", help="ViT-Ti at batch 2 (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -149,7 +151,7 @@ def main(argv=None) -> list[dict]:
     what = "CUDA max allocated" if args.device == "cuda" else "peak RSS above the post-import level"
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
-             machine_line(args.device) + f"; torch {torch.__version__}",
+             machine_line(args.device) + f"; torch {torch.__version__}; {apply_allocator(args)} (in each child)",
              f"one process per case; training step (AdamW) at batch {args.batch}; {what}"
              + (f"; median of {args.repeats} processes per case, libraries alternating" if args.repeats > 1 else ""),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]

@@ -135,6 +135,13 @@ def test_memory_smoke(tmp_path):
     assert [r["checkpointing"] for r in rows] == ["no", "yes"] and all(r["vitkit MiB"] > 0 for r in rows)
 
 
+def test_allocator_smoke(tmp_path):  # two fresh Python processes
+    bench = script("allocator")
+    rows = bench.main(["--smoke", "--threads", "1", "--settings", "glibc", "reuse", "--markdown", str(tmp_path / "a.md")])
+    assert [r["setting"] for r in rows] == ["glibc", "reuse"] and all(r["img/s"] > 0 for r in rows)
+    assert rows[0]["vs glibc"] == 1.0 and "| reuse |" in (tmp_path / "a.md").read_text()
+
+
 def test_step_profile_smoke(capsys):
     profile = script("step_profile")
     result = profile.main(["--smoke", "--threads", "1"])

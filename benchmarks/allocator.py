@@ -1,0 +1,146 @@
+"""Training-step speed under the CPU allocator settings: glibc's defaults vs vitkit.allocator.
+
+A malloc setting belongs to the whole process and cannot be undone, so every (setting, repeat)
+runs in a fresh child process; the settings alternate in order from one repeat to the next. Each
+child builds the model (random weights, the same seed), runs `--warmup` fused-AdamW training steps
+on a random batch, then times `--steps` more and counts the minor page faults they take
+(`getrusage`: the kernel mapping and zeroing a 4 KiB page for the process). Settings:
+
+    glibc   the C library's defaults (what timm or transformers get in a plain script)
+    reuse   vitkit.allocator.reuse_freed_memory(): freed blocks up to 1 GiB stay for reuse
+            (what `vitkit train` applies on CPU)
+    64k     M_MMAP_THRESHOLD fixed at 64 KiB: every block above it is its own mapping, handed back
+            on free (what benchmarks/_common.py set for RSS peaks until session 10: the worst case)
+
+The ratios are against glibc's defaults, the reference a user of the other libraries runs with.
+
+Usage
+    OMP_NUM_THREADS=2 python benchmarks/allocator.py --threads 2                      # ViT-S b32, ~5 min
+    OMP_NUM_THREADS=2 python benchmarks/allocator.py --threads 2 --model swin_tiny_patch4_window7_224
+    python benchmarks/allocator.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _common import machine_line, write_atomic
+
+SETTINGS = ["glibc", "reuse", "64k"]
+
+
+def child(args) -> None:
+    if args.setting == "reuse":
+        from vitkit.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+    elif args.setting == "64k":
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 << 10)  # M_MMAP_THRESHOLD
+    import vitkit
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    overrides = {"img_size": 32, "depth": 2} if args.smoke else {}
+    model = vitkit.create_model(args.model, **overrides).train()
+    size = vitkit.layers.to_2tuple(model.config.img_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(args.batch, model.config.in_chans, *size)
+    y = torch.randint(0, model.num_classes, (args.batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    times, faults = [], []
+    for _ in range(args.steps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    print(json.dumps({"img_s": args.batch / statistics.median(times), "faults": statistics.median(faults)}))
+
+
+def run_child(setting: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--setting", setting, "--model", args.model, "--batch",
+           str(args.batch), "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    proc = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{setting} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model", default="vit_small_patch16_224", help="a registered vitkit name")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default 32)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default 5)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="processes per setting (default 2)")
+    p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS)
+    p.add_argument("--smoke", action="store_true", help="a 2-block model at 32x32, batch 2: seconds, numbers meaningless")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--setting", default="glibc", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for key, full, smoke in (("batch", 32, 2), ("steps", 5, 1), ("warmup", 2, 1), ("repeats", 2, 1)):
+        if getattr(args, key) is None:
+            setattr(args, key, smoke if args.smoke else full)
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return []
+    samples: dict[str, list[dict]] = {s: [] for s in args.settings}
+    for rep in range(args.repeats):
+        for setting in (args.settings if rep % 2 == 0 else args.settings[::-1]):
+            r = run_child(setting, args)
+            samples[setting].append(r)
+            print(f"{setting} (process {rep + 1}/{args.repeats}): {r['img_s']:.2f} img/s, "
+                  f"{r['faults']:,.0f} page faults per step", flush=True)
+    ref = statistics.median(r["img_s"] for r in samples["glibc"]) if "glibc" in samples else None
+    rows = []
+    for setting, rs in samples.items():
+        ips = statistics.median(r["img_s"] for r in rs)
+        rows.append({"setting": setting, "img/s": ips, "per process": ", ".join(f"{r['img_s']:.2f}" for r in rs),
+                     "page faults per step": statistics.median(r["faults"] for r in rs),
+                     "vs glibc": ips / ref if ref else None})
+    lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+             + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
+             machine_line("cpu") + f"; {args.threads} threads; torch {torch.__version__}",
+             f"{args.model}, training step (forward, cross-entropy, backward, fused AdamW) at batch {args.batch}; "
+             f"{args.warmup} + {args.steps} steps per process, {args.repeats} process(es) per setting",
+             "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
+    out = ["<!-- benchmarks/allocator.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
+    out += ["| setting | img/s (median) | per process | page faults per step | vs glibc |", "|---|---:|---|---:|---:|"]
+    out += [f"| {r['setting']} | {r['img/s']:.2f} | {r['per process']} | {r['page faults per step']:,.0f} | "
+            + (f"{r['vs glibc']:.2f}" if r["vs glibc"] else "-") + " |" for r in rows]
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    if args.markdown:
+        write_atomic(Path(args.markdown), text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
