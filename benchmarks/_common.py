@@ -168,6 +168,22 @@ def interleaved(fns: dict[str, Callable[[], object]], args, warmup: int, rounds:
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
+def markdown_report(script: str, lines: list[str], cols: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """`<!-- benchmarks/SCRIPT -->`, the run's facts as bullets, then a table of `rows` (cells already formatted;
+    the first `left` columns left-aligned, the rest right-aligned)."""
+    out = [f"<!-- benchmarks/{script} -->", ""] + [f"- {ln}" for ln in lines] + [""]
+    out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(cols) - left)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def publish(text: str, path: str | None) -> None:
+    """Print a report and, with --markdown PATH, write it there atomically."""
+    print("\n" + text)
+    if path:
+        write_atomic(Path(path), text)
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -32,11 +32,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import machine_line, write_atomic
+from _common import machine_line, markdown_report, publish
 
 SETTINGS = ["glibc", "reuse", "64k"]
 
@@ -95,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="processes per setting (default 2)")
     p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS)
-    p.add_argument("--smoke", action="store_true", help="a 2-block model at 32x32, batch 2: seconds, numbers meaningless")
+    p.add_argument("--smoke", action="store_true",
+                   help="a 2-block model at 32x32, batch 2: seconds, numbers meaningless")
     p.add_argument("--markdown", metavar="PATH")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setting", default="glibc", help=argparse.SUPPRESS)
@@ -131,14 +131,10 @@ def main(argv=None) -> list[dict]:
              f"{args.model}, training step (forward, cross-entropy, backward, fused AdamW) at batch {args.batch}; "
              f"{args.warmup} + {args.steps} steps per process, {args.repeats} process(es) per setting",
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
-    out = ["<!-- benchmarks/allocator.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
-    out += ["| setting | img/s (median) | per process | page faults per step | vs glibc |", "|---|---:|---|---:|---:|"]
-    out += [f"| {r['setting']} | {r['img/s']:.2f} | {r['per process']} | {r['page faults per step']:,.0f} | "
-            + (f"{r['vs glibc']:.2f}" if r["vs glibc"] else "-") + " |" for r in rows]
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.markdown:
-        write_atomic(Path(args.markdown), text)
+    cols = ["setting", "img/s (median)", "per process", "page faults per step", "vs glibc"]
+    cells = [[r["setting"], f"{r['img/s']:.2f}", r["per process"], f"{r['page faults per step']:,.0f}",
+              f"{r['vs glibc']:.2f}" if r["vs glibc"] else "-"] for r in rows]
+    publish(markdown_report("allocator.py", lines, cols, cells, left=1), args.markdown)
     return rows
 
 

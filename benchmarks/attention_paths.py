@@ -26,11 +26,10 @@ import argparse
 import datetime
 import os
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import add_allocator_argument, apply_allocator, interleaved, machine_line, write_atomic
+from _common import add_allocator_argument, apply_allocator, interleaved, machine_line, markdown_report, publish
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_LENGTHS = [50, 65, 145, 197, 257, 401, 577, 785, 1025]
@@ -140,10 +139,8 @@ def main(argv=None) -> list[dict]:
              + ("training (forward + backward)" if args.train else "inference"),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     cols = ["dtype", "N", "sdpa ms", "eager ms", "eager/sdpa time", "max abs diff"]
-    out = ["<!-- benchmarks/attention_paths.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
-    out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
-    out += ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-            for r in rows]
+    cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    out = markdown_report("attention_paths.py", lines, cols, cells, left=1).rstrip("\n").split("\n")
     table, mode = {}, "train" if args.train else "infer"
     for dtype_name in args.dtypes:
         t = threshold(rows, dtype_name)
@@ -158,10 +155,7 @@ def main(argv=None) -> list[dict]:
             f"(the crossing moves with the head width; an entry for one width is keyed (..., \"{mode}\", "
             f"{args.head_dim})):", ""]
     out += [f"- {d}: `{v}`" for d, v in table.items()]
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.markdown:
-        write_atomic(Path(args.markdown), text)
+    publish("\n".join(out) + "\n", args.markdown)
     return rows
 
 

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import interleaved, machine_line, write_atomic
+from _common import interleaved, machine_line, markdown_report, publish
 
 import vitkit
 from vitkit.export import randomise_heads
@@ -114,10 +114,7 @@ def render(rows: list[dict], lines: list[str]) -> str:
     def cell(v):
         return v if isinstance(v, str) else (f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}")
 
-    out = ["<!-- benchmarks/bf16_accuracy.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
-    out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-    out += ["| " + " | ".join(cell(r.get(c, "-")) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+    return markdown_report("bf16_accuracy.py", lines, cols, [[cell(r.get(c, "-")) for c in cols] for r in rows])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -161,10 +158,7 @@ def main(argv=None) -> list[dict]:
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
              machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}",
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
-    text = render(rows, lines)
-    print("\n" + text)
-    if args.markdown:
-        write_atomic(Path(args.markdown), text)
+    publish(render(rows, lines), args.markdown)
     return rows
 
 

@@ -27,10 +27,9 @@ import resource
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-from _common import add_allocator_argument, apply_allocator, machine_line, rss_bytes, write_atomic
+from _common import add_allocator_argument, apply_allocator, machine_line, markdown_report, publish, rss_bytes
 
 MiB = 2**20
 
@@ -162,13 +161,7 @@ def main(argv=None) -> list[dict]:
     def cell(v):
         return "-" if v is None else (v if isinstance(v, str) else f"{v:.2f}" if v < 10 else f"{v:.0f}")
 
-    out = ["<!-- benchmarks/memory.py -->", ""] + [f"- {ln}" for ln in lines] + [""]
-    out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-    out += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.markdown:
-        write_atomic(Path(args.markdown), text)
+    publish(markdown_report("memory.py", lines, cols, [[cell(r[c]) for c in cols] for r in rows]), args.markdown)
     return rows
 
 
