@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -175,6 +178,16 @@ def markdown_report(script: str, lines: list[str], cols: list[str], rows: list[l
     out += ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(cols) - left)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
+
+
+def child_json(args: list[str], what: str) -> dict:
+    """Run this Python on `args` in a fresh process (offline for the Hugging Face hub) and return the JSON object
+    on its last line of output; a failure stops the benchmark with `what` and the end of the child's stderr."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def publish(text: str, path: str | None) -> None:

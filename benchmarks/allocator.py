@@ -29,24 +29,23 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _common import machine_line, markdown_report, publish
+from _common import child_json, machine_line, markdown_report, publish
 
 SETTINGS = ["glibc", "reuse", "64k"]
 
 
 def child(args) -> None:
-    if args.setting == "reuse":
-        from vitkit.allocator import reuse_freed_memory
+    from vitkit.allocator import M_MMAP_THRESHOLD, reuse_freed_memory
 
+    if args.setting == "reuse":
         reuse_freed_memory()
     elif args.setting == "64k":
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 << 10)  # M_MMAP_THRESHOLD
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 10)  # the mmap threshold alone, fixed
     import vitkit
 
     torch.set_num_threads(args.threads)
@@ -76,12 +75,9 @@ def child(args) -> None:
 
 
 def run_child(setting: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--setting", setting, "--model", args.model, "--batch",
-           str(args.batch), "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    proc = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{setting} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    cmd = [__file__, "--child", "--setting", setting, "--model", args.model, "--batch", str(args.batch),
+           "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    return child_json(cmd + (["--smoke"] if args.smoke else []), setting)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

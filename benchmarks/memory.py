@@ -25,11 +25,18 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 
 import torch
-from _common import add_allocator_argument, apply_allocator, machine_line, markdown_report, publish, rss_bytes
+from _common import (
+    add_allocator_argument,
+    apply_allocator,
+    child_json,
+    machine_line,
+    markdown_report,
+    publish,
+    rss_bytes,
+)
 
 MiB = 2**20
 
@@ -78,12 +85,9 @@ def child(args) -> None:
 
 
 def run_case(model: str, lib: str, ckpt: bool, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--lib", lib, "--model", model, "--batch", str(args.batch),
-           "--device", args.device, "--allocator", args.allocator] + (["--ckpt"] if ckpt else []) + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{lib} {model} (checkpointing {ckpt}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    cmd = [__file__, "--child", "--lib", lib, "--model", model, "--batch", str(args.batch), "--device", args.device,
+           "--allocator", args.allocator] + (["--ckpt"] if ckpt else []) + (["--threads", str(args.threads)] if args.threads else [])
+    return child_json(cmd, f"{lib} {model} (checkpointing {ckpt})")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
