@@ -48,6 +48,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def matmul_sampler(device: str, seconds: float = 0.5) -> tuple[Callable[[], object], float]:
+    """(fn, FLOPs per call): fn runs back-to-back fp32 2048^2 matmuls (8192^2 on CUDA, TF32 off) for about
+    `seconds`. Timed among the steps of `interleaved`, it gives the matmul rate under the same conditions
+    as the steps it sits between: a like-for-like denominator for "% of peak" on a shared machine."""
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def mm() -> None:
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            for _ in range(reps):
+                torch.mm(a, b)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+
+    reps = 1
+    mm()
+    reps = max(1, round(seconds / max(timed(mm, 1, device), 1e-6)))
+    return mm, 2.0 * n**3 * reps
+
+
 def matmul_peak_gflops(device: str, repeats: int) -> float:
     """Best-of-`repeats` fp32 matmul throughput (TF32 off on CUDA: the fp32 peak)."""
     n = 8192 if device == "cuda" else 2048

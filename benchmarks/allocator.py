@@ -1,14 +1,15 @@
-"""Training-step speed under the CPU allocator settings: glibc's defaults vs vitkit.allocator.
+"""Training-step (or inference) speed under the CPU allocator settings: glibc's defaults vs vitkit.allocator.
 
 A malloc setting belongs to the whole process and cannot be undone, so every (setting, repeat)
 runs in a fresh child process; the settings alternate in order from one repeat to the next. Each
 child builds the model (random weights, the same seed), runs `--warmup` fused-AdamW training steps
-on a random batch, then times `--steps` more and counts the minor page faults they take
-(`getrusage`: the kernel mapping and zeroing a 4 KiB page for the process). Settings:
+on a random batch (with `--infer`: eval-mode forward passes under `torch.inference_mode`, what
+`vitkit eval` and `vitkit predict` run), then times `--steps` more and counts the minor page faults
+they take (`getrusage`: the kernel mapping and zeroing a 4 KiB page for the process). Settings:
 
     glibc   the C library's defaults (what timm or transformers get in a plain script)
     reuse   vitkit.allocator.reuse_freed_memory(): freed blocks up to 1 GiB stay for reuse
-            (what `vitkit train` applies on CPU)
+            (what `vitkit train`, `pretrain`, `eval` and `predict` apply on CPU)
     64k     M_MMAP_THRESHOLD fixed at 64 KiB: every block above it is its own mapping, handed back
             on free (what benchmarks/_common.py set for RSS peaks until session 10: the worst case)
 
@@ -17,6 +18,7 @@ The ratios are against glibc's defaults, the reference a user of the other libra
 Usage
     OMP_NUM_THREADS=2 python benchmarks/allocator.py --threads 2                      # ViT-S b32, ~5 min
     OMP_NUM_THREADS=2 python benchmarks/allocator.py --threads 2 --model swin_tiny_patch4_window7_224
+    OMP_NUM_THREADS=2 python benchmarks/allocator.py --threads 2 --infer --steps 10   # inference, batch 32
     python benchmarks/allocator.py --smoke
 """
 
@@ -51,13 +53,17 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     overrides = {"img_size": 32, "depth": 2} if args.smoke else {}
-    model = vitkit.create_model(args.model, **overrides).train()
+    model = vitkit.create_model(args.model, **overrides).train(not args.infer)
     size = vitkit.layers.to_2tuple(model.config.img_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch, model.config.in_chans, *size)
     y = torch.randint(0, model.num_classes, (args.batch,))
 
     def step():
+        if args.infer:
+            with torch.inference_mode():
+                model(x)
+            return
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -77,14 +83,15 @@ def child(args) -> None:
 def run_child(setting: str, args) -> dict:
     cmd = [__file__, "--child", "--setting", setting, "--model", args.model, "--batch", str(args.batch),
            "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    return child_json(cmd + (["--smoke"] if args.smoke else []), setting)
+    return child_json(cmd + (["--smoke"] if args.smoke else []) + (["--infer"] if args.infer else []), setting)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default="vit_small_patch16_224", help="a registered vitkit name")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default 32)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default 32)")
+    p.add_argument("--infer", action="store_true", help="time inference (eval, inference_mode) instead of training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed steps per process (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
@@ -124,8 +131,10 @@ def main(argv=None) -> list[dict]:
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
              machine_line("cpu") + f"; {args.threads} threads; torch {torch.__version__}",
-             f"{args.model}, training step (forward, cross-entropy, backward, fused AdamW) at batch {args.batch}; "
-             f"{args.warmup} + {args.steps} steps per process, {args.repeats} process(es) per setting",
+             f"{args.model}, " + ("inference (eval, inference_mode)" if args.infer else
+                                  "training step (forward, cross-entropy, backward, fused AdamW)")
+             + f" at batch {args.batch}; {args.warmup} + {args.steps} steps per process, "
+             f"{args.repeats} process(es) per setting",
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     cols = ["setting", "img/s (median)", "per process", "page faults per step", "vs glibc"]
     cells = [[r["setting"], f"{r['img/s']:.2f}", r["per process"], f"{r['page faults per step']:,.0f}",

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from _common import add_allocator_argument, apply_allocator
+from _common import add_allocator_argument, apply_allocator, matmul_peak_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
@@ -106,18 +106,6 @@ def calibrate(fn: Callable[[], object], warmup: int, min_time: float) -> int:
         fn()
     once = timed(fn, 1)
     return max(1, math.ceil(min_time / max(once, 1e-6)))
-
-
-def matmul_peak_gflops(threads: int, repeats: int, n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times) / 1e9
 
 
 # --------------------------------------------------------------------------- per-model work
@@ -386,7 +374,7 @@ def main(argv=None) -> list[Row]:
     if os.getloadavg()[0] > 0.5:
         print(f"warning: load average {load_start} -- other processes are running; numbers will be noisy",
               file=sys.stderr)
-    peak = matmul_peak_gflops(args.threads, repeats=1 if args.smoke else 3 if args.quick else 10)
+    peak = matmul_peak_gflops("cpu", repeats=1 if args.smoke else 3 if args.quick else 10)
     print(f"fp32 2048x2048 matmul: {peak:.0f} GFLOP/s at {args.threads} threads; timm fused attention: "
           f"{timm.layers.use_fused_attn()}", flush=True)
 

@@ -1,12 +1,16 @@
 """Attention: the fused (SDPA) and eager paths agree; the eager path's weights are a softmax; the
-`eager_attention()` switch is scoped, nests, and is restored even when the block raises."""
+`eager_attention()` switch is scoped, nests, and is restored even when the block raises; `split_heads` gives
+the usual per-head views and a backward pass with one copy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vitkit.layers import Attention, Block, eager_attention, fused_attention_enabled
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vitkit.layers import Attention, Block, eager_attention, fused_attention_enabled, split_heads
 
 B, N, D, H = 3, 7, 32, 4
 
@@ -139,3 +143,40 @@ def test_context_manager_is_thread_local():
         t.join()
         assert not fused_attention_enabled()
     assert seen == [True]  # another thread is not affected
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_split_heads_matches_the_permuted_views_and_their_gradients():
+    hd = D // H
+    qkv = rand(B, N, 3 * D, seed=4)
+    reference = qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    for ours, ref in zip(split_heads(qkv, H), reference, strict=True):
+        assert ours.shape == (B, H, N, hd) and ours.stride() == ref.stride() and torch.equal(ours, ref)
+    grads = []
+    for split in (lambda t: split_heads(t, H), lambda t: t.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)):
+        x = qkv.clone().requires_grad_(True)
+        out = F.scaled_dot_product_attention(*split(x))
+        (out * rand(*out.shape, seed=5)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_split_heads_backward_writes_the_qkv_gradient_with_one_copy():
+    """SDPA's q/k/v gradients go straight into the (B, N, 3 * D) layout: one stack, no clone (the permuted
+    unbind needs a stack and then a clone)."""
+    x = rand(B, N, 3 * D, seed=6).requires_grad_(True)
+    out = F.scaled_dot_product_attention(*split_heads(x, H))
+    with _OpLog() as log:
+        out.backward(torch.ones_like(out))
+    copies = [op for op in log.ops if op in ("stack", "cat", "clone", "copy_", "contiguous", "_to_copy")]
+    assert copies == ["stack"], log.ops
+    assert x.grad.is_contiguous()

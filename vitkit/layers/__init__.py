@@ -7,6 +7,7 @@ from .attention import (
     eager_attention,
     fused_attention_enabled,
     record_attention,
+    split_heads,
 )
 from .block import Block, LayerScale
 from .drop import DropPath, drop_path, drop_path_rates
@@ -17,5 +18,5 @@ from .pos_embed import resample_abs_pos_embed
 __all__ = [
     "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "attention_policy", "attention_recorder",
     "drop_path", "drop_path_rates", "eager_attention", "fused_attention_enabled", "make_activation",
-    "record_attention", "resample_abs_pos_embed", "to_2tuple",
+    "record_attention", "resample_abs_pos_embed", "split_heads", "to_2tuple",
 ]

@@ -163,6 +163,19 @@ def record_attention(module: nn.Module, weights: torch.Tensor) -> None:
         callback(module, weights)
 
 
+def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3 * D) output of a fused qkv projection -> q, k, v, each a (B, H, N, D / H) view.
+
+    Unbinding the (B, N, 3, H, hd) view on dim 2 before transposing lets the backward pass stack the three
+    gradients (SDPA returns them in (B, N, H, hd) memory order) straight into qkv's layout in one copy.
+    The usual `.permute(2, 0, 3, 1, 4).unbind(0)` gives the same views, but its backward stacks to
+    (3, B, H, N, hd) and then clones into qkv's layout: two copies, about 3 ms per ViT-S block at batch 32
+    (docs/benchmarks.md, "Session 11")."""
+    B, N, three_d = qkv.shape
+    q, k, v = qkv.reshape(B, N, 3, num_heads, three_d // (3 * num_heads)).unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; state-dict keys follow timm (`qkv`, `proj`)."""
 
@@ -196,8 +209,7 @@ class Attention(nn.Module):
         Returns (B, N, D), or ((B, N, D), (B, H, N, N) weights) when `return_attention`.
         """
         B, N, D = x.shape
-        # (B, N, 3, H, hd) -> (3, B, H, N, hd)
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
         weights = None
         if use_fused_attention(q) and not return_attention:
             x = F.scaled_dot_product_attention(

@@ -58,7 +58,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, to_2tuple
-from ..layers.attention import record_attention, use_fused_attention
+from ..layers.attention import record_attention, split_heads, use_fused_attention
 from ..registry import register_model
 from ._base import VitkitModel, register_family
 
@@ -134,7 +134,7 @@ class LogitAttention(Attention):
         if not return_logits and not grouped and not (relation and torch.is_grad_enabled()):
             return super().forward(x, attn_bias=attn_bias.dense() if relation else attn_bias), None
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
         if grouped and not return_logits and use_fused_attention(q):  # not under attention_recorder (eager)
             x = attn_bias.attend(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
             return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D))), None

@@ -42,6 +42,7 @@ from ..layers import (
     drop_path_rates,
     fused_attention_enabled,
     record_attention,
+    split_heads,
     to_2tuple,
 )
 from ..layers.video import TubeletEmbed, to_3tuple
@@ -133,7 +134,7 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
         k, _ = self.pool_k(k, thw)
         v, _ = self.pool_v(v, thw)
         if self.pool_q is not None:

@@ -44,6 +44,7 @@ from ..layers import (
     drop_path_rates,
     fused_attention_enabled,
     record_attention,
+    split_heads,
     to_2tuple,
 )
 from ..registry import register_model
@@ -167,7 +168,7 @@ class WindowAttention(nn.Module):
         """x: (B * nW, N, C); mask: (nW, N, N) or None. Returns (B * nW, N, C) [, weights (B * nW, heads, N, N)].
         `attn_bias`, if given, replaces `self.attn_bias(mask)` (SwinBlock caches it for inference)."""
         BW, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(BW, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
         bias = self.attn_bias(mask) if attn_bias is None else attn_bias  # (1 | nW, h, N, N)
         nW = bias.shape[0]
         weights = None
