@@ -36,7 +36,8 @@ def test_suite_smoke(tmp_path):
         assert "onnxruntime" in by_key["vit", "infer b1 img/s"]
     for values in by_key.values():
         assert all(v >= 0 for v in values.values())
-    assert text.count("\n| ") == 1 + 5 * 5  # header + 5 metrics per family
+    assert text.count("\n| ") == 1 + 5 * 6  # header + 6 metrics per family
+    assert all("matmuls between the training rounds" in r.note for r in rows if r.metric == "train % of fp32 peak")
 
 
 def test_suite_profile_rows(tmp_path):
