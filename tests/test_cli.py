@@ -47,8 +47,13 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["models", "nothing_like_this*"]) == 1
 
 
-def test_cli_predict(tmp_path, capsys):
+def test_cli_predict(tmp_path, capsys, monkeypatch):
     from PIL import Image
+
+    import vitkit.allocator
+
+    reused = []  # predict keeps freed CPU memory for the next image unless told not to (effect: test_allocator.py)
+    monkeypatch.setattr(vitkit.allocator, "reuse_freed_memory", lambda: reused.append(True))
 
     model = vitkit.create_model("vit_micro_patch2_8")
     model.pretrained_cfg["label_names"] = [f"digit {i}" for i in range(10)]
@@ -59,6 +64,9 @@ def test_cli_predict(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "m"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.count("digit ") == 2 for line in lines)
+    assert reused == [True]
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "a.png"), "--no-reuse-cpu-memory"]) == 0
+    assert reused == [True] and capsys.readouterr().out.count("digit ") == 5
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["predict", str(tmp_path / "m"), str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err

@@ -194,3 +194,12 @@ def test_training_on_cpu_reuses_freed_memory_unless_told_not_to(tmp_path, monkey
     assert calls == [1]
     train(config(tmp_path / "b", "--sched.epochs=1", "--run.reuse_cpu_memory=false"))
     assert calls == [1]
+    # `vitkit eval` too (inference batches fault their activations in anew as well), with the same opt-out
+    import vitkit.allocator
+    from vitkit.cli import main
+
+    monkeypatch.setattr(vitkit.allocator, "reuse_freed_memory", lambda: calls.append(2))
+    assert main(["eval", str(tmp_path / "a")]) == 0
+    assert calls == [1, 2]
+    assert main(["eval", str(tmp_path / "a"), "--no-reuse-cpu-memory"]) == 0
+    assert calls == [1, 2]
