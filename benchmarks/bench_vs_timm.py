@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from _common import add_allocator_argument, apply_allocator, matmul_peak_gflops
-from torch.utils.flop_counter import FlopCounterMode
+from _common import add_allocator_argument, apply_allocator, flop_counter, matmul_peak_gflops
 
 import vitkit
 from vitkit.compat import make_torchvision_importable
@@ -192,7 +191,7 @@ def count_flops(vm: torch.nn.Module, size: tuple[int, int], train: bool) -> floa
     x = torch.randn(batch, 3, *size)
     was_training = vm.training
     vm.train(train)
-    with eager_attention(), FlopCounterMode(display=False) as fc:
+    with eager_attention(), flop_counter() as fc:
         if train:
             out = vm(x)
             out = out if isinstance(out, tuple) else (out,)

@@ -62,6 +62,7 @@ from _common import (
     PeakMemory,
     add_allocator_argument,
     apply_allocator,
+    flop_counter,
     interleaved,
     machine_line,
     matmul_peak_gflops,
@@ -69,7 +70,6 @@ from _common import (
     write_atomic,
 )
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
 from vitkit.compat import make_torchvision_importable
@@ -204,7 +204,7 @@ def check_same(fam: Family, models: dict[str, nn.Module], img: int, device: str)
 def flops_per_image(model: nn.Module, img: int, device: str, train: bool) -> float:
     x = torch.randn(2, 3, img, img, device=device)
     model.train(train)
-    with eager_attention(), FlopCounterMode(display=False) as fc:
+    with eager_attention(), flop_counter() as fc:
         if train:
             sum(o.float().sum() for o in train_outputs("vitkit", model, x)).backward()
         else:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -191,3 +192,19 @@ def test_distill_fmnist_smoke(tmp_path, capsys):
     assert set(r["results"]) == {"none", "soft", "hard", "hard+token"}
     assert r["results"]["hard+token"]["params"] > r["results"]["hard"]["params"]  # the token and its head
     assert all(len(m["acc"]) == 1 for m in r["results"].values())
+
+
+def test_flop_counter_counts_a_depthwise_convolution_backward_like_its_forward():
+    """Each gradient of a convolution costs its forward's FLOPs, groups or not (torch 2.13's own count of a
+    depth-wise weight gradient is `channels` times too high)."""
+    common = script("_common")
+    for groups in (1, 8):
+        conv = torch.nn.Conv2d(8, 16, 3, padding=1, groups=groups, bias=False)
+        x = torch.randn(2, 8, 10, 10, requires_grad=True)
+        with common.flop_counter() as fc:
+            conv(x).sum().backward()
+        forward = 2 * 2 * 16 * (8 // groups) * 3 * 3 * 10 * 10  # 2 FLOPs per MAC x batch x c_out x c_in/g x k^2 x HW
+        assert fc.get_total_flops() == 3 * forward
+        with common.flop_counter() as fc:
+            conv(x.detach()).sum().backward()  # no input gradient: forward + weight gradient
+        assert fc.get_total_flops() == 2 * forward
