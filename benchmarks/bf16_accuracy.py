@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import interleaved, machine_line, markdown_report, publish
+from _common import add_allocator_argument, apply_allocator, interleaved, machine_line, markdown_report, publish
 
 import vitkit
 from vitkit.export import randomise_heads
@@ -129,6 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved speed rounds (default 10)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.5)")
     p.add_argument("--no-speed", action="store_true", help="accuracy only")
+    add_allocator_argument(p)
     p.add_argument("--smoke", action="store_true", help="tiny models, few images, one round (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     args = p.parse_args(argv)
@@ -147,6 +148,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = apply_allocator(args)  # the same for fp32 and bf16, as `vitkit eval` and `predict` run
     rows = []
     for name in args.models:
         rows.append(random_model_row(name, args))
@@ -156,7 +158,7 @@ def main(argv=None) -> list[dict]:
         print(rows[-1], flush=True)
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
-             machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}",
+             machine_line(args.device) + f"; {torch.get_num_threads()} threads; torch {torch.__version__}; {allocator}",
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     publish(render(rows, lines), args.markdown)
     return rows

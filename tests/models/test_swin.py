@@ -340,6 +340,28 @@ def test_fused_attention_equals_eager(name):
     torch.testing.assert_close(attns[1].sum(-1), torch.ones_like(attns[1].sum(-1)))
 
 
+def test_cpu_training_takes_the_explicit_path_and_inference_sdpa(monkeypatch):
+    """On a CPU a bias that needs a gradient would send SDPA to its unfused math path over the bias repeated per
+    image (slower than the explicit softmax path, which broadcasts it), so training runs the explicit path;
+    inference (cached bias, no gradient) runs SDPA. Both give the same outputs and gradients."""
+    import vitkit.models.swin as swin_mod
+
+    calls = []
+    sdpa = swin_mod.F.scaled_dot_product_attention
+    monkeypatch.setattr(swin_mod.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    model = build(NAMES[0])
+    x = images(model)
+    with torch.no_grad():
+        model(x)
+    assert calls, "inference should run SDPA"
+    calls.clear()
+    model.train()
+    out = model(x)
+    out.square().sum().backward()
+    assert not calls, "CPU training should not run SDPA with a bias that needs a gradient"
+    assert model.layers[0].blocks[0].attn.relative_position_bias_table.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.swin as swin_mod

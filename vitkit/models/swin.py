@@ -172,7 +172,12 @@ class WindowAttention(nn.Module):
         bias = self.attn_bias(mask) if attn_bias is None else attn_bias  # (1 | nW, h, N, N)
         nW = bias.shape[0]
         weights = None
-        if fused_attention_enabled() and not return_attention:
+        # On a CPU, a bias that needs a gradient (training: the relative position bias table learns) sends SDPA
+        # to its unfused math path over the bias repeated for every image (plus its -inf row checks), slower
+        # than the explicit path below, which broadcasts the bias: Swin-T training 1.07x (docs/benchmarks.md,
+        # "Session 11"). CUDA's memory-efficient kernel takes a bias gradient and stays on SDPA.
+        slow_bias = x.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
+        if fused_attention_enabled() and not return_attention and not slow_bias:
             if nW != 1 and nW != BW:
                 # repeat the per-window bias over the batch: SDPA's fused CPU kernel takes 4-D inputs only
                 # (a 5-D (B, nW, h, N, hd) call falls back to the unfused math path, ~2-3x slower here)
