@@ -166,14 +166,14 @@ def record_attention(module: nn.Module, weights: torch.Tensor) -> None:
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, N, 3 * D) output of a fused qkv projection -> q, k, v, each a (B, H, N, D / H) view.
 
-    Unbinding the (B, N, 3, H, hd) view on dim 2 before transposing lets the backward pass stack the three
-    gradients (SDPA returns them in (B, N, H, hd) memory order) straight into qkv's layout in one copy.
-    The usual `.permute(2, 0, 3, 1, 4).unbind(0)` gives the same views, but its backward stacks to
-    (3, B, H, N, hd) and then clones into qkv's layout: two copies, about 3 ms per ViT-S block at batch 32
-    (docs/benchmarks.md, "Session 11")."""
+    Session 11 tried unbinding the (B, N, 3, H, hd) view on dim 2 before transposing (the same views): the
+    backward then stacks SDPA's q/k/v gradients straight into qkv's layout, one copy instead of a stack and a
+    clone (about 3 ms per ViT-S block at batch 32, 0.7% of a step), but the peak RSS of a ViT-S training step at
+    batch 64 rose by about 190 MiB with freed memory reused (4,922 vs 4,736 MiB, median of 3-5 fresh processes,
+    `benchmarks/memory.py`), past timm's: so the permuted split stays (docs/benchmarks.md, "Session 11")."""
     B, N, three_d = qkv.shape
-    q, k, v = qkv.reshape(B, N, 3, num_heads, three_d // (3 * num_heads)).unbind(2)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q, k, v = qkv.reshape(B, N, 3, num_heads, three_d // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
 
 
 class Attention(nn.Module):
