@@ -87,24 +87,9 @@ def matmul_sampler(device: str, seconds: float = 0.5) -> tuple[Callable[[], obje
 
 
 def matmul_peak_gflops(device: str, repeats: int) -> float:
-    """Best-of-`repeats` fp32 matmul throughput (TF32 off on CUDA: the fp32 peak)."""
-    n = 8192 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for _ in range(2):
-            torch.mm(a, b)
-        best = math.inf
-        for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            sync(device)
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
-    return 2 * n**3 / best / 1e9
+    """Best-of-`repeats` fp32 matmul throughput (one matmul per sample, after `matmul_sampler`'s two warm-up calls)."""
+    mm, flop = matmul_sampler(device, seconds=0.0)
+    return flop / min(timed(mm, 1, device) for _ in range(repeats)) / 1e9
 
 
 # --------------------------------------------------------------------------- memory

@@ -343,7 +343,7 @@ def test_fused_attention_equals_eager(name):
 def test_cpu_training_takes_the_explicit_path_and_inference_sdpa(monkeypatch):
     """On a CPU a bias that needs a gradient would send SDPA to its unfused math path over the bias repeated per
     image (slower than the explicit softmax path, which broadcasts it), so training runs the explicit path;
-    inference (cached bias, no gradient) runs SDPA. Both give the same outputs and gradients."""
+    inference (cached bias, no gradient) runs SDPA (that the two paths agree: test_fused_attention_equals_eager)."""
     import vitkit.models.swin as swin_mod
 
     calls = []
