@@ -135,6 +135,32 @@ def test_memory_smoke(tmp_path):
     memory = script("memory")
     rows = memory.main(["--smoke", "--libs", "vitkit", "--threads", "1", "--markdown", str(tmp_path / "m.md")])
     assert [r["checkpointing"] for r in rows] == ["no", "yes"] and all(r["vitkit MiB"] > 0 for r in rows)
+    # live tensors: at the optimizer step weights, gradients and both AdamW moments are all alive
+    import vitkit
+
+    weights_mib = sum(p.numel() for p in vitkit.create_model("vit_tiny_patch16_224").parameters()) * 4 / 2**20
+    assert all(r["vitkit live MiB"] >= 4 * weights_mib for r in rows)
+    assert rows[1]["vitkit live MiB"] < rows[0]["vitkit live MiB"]  # checkpointing keeps fewer activations
+    assert "live = the peak of the bytes of live tensors" in (tmp_path / "m.md").read_text()
+
+
+def test_live_tensor_peak_counts_tensors_not_the_heap():
+    """Freed blocks do not add up, kept ones do, and what existed before the block is not counted."""
+    live_tensor_peak = script("_common").LiveTensorPeak
+    before = torch.empty(8 * 2**20, dtype=torch.uint8)  # noqa: F841 - alive through the block, not counted
+    with live_tensor_peak() as m:
+        for _ in range(3):  # 10 MiB allocated and freed three times: a peak of 10 MiB, not 30
+            a = torch.empty(10 * 2**20, dtype=torch.uint8)
+            a.fill_(1)
+            del a
+        kept = torch.ones(2**20)  # 4 MiB, alive at the end, below the earlier peak
+    assert m.peak == pytest.approx(10 * 2**20, abs=64 * 2**10)
+    assert m.allocations >= 4 and kept.numel() == 2**20
+    with live_tensor_peak() as m2:  # a second measurement in the same process starts from its own entry
+        b = torch.empty(3 * 2**20, dtype=torch.uint8)
+        c = torch.empty(2 * 2**20, dtype=torch.uint8)
+        del b, c
+    assert m2.peak == pytest.approx(5 * 2**20, abs=64 * 2**10)
 
 
 def test_allocator_smoke(tmp_path):  # two fresh Python processes
