@@ -10,6 +10,8 @@ they take (`getrusage`: the kernel mapping and zeroing a 4 KiB page for the proc
     glibc   the C library's defaults (what timm or transformers get in a plain script)
     reuse   vitkit.allocator.reuse_freed_memory(): freed blocks up to 1 GiB stay for reuse
             (what `vitkit train`, `pretrain`, `eval` and `predict` apply on CPU)
+    kept    reuse, and the gradients allocated once and zeroed in place (vitkit.allocator.KeptGradients),
+            as `vitkit train` and `vitkit pretrain` run on CPU (not in the default settings)
     64k     M_MMAP_THRESHOLD fixed at 64 KiB: every block above it is its own mapping, handed back
             on free (what benchmarks/_common.py set for RSS peaks until session 10: the worst case)
 
@@ -38,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from _common import child_json, machine_line, markdown_report, publish
 
-SETTINGS = ["glibc", "reuse", "64k"]
+SETTINGS = ["glibc", "reuse", "kept", "64k"]
+DEFAULT_SETTINGS = ["glibc", "reuse", "64k"]
 
 
 def child(args) -> None:
-    from vitkit.allocator import M_MMAP_THRESHOLD, reuse_freed_memory
+    from vitkit.allocator import M_MMAP_THRESHOLD, KeptGradients, reuse_freed_memory
 
-    if args.setting == "reuse":
+    if args.setting in ("reuse", "kept"):
         reuse_freed_memory()
     elif args.setting == "64k":
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 10)  # the mmap threshold alone, fixed
@@ -58,15 +61,21 @@ def child(args) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch, model.config.in_chans, *size)
     y = torch.randint(0, model.num_classes, (args.batch,))
+    kept = KeptGradients(model.parameters()) if args.setting == "kept" and not args.infer else None
 
     def step():
         if args.infer:
             with torch.inference_mode():
                 model(x)
             return
-        opt.zero_grad(set_to_none=True)
+        if kept is None:
+            opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
+        if kept is not None:
+            kept.before_step()
         opt.step()
+        if kept is not None:
+            kept.zero_grad()
 
     for _ in range(args.warmup):
         step()
@@ -96,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per process (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="processes per setting (default 2)")
-    p.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS)
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=SETTINGS)
     p.add_argument("--smoke", action="store_true",
                    help="a 2-block model at 32x32, batch 2: seconds, numbers meaningless")
     p.add_argument("--markdown", metavar="PATH")

@@ -1,20 +1,24 @@
 """Peak memory of a training step, with and without gradient checkpointing, vitkit vs timm.
 
 Each (library, checkpointing) case runs in a fresh Python process, so one case's freed memory
-cannot hide another's: the child imports torch, vitkit and timm, notes its resident set (RSS), builds the model
-(random weights), and runs two AdamW steps on a random batch (the first allocates the optimizer's
-moments). Reported: the process's peak RSS above the post-import level (`ru_maxrss`: weights +
-gradients + AdamW moments + the activations kept for the backward pass, at their peak), or on CUDA
-`torch.cuda.max_memory_allocated`. On CPU one more process per case counts the peak bytes of live tensors
-(`_common.LiveTensorPeak`, from before the model is built): RSS includes what the C allocator keeps of
-freed memory, which moves from process to process; the tensor count does not. Gradient checkpointing (`model.set_grad_checkpointing()`, the
-same call in vitkit and timm) keeps only each block's input and recomputes the block in the
-backward pass (Chen et al. 2016, "Training deep nets with sublinear memory cost"), trading about
-one extra forward pass for activation memory.
+cannot hide another's: the child imports torch, vitkit and timm, notes its resident set (RSS),
+builds the model (random weights), and runs two AdamW steps on a random batch (the first
+allocates the optimizer's moments). The gradients are allocated once and zeroed in place, as
+`vitkit train` keeps them on CPU (`vitkit.allocator.KeptGradients`), or with `--grads fresh`
+set to None after each step; both libraries alike. Reported: the process's peak RSS above the
+post-import level (`ru_maxrss`: weights + gradients + AdamW moments + the activations kept for
+the backward pass, at their peak, plus what the C allocator holds of freed memory), or on CUDA
+`torch.cuda.max_memory_allocated`. On CPU one more process per case counts the peak bytes of
+live tensors (`_common.LiveTensorPeak`, from before the model is built): RSS moves from process
+to process with where freed blocks land; the tensor count does not. Gradient checkpointing
+(`model.set_grad_checkpointing()`, the same call in vitkit and timm) keeps only each block's
+input and recomputes the block in the backward pass (Chen et al. 2016, "Training deep nets with
+sublinear memory cost"), trading about one extra forward pass for activation memory.
 
 Usage
     python benchmarks/memory.py --threads 2                          # ViT-S, batch 64, 3 repeats: ~8 min
     python benchmarks/memory.py --models vit_small_patch16_224 swin_tiny_patch4_window7_224 cvt_13 mixer_b16_224
+    python benchmarks/memory.py --grads fresh --allocator glibc     # a plain loop in a plain process
     python benchmarks/memory.py --device cuda
     python benchmarks/memory.py --smoke
 """
@@ -49,6 +53,7 @@ def child(args) -> None:
     import torch.nn.functional as F
 
     import vitkit
+    from vitkit.allocator import KeptGradients
     from vitkit.compat import make_torchvision_importable
 
     if args.threads:
@@ -66,6 +71,7 @@ def child(args) -> None:
         model.set_grad_checkpointing(args.ckpt)
         model.to(args.device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        kept = KeptGradients(model.parameters()) if args.grads == "kept" else None
         c = model.pretrained_cfg if args.lib == "timm" else None
         size = c["input_size"] if c else (model.config.in_chans, *vitkit.layers.to_2tuple(model.config.img_size))
         x = torch.randn(args.batch, *size, device=args.device)
@@ -74,11 +80,16 @@ def child(args) -> None:
             torch.cuda.reset_peak_memory_stats()
             result["base_cuda"] = torch.cuda.memory_allocated()
         for _ in range(2):
-            opt.zero_grad(set_to_none=True)
             out = model(x)
             out = out if isinstance(out, tuple) else (out,)
             sum(F.cross_entropy(o, y) for o in out).backward()
+            if kept is not None:
+                kept.before_step()
             opt.step()
+            if kept is not None:
+                kept.zero_grad()
+            else:
+                opt.zero_grad(set_to_none=True)
         return model
 
     result: dict = {}
@@ -100,7 +111,7 @@ def child(args) -> None:
 
 def run_case(model: str, lib: str, ckpt: bool, args, live: bool = False) -> dict:
     cmd = [__file__, "--child", "--lib", lib, "--model", model, "--batch", str(args.batch), "--device", args.device,
-           "--allocator", args.allocator] + (["--ckpt"] if ckpt else []) + (["--live"] if live else []) \
+           "--allocator", args.allocator, "--grads", args.grads] + (["--ckpt"] if ckpt else []) + (["--live"] if live else []) \
         + (["--threads", str(args.threads)] if args.threads else [])
     return child_json(cmd, f"{lib} {model} (checkpointing {ckpt}{', live tensors' if live else ''})")
 
@@ -117,6 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fresh processes per case; the median is reported (peak RSS moves by tens of MiB "
                         "from process to process with the allocator's state; default 3)")
     add_allocator_argument(p)
+    p.add_argument("--grads", default="kept", choices=["kept", "fresh"],
+                   help="kept = the gradients allocated once and zeroed in place (vitkit.allocator.KeptGradients), as "
+                        "`vitkit train` keeps them on CPU (default); fresh = zero_grad(set_to_none=True), allocated "
+                        "anew in every backward pass. The same for both libraries")
     p.add_argument("--smoke", action="store_true", help="ViT-Ti at batch 2 (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -183,7 +198,9 @@ def main(argv=None) -> list[dict]:
     lines = [f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
              + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
              machine_line(args.device) + f"; torch {torch.__version__}; {apply_allocator(args)} (in each child)",
-             f"one process per case; training step (AdamW) at batch {args.batch}; {what}"
+             f"one process per case; training step (AdamW) at batch {args.batch}, gradients {args.grads}"
+             + (" (allocated once, zeroed in place)" if args.grads == "kept" else " (set to None after each step)")
+             + f"; {what}"
              + (f"; median of {args.repeats} processes per case, libraries alternating" if args.repeats > 1 else ""),
              "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
     if live_too:

@@ -15,7 +15,7 @@ time embedding, the patch projection (trunc-normal, zero bias) or the position e
 std; `--init FILE` initialises from an image-ViT state dict (create_model's `pretrained`).
 Research tool: not tested, numbers only meaningful on the seeds and sizes given.
 """
-import argparse, math, time, sys
+import argparse, sys
 import torch, torch.nn.functional as F
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from video_moving_digits import shuffle_frames, accuracy

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from vitkit import allocator
 
@@ -46,3 +47,72 @@ def test_bad_threshold_is_refused():
     for bad in (0, -1, 2**31):
         with pytest.raises(ValueError, match="threshold must be between"):
             allocator.reuse_freed_memory(bad)
+
+
+class _WithUnused(torch.nn.Module):
+    """Two layers, one of them unused by forward(): AdamW must leave it alone (no decay, no moments)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = torch.nn.Linear(6, 3)
+        self.unused = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def _train(kept: bool, accum: int, fused: bool) -> tuple[dict, torch.optim.Optimizer, list]:
+    torch.manual_seed(0)
+    model = _WithUnused()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5, fused=fused)
+    keeper = allocator.KeptGradients(model.parameters()) if kept else None
+    data = torch.randn(4, accum, 5, 6)
+    ptrs = []
+    for step in range(4):
+        for micro in range(accum):  # gradient accumulation: the micro-batches add up in the kept gradients
+            model(data[step, micro]).square().mean().backward()
+        if keeper is not None:
+            keeper.before_step()
+        opt.step()
+        if keeper is not None:
+            ptrs.append(model.used.weight.grad.data_ptr())
+            keeper.zero_grad()
+        else:
+            opt.zero_grad(set_to_none=True)
+    return model.state_dict(), opt, ptrs
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("fused", [False, True])
+def test_kept_gradients_train_exactly_as_set_to_none(accum, fused):
+    fresh, fresh_opt, _ = _train(kept=False, accum=accum, fused=fused)
+    kept, kept_opt, ptrs = _train(kept=True, accum=accum, fused=fused)
+    for k in fresh:
+        assert torch.equal(fresh[k], kept[k]), k
+    torch.manual_seed(0)
+    untouched = _WithUnused().unused.state_dict()
+    assert torch.equal(kept["unused.weight"], untouched["weight"])  # no weight decay on a parameter without a gradient
+    assert len(kept_opt.state) == len(fresh_opt.state) == 2  # moments for the used layer's weight and bias only
+    assert len(set(ptrs)) == 1  # one gradient block, kept from step to step
+
+
+def test_kept_gradients_zero_in_place_and_skip_frozen():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    keeper = allocator.KeptGradients(model.parameters())
+    assert model[0].weight.grad is None and torch.equal(model[1].weight.grad, torch.zeros(2, 4))
+    model(torch.randn(3, 4)).sum().backward()
+    grad = model[1].weight.grad
+    assert grad.abs().sum() > 0
+    keeper.before_step()
+    assert model[1].weight.grad is grad  # used: kept as it is
+    keeper.zero_grad()
+    assert model[1].weight.grad is grad and not grad.any()
+    keeper.before_step()  # no backward since the zeroing: nothing was fed, every gradient goes
+    assert model[1].weight.grad is None and model[1].bias.grad is None
+    keeper.zero_grad()  # and comes back, zeroed
+    assert torch.equal(model[1].bias.grad, torch.zeros(2))
+    keeper.remove()
+    model(torch.randn(3, 4)).sum().backward()
+    keeper.before_step()  # no hooks any more: nothing marks the parameters as fed
+    assert model[1].weight.grad is None

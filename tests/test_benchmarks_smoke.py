@@ -147,7 +147,7 @@ def test_memory_smoke(tmp_path):
 def test_live_tensor_peak_counts_tensors_not_the_heap():
     """Freed blocks do not add up, kept ones do, and what existed before the block is not counted."""
     live_tensor_peak = script("_common").LiveTensorPeak
-    before = torch.empty(8 * 2**20, dtype=torch.uint8)  # noqa: F841 - alive through the block, not counted
+    before = torch.empty(8 * 2**20, dtype=torch.uint8)  # alive through the block, not counted
     with live_tensor_peak() as m:
         for _ in range(3):  # 10 MiB allocated and freed three times: a peak of 10 MiB, not 30
             a = torch.empty(10 * 2**20, dtype=torch.uint8)
@@ -155,7 +155,7 @@ def test_live_tensor_peak_counts_tensors_not_the_heap():
             del a
         kept = torch.ones(2**20)  # 4 MiB, alive at the end, below the earlier peak
     assert m.peak == pytest.approx(10 * 2**20, abs=64 * 2**10)
-    assert m.allocations >= 4 and kept.numel() == 2**20
+    assert m.allocations >= 4 and kept.numel() == 2**20 and before.numel() == 8 * 2**20
     with live_tensor_peak() as m2:  # a second measurement in the same process starts from its own entry
         b = torch.empty(3 * 2**20, dtype=torch.uint8)
         c = torch.empty(2 * 2**20, dtype=torch.uint8)
@@ -163,10 +163,11 @@ def test_live_tensor_peak_counts_tensors_not_the_heap():
     assert m2.peak == pytest.approx(5 * 2**20, abs=64 * 2**10)
 
 
-def test_allocator_smoke(tmp_path):  # two fresh Python processes
+def test_allocator_smoke(tmp_path):  # three fresh Python processes
     bench = script("allocator")
-    rows = bench.main(["--smoke", "--threads", "1", "--settings", "glibc", "reuse", "--markdown", str(tmp_path / "a.md")])
-    assert [r["setting"] for r in rows] == ["glibc", "reuse"] and all(r["img/s"] > 0 for r in rows)
+    rows = bench.main(["--smoke", "--threads", "1", "--settings", "glibc", "reuse", "kept",
+                       "--markdown", str(tmp_path / "a.md")])
+    assert [r["setting"] for r in rows] == ["glibc", "reuse", "kept"] and all(r["img/s"] > 0 for r in rows)
     assert rows[0]["vs glibc"] == 1.0 and "| reuse |" in (tmp_path / "a.md").read_text()
 
 

@@ -21,6 +21,11 @@ frees and re-allocates its activations too (ViT-S at batch 32: 15.9 -> 18.4 img/
 per batch -> 0; one image at a time: 15.3 -> 16.3, 3,151 -> 0; `benchmarks/allocator.py --infer`).
 It changes a setting of the whole process, so importing vitkit never does it.
 On a C library other than glibc (musl, macOS, Windows) it does nothing and says so.
+
+A heap that keeps freed memory can still grow past what the tensors need, when small long-lived
+blocks split the holes of big freed ones. The gradients are such blocks, allocated anew in every
+backward pass among the activations being freed: `KeptGradients` allocates them once and zeroes
+them in place, and the training loops use it wherever they reuse freed memory.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import ctypes.util
 import functools
 import logging
 import platform
+from collections.abc import Iterable
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +78,62 @@ def reuse_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> int | None:
             return value
     logger.warning("glibc refused M_MMAP_THRESHOLD=%d: the CPU allocator keeps its defaults", threshold)
     return None
+
+
+class KeptGradients:
+    """Allocate the gradients of `params` once and keep them from step to step, zeroed in place.
+
+    With `optimizer.zero_grad(set_to_none=True)` every backward pass allocates the gradients anew,
+    one small block per parameter, while the activations of the pass are being freed around them.
+    With freed memory kept in the heap (`reuse_freed_memory`), those small long-lived blocks land in
+    the holes that the big activation blocks left and split them, so the next big block no longer
+    fits and the heap grows: with gradient checkpointing, whose backward pass recomputes and frees
+    each block's activations in turn, ViT-S at batch 64 held 2.8-3.4 GiB at its peak for 0.9 GiB of
+    live tensors (glibc, fused AdamW; `benchmarks/memory.py`). Allocated once, before the first
+    step, the gradients sit below the activations and the heap stays near the live size: 1.5 GiB.
+
+    The optimizer sees what it saw with `set_to_none=True`: call `before_step()` between the last
+    backward pass and `optimizer.step()`, and every parameter that got no gradient since the last
+    `zero_grad()` (unused in the forward pass) has its gradient set to None, so the optimizer skips
+    it (no weight decay, no momentum step); 0 + g is g exactly, so the used ones are unchanged too.
+
+        kept = KeptGradients(model.parameters())
+        for x, y in batches:
+            loss_fn(model(x), y).backward()
+            kept.before_step()
+            optimizer.step()
+            kept.zero_grad()            # instead of optimizer.zero_grad()
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self._fed: set[int] = set()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._mark) for p in self.params]
+        self.zero_grad()
+
+    def _mark(self, p: torch.Tensor) -> None:
+        self._fed.add(id(p))
+
+    def before_step(self) -> None:
+        """Set to None the gradient of every parameter that got none since the last `zero_grad()`."""
+        for p in self.params:
+            if id(p) not in self._fed:
+                p.grad = None
+
+    def zero_grad(self) -> None:
+        """Zero the kept gradients in place (allocating any that are missing)."""
+        grads = []
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                grads.append(p.grad)
+        if grads:
+            torch._foreach_zero_(grads)
+        self._fed.clear()
+
+    def remove(self) -> None:
+        """Take the hooks off the parameters."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []

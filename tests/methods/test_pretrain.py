@@ -49,6 +49,18 @@ def test_resume_gives_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["mae", "mpp", "dino"])
+def test_kept_gradients_pretrain_as_set_to_none(tmp_path, method):
+    """On CPU the loop keeps the gradients from step to step (allocator.KeptGradients): the same weights as
+    setting them to None (DINO: with its frozen teacher and its last layer's gradient cancelled for the first
+    1% of the steps; parameters without a gradient: tests/test_allocator.py)."""
+    run(method, tmp_path / "kept", "--sched.epochs=1")
+    run(method, tmp_path / "fresh", "--sched.epochs=1", "--run.reuse_cpu_memory=false")
+    a = load_file(str(tmp_path / "kept" / "checkpoint" / "method.safetensors"))
+    b = load_file(str(tmp_path / "fresh" / "checkpoint" / "method.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("method", ["mae", "mpp"])  # DINO and MSN: tests/methods/test_msn.py
 def test_torchrun_two_processes(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -190,10 +190,18 @@ def test_training_on_cpu_reuses_freed_memory_unless_told_not_to(tmp_path, monkey
 
     calls = []
     monkeypatch.setattr(engine, "reuse_freed_memory", lambda: calls.append(1))  # the effect: tests/test_allocator.py
-    train(config(tmp_path / "a", "--sched.epochs=1"))
+    kept = []
+    real = engine.KeptGradients
+    monkeypatch.setattr(engine, "KeptGradients", lambda params: kept.append(real(params)) or kept[-1])
+    more = ["--sched.epochs=1", "--optim.accum_steps=2", "--optim.clip_grad=1.0"]
+    train(config(tmp_path / "a", *more))
     assert calls == [1]
-    train(config(tmp_path / "b", "--sched.epochs=1", "--run.reuse_cpu_memory=false"))
+    train(config(tmp_path / "b", *more, "--run.reuse_cpu_memory=false"))
     assert calls == [1]
+    # run a kept its gradients from step to step (allocator.KeptGradients), run b set them to None: same weights
+    assert len(kept) == 1 and kept[0].params
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # `vitkit eval` too (inference batches fault their activations in anew as well), with the same opt-out
     import vitkit.allocator
     from vitkit.cli import main

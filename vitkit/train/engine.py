@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..allocator import reuse_freed_memory
+from ..allocator import KeptGradients, reuse_freed_memory
 from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
 from ..precision import resolve_bf16
@@ -346,6 +346,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
 
     optimizer = build_optimizer(model, cfg.optim)
+    # gradients allocated once, below the activations: a heap that keeps freed memory stays near the live size
+    kept = KeptGradients(model.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
     # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
     augment = BatchAugment(cfg.aug, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
@@ -421,10 +423,15 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
             if last_micro:
                 for group in optimizer.param_groups:
                     group["lr"] = lrs[step] * group["lr_scale"]
+                if kept is not None:
+                    kept.before_step()  # parameters without a gradient this step stay out of it
                 if cfg.optim.clip_grad:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if kept is not None:
+                    kept.zero_grad()
+                else:
+                    optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
                     with torch.no_grad():
                         for e, p in zip(ema.parameters(), model.parameters()):

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..allocator import reuse_freed_memory
+from ..allocator import KeptGradients, reuse_freed_memory
 from ..hub import save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
@@ -245,6 +245,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
 
     optimizer = build_optimizer(method, cfg.optim)
+    # gradients allocated once, below the activations (vitkit/allocator.py)
+    kept = KeptGradients(method.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
     batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
     steps_per_epoch = len(batches)
     total_steps = cfg.sched.epochs * steps_per_epoch
@@ -281,10 +283,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             loss.backward()
             for group in optimizer.param_groups:
                 group["lr"] = lrs[step] * group["lr_scale"]
+            if kept is not None:
+                kept.before_step()  # parameters without a gradient this step stay out of it
             if cfg.optim.clip_grad:
                 nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if kept is not None:
+                kept.zero_grad()
+            else:
+                optimizer.zero_grad(set_to_none=True)
             method.on_step_end(step, total_steps)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() * len(x)
