@@ -88,9 +88,12 @@ class KeptGradients:
     With freed memory kept in the heap (`reuse_freed_memory`), those small long-lived blocks land in
     the holes that the big activation blocks left and split them, so the next big block no longer
     fits and the heap grows: with gradient checkpointing, whose backward pass recomputes and frees
-    each block's activations in turn, ViT-S at batch 64 held 2.8-3.4 GiB at its peak for 0.9 GiB of
-    live tensors (glibc, fused AdamW; `benchmarks/memory.py`). Allocated once, before the first
-    step, the gradients sit below the activations and the heap stays near the live size: 1.5 GiB.
+    each block's activations in turn, a ViT-S training step at batch 64 peaked at 2,764-3,152 MiB
+    of RSS for 885 MiB of live tensors (AdamW, 3 processes; `benchmarks/memory.py --grads fresh`).
+    Allocated once, before the first step, the gradients stay where they are and the heap stays
+    near the live size: 1,464-1,592 MiB for 967 MiB of live tensors (one more set of gradients is
+    alive during the forward pass). Without checkpointing the peak is the same either way (4,663
+    vs 4,766 MiB, inside the process-to-process spread).
 
     The optimizer sees what it saw with `set_to_none=True`: call `before_step()` between the last
     backward pass and `optimizer.step()`, and every parameter that got no gradient since the last

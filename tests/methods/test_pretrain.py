@@ -49,13 +49,17 @@ def test_resume_gives_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["mae", "mpp", "dino"])
-def test_kept_gradients_pretrain_as_set_to_none(tmp_path, method):
+SMALL_DINO = ['--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2}',
+              "--data.train_fraction=0.1", "--run.batch_size=32"]
+
+
+@pytest.mark.parametrize(("method", "extra"), [("mae", []), ("mpp", []), ("dino", SMALL_DINO)], ids=["mae", "mpp", "dino"])
+def test_kept_gradients_pretrain_as_set_to_none(tmp_path, method, extra):
     """On CPU the loop keeps the gradients from step to step (allocator.KeptGradients): the same weights as
     setting them to None (DINO: with its frozen teacher and its last layer's gradient cancelled for the first
     1% of the steps; parameters without a gradient: tests/test_allocator.py)."""
-    run(method, tmp_path / "kept", "--sched.epochs=1")
-    run(method, tmp_path / "fresh", "--sched.epochs=1", "--run.reuse_cpu_memory=false")
+    run(method, tmp_path / "kept", "--sched.epochs=1", *extra)
+    run(method, tmp_path / "fresh", "--sched.epochs=1", *extra, "--run.reuse_cpu_memory=false")
     a = load_file(str(tmp_path / "kept" / "checkpoint" / "method.safetensors"))
     b = load_file(str(tmp_path / "fresh" / "checkpoint" / "method.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
