@@ -3,9 +3,10 @@
 Each (library, checkpointing) case runs in a fresh Python process, so one case's freed memory
 cannot hide another's: the child imports torch, vitkit and timm, notes its resident set (RSS),
 builds the model (random weights), and runs two AdamW steps on a random batch (the first
-allocates the optimizer's moments). The gradients are allocated once and zeroed in place, as
-`vitkit train` keeps them on CPU (`vitkit.allocator.KeptGradients`), or with `--grads fresh`
-set to None after each step; both libraries alike. Reported: the process's peak RSS above the
+allocates the optimizer's moments). The gradients are handled as `vitkit train` handles them:
+on CPU with freed memory reused, allocated once and zeroed in place (`vitkit.allocator.
+KeptGradients`), otherwise set to None after each step (`--grads kept|fresh` to choose); both
+libraries alike. Reported: the process's peak RSS above the
 post-import level (`ru_maxrss`: weights + gradients + AdamW moments + the activations kept for
 the backward pass, at their peak, plus what the C allocator holds of freed memory), or on CUDA
 `torch.cuda.max_memory_allocated`. On CPU one more process per case counts the peak bytes of
@@ -18,7 +19,7 @@ sublinear memory cost"), trading about one extra forward pass for activation mem
 Usage
     python benchmarks/memory.py --threads 2                          # ViT-S, batch 64, 3 repeats: ~8 min
     python benchmarks/memory.py --models vit_small_patch16_224 swin_tiny_patch4_window7_224 cvt_13 mixer_b16_224
-    python benchmarks/memory.py --grads fresh --allocator glibc     # a plain loop in a plain process
+    python benchmarks/memory.py --allocator glibc                   # glibc defaults, gradients set to None
     python benchmarks/memory.py --device cuda
     python benchmarks/memory.py --smoke
 """
@@ -128,10 +129,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fresh processes per case; the median is reported (peak RSS moves by tens of MiB "
                         "from process to process with the allocator's state; default 3)")
     add_allocator_argument(p)
-    p.add_argument("--grads", default="kept", choices=["kept", "fresh"],
-                   help="kept = the gradients allocated once and zeroed in place (vitkit.allocator.KeptGradients), as "
-                        "`vitkit train` keeps them on CPU (default); fresh = zero_grad(set_to_none=True), allocated "
-                        "anew in every backward pass. The same for both libraries")
+    p.add_argument("--grads", default=None, choices=["kept", "fresh"],
+                   help="kept = the gradients allocated once and zeroed in place (vitkit.allocator.KeptGradients); "
+                        "fresh = zero_grad(set_to_none=True), allocated anew in every backward pass. The same for "
+                        "both libraries. Default: as `vitkit train` runs, kept on CPU with --allocator reuse, "
+                        "fresh otherwise")
     p.add_argument("--smoke", action="store_true", help="ViT-Ti at batch 2 (numbers meaningless)")
     p.add_argument("--markdown", metavar="PATH")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -142,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-live", dest="measure_live", action="store_false",
                    help="skip the live-tensor peak (CPU; one more process per case)")
     args = p.parse_args(argv)
+    if args.grads is None:
+        args.grads = "kept" if args.device == "cpu" and args.allocator == "reuse" else "fresh"
     if args.batch is None:
         args.batch = 2 if args.smoke else 64
     if args.smoke:

@@ -112,7 +112,21 @@ def test_kept_gradients_zero_in_place_and_skip_frozen():
     assert model[1].weight.grad is None and model[1].bias.grad is None
     keeper.zero_grad()  # and comes back, zeroed
     assert torch.equal(model[1].bias.grad, torch.zeros(2))
-    keeper.remove()
+    keeper.close()  # the end of training: gradients None, hooks off
+    assert model[1].weight.grad is None and model[1].bias.grad is None
     model(torch.randn(3, 4)).sum().backward()
     keeper.before_step()  # no hooks any more: nothing marks the parameters as fed
     assert model[1].weight.grad is None
+
+
+def test_kept_gradients_do_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    model = torch.nn.Linear(300, 300)
+    keeper = allocator.KeptGradients(model.parameters())
+    model(torch.randn(2, 300)).sum().backward()
+    ref = weakref.ref(model.weight)
+    del model, keeper  # no close(): the hooks on the parameters must not hold the keeper (and its list of them)
+    gc.collect()
+    assert ref() is None

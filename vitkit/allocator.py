@@ -98,7 +98,9 @@ class KeptGradients:
     The optimizer sees what it saw with `set_to_none=True`: call `before_step()` between the last
     backward pass and `optimizer.step()`, and every parameter that got no gradient since the last
     `zero_grad()` (unused in the forward pass) has its gradient set to None, so the optimizer skips
-    it (no weight decay, no momentum step); 0 + g is g exactly, so the used ones are unchanged too.
+    it (no weight decay, no momentum step); 0 + g equals g (up to the sign of a zero), so the used
+    ones are unchanged too. `close()` at the end takes the hooks off and leaves the gradients None,
+    as `set_to_none` would.
 
         kept = KeptGradients(model.parameters())
         for x, y in batches:
@@ -106,16 +108,19 @@ class KeptGradients:
             kept.before_step()
             optimizer.step()
             kept.zero_grad()            # instead of optimizer.zero_grad()
+        kept.close()
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
         self.params = [p for p in params if p.requires_grad]
         self._fed: set[int] = set()
-        self._hooks = [p.register_post_accumulate_grad_hook(self._mark) for p in self.params]
-        self.zero_grad()
+        fed = self._fed  # the hooks hold the set only: a hook holding `self` would keep the parameters alive forever
 
-    def _mark(self, p: torch.Tensor) -> None:
-        self._fed.add(id(p))
+        def mark(p: torch.Tensor) -> None:
+            fed.add(id(p))
+
+        self._hooks = [p.register_post_accumulate_grad_hook(mark) for p in self.params]
+        self.zero_grad()
 
     def before_step(self) -> None:
         """Set to None the gradient of every parameter that got none since the last `zero_grad()`."""
@@ -135,8 +140,10 @@ class KeptGradients:
             torch._foreach_zero_(grads)
         self._fed.clear()
 
-    def remove(self) -> None:
-        """Take the hooks off the parameters."""
+    def close(self) -> None:
+        """Take the hooks off the parameters and set their gradients to None (the end of training)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        for p in self.params:
+            p.grad = None

@@ -200,6 +200,7 @@ def test_training_on_cpu_reuses_freed_memory_unless_told_not_to(tmp_path, monkey
     assert calls == [1]
     # run a kept its gradients from step to step (allocator.KeptGradients), run b set them to None: same weights
     assert len(kept) == 1 and kept[0].params
+    assert all(p.grad is None for p in kept[0].params) and not kept[0]._hooks  # closed at the end of the run
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # `vitkit eval` too (inference batches fault their activations in anew as well), with the same opt-out

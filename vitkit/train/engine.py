@@ -415,6 +415,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
                 (loss / cfg.optim.accum_steps).backward()
             if not torch.isfinite(loss):
                 bar.close()
+                if kept is not None:
+                    kept.close()
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint is "
                     f"{run_dir / CHECKPOINT_DIR} (epoch {start_epoch if not history else history[-1]['epoch']}). "
@@ -469,6 +471,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
         if d.world > 1:
             dist.barrier()
 
+    if kept is not None:
+        kept.close()  # hooks off, gradients None: the model leaves as zero_grad(set_to_none=True) would leave it
     final_model = ema if ema is not None else model
     test = evaluate(final_model, splits.test, norm, device, bf16)
     metrics = {

@@ -276,6 +276,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             loss = out["loss"]
             if not torch.isfinite(loss):
                 bar.close()
+                if kept is not None:
+                    kept.close()
                 raise TrainingDiverged(
                     f"the {cfg.method.name} loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last "
                     f"good checkpoint is {run_dir / CHECKPOINT_DIR}. Lower --optim.lr (now {cfg.optim.lr}) or set "
@@ -316,6 +318,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             logger.info("epoch %d/%d: %s, %.0f img/s", epoch + 1, cfg.sched.epochs, logs, row["images_per_second"])
         if d.world > 1:
             dist.barrier()
+    if kept is not None:
+        kept.close()  # hooks off, gradients None, as zero_grad(set_to_none=True) would leave them
 
     metrics = {
         "method": cfg.method.name, "model": cfg.model.name, "dataset": splits.name, "params": params,
