@@ -160,6 +160,30 @@ def test_padded_input_sizes():
                                                      ((hw[0] + 3) // 4, (hw[1] + 3) // 4)]
 
 
+def test_training_keeps_no_copy_of_the_input():
+    """Sizes that need no padding are not padded: F.pad copies even when it pads nothing, and the patch
+    embedding's convolution keeps its input for the backward pass (a second copy of every training batch, 37 MiB at
+    batch 64, found with benchmarks/memory.py's live tensor count); patch merging of even grids copies nothing."""
+    model = create_model("swin_tiny_patch4_window7_224", **dict(TINY, img_size=32, patch_size=2, window_size=4)).train()
+    x = torch.randn(2, 3, 32, 32)
+    saved, padded = [], []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    real_pad = torch.nn.functional.pad
+    try:  # count the pads of this forward pass
+        torch.nn.functional.pad = lambda *a, **k: padded.append(a[0].shape) or real_pad(*a, **k)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+    finally:
+        torch.nn.functional.pad = real_pad
+    images = [t for t in saved if t.shape == x.shape]
+    assert images and all(t.data_ptr() == x.data_ptr() for t in images)
+    assert padded == []
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # timm internals (bucketize, indexing)
 def test_window_resize_matches_timm(tmp_path):
     """A window-8 checkpoint loaded into a window-4 model: the bias tables are resampled as timm's

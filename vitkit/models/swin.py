@@ -287,8 +287,9 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))  # odd sizes: pad one row / column of zeros
-        H, W = x.shape[1:3]
+        if H % 2 or W % 2:  # odd sizes: pad one row / column of zeros (F.pad copies even when it pads nothing)
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            H, W = x.shape[1:3]
         # channel order x0, x1, x2, x3 of the official code: (row, col) = (0,0), (1,0), (0,1), (1,1)
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))  # (B, H/2, W/2, out_dim)
@@ -340,7 +341,10 @@ class PatchEmbed(nn.Module):
                 f"(any size, padded to the window grid)"
             )
         ph, pw = self.patch_size
-        x = F.pad(x, (0, -W % pw, 0, -H % ph))  # only when not strict (strict sizes divide, checked at init)
+        if H % ph or W % pw:  # only when not strict (strict sizes divide, checked at init)
+            # F.pad copies even when it pads nothing, and the convolution keeps its input for the backward
+            # pass: an unconditional pad kept a second copy of every training batch (37 MiB at batch 64)
+            x = F.pad(x, (0, -W % pw, 0, -H % ph))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H/p, W/p, D)
 
 

@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
 
     optimizer = build_optimizer(model, cfg.optim)
-    # gradients allocated once, below the activations: a heap that keeps freed memory stays near the live size
+    # gradients allocated once, before any activation: a heap that keeps freed memory stays near the live size
     kept = KeptGradients(model.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
     # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.

@@ -245,7 +245,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
 
     optimizer = build_optimizer(method, cfg.optim)
-    # gradients allocated once, below the activations (vitkit/allocator.py)
+    # gradients allocated once, before any activation (vitkit/allocator.py)
     kept = KeptGradients(method.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
     batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
     steps_per_epoch = len(batches)
