@@ -204,16 +204,16 @@ class LiveTensorPeak:
             node = stack.pop()
             stack.extend(node.children)
             if node.typed[0] == _EventType.Allocation and node.typed[1].device.type == "cpu":
-                allocs.append((node.start_time_ns, node.typed[1]))
+                allocs.append(node.typed[1])
         if not allocs:
             raise RuntimeError("the profiler recorded no CPU allocation; LiveTensorPeak needs torch's CPU allocator")
         ptr = self._marker_ptr
-        marker = [a for _, a in allocs if a.ptr == ptr and a.alloc_size == 1024]
+        marker = [a for a in allocs if a.ptr == ptr and a.alloc_size == 1024]
         if not marker:
             raise RuntimeError("LiveTensorPeak: the profiler did not record the entry marker's allocation")
         self.base = min(marker, key=lambda a: a.total_allocated).total_allocated  # the marker itself not counted
-        self.peak = max(a.total_allocated for _, a in allocs) - self.base
-        self.allocations = sum(a.alloc_size > 0 for _, a in allocs)
+        self.peak = max(a.total_allocated for a in allocs) - self.base
+        self.allocations = sum(a.alloc_size > 0 for a in allocs)
 
 
 # --------------------------------------------------------------------------- timing

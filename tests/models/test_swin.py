@@ -160,7 +160,7 @@ def test_padded_input_sizes():
                                                      ((hw[0] + 3) // 4, (hw[1] + 3) // 4)]
 
 
-def test_training_keeps_no_copy_of_the_input():
+def test_training_keeps_no_copy_of_the_input(monkeypatch):
     """Sizes that need no padding are not padded: F.pad copies even when it pads nothing, and the patch
     embedding's convolution keeps its input for the backward pass (a second copy of every training batch, 37 MiB at
     batch 64, found with benchmarks/memory.py's live tensor count); patch merging of even grids copies nothing."""
@@ -172,13 +172,10 @@ def test_training_keeps_no_copy_of_the_input():
         saved.append(t)
         return t
 
-    real_pad = torch.nn.functional.pad
-    try:  # count the pads of this forward pass
-        torch.nn.functional.pad = lambda *a, **k: padded.append(a[0].shape) or real_pad(*a, **k)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-    finally:
-        torch.nn.functional.pad = real_pad
+    real_pad = torch.nn.functional.pad  # count the pads of this forward pass
+    monkeypatch.setattr(torch.nn.functional, "pad", lambda *a, **k: padded.append(a[0].shape) or real_pad(*a, **k))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
     images = [t for t in saved if t.shape == x.shape]
     assert images and all(t.data_ptr() == x.data_ptr() for t in images)
     assert padded == []

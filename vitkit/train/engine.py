@@ -312,7 +312,8 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native (vitkit/precision.py)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    if device == "cpu" and cfg.run.reuse_cpu_memory:
+    reuse_cpu = device == "cpu" and cfg.run.reuse_cpu_memory
+    if reuse_cpu:
         reuse_freed_memory()  # vitkit/allocator.py: no page faults for the activations of every step
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
     if d.world > 1 and not cfg.run.out:
@@ -347,7 +348,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
 
     optimizer = build_optimizer(model, cfg.optim)
     # gradients allocated once, before any activation: a heap that keeps freed memory stays near the live size
-    kept = KeptGradients(model.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
+    kept = KeptGradients(model.parameters()) if reuse_cpu else None
     # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
     augment = BatchAugment(cfg.aug, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)

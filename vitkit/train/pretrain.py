@@ -210,7 +210,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     bf16 = resolve_bf16(cfg.run.bf16, device, warn=d.main)  # 'auto': only where bf16 is native
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    if device == "cpu" and cfg.run.reuse_cpu_memory:
+    reuse_cpu = device == "cpu" and cfg.run.reuse_cpu_memory
+    if reuse_cpu:
         reuse_freed_memory()  # vitkit/allocator.py: no page faults for the activations of every step
     default_dir = Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
@@ -246,7 +247,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     optimizer = build_optimizer(method, cfg.optim)
     # gradients allocated once, before any activation (vitkit/allocator.py)
-    kept = KeptGradients(method.parameters()) if device == "cpu" and cfg.run.reuse_cpu_memory else None
+    kept = KeptGradients(method.parameters()) if reuse_cpu else None
     batches = Batches(splits.train, cfg.run.batch_size, d, cfg.run.seed, cfg.data.num_workers)
     steps_per_epoch = len(batches)
     total_steps = cfg.sched.epochs * steps_per_epoch
