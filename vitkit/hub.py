@@ -18,14 +18,11 @@ model is reported in full; nothing is silently skipped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +43,26 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ saving
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same directory, then rename: never a half file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -84,36 +96,12 @@ def save_pretrained(model, directory: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ reading
-@contextmanager
-def _safe_globals() -> Iterator[None]:
-    # argparse.Namespace is a plain attribute bag that DeiT/DINO/MAE training checkpoints carry
-    # under "args"; admitting it runs no code.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        yield
-
-
 def _read_torch_file(path: Path) -> Any:
-    try:
-        with _safe_globals():
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "load key" in ln), lines[0] if lines else "")
-        if "GLOBAL" not in str(e):  # not a refused object: random bytes or a damaged pickle stream
-            raise CheckpointError(
-                f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a "
-                f"checkpoint (UnpicklingError: {detail})"
-            ) from None
-        raise CheckpointError(
-            f"refusing to load {path}: it is a pickle that contains objects other than tensors and plain "
-            f"containers, and unpickling it could run code. vitkit loads weights only. If you trust the file, "
-            f"re-save its state dict with safetensors (safetensors.torch.save_file). Details: {detail}"
-        ) from None
-    except Exception as e:  # noqa: BLE001 -- a damaged pickle stream raises IndexError, KeyError, EOFError, ...
-        raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a "
-            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
+    # torch.load(weights_only=True), and for pickle protocols its unpickler lacks (0, 1, 4, 5) the standard
+    # unpickler restricted to the same globals; a CheckpointError naming the problem otherwise
+    from .torch_load import load_torch_file
+
+    return load_torch_file(path)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -352,7 +340,13 @@ def from_pretrained(directory: str | Path, **overrides: Any):
                               f"(known: {sorted(FAMILIES)})")
     cls = FAMILIES[family]
     values.update(overrides)
-    model = cls(config_from_dict(cls.config_class, values))
+    config = config_from_dict(cls.config_class, values)
+    from .validate import check_hf_classifier, check_model_config
+
+    check_model_config(config, source=str(directory / CONFIG_NAME))  # before anything is allocated
+    if kind == "hf" and "num_classes" not in overrides:  # a head that disagrees with config.json is not dropped
+        check_hf_classifier(directory, config.num_classes, source=str(directory / CONFIG_NAME))
+    model = cls(config)
     model.model_name = model_name
     model.pretrained_cfg = dict(pretrained_cfg)
     load_pretrained(model, directory)

@@ -69,6 +69,7 @@ def create_model(
     e.g. `drop_path_rate=0.1`, `global_pool='avg'`, `dynamic_img_size=True`.
     """
     from .models._base import FAMILIES, config_from_dict
+    from .validate import check_model_config
 
     spec = get_model_spec(name)
     values = dict(spec.config)
@@ -77,7 +78,9 @@ def create_model(
             values[key] = value
     values.update(overrides)
     cls = FAMILIES[spec.family]
-    model = cls(config_from_dict(cls.config_class, values))
+    config = config_from_dict(cls.config_class, values)
+    check_model_config(config, source=name)  # sizes and divisibility, before anything is allocated
+    model = cls(config)
     model.model_name = name
     model.pretrained_cfg = dict(spec.pretrained_cfg)
     if pretrained is not None:

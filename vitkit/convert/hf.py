@@ -321,6 +321,9 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
     `state_keys`, the key names of the checkpoint's weights, tell whether it has a pooler and a
     classifier; without them the `architectures` entry (and HF's defaults) decide."""
     model_type = _check_model_type(hf_config, source)
+    from ..validate import check_hf_config
+
+    check_hf_config(hf_config, source)  # integer sizes in range, before any division or allocation
     if model_type == "cvt":
         from .hf_cvt import config_from_hf_cvt
 
