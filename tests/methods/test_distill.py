@@ -127,6 +127,7 @@ def tiny_deit() -> nn.Module:
     with torch.no_grad():  # zero heads would stop every gradient: give them random weights
         for head in (model.head, model.head_dist):
             nn.init.normal_(head.weight, std=0.5)
+    model.set_distilled_training(True)  # both heads' logits in training, as `vitkit train` sets
     return model.train()
 
 

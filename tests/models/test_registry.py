@@ -102,8 +102,13 @@ def test_forward_shape_train_and_eval(name):
         assert torch.isfinite(out).all()
         model.train()
         out_train = model(x)
+        if model.config.distilled:  # timm: one tensor (the mean) unless set_distilled_training(True)
+            assert isinstance(out_train, torch.Tensor)
+            torch.testing.assert_close(out_train, out)
+            model.set_distilled_training(True)
+            out_train = model(x)
     if model.config.distilled:
-        # DeiT: (class logits, distillation logits) in training, one tensor in eval
+        # DeiT with distilled training on: (class logits, distillation logits) in training, one tensor in eval
         assert isinstance(out_train, tuple) and len(out_train) == 2
         assert all(o.shape == (B, NUM_CLASSES) and torch.isfinite(o).all() for o in out_train)
         torch.testing.assert_close((out_train[0] + out_train[1]) / 2, out)
@@ -256,6 +261,8 @@ def test_forward_head_and_reset_classifier(name):
         assert out.shape == (B, 3)
         assert torch.count_nonzero(out) == 0  # fresh heads are zero-initialised
         model.train()
+        if model.config.distilled:
+            model.set_distilled_training(True)
         out_train = model(x)
         if model.config.distilled:
             assert isinstance(out_train, tuple) and all(o.shape == (B, 3) for o in out_train)
@@ -364,7 +371,8 @@ def test_no_class_token_with_avg_pool(tmp_path):
 def test_representation_size(name, tmp_path):
     model = build(name, representation_size=16)
     assert isinstance(model.pre_logits.fc, nn.Linear) and model.pre_logits.fc.out_features == 16
-    assert model.num_features == 16 and model.head.in_features == 16
+    # timm's names: num_features = the tokens' width, head_hidden_size = the pre-logits width
+    assert model.num_features == EMBED_DIM and model.head_hidden_size == 16 and model.head.in_features == 16
     assert "pre_logits.fc.weight" in model.state_dict()  # timm's old key
     x = images(model)
     with torch.no_grad():

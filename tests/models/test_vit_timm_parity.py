@@ -95,9 +95,12 @@ def test_deit_distilled_parity(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)  # eval: mean of both heads
-    # training mode returns both heads, as timm does with distilled_training
-    ref.set_distilled_training(True)
+    # training mode: one tensor (the mean) by default, both heads with distilled training, as timm
     ref.train(), ours.train()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
+    ref.set_distilled_training(True)
+    ours.set_distilled_training(True)
     with torch.no_grad():
         for a, b in zip(ours(x), ref(x)):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)

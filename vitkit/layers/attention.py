@@ -163,6 +163,29 @@ def record_attention(module: nn.Module, weights: torch.Tensor) -> None:
         callback(module, weights)
 
 
+def attention_recording() -> bool:
+    """Whether an `attention_recorder` block is active (attention modules then take their eager path)."""
+    return _RECORDER.get() is not None
+
+
+@torch.fx.wrap  # one opaque call in a torch.fx graph: the choice below needs the real shapes
+def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor | None = None,
+                     dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + attn_bias) v over (B, H, N, hd) inputs, by SDPA or the explicit softmax
+    path as the active `attention_policy` chooses for these shapes (`use_fused_attention`).
+    `scale` None is 1 / sqrt(hd); `dropout_p` > 0 drops attention weights (pass 0 in eval mode)."""
+    if use_fused_attention(q):
+        kw = {} if scale is None else {"scale": scale}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, **kw)
+    attn = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
+    if attn_bias is not None:
+        attn = attn + attn_bias
+    weights = attn.softmax(dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v
+
+
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, N, 3 * D) output of a fused qkv projection -> q, k, v, each a (B, H, N, D / H) view.
 
@@ -211,10 +234,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = split_heads(self.qkv(x), self.num_heads)
         weights = None
-        if use_fused_attention(q) and not return_attention:
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop.p if self.training else 0.0
-            )
+        if not (return_attention or attention_recording()):
+            x = scaled_attention(q, k, v, attn_bias, self.attn_drop.p if self.training else 0.0)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
             if attn_bias is not None:

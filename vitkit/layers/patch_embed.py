@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .tracing import is_fx_tracing
+
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(x, (tuple, list)):
@@ -29,20 +31,36 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
-        for s, p, what in zip(self.img_size, self.patch_size, ("height", "width")):
+        self._set_img_size(img_size)
+        self.in_chans = in_chans
+        self.flatten = flatten
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    def _set_img_size(self, img_size: int | tuple[int, int]) -> None:
+        img_size = to_2tuple(img_size)
+        for s, p, what in zip(img_size, self.patch_size, ("height", "width")):
             if s % p != 0:
                 raise ValueError(
                     f"image {what} {s} is not divisible by the patch size {p}: choose an img_size that is a "
                     f"multiple of {p} (for example {max(p, s // p * p)})"
                 )
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.img_size = img_size
+        self.grid_size = (img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.in_chans = in_chans
-        self.flatten = flatten
-        self.strict_img_size = strict_img_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
+                       patch_size: int | tuple[int, int] | None = None) -> None:
+        """timm's `PatchEmbed.set_input_size` for the image size (the grid follows). Another patch size
+        would need the projection resampled (FlexiViT), which vitkit does not do: it is refused."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError(
+                f"changing the patch size ({self.patch_size[0]}x{self.patch_size[1]} -> {patch_size}) is not "
+                f"supported: create the model with patch_size={patch_size} instead"
+            )
+        if img_size is not None:
+            self._set_img_size(img_size)
 
     def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
@@ -68,7 +86,8 @@ class PatchEmbed(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        if not is_fx_tracing():  # fx: shapes are symbolic, the check cannot run (see layers/tracing.py)
+            self.check_input(x)
         x = self.proj(x)  # (B, D, H/p, W/p)
         if self.flatten:
             return x.flatten(2).transpose(1, 2)  # (B, N, D)

@@ -255,6 +255,9 @@ def build_distillation(cfg: Any, student: nn.Module, splits: Any, train_data: An
     if cfg.type not in DISTILL_TYPES:
         raise ValueError(f"--distill.type must be one of {', '.join(DISTILL_TYPES)}, got {cfg.type!r}")
     has_token = getattr(student, "dist_token", None) is not None
+    if has_token and hasattr(student, "set_distilled_training"):
+        # both heads' logits in training (timm's switch; off, a distilled model returns their mean)
+        student.set_distilled_training(True)
     if cfg.type == "none":
         if cfg.teacher:
             raise ValueError(f"--distill.teacher={cfg.teacher} is set but --distill.type=none: choose "

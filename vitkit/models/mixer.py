@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, PatchEmbed
+from ..layers import DropPath, Mlp, PatchEmbed, is_fx_tracing
 from ..registry import HALF_MEAN, HALF_STD, register_model
 from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
@@ -109,7 +109,7 @@ class MlpMixer(VitkitModel):
         c = config
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
-        self.embed_dim = self.num_features = c.embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = c.embed_dim
         self.num_prefix_tokens = 0
         self.grad_checkpointing = False
 
@@ -125,6 +125,8 @@ class MlpMixer(VitkitModel):
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        reduction = self.stem.patch_size[0]
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)]
         self.init_weights()
 
     @property
@@ -170,11 +172,24 @@ class MlpMixer(VitkitModel):
                 raise ValueError(f"global_pool must be 'avg' or '' for MLP-Mixer, got {global_pool!r}")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        w = self.norm.weight
-        self.head = (nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-                     if num_classes > 0 else nn.Identity())
-        self.head.train(self.training)
+        self.head = self.new_head(self.num_features, num_classes)
         self._zero_init_head()
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's: drop the blocks after the last one `indices` takes, the final norm if `prune_norm`, the
+        classifier (`reset_classifier(0, '')`) if `prune_head`. Returns the kept (non-negative) indices."""
+        take = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Fit a timm-keyed Mixer state dict (called by `load_pretrained`).
@@ -208,6 +223,8 @@ class MlpMixer(VitkitModel):
 
     # ----------------------------------------------------------------- forward
     def _check_size(self, x: torch.Tensor) -> None:
+        if is_fx_tracing():  # symbolic shapes: nothing to check (see vitkit/layers/tracing.py)
+            return
         if x.ndim == 4 and tuple(x.shape[-2:]) != self.img_size:
             H, W = x.shape[-2:]
             h, w = self.stem.grid_size
@@ -223,7 +240,7 @@ class MlpMixer(VitkitModel):
         return self.stem(x)  # (B, C_in, H, W) -> (B, N, C)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 

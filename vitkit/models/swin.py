@@ -43,10 +43,12 @@ from ..layers import (
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
+    is_fx_tracing,
     record_attention,
     split_heads,
     to_2tuple,
 )
+from ..layers.attention import attention_recording
 from ..registry import register_model
 from ._base import VitkitModel, register_family
 from .vit import feature_take_indices
@@ -77,6 +79,12 @@ class SwinConfig:
     drop_path_rate: float = 0.0  # stochastic depth, linear over all blocks of all stages
     strict_img_size: bool = True  # False: any input size (padded to the patch and window grids)
     rel_pos_interp: str = "geometric"  # resampling a bias table on load: 'geometric' (timm) | 'bicubic' (official)
+    # How a stage whose feature grid is not larger than the window shrinks its window:
+    # 'timm' (timm / the official code): per dimension, fixed when the model is built for img_size;
+    # 'hf' (Hugging Face transformers): on every forward pass, from the grid of that input: when
+    # min(H, W) <= window the window becomes min(H, W) (square) with no shift, else the configured
+    # window and shift apply. Models converted from a transformers config use 'hf'.
+    window_rule: str = "timm"
 
     def __post_init__(self) -> None:
         for name in ("img_size", "window_size", "depths", "num_heads"):
@@ -91,6 +99,12 @@ class SwinConfig:
             raise ValueError(f"global_pool must be 'avg' or '', got {self.global_pool!r}")
         if self.rel_pos_interp not in ("geometric", "bicubic"):
             raise ValueError(f"rel_pos_interp must be 'geometric' or 'bicubic', got {self.rel_pos_interp!r}")
+        if self.window_rule not in ("timm", "hf"):
+            raise ValueError(f"window_rule must be 'timm' or 'hf', got {self.window_rule!r}")
+        if self.window_rule == "hf":
+            w = to_2tuple(self.window_size)
+            if w[0] != w[1]:
+                raise ValueError(f"window_rule='hf' needs a square window (Hugging Face's), got {self.window_size}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,13 +123,17 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int], H: int, W: in
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
 
 
-def relative_position_index(window: tuple[int, int], device=None) -> torch.Tensor:
-    """(Mh Mw, Mh Mw) index into the (2Mh-1)(2Mw-1) bias table for every pair of positions (sec. 3.2)."""
+def relative_position_index(window: tuple[int, int], device=None, table: tuple[int, int] | None = None) -> torch.Tensor:
+    """(Mh Mw, Mh Mw) index into the (2Mh-1)(2Mw-1) bias table for every pair of positions (sec. 3.2).
+
+    `table`: the window the bias table was made for, when larger than `window` (a window shrunk at run
+    time reads the offsets it has from the full table)."""
+    table = window if table is None else table
     coords = torch.stack(torch.meshgrid(
         torch.arange(window[0], device=device), torch.arange(window[1], device=device), indexing="ij",
     )).flatten(1)  # (2, Mh Mw)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2), each in [-M+1, M-1]
-    return (rel[..., 0] + window[0] - 1) * (2 * window[1] - 1) + (rel[..., 1] + window[1] - 1)
+    return (rel[..., 0] + table[0] - 1) * (2 * table[1] - 1) + (rel[..., 1] + table[1] - 1)
 
 
 def shifted_window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device=None) -> torch.Tensor:
@@ -129,6 +147,32 @@ def shifted_window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[in
     win = window_partition(img[None, :, :, None], window).squeeze(-1)  # (nW, N)
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros_like(diff).masked_fill(diff != 0, _MASK_VALUE)
+
+
+@torch.fx.wrap  # one opaque call in a torch.fx graph: the path taken depends on the real shapes
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     dropout_p: float, scale: float) -> torch.Tensor:
+    """Attention within windows: q, k, v (B * nW, heads, N, hd), bias (1 | nW, heads, N, N) -> (B * nW, heads, N, hd)."""
+    BW, heads, N, _ = q.shape
+    nW = bias.shape[0]
+    # On a CPU, a bias that needs a gradient (training: the relative position bias table learns) sends SDPA
+    # to its unfused math path over the bias repeated for every image (plus its -inf row checks), slower
+    # than the explicit path below, which broadcasts the bias: Swin-T training 1.07x (docs/benchmarks.md,
+    # "Session 11"). CUDA's memory-efficient kernel takes a bias gradient and stays on SDPA.
+    slow_bias = q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
+    if fused_attention_enabled() and not slow_bias:
+        if nW != 1 and nW != BW:
+            # repeat the per-window bias over the batch: SDPA's fused CPU kernel takes 4-D inputs only
+            # (a 5-D (B, nW, h, N, hd) call falls back to the unfused math path, ~2-3x slower here)
+            bias = bias.expand(BW // nW, -1, -1, -1, -1).reshape(BW, heads, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if nW != 1 and nW != BW:  # (B, nW, h, N, N) view: the bias broadcasts over the batch
+        attn = attn.view(BW // nW, nW, heads, N, N)
+    weights = (attn + bias).softmax(dim=-1).view(BW, heads, N, N)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,39 +196,51 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def rel_pos_bias(self) -> torch.Tensor:
-        N = self.window_size[0] * self.window_size[1]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+    def set_window_size(self, window: tuple[int, int], mode: str = "geometric") -> None:
+        """Another window: the bias table is resampled (`resize_rel_pos_bias_table`), the index rebuilt."""
+        window = to_2tuple(window)
+        if window == self.window_size:
+            return
+        table = self.relative_position_bias_table
+        with torch.no_grad():
+            new = resize_rel_pos_bias_table(table.detach(), window, mode=mode) if table.shape[0] == \
+                (2 * self.window_size[0] - 1) ** 2 and self.window_size[0] == self.window_size[1] else None
+        if new is None:
+            raise ValueError(f"cannot resample the {self.window_size} window's bias table to {window}")
+        self.relative_position_bias_table = nn.Parameter(new, requires_grad=table.requires_grad)
+        self.window_size = window
+        self.relative_position_index = relative_position_index(window, device=table.device)
+
+    def rel_pos_bias(self, window: tuple[int, int] | None = None) -> torch.Tensor:
+        """(1, heads, N, N) for `window` (default: the table's own; a smaller one reads a part of the table)."""
+        if window is None or tuple(window) == tuple(self.window_size):
+            window, index = self.window_size, self.relative_position_index
+        else:
+            index = relative_position_index(window, self.relative_position_bias_table.device, table=self.window_size)
+        N = window[0] * window[1]
+        bias = self.relative_position_bias_table[index.view(-1)].view(N, N, -1)
         return bias.permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
 
-    def attn_bias(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attn_bias(self, mask: torch.Tensor | None = None, window: tuple[int, int] | None = None) -> torch.Tensor:
         """The additive attention bias: the relative position bias (1, heads, N, N), plus the SW-MSA
         mask (nW, N, N) when given -> (nW, heads, N, N)."""
-        bias = self.rel_pos_bias()
+        bias = self.rel_pos_bias(window)
         return bias if mask is None else bias + mask.unsqueeze(1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                attn_bias: torch.Tensor | None = None,
+                window: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B * nW, N, C); mask: (nW, N, N) or None. Returns (B * nW, N, C) [, weights (B * nW, heads, N, N)].
-        `attn_bias`, if given, replaces `self.attn_bias(mask)` (SwinBlock caches it for inference)."""
+        `attn_bias`, if given, replaces `self.attn_bias(mask, window)` (SwinBlock caches it for inference);
+        `window`: the windows' size when it differs from the table's (Hugging Face's run-time rule)."""
         BW, N, C = x.shape
         q, k, v = split_heads(self.qkv(x), self.num_heads)
-        bias = self.attn_bias(mask) if attn_bias is None else attn_bias  # (1 | nW, h, N, N)
-        nW = bias.shape[0]
+        bias = self.attn_bias(mask, window) if attn_bias is None else attn_bias  # (1 | nW, h, N, N)
         weights = None
-        # On a CPU, a bias that needs a gradient (training: the relative position bias table learns) sends SDPA
-        # to its unfused math path over the bias repeated for every image (plus its -inf row checks), slower
-        # than the explicit path below, which broadcasts the bias: Swin-T training 1.07x (docs/benchmarks.md,
-        # "Session 11"). CUDA's memory-efficient kernel takes a bias gradient and stays on SDPA.
-        slow_bias = x.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
-        if fused_attention_enabled() and not return_attention and not slow_bias:
-            if nW != 1 and nW != BW:
-                # repeat the per-window bias over the batch: SDPA's fused CPU kernel takes 4-D inputs only
-                # (a 5-D (B, nW, h, N, hd) call falls back to the unfused math path, ~2-3x slower here)
-                bias = bias.expand(BW // nW, -1, -1, -1, -1).reshape(BW, self.num_heads, N, N)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        if not (return_attention or attention_recording()):
+            x = window_attention(q, k, v, bias, self.attn_drop.p if self.training else 0.0, self.scale)
         else:
+            nW = bias.shape[0]
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if nW != 1 and nW != BW:  # (B, nW, h, N, N) view: the bias broadcasts over the batch
                 attn = attn.view(BW // nW, nW, self.num_heads, N, N)
@@ -204,69 +260,118 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window: tuple[int, int],
                  shift: tuple[int, int], c: SwinConfig, drop_path: float = 0.0) -> None:
         super().__init__()
-        # A window larger than the map shrinks to the map and then there is nothing to shift
-        # (official rule, per dimension as timm, so the bias table keeps timm's shape).
-        self.window_size = tuple(r if r <= w else w for r, w in zip(resolution, window))
-        self.shift_size = tuple(0 if r <= w else s for r, w, s in zip(resolution, window, shift))
-        self.resolution = resolution
+        self.window_rule = c.window_rule
+        self.target_window, self.target_shift = tuple(window), tuple(shift)
         self.norm1 = nn.LayerNorm(dim, eps=c.norm_eps)
-        self.attn = WindowAttention(dim, num_heads, self.window_size, c.qkv_bias, c.attn_drop_rate, c.proj_drop_rate)
+        self.resolution = tuple(resolution)
+        self.window_size, self.shift_size = self._build_window_shift(self.resolution)
+        # 'hf': the table keeps the configured window (a window shrunk at run time reads part of it)
+        table_window = self.target_window if self.window_rule == "hf" else self.window_size
+        self.attn = WindowAttention(dim, num_heads, table_window, c.qkv_bias, c.attn_drop_rate, c.proj_drop_rate)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=c.norm_eps)
         self.mlp = Mlp(dim, int(dim * c.mlp_ratio), act=c.act, drop=c.proj_drop_rate)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        # the mask of the configured resolution, cached; other sizes build theirs per call (timm: not saved)
-        mask = self._mask(*self._padded(*resolution)) if any(self.shift_size) else None
-        self.register_buffer("attn_mask", mask, persistent=False)
+        self.register_buffer("attn_mask", None, persistent=False)
+        self._init_mask()
         # With autograd off, the combined bias (relative position bias gathered from the table, plus the
-        # shift mask) depends only on the table, the padded size, dtype and device: it is built once and
-        # reused. The cache keeps a copy of the table and is rebuilt whenever the table's values change.
+        # shift mask) depends only on the table, the padded size, window, dtype and device: it is built once
+        # and reused. The cache keeps a copy of the table and is rebuilt whenever the table's values change.
         self._bias_cache: tuple | None = None
 
-    def _padded(self, H: int, W: int) -> tuple[int, int]:
-        mh, mw = self.window_size
-        return math.ceil(H / mh) * mh, math.ceil(W / mw) * mw
+    def _build_window_shift(self, resolution: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The window and shift fixed at build time ('timm' rule): a window larger than the map shrinks to
+        the map and then there is nothing to shift (official rule, per dimension as timm, so the bias
+        table keeps timm's shape). Under the 'hf' rule the configured ones, shrunk per forward pass."""
+        if self.window_rule == "hf":
+            return self.target_window, self.target_shift
+        window = tuple(r if r <= w else w for r, w in zip(resolution, self.target_window))
+        shift = tuple(0 if r <= w else s for r, w, s in zip(resolution, self.target_window, self.target_shift))
+        return window, shift
 
-    def _mask(self, Hp: int, Wp: int, device=None) -> torch.Tensor:
-        return shifted_window_mask(Hp, Wp, self.window_size, self.shift_size, device=device)
+    def window_shift(self, H: int, W: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The window and shift used for an (H, W) map. 'hf' (transformers' `set_shift_and_window_size`):
+        when min(H, W) <= window, a min(H, W) window without shift; 'timm': those fixed at build time."""
+        if self.window_rule != "hf":
+            return self.window_size, self.shift_size
+        if is_fx_tracing():  # symbolic sizes: the graph is traced for the configured resolution
+            H, W = self.resolution
+        m = min(H, W)
+        if m <= self.target_window[0]:
+            return (m, m), (0, 0)
+        return self.target_window, self.target_shift
 
-    def _shift_mask(self, H: int, W: int, Hp: int, Wp: int, device) -> torch.Tensor:
-        if (H, W) == self.resolution and self.attn_mask is not None:
-            return self.attn_mask
-        return self._mask(Hp, Wp, device=device)
+    def _init_mask(self) -> None:
+        """The shift mask of the configured resolution, cached; other sizes build theirs per call (not saved)."""
+        window, shift = self.window_shift(*self.resolution)
+        mask = None
+        if any(shift):
+            mask = shifted_window_mask(*self._padded(*self.resolution, window), window, shift,
+                                       device=self.norm1.weight.device)
+        self.attn_mask = mask
+        self._bias_cache = None
 
-    def _cached_bias(self, H: int, W: int, Hp: int, Wp: int, device, dtype: torch.dtype) -> torch.Tensor | None:
+    def set_input_size(self, resolution: tuple[int, int], window: tuple[int, int] | None = None,
+                       rel_pos_interp: str = "geometric") -> None:
+        """Rebuild for another feature-map size (and window): the window/shift rule is applied again, the
+        bias table resampled if the window it needs changes, and the cached mask rebuilt."""
+        if window is not None:
+            window = to_2tuple(window)
+            self.target_shift = (window[0] // 2, window[1] // 2) if any(self.target_shift) else (0, 0)
+            self.target_window = window
+        self.resolution = tuple(resolution)
+        self.window_size, self.shift_size = self._build_window_shift(self.resolution)
+        table_window = self.target_window if self.window_rule == "hf" else self.window_size
+        self.attn.set_window_size(table_window, mode=rel_pos_interp)
+        self._init_mask()
+
+    @staticmethod
+    def _padded(H: int, W: int, window: tuple[int, int]) -> tuple[int, int]:
+        return H + (-H) % window[0], W + (-W) % window[1]
+
+    def _shift_mask(self, H: int, W: int, Hp: int, Wp: int, window, shift, device) -> torch.Tensor:
+        if is_fx_tracing() or ((H, W) == self.resolution and self.attn_mask is not None):
+            return self.attn_mask  # fx: the configured resolution's, as timm's traced graphs
+        return shifted_window_mask(Hp, Wp, window, shift, device=device)
+
+    def _cached_bias(self, H: int, W: int, Hp: int, Wp: int, window, shift, device,
+                     dtype: torch.dtype) -> torch.Tensor | None:
         """`attn.attn_bias(mask)` in `dtype`, cached while autograd is off (None when it is on, and while
-        `torch.export`/`torch.compile` trace the model: a traced graph must not write module attributes)."""
-        if torch.is_grad_enabled() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        `torch.export`/`torch.compile`/`torch.fx` trace the model: a traced graph must not write module
+        attributes)."""
+        if torch.is_grad_enabled() or is_fx_tracing() or torch.compiler.is_exporting() or \
+                torch.compiler.is_compiling():
             return None
         table = self.attn.relative_position_bias_table
-        key = (Hp, Wp, dtype, device, torch.is_inference_mode_enabled())
+        key = (Hp, Wp, window, shift, dtype, device, torch.is_inference_mode_enabled())
         cache = self._bias_cache
         if cache is not None and cache[0] == key and torch.equal(cache[1], table):
             return cache[2]
-        mask = self._shift_mask(H, W, Hp, Wp, device) if any(self.shift_size) else None
-        bias = self.attn.attn_bias(mask).to(dtype)
+        mask = self._shift_mask(H, W, Hp, Wp, window, shift, device) if any(shift) else None
+        bias = self.attn.attn_bias(mask, window).to(dtype)
         self._bias_cache = (key, table.clone(), bias)
         return bias
 
     def _attention(self, x: torch.Tensor, return_attention: bool = False):
         B, H, W, C = x.shape
-        Hp, Wp = self._padded(H, W)
-        padded = (Hp, Wp) != (H, W)
+        window, shift = self.window_shift(H, W)
+        pad_h, pad_w = (-H) % window[0], (-W) % window[1]
+        Hp, Wp = H + pad_h, W + pad_w
+        # F.pad copies even when it pads nothing: eager runs pad only when needed; an fx graph always pads
+        padded = is_fx_tracing() or pad_h > 0 or pad_w > 0
         if padded:
-            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # official detection code: pad, then shift
-        shifted = any(self.shift_size)
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # official detection code: pad, then shift
+        shifted = any(shift)
         if shifted:
-            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        bias = None if return_attention else self._cached_bias(H, W, Hp, Wp, x.device, x.dtype)
-        mask = self._shift_mask(H, W, Hp, Wp, x.device) if shifted and bias is None else None
-        out = self.attn(window_partition(x, self.window_size), mask=mask, return_attention=return_attention,
-                        attn_bias=bias)
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        bias = None if return_attention else self._cached_bias(H, W, Hp, Wp, window, shift, x.device, x.dtype)
+        mask = self._shift_mask(H, W, Hp, Wp, window, shift, x.device) if shifted and bias is None else None
+        out = self.attn(window_partition(x, window), mask=mask, return_attention=return_attention,
+                        attn_bias=bias, window=window)
         out, weights = out if return_attention else (out, None)
-        x = window_reverse(out, self.window_size, Hp, Wp)  # (B, Hp, Wp, C)
+        x = window_reverse(out, window, Hp, Wp)  # (B, Hp, Wp, C)
         if shifted:
-            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
         return (x[:, :H, :W, :] if padded else x), weights
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
@@ -287,9 +392,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        if H % 2 or W % 2:  # odd sizes: pad one row / column of zeros (F.pad copies even when it pads nothing)
+        # odd sizes: pad one row / column of zeros (F.pad copies even when it pads nothing: eager runs
+        # pad only when needed, an fx graph always pads)
+        if is_fx_tracing() or H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = x.shape[1:3]
+            H, W = H + H % 2, W + W % 2
         # channel order x0, x1, x2, x3 of the official code: (row, col) = (0,0), (1,0), (0,1), (1,1)
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))  # (B, H/2, W/2, out_dim)
@@ -327,7 +434,12 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_input_size(self, img_size: tuple[int, int]) -> None:
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(math.ceil(s / p) for s, p in zip(self.img_size, self.patch_size))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"the model expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}: create the "
@@ -340,8 +452,14 @@ class PatchEmbed(nn.Module):
                 f"resize the images, create the model with img_size=({H}, {W}), or pass strict_img_size=False "
                 f"(any size, padded to the window grid)"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fx = is_fx_tracing()
+        if not fx:  # fx: shapes are symbolic, the check cannot run (see vitkit/layers/tracing.py)
+            self.check_input(x)
+        H, W = x.shape[-2:]
         ph, pw = self.patch_size
-        if H % ph or W % pw:  # only when not strict (strict sizes divide, checked at init)
+        if fx or H % ph or W % pw:  # eager: only when not strict (strict sizes divide, checked at init)
             # F.pad copies even when it pads nothing, and the convolution keeps its input for the backward
             # pass: an unconditional pad kept a second copy of every training batch (37 MiB at batch 64)
             x = F.pad(x, (0, -W % pw, 0, -H % ph))
@@ -361,6 +479,8 @@ class ClassifierHead(nn.Module):
 class SwinTransformer(VitkitModel):
     family = "swin"
     config_class = SwinConfig
+    output_fmt = "NHWC"  # forward_features' layout, as timm's Swin
+    hierarchical_features = True  # features_only takes every stage by default (timm's Swin)
 
     def __init__(self, config: SwinConfig) -> None:
         super().__init__(config)
@@ -374,7 +494,7 @@ class SwinTransformer(VitkitModel):
         self.embed_dim = c.embed_dim
         self.num_prefix_tokens = 0
         self.num_layers = len(c.depths)
-        self.num_features = c.embed_dim * 2 ** (self.num_layers - 1)
+        self.num_features = self.head_hidden_size = c.embed_dim * 2 ** (self.num_layers - 1)
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, c.patch_size, c.in_chans, c.embed_dim, c.norm_eps, c.strict_img_size)
@@ -389,6 +509,7 @@ class SwinTransformer(VitkitModel):
             resolution, dim = stage.resolution, out_dim
             self.feature_info.append(dict(num_chs=out_dim, reduction=c.patch_size * 2**i, module=f"layers.{i}"))
         self.layers = nn.Sequential(*stages)
+        self._ref_window, self._ref_grid = window, self.patch_embed.grid_size  # for set_input_size's scaling
         self.norm = nn.LayerNorm(self.num_features, eps=c.norm_eps)
         self.head = ClassifierHead(self.num_features, c.num_classes, c.drop_rate)
         self.init_weights()
@@ -427,24 +548,94 @@ class SwinTransformer(VitkitModel):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh (trunc-normal) head for `num_classes` (0 = pooled features)."""
+        """A fresh (trunc-normal) head for `num_classes` (0 = pooled features), on the model's device
+        and dtype and in its train/eval mode; `global_pool=''` makes forward return the (B, H, W, C) map."""
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        device = self.norm.weight.device
-        fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        fc = self.new_head(self.num_features, num_classes)
         if num_classes > 0:
             nn.init.trunc_normal_(fc.weight, std=0.02)
             nn.init.zeros_(fc.bias)
         self.head.fc = fc
 
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's: drop the stages after the last one `indices` takes; the final norm goes with
+        `prune_norm` or when the last stage goes (it is sized for it), and then `num_features` becomes the
+        last kept stage's width; the head goes (`reset_classifier(0, '')`) with `prune_head` or the last
+        stage. Returns the kept (non-negative) stage indices."""
+        take = feature_take_indices(len(self.layers), indices)
+        max_index = max(take)
+        prune_end = max_index < len(self.layers) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.layers = self.layers[: max_index + 1]
+        self.num_layers = len(self.layers)
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
+
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        window_ratio: int | None = None,
+        always_partition: bool | None = None,
+    ) -> None:
+        """timm's: run at another image size (and window) from now on. Without `window_size` or
+        `window_ratio` the window scales with the patch grid, keeping the window-to-grid ratio of the
+        model as built (timm's rule; calling at the current size changes nothing); `window_ratio` r makes
+        the window grid // r. Bias tables of another window are resampled by `config.rel_pos_interp`;
+        masks are rebuilt; `config.img_size` and `config.window_size` follow. A new patch size and
+        `always_partition=True` are refused (not supported by vitkit's Swin)."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_embed.patch_size:
+            raise ValueError("changing the patch size of a Swin model is not supported: create the model with it")
+        if always_partition:
+            raise ValueError("always_partition=True is not supported by vitkit's Swin")
+        if window_size is not None and not isinstance(window_size, int) and \
+                (len(window_size) != 2 or not all(isinstance(w, int) for w in window_size)):
+            raise ValueError(f"window_size must be an int or an (h, w) pair (one window for every stage), "
+                             f"got {window_size!r}")
+        if img_size is not None:
+            self.patch_embed.set_input_size(to_2tuple(img_size))
+        grid = self.patch_embed.grid_size
+        if window_size is not None:
+            window = to_2tuple(window_size)
+            self._ref_window, self._ref_grid = window, grid
+        elif window_ratio is not None:
+            window = (max(1, grid[0] // window_ratio), max(1, grid[1] // window_ratio))
+            self._ref_window, self._ref_grid = window, grid
+        else:
+            window = tuple(max(1, w * g // r) for w, g, r in zip(self._ref_window, grid, self._ref_grid))
+        if self.config.window_rule == "hf" and window[0] != window[1]:
+            raise ValueError(f"window_rule='hf' needs a square window, got {window}")
+        resolution = grid
+        for i, stage in enumerate(self.layers):
+            if i > 0:
+                resolution = tuple((r + 1) // 2 for r in resolution)
+            stage.resolution = resolution
+            for block in stage.blocks:
+                block.set_input_size(resolution, window, rel_pos_interp=self.config.rel_pos_interp)
+        self.config.img_size = self.patch_embed.img_size
+        self.config.window_size = window if window[0] != window[1] else window[0]
+        if "input_size" in self.pretrained_cfg:
+            self.pretrained_cfg["input_size"] = (self.config.in_chans, *self.patch_embed.img_size)
+
     # ----------------------------------------------------------------- forward
     def _run_stage(self, stage: SwinStage, x: torch.Tensor) -> torch.Tensor:
         x = stage.downsample(x)
         for block in stage.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
@@ -493,18 +684,18 @@ class SwinTransformer(VitkitModel):
         final LayerNorm to the last stage only (it is sized for it). Returns (final features, list)."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = feature_take_indices(self.num_layers, indices)
+        take = feature_take_indices(len(self.layers), indices)
         stages = self.layers[: max(take) + 1] if stop_early else self.layers
         x = self.patch_embed(x)
         out = []
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in take:
-                y = self.norm(x) if norm and i == self.num_layers - 1 else x
+                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
                 out.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
         if intermediates_only:
             return out
-        if len(stages) == self.num_layers:
+        if len(stages) == len(self.layers):
             x = self.norm(x)
         return x, out
 

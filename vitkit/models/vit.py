@@ -10,8 +10,10 @@ Reference code
     `vision_transformer.py`, `vision_transformer_hybrid.py` and `deit.py`, whose state-dict keys
     this file keeps so timm checkpoints load with an identity map.
 Deviations
-    - The distilled model returns (class logits, distillation logits) in training mode and their
-      mean in eval mode (timm returns the mean in both unless `distilled_training` is set).
+    - As in timm, a distilled model returns one tensor, the mean of its two heads' logits, unless
+      `set_distilled_training(True)` is on: then training mode returns (class logits, distillation
+      logits) for the distillation loss (`vitkit train` switches it on). In eval mode
+      `distilled_output` picks the mean (timm's), the class head or the distillation head.
     - The classifier head is zero-initialised by default, as the paper does for fine-tuning and
       big_vision does always (`head_zeroinit`); timm uses a truncated normal.
     - The pre-training head of the paper (`representation_size`: Linear + tanh, timm's old
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
+from ..layers import Block, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
 from ..registry import HALF_MEAN, HALF_STD, register_model
 from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
@@ -125,7 +127,22 @@ class HybridEmbed(nn.Module):
         # 'same' padding everywhere: each stride-2 step rounds up
         return math.ceil(img_size[0] / self.reduction), math.ceil(img_size[1] / self.reduction)
 
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
+                       patch_size: int | tuple[int, int] | None = None) -> None:
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError("the hybrid's patch size is its backbone's stride and cannot be changed")
+        if img_size is not None:
+            self.img_size = to_2tuple(img_size)
+            self.grid_size = self.feat_size(self.img_size)
+            self.num_patches = self.grid_size[0] * self.grid_size[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not is_fx_tracing():
+            self.check_input(x)
+        x = self.proj(self.backbone(x))  # (B, D, H/16, W/16)
+        return x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)
+
+    def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"the model expects images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}: "
@@ -138,8 +155,6 @@ class HybridEmbed(nn.Module):
                 f"resize the images, create the model with img_size=({H}, {W}) (position embeddings are "
                 f"resampled when loading weights), or pass dynamic_img_size=True"
             )
-        x = self.proj(self.backbone(x))  # (B, D, H/16, W/16)
-        return x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)
 
 
 @register_family
@@ -186,18 +201,23 @@ class VisionTransformer(VitkitModel):
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if use_fc_norm else nn.Identity()
 
+        # timm's names: `num_features` is the width of forward_features' tokens, `head_hidden_size`
+        # that of the pooled pre-logits features the classifier takes (the representation layer's)
         self.num_features = c.embed_dim
+        self.head_hidden_size = c.representation_size or c.embed_dim
         if c.representation_size:
             self.pre_logits = nn.Sequential(OrderedDict(
                 fc=nn.Linear(c.embed_dim, c.representation_size), act=nn.Tanh(),
             ))
-            self.num_features = c.representation_size
         else:
             self.pre_logits = nn.Identity()
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
         if c.distilled:
-            self.head_dist = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+            self.head_dist = nn.Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.distilled_training = False  # timm's switch: see set_distilled_training
+        reduction = self.patch_embed.patch_size[0]
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)]
         self.init_weights()
 
     # ----------------------------------------------------------------- initialisation
@@ -248,7 +268,9 @@ class VisionTransformer(VitkitModel):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head(s) with fresh zero-initialised ones for `num_classes` (0 = features)."""
+        """Replace the head(s) with fresh zero-initialised ones for `num_classes` (0 = features), on the
+        model's device and dtype and in its train/eval mode; `global_pool` ('token' | 'avg' | '')
+        changes the pooling too ('' = forward returns every token)."""
         if global_pool is not None:
             if global_pool not in ("token", "avg", ""):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -256,11 +278,56 @@ class VisionTransformer(VitkitModel):
                 raise ValueError("global_pool='token' needs the class token")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        device = self.pos_embed.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = self.new_head(self.head_hidden_size, num_classes)
         if self.dist_token is not None:
-            self.head_dist = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+            self.head_dist = self.new_head(self.head_hidden_size, num_classes)
         self._zero_init_heads()
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's switch for a distilled (DeiT) model: when on, training mode returns (class logits,
+        distillation logits) for the distillation loss; when off (the default) one tensor, their mean."""
+        if self.dist_token is None:
+            raise ValueError("set_distilled_training needs a distilled model (one with a distillation token)")
+        self.distilled_training = bool(enable)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's: drop the blocks after the last one `indices` takes (as in `forward_intermediates`),
+        the final norm if `prune_norm`, the fc-norm and the classifier (`reset_classifier(0, '')`) if
+        `prune_head`. Returns the kept indices (non-negative; negative ones would shift after pruning)."""
+        take = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            if isinstance(self.pre_logits, nn.Sequential):  # the representation layer feeds only the head
+                self.pre_logits = nn.Identity()
+                self.head_hidden_size = self.num_features
+            self.reset_classifier(0, "")
+        return take
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
+                       patch_size: int | tuple[int, int] | None = None) -> None:
+        """timm's: run at another image size from now on; the position embeddings are resampled to the
+        new grid (by the configured rule) and `config.img_size` follows, so `save_pretrained` keeps it.
+        The patch size cannot change (the projection would need resampling)."""
+        prev_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        grid = self.patch_embed.grid_size
+        if grid != prev_grid:
+            resampled = resample_abs_pos_embed(
+                self.pos_embed.detach(), grid, old_size=prev_grid, num_prefix_tokens=self.num_prefix_tokens,
+                interpolation=self.config.pos_embed_interp, antialias=self.config.pos_embed_antialias,
+            )
+            self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
+        self.config.img_size = self.patch_embed.img_size
+        if "input_size" in self.pretrained_cfg:
+            self.pretrained_cfg["input_size"] = (self.config.in_chans, *self.patch_embed.img_size)
 
     # ----------------------------------------------------------------- forward
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +347,7 @@ class VisionTransformer(VitkitModel):
         return self.pos_drop(x + pos_embed)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
@@ -351,7 +418,9 @@ class VisionTransformer(VitkitModel):
             return (x_cls + x_dist) / 2
         logits, logits_dist = self.head(x_cls), self.head_dist(x_dist)
         if self.training:
-            return logits, logits_dist  # both, for the distillation loss
+            if self.distilled_training:
+                return logits, logits_dist  # both, for the distillation loss
+            return (logits + logits_dist) / 2  # timm's training output without the switch
         mode = self.config.distilled_output
         if mode == "cls":
             return logits
