@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+import traceback
 
 BF16_HELP = ("bf16 autocast inference: fast on CPUs with AMX or AVX512-BF16 and on CUDA; elsewhere bf16 is "
              "emulated, slower than fp32, and a warning says so")
@@ -53,6 +55,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.run.out = args.out
     if args.resume:
         cfg.run.resume = True
+    if args.overwrite:
+        cfg.run.overwrite = True
+    if cfg.run.resume:  # the run's own settings (its config.yaml), then only what this command line states
+        from .train.checkpoint import resumed_config
+
+        cfg = resumed_config(cfg, "train", args.recipe, args.overrides,
+                             (lambda c: finetune_settings(c, args.finetune)) if args.finetune else None)
+    from .train.config import check_config
+
+    check_config(cfg)  # every setting in range and the model buildable, before any data is read
     m = train(cfg)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         val = f"best val {m['best_val_acc']}%" if m["best_val_acc"] is not None else "no validation split"
@@ -173,8 +185,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
+    from .train.config import TrainConfig, settings_help
+
     parser = argparse.ArgumentParser(prog="vitkit", description="The Vision Transformer family in PyTorch.")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -183,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "overrides (sections: data, aug, model, optim, sched, run, distill), e.g. --optim.lr=1e-3 "
                     "--sched.epochs=10 "
                     "--model.name=vit_micro_patch4_28 --data.name=mnist. Under torchrun it trains data-parallel.",
+        epilog=settings_help(TrainConfig()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipe", help="a YAML recipe (see recipes/)")
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
+                                                         "the settings saved in its config.yaml")
+    p.add_argument("--overwrite", action="store_true", help="let a new run replace the outputs of an existing --out")
     p.add_argument("--finetune", metavar="PATH", help="fine-tune a pre-trained backbone (vitkit pretrain's RUN or "
                                                       "RUN/backbone): its model, new head, --optim.layer_decay 0.75")
     p.set_defaults(func=cmd_train)
@@ -268,7 +286,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_HELP = "show the traceback of an error as well as its message (the flag may also follow the command)"
+_WRITE_HINTS = {
+    errno.EACCES: "no permission to write there: choose another --out, or fix the permissions",
+    errno.EPERM: "no permission to write there: choose another --out, or fix the permissions",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.ENOSPC: "the disk is full: free some space or choose another --out",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another --out",
+    errno.EFBIG: "the file is larger than this file system or the process's file-size limit allows",
+    errno.ENAMETOOLONG: "the path is too long",
+}
+
+
+def _os_error_message(e: OSError) -> str:
+    what = e.strerror or str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    hint = _WRITE_HINTS.get(e.errno)
+    return f"{what}{where}" + (f": {hint}" if hint else "")
+
+
+def _raised_by_vitkit(e: BaseException) -> bool:
+    """True when the innermost frame of `e` is vitkit's own code: an error vitkit raises on purpose, with a
+    message for the user (e.g. TrainingDiverged), rather than one from deep inside torch (a bug)."""
+    import os
+
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The message for an error the user can fix (a setting, a file, the environment), None for anything else
+    (a bug in vitkit: the CLI lets its traceback through)."""
+    import pickle
+
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover -- safetensors is a dependency
+        SafetensorError = ()  # noqa: N806
+    try:
+        from yaml import YAMLError
+    except ImportError:  # pragma: no cover
+        YAMLError = ()  # noqa: N806
+    try:
+        from PIL.Image import DecompressionBombError
+    except ImportError:  # Pillow is optional
+        DecompressionBombError = ()  # noqa: N806
+    text = " ".join(str(e).split()) if str(e) else type(e).__name__
+    if isinstance(e, pickle.UnpicklingError):  # a file vitkit read without naming it (vitkit's readers do)
+        text = text.split(" Weights only load failed")[0]  # torch's advice to load with weights_only=False
+        return (f"could not read a pickle file as data: {text[:400]}. vitkit loads tensors and plain data only "
+                f"and never runs code from a file; check the file (or re-save it with safetensors)")
+    if isinstance(e, EOFError):
+        return f"a file ended early: it is truncated or still being written ({text})"
+    if isinstance(e, YAMLError):
+        return f"not a plain YAML file: {text}"
+    if isinstance(e, SafetensorError):
+        if "StorageFull" in text or "No space" in text:
+            return f"the disk is full: free some space or choose another --out ({text})"
+        return f"safetensors could not read or write a file: {text}"
+    if isinstance(e, DecompressionBombError):
+        return f"{text}: resize the image first"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({text}): use a smaller --run.batch_size or model, or --run.grad_checkpointing=true "
+                f"when training")
+    if isinstance(e, OSError):  # missing files, permissions, read-only or full disks
+        return _os_error_message(e) if e.errno is not None else text
+    if isinstance(e, (ValueError, ImportError)):
+        return text
+    if isinstance(e, RuntimeError) and _raised_by_vitkit(e):
+        return text
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`vitkit ...`: 0 on success; a user's mistake (a setting, a file, the environment) gives one message on stderr
+    and exit code 2 (`--debug`: its traceback too); anything else is a bug and shows its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -278,8 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:  # user errors: one clear line, no traceback
-        print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- sorted below: a user's mistake gets a message, a bug its traceback
+        message = user_error_message(e)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"vitkit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

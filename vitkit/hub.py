@@ -340,10 +340,10 @@ def from_pretrained(directory: str | Path, **overrides: Any):
                               f"(known: {sorted(FAMILIES)})")
     cls = FAMILIES[family]
     values.update(overrides)
-    config = config_from_dict(cls.config_class, values)
     from .validate import check_hf_classifier, check_model_config
 
-    check_model_config(config, source=str(directory / CONFIG_NAME))  # before anything is allocated
+    check_model_config(values, source=str(directory / CONFIG_NAME), config_class=cls.config_class)  # before building
+    config = config_from_dict(cls.config_class, values)
     if kind == "hf" and "num_classes" not in overrides:  # a head that disagrees with config.json is not dropped
         check_hf_classifier(directory, config.num_classes, source=str(directory / CONFIG_NAME))
     model = cls(config)

@@ -78,9 +78,8 @@ def create_model(
             values[key] = value
     values.update(overrides)
     cls = FAMILIES[spec.family]
-    config = config_from_dict(cls.config_class, values)
-    check_model_config(config, source=name)  # sizes and divisibility, before anything is allocated
-    model = cls(config)
+    check_model_config(values, source=name, config_class=cls.config_class)  # before anything is built
+    model = cls(config_from_dict(cls.config_class, values))
     model.model_name = name
     model.pretrained_cfg = dict(spec.pretrained_cfg)
     if pretrained is not None:

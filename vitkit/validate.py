@@ -84,11 +84,29 @@ def estimate_params(values: Mapping[str, Any]) -> int:
     return int(max(blocks, 1) * (4 + 2 * ratio) * width * width + (classes + 1) * width)
 
 
-def check_model_config(config: Any, source: str | None = None, field_names: Mapping[str, str] | None = None) -> None:
-    """Raise `ModelConfigError` naming the first field of `config` (a model config dataclass or a mapping of its
-    fields) that cannot build a model. `source` (a file or model name) starts the message; `field_names` maps
-    vitkit field names to the names the source uses (e.g. embed_dim -> hidden_size for a Hugging Face config)."""
-    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+def _with_defaults(config_class: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` completed with `config_class`'s defaults, without constructing it (its __post_init__ may divide)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    out.update(values)
+    return out
+
+
+def check_model_config(config: Any, source: str | None = None, field_names: Mapping[str, str] | None = None,
+                       config_class: type | None = None) -> None:
+    """Raise `ModelConfigError` naming the first field of `config` (a model config dataclass, or a mapping of its
+    fields: then pass `config_class` to fill in the defaults) that cannot build a model. Run it before the config
+    dataclass is constructed, as `create_model` and `from_pretrained` do. `source` (a file or model name) starts
+    the message; `field_names` maps vitkit field names to the names the source uses (e.g. embed_dim ->
+    hidden_size)."""
+    if dataclasses.is_dataclass(config):
+        values = dataclasses.asdict(config)
+    else:
+        values = _with_defaults(config_class, config) if config_class is not None else dict(config)
     names = field_names or {}
     where = f"{source}: " if source else ""
 

@@ -10,6 +10,7 @@ value parsed as YAML (so `1e-3`, `true`, `[0.9, 0.95]` and `null` mean what they
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from ..data.augment import AugmentConfig
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | mnist | mnist5k | fashion_mnist | cifar10 | cifar100 | folder
-    data_dir: str | None = None
-    val_fraction: float = 0.1
+    data_dir: str | None = None  # the dataset's files (IDX, CIFAR batches, an image folder); None: its default source
+    val_fraction: float = 0.1  # share of the train split held out for validation (0: none)
     seed: int = 0  # the split seed (fixed by default: every run sees the same split)
     strict: bool = False  # image folders: stop at the first unreadable file instead of skipping it
     img_size: int | None = None  # image folders: resize to this size
@@ -31,7 +32,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_micro_patch2_8"
+    name: str = "vit_micro_patch2_8"  # a registered model name (`vitkit models` lists them)
     pretrained: str | None = None  # fine-tune from a checkpoint (resampled to the data's image size)
     overrides: dict[str, Any] = field(default_factory=dict)  # model config fields, e.g. drop_path_rate
 
@@ -40,13 +41,13 @@ class ModelConfig:
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd
     lr: float = 3e-3  # peak learning rate for the global batch (no implicit scaling)
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.05  # decoupled weight decay (none on norms, biases, tokens, position embeddings)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    momentum: float = 0.9  # SGD momentum (optim.name=sgd)
     layer_decay: float | None = None  # layer-wise LR decay (BEiT/MAE fine-tuning), e.g. 0.75
     clip_grad: float | None = None  # max global gradient norm
     accum_steps: int = 1  # micro-batches per optimizer step
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (DeiT, timm: 0.1)
     # torch's fused AdamW/SGD kernel (CPU and CUDA): one pass per tensor instead of ~10 ops per parameter
     # (ViT-S: 34 -> 9 ms per step on the Zen 4); false: the per-parameter loop
     fused: bool = True
@@ -54,20 +55,20 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 100
-    warmup_epochs: float = 5.0
-    min_lr: float = 0.0
+    epochs: int = 100  # passes over the training data
+    warmup_epochs: float = 5.0  # linear warm-up from 0 to optim.lr (per step), then cosine decay
+    min_lr: float = 0.0  # learning rate at the end of the cosine decay
 
 
 @dataclass
 class RunConfig:
     out: str | None = None  # run directory; default runs/<model>-<data>-<time>
-    seed: int = 0
+    seed: int = 0  # seed of the initialisation, the batch order and the augmentation
     batch_size: int = 64  # global batch (all processes together, before accumulation)
     # bf16 autocast (CPU and CUDA; never fp16 on CPU): true | false | auto = only where bf16 is native (CPUs with
     # AMX or AVX512-BF16, CUDA GPUs with bf16); emulated bf16 is ~10x slower than fp32 (vitkit/precision.py)
     bf16: bool | str = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     compile: bool = False  # torch.compile the training forward/backward (measure first: docs/performance.md)
     ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.999
     resume: bool = False  # continue the run in `out` from its last checkpoint
@@ -77,7 +78,7 @@ class RunConfig:
     # ViT-S training steps 1.2x, Swin-T 1.7x on the Zen 4; the gradients are allocated once and zeroed in place
     # (allocator.KeptGradients), so the heap stays near the live tensors; false leaves the C library's defaults
     reuse_cpu_memory: bool = True
-    progress: bool = True
+    progress: bool = True  # a progress bar per epoch
     tensorboard: str = "auto"  # auto (when `tensorboard` is installed) | true | false; rank 0, in the run dir
 
 
@@ -131,7 +132,12 @@ def load_recipe(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist (recipes live in the repository's recipes/ folder)")
-    values = _yaml().safe_load(path.read_text()) or {}
+    yaml = _yaml()
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # syntax errors, and tags such as !!python/object that safe_load refuses to build
+        raise ValueError(f"recipe {path} is not a plain YAML file: {' '.join(str(e).split())}. Recipes hold "
+                         f"sections of plain values (numbers, strings, lists); no !!python tags") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run, "
                          f"distill)")
@@ -195,7 +201,9 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if parts[1] not in fields:
         raise ValueError(f"unknown setting {dotted!r}; {parts[0]} has: {', '.join(sorted(fields))}")
-    setattr(section, parts[1], _coerce(value, str(fields[parts[1]].type), dotted))
+    value = _coerce(value, str(fields[parts[1]].type), dotted)
+    check_setting(dotted, value)
+    setattr(section, parts[1], value)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -206,7 +214,11 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if "=" not in text:
             raise ValueError(f"override {item!r} must look like --section.field=value (e.g. --optim.lr=1e-3)")
         key, raw = text.split("=", 1)
-        set_field(cfg, key, yaml.safe_load(raw) if raw != "" else None)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not plain YAML ({' '.join(str(e).split())})") from None
+        set_field(cfg, key, value)
     return cfg
 
 
@@ -215,3 +227,145 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
     text = _yaml().safe_dump(cfg.to_dict(), sort_keys=False)
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ------------------------------------------------------------------------------------ ranges
+def _number(check, text: str):
+    def rule(v: Any) -> str | None:
+        return None if isinstance(v, (int, float)) and math.isfinite(v) and check(v) else text
+    return rule
+
+
+def _choice(*options: str):
+    def rule(v: Any) -> str | None:
+        return None if v in options else "one of " + ", ".join(options)
+    return rule
+
+
+def _device(v: Any) -> str | None:
+    ok = v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())
+    return None if ok else "auto, cpu, cuda or cuda:N"
+
+
+def _betas(v: Any) -> str | None:
+    ok = len(v) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in v)
+    return None if ok else "two numbers in [0, 1), e.g. [0.9, 0.999]"
+
+
+_AT_LEAST_1 = _number(lambda v: v >= 1, "at least 1")
+_NON_NEGATIVE = _number(lambda v: v >= 0, "a finite number >= 0")
+_POSITIVE = _number(lambda v: v > 0, "a finite number > 0")
+_PROBABILITY = _number(lambda v: 0 <= v <= 1, "in [0, 1]")
+_BELOW_1 = _number(lambda v: 0 <= v < 1, "in [0, 1)")
+
+# SECTION.FIELD -> rule (None when the value is fine, else what it must be). Checked whenever a setting is set
+# (defaults, recipe, --section.field=value), so a bad value stops `vitkit train` before any data is read.
+RULES: dict[str, Any] = {
+    "data.val_fraction": _BELOW_1,
+    "data.train_fraction": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "data.img_size": _AT_LEAST_1,
+    "data.num_workers": _NON_NEGATIVE,
+    "aug.hflip": _PROBABILITY,
+    "aug.mixup": _NON_NEGATIVE,
+    "aug.cutmix": _NON_NEGATIVE,
+    "aug.mix_prob": _PROBABILITY,
+    "aug.switch_prob": _PROBABILITY,
+    "aug.random_erasing": _PROBABILITY,
+    "optim.name": _choice("adamw", "sgd"),
+    "optim.lr": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.betas": _betas,
+    "optim.momentum": _BELOW_1,
+    "optim.layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "optim.clip_grad": _POSITIVE,
+    "optim.accum_steps": _AT_LEAST_1,
+    "optim.label_smoothing": _BELOW_1,
+    "sched.epochs": _AT_LEAST_1,
+    "sched.warmup_epochs": _NON_NEGATIVE,
+    "sched.min_lr": _NON_NEGATIVE,
+    "run.batch_size": _AT_LEAST_1,
+    "run.ema_decay": _BELOW_1,
+    "run.device": _device,
+    "run.threads": _AT_LEAST_1,
+    "run.checkpoint_every": _AT_LEAST_1,
+    "distill.type": _choice("none", "soft", "hard"),
+    "distill.alpha": _PROBABILITY,
+    "distill.tau": _POSITIVE,
+    "distill.kl_reduction": _choice("batchmean", "deit"),
+}
+
+
+def check_setting(dotted: str, value: Any) -> None:
+    """Raise ValueError if `value` is out of range for the setting `dotted` (RULES); None passes (the field's
+    type already said whether None is allowed)."""
+    rule = RULES.get(dotted)
+    problem = None if rule is None or value is None else rule(value)
+    if problem:
+        raise ValueError(f"--{dotted}={value!r} is out of range: it must be {problem}")
+
+
+def check_config(cfg: Any) -> None:
+    """Check every setting of a TrainConfig / PretrainConfig against RULES, and that its model (name and
+    overrides) can be built, before any data is read. `vitkit train` and `vitkit pretrain` call it."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            check_setting(f"{section.name}.{f.name}", getattr(values, f.name))
+    model = getattr(cfg, "model", None)
+    if model is not None:
+        from ..models._base import FAMILIES, config_from_dict
+        from ..registry import get_model_spec
+        from ..validate import check_model_config
+
+        spec = get_model_spec(model.name)
+        cls = FAMILIES[spec.family]
+        values = {**spec.config, **model.overrides}
+        check_model_config(values, source=f"--model.name={model.name} with --model.overrides",
+                           config_class=cls.config_class)
+        config_from_dict(cls.config_class, values)  # unknown override names
+
+
+# ------------------------------------------------------------------------------------ help
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in `cls`'s source: the end-of-line comment, or the comment lines just above it."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"\s+(\w+)\s*:[^=]*=.*?(?:\s#\s*(.*))?$", line)
+        if m:
+            comments[m.group(1)] = " ".join([*above, m.group(2) or ""]).strip()
+        above = []
+    return comments
+
+
+# descriptions of settings whose dataclass (outside this file) has no comment for them
+_HELP = {"aug.random_resized_crop": "random-resized crop of the training images (area aug.scale, aspect aug.ratio)"}
+
+
+def settings_help(cfg: Any) -> str:
+    """Every setting of a config (TrainConfig, PretrainConfig): `--section.field`, its type, its default and the
+    comment beside it in the source, for `vitkit train --help` / `vitkit pretrain --help`."""
+    out = ["settings (--SECTION.FIELD=VALUE, the value read as YAML; a recipe sets the same names):"]
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        comments = _field_comments(type(values))
+        out.append(f"  {section.name}:")
+        for f in dataclasses.fields(values):
+            kind = str(f.type).replace("tuple[float, float]", "[float, float]").replace("dict[str, Any]", "mapping")
+            default = getattr(values, f.name)
+            default = "null" if default is None else (str(default).lower() if isinstance(default, bool) else
+                                                       list(default) if isinstance(default, tuple) else default)
+            text = comments.get(f.name) or _HELP.get(f"{section.name}.{f.name}", "")
+            out.append(f"    --{section.name}.{f.name} ({kind}, default {default}): {text}")
+    return "\n".join(out)
