@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.shards import add_parser as add_make_shards_parser  # vitkit make-shards (vitkit/data/shards.py)
 
     add_make_shards_parser(sub)
+    from .push import add_push_parser  # vitkit push (vitkit/push.py)
+
+    add_push_parser(sub)
 
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch), checked against onnxruntime")
     p.add_argument("checkpoint", help="a run directory, a vitkit or Hugging Face model directory, or a registered "

@@ -185,6 +185,13 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"could not read {path}: {e}") from None
 
 
+def vitkit_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """vitkit's part of a config.json: the whole file, or its "vitkit" entry in a folder written for the Hub
+    that timm reads too (timm's save_for_hf keys at the top level; vitkit/push.py)."""
+    sub = cfg.get("vitkit")
+    return sub if isinstance(sub, dict) and "architecture" in sub and "config" in sub else cfg
+
+
 def directory_kind(directory: Path) -> str:
     """'vitkit' or 'hf' for a model directory; an error naming what is missing otherwise."""
     cfg_path = directory / CONFIG_NAME
@@ -193,7 +200,7 @@ def directory_kind(directory: Path) -> str:
             f"{directory} has no {CONFIG_NAME}: expected a vitkit directory (written by save_pretrained) or a "
             f"Hugging Face model directory"
         )
-    cfg = _read_json(cfg_path)
+    cfg = vitkit_config(_read_json(cfg_path))
     if "architecture" in cfg and "config" in cfg:
         return "vitkit"
     if "model_type" in cfg:
@@ -325,7 +332,7 @@ def from_pretrained(directory: str | Path, **overrides: Any):
         )
     kind = directory_kind(directory)
     if kind == "vitkit":
-        meta = _read_json(directory / CONFIG_NAME)
+        meta = vitkit_config(_read_json(directory / CONFIG_NAME))
         family, values = meta["architecture"], dict(meta["config"])
         model_name, pretrained_cfg = meta.get("model_name"), meta.get("pretrained_cfg") or {}
     else:
