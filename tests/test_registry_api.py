@@ -70,8 +70,13 @@ def test_create_model_keeps_registered_structure():
 
 
 def test_unknown_override_names_known_fields():
-    with pytest.raises(ValueError, match=r"(?s)unknown ViTConfig field\(s\) \['drop_path'\].*known fields.*drop_path_rate"):
+    """timm raises TypeError for a keyword argument the model does not take; so does vitkit, naming it,
+    the closest field and every known one."""
+    with pytest.raises(TypeError, match=r"(?s)unexpected keyword argument\(s\) \['drop_path'\].*did you mean "
+                                        r"'drop_path_rate'.*ViTConfig fields.*'weight_init'"):
         create_model("vit_tiny_patch16_224", drop_path=0.1, **TINY)
+    with pytest.raises(TypeError, match=r"\['depth'\].*did you mean 'depths'"):
+        create_model("swin_micro_patch2_window4_32", depth=2)
 
 
 def test_invalid_override_values_are_clear():

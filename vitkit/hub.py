@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -205,9 +206,13 @@ def directory_kind(directory: Path) -> str:
         return "vitkit"
     if "model_type" in cfg:
         return "hf"
+    if isinstance(cfg.get("architecture"), str) and "vitkit_version" not in cfg:
+        # timm's save_for_hf / push_to_hf_hub: "architecture" is a timm model name, beside "num_classes",
+        # "pretrained_cfg" and "model_args" (or, in timm's older single-dict layout, the pretrained cfg itself)
+        return "timm"
     raise CheckpointError(
-        f"{cfg_path} is neither a vitkit config (keys 'architecture', 'config') nor a Hugging Face config "
-        f"(key 'model_type')"
+        f"{cfg_path} is neither a vitkit config (keys 'architecture', 'config'), a Hugging Face config "
+        f"(key 'model_type') nor a timm config (key 'architecture' naming a timm model)"
     )
 
 
@@ -242,6 +247,8 @@ def read_checkpoint(path: str | Path, model=None) -> dict[str, torch.Tensor]:
             if not (path / WEIGHTS_NAME).is_file():
                 raise CheckpointError(f"{path} has a vitkit config.json but no {WEIGHTS_NAME}")
             return read_state_dict_file(path / WEIGHTS_NAME)
+        if kind == "timm":  # timm's own key names, which vitkit keeps
+            return _hf_weights(path)
         from .convert.hf import convert_hf_state_dict
 
         return convert_hf_state_dict(_hf_weights(path), _read_json(path / CONFIG_NAME), source=str(path))
@@ -311,50 +318,218 @@ def _mismatch_message(model, source, missing, unexpected, mismatched) -> str:
 
 
 # ------------------------------------------------------------------------------------ from_pretrained
-def from_pretrained(directory: str | Path, **overrides: Any):
-    """Rebuild a model from a vitkit directory or a Hugging Face model directory.
+def describe_directory(directory: Path, weights: bool = True) -> tuple[str, str, dict[str, Any], str | None, dict[str, Any]]:
+    """(kind, family, config values, model name, pretrained cfg) of a vitkit, Hugging Face or timm model
+    directory. `weights=False` reads config.json alone (a Hugging Face model's pooler and classifier
+    are then decided by its `architectures` entry instead of its weights' key names)."""
+    kind = directory_kind(directory)
+    if kind == "vitkit":
+        meta = vitkit_config(_read_json(directory / CONFIG_NAME))
+        family, values = meta["architecture"], dict(meta["config"])
+        model_name, pretrained_cfg = meta.get("model_name"), dict(meta.get("pretrained_cfg") or {})
+    elif kind == "timm":
+        from .convert.timm import config_from_timm
+
+        model_name, family, values, pretrained_cfg = config_from_timm(
+            _read_json(directory / CONFIG_NAME), source=str(directory / CONFIG_NAME))
+    else:
+        from .convert.hf import config_from_hf
+
+        family, values, pretrained_cfg = config_from_hf(
+            _read_json(directory / CONFIG_NAME), source=str(directory),
+            state_keys=_hf_weight_keys(directory) if weights else None,
+        )
+        model_name = None
+    return kind, family, values, model_name, pretrained_cfg
+
+
+def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                    **overrides: Any):
+    """Rebuild a model from a local model directory or a Hugging Face Hub repo.
+
+    `name_or_path`: a local directory -- vitkit's (`save_pretrained`, `push_to_hub`), a Hugging Face
+    `transformers` model's (`save_pretrained`) or a timm model's (`save_for_hf`) -- or, when no such path
+    exists, a Hub repo id 'ORG/NAME' (also written 'hf-hub:ORG/NAME[@REVISION]'), downloaded with
+    huggingface_hub into its cache (`cache_dir`, default HF_HUB_CACHE; HF_HUB_OFFLINE=1 reads the cache
+    only) at `revision` (a branch, tag or commit; default 'main'). An existing local path always wins.
 
     Hugging Face model types read (`convert.hf.SUPPORTED_MODEL_TYPES`): ViT ("vit"), DeiT ("deit"),
-    Swin ("swin"), CvT ("cvt"), ViTMAE ("vit_mae": `ViTMAEForPreTraining` becomes vitkit's MAE model,
-    `ViTMAEModel` a ViT without a head), ViViT ("vivit") and TimeSformer ("timesformer").
+    ViTMSN ("vit_msn"), Swin ("swin"), CvT ("cvt"), ViTMAE ("vit_mae": `ViTMAEForPreTraining` becomes
+    vitkit's MAE model, `ViTMAEModel` a ViT without a head), ViViT ("vivit") and TimeSformer ("timesformer").
 
     `overrides` change config fields before the weights are loaded (for example `num_classes=10`,
-    which re-initialises the head, or `img_size=384`, which resamples the position embeddings)."""
+    which re-initialises the head, or `img_size=384`, which resamples the position embeddings); an
+    unknown field raises TypeError."""
     from .models._base import FAMILIES, config_from_dict
 
-    directory = Path(directory)
-    if not directory.exists():
-        raise CheckpointError(f"{directory} does not exist")
+    directory, hub_id = _resolve_location(name_or_path, revision, cache_dir)
     if not directory.is_dir():
         raise CheckpointError(
             f"from_pretrained takes a model directory, but {directory} is a file: to load a state-dict file, "
             f"name the architecture: vitkit.create_model('vit_base_patch16_224', pretrained='{directory}')"
         )
-    kind = directory_kind(directory)
-    if kind == "vitkit":
-        meta = vitkit_config(_read_json(directory / CONFIG_NAME))
-        family, values = meta["architecture"], dict(meta["config"])
-        model_name, pretrained_cfg = meta.get("model_name"), meta.get("pretrained_cfg") or {}
-    else:
-        from .convert.hf import config_from_hf
-
-        family, values, pretrained_cfg = config_from_hf(
-            _read_json(directory / CONFIG_NAME), source=str(directory), state_keys=_hf_weight_keys(directory)
-        )
-        model_name = None
+    kind, family, values, model_name, pretrained_cfg = describe_directory(directory)
     if family not in FAMILIES:
         raise CheckpointError(f"{directory} is a {family!r} model, which this vitkit does not know "
                               f"(known: {sorted(FAMILIES)})")
     cls = FAMILIES[family]
+    from .registry import _check_kwargs
+
+    _check_kwargs(family, overrides, f"from_pretrained({str(name_or_path)!r})")
     values.update(overrides)
+    config = config_from_dict(cls.config_class, values)
     from .validate import check_hf_classifier, check_model_config
 
-    check_model_config(values, source=str(directory / CONFIG_NAME), config_class=cls.config_class)  # before building
-    config = config_from_dict(cls.config_class, values)
+    check_model_config(config, source=str(directory / CONFIG_NAME))  # before anything is allocated
     if kind == "hf" and "num_classes" not in overrides:  # a head that disagrees with config.json is not dropped
         check_hf_classifier(directory, config.num_classes, source=str(directory / CONFIG_NAME))
     model = cls(config)
     model.model_name = model_name
     model.pretrained_cfg = dict(pretrained_cfg)
+    if hub_id:
+        model.pretrained_cfg["hf_hub_id"] = hub_id
     load_pretrained(model, directory)
     return model.eval()
+
+
+def _resolve_location(name_or_path: str | Path, revision: str | None, cache_dir) -> tuple[Path, str | None]:
+    """(local directory, Hub repo id or None): an existing path, else a Hub repo downloaded into the cache."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, str) and text.lower().startswith(("hf-hub:", "hf_hub:")):
+        repo_id, at_revision = split_revision(text[len("hf-hub:"):])
+    else:
+        path = Path(name_or_path)
+        if path.exists():
+            if revision is not None:
+                logger.warning("%s is a local path: revision=%r applies to Hub repos and is ignored", path, revision)
+            return path, None
+        if not isinstance(name_or_path, str) or not is_repo_id(text):
+            raise CheckpointError(f"{path} does not exist (and is not a Hugging Face Hub repo id 'ORG/NAME')")
+        repo_id, at_revision = split_revision(text)
+    if revision is not None and at_revision is not None and revision != at_revision:
+        raise CheckpointError(f"two revisions for {repo_id}: {at_revision!r} in the name and revision={revision!r}")
+    revision = revision or at_revision
+    directory = download_model(repo_id, revision=revision, cache_dir=cache_dir)
+    return directory, repo_id + (f"@{revision}" if revision else "")
+
+
+# ------------------------------------------------------------------------------------ the Hugging Face Hub
+INSTALL_HUB = 'pip install "vitkit[hub]"'
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[^\s@]+)?$")
+SAFE_WEIGHTS = "model.safetensors"
+TORCH_WEIGHTS = "pytorch_model.bin"
+
+
+class HubError(CheckpointError):
+    """A model could not be fetched from the Hugging Face Hub (or its cache); the message says what to do."""
+
+
+def is_repo_id(text: str) -> bool:
+    """True for 'ORG/NAME' or 'ORG/NAME@REVISION' (the shape of a Hub model id)."""
+    return bool(_REPO_ID_RE.match(text)) and ".." not in text
+
+
+def split_revision(repo: str) -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev'); timm's `hf-hub:org/name@rev` syntax."""
+    repo_id, sep, revision = repo.partition("@")
+    if sep and (not revision or "@" in revision):
+        raise HubError(f"{repo!r}: a Hub id takes one '@' before its revision ('org/name@v1.0')")
+    return repo_id, (revision or None)
+
+
+def _huggingface_hub(repo_id: str):
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise HubError(f"loading {repo_id!r} from the Hugging Face Hub needs the huggingface_hub package: "
+                       f"{INSTALL_HUB} (or pip install huggingface_hub)") from None
+    return huggingface_hub
+
+
+def hub_download(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                 required: bool = True) -> Path | None:
+    """`huggingface_hub.hf_hub_download`, with its cache, offline mode and authentication, and errors that say
+    what to do. A file the repo does not have (or, offline, that is not cached) gives None when not `required`."""
+    from . import __version__
+
+    hf = _huggingface_hub(repo_id)
+    from huggingface_hub import constants, errors
+
+    where = f"{repo_id}" + (f" (revision {revision!r})" if revision else "")
+    try:
+        return Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                       library_name="vitkit", library_version=__version__))
+    except errors.GatedRepoError:
+        raise HubError(f"{repo_id} is a gated repo: accept its conditions at https://huggingface.co/{repo_id} and "
+                       f"log in (`huggingface-cli login`, or set HF_TOKEN)") from None
+    except errors.RepositoryNotFoundError:
+        raise HubError(f"{repo_id} is not a model repo on the Hugging Face Hub (or it is private: log in with "
+                       f"`huggingface-cli login` or set HF_TOKEN); check the name, e.g. "
+                       f"'google/vit-base-patch16-224'") from None
+    except errors.RevisionNotFoundError:
+        raise HubError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit hash)") from None
+    except errors.LocalEntryNotFoundError:
+        if not required:
+            return None
+        cache = Path(cache_dir or constants.HF_HUB_CACHE)
+        if constants.HF_HUB_OFFLINE:
+            raise HubError(
+                f"{filename} of {where} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
+                f"downloading it: run once online (unset HF_HUB_OFFLINE), or fetch the repo with "
+                f"`huggingface-cli download {repo_id}` (`hf download {repo_id}`), or pass a local directory"
+            ) from None
+        raise HubError(
+            f"could not download {filename} of {where} (no connection to the Hugging Face Hub?) and it is not in "
+            f"the cache ({cache}): retry online, or fetch it with `huggingface-cli download {repo_id}`") from None
+    except errors.EntryNotFoundError:
+        if not required:
+            return None
+        raise HubError(f"{where} has no file {filename}") from None
+    except errors.HFValidationError as e:
+        raise HubError(f"{repo_id!r} is not a valid Hugging Face Hub repo id: {e}") from None
+
+
+def download_weights(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The repo's weights file: model.safetensors, else pytorch_model.bin (as timm and transformers prefer)."""
+    path = hub_download(repo_id, SAFE_WEIGHTS, revision=revision, cache_dir=cache_dir, required=False)
+    if path is None:
+        path = hub_download(repo_id, TORCH_WEIGHTS, revision=revision, cache_dir=cache_dir, required=False)
+    if path is None:  # neither: the error names the preferred file (and, offline, how to fetch it)
+        hub_download(repo_id, SAFE_WEIGHTS, revision=revision, cache_dir=cache_dir)
+        raise HubError(f"{repo_id} has neither {SAFE_WEIGHTS} nor {TORCH_WEIGHTS}")  # pragma: no cover
+    return path
+
+
+def download_model(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                   weights: bool = True) -> Path:
+    """Fetch a model repo's config.json, preprocessor_config.json (if any) and weights into the Hub cache and
+    return their snapshot directory (`<cache>/models--ORG--NAME/snapshots/<commit>`), which the local loaders
+    read like any model directory."""
+    config = hub_download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+    directory = config.parent
+    if weights:
+        path = download_weights(repo_id, revision=revision, cache_dir=cache_dir)
+        if path.parent != directory:  # another commit between the two calls: read both from one snapshot
+            raise HubError(f"{repo_id} changed while it was downloaded: retry")
+    hub_download(repo_id, "preprocessor_config.json", revision=revision, cache_dir=cache_dir, required=False)
+    return directory
+
+
+def download_url(url: str, cache_dir: str | Path | None = None) -> Path:
+    """A weights file at `url` (torchvision's), cached where torchvision caches it (`torch.hub.get_dir()/
+    checkpoints`, or `cache_dir`); the SHA-256 prefix in a torchvision file name is checked on download."""
+    import re as _re
+    from urllib.parse import urlparse
+
+    directory = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+    name = os.path.basename(urlparse(url).path)
+    path = directory / name
+    if path.is_file():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    m = _re.search(r"-([a-f0-9]{6,})\.", name)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=m.group(1) if m else None, progress=True)
+    except Exception as e:  # noqa: BLE001 -- URLError, HTTPError, hash mismatch, disk full: all mean "not there"
+        raise HubError(f"could not download {url} ({type(e).__name__}: {e}); download it by hand to {path}") from None
+    return path

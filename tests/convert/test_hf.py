@@ -111,7 +111,8 @@ def test_deit_with_teacher(tmp_path):
     with torch.no_grad():
         out = hf(pixel_values=x)
         torch.testing.assert_close(model(x), out.logits, **ATOL)
-        model.train()  # no dropout in this config: both heads, in order (class, distillation)
+        model.train()  # no dropout in this config: with timm's set_distilled_training(True), both heads,
+        model.set_distilled_training(True)  # in order (class, distillation)
         cls_logits, dist_logits = model(x)
     torch.testing.assert_close(cls_logits, out.cls_logits, **ATOL)
     torch.testing.assert_close(dist_logits, out.distillation_logits, **ATOL)

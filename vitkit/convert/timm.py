@@ -8,12 +8,17 @@ adaptations, each of which is logged:
     - old timm checkpoints with a linear patch projection (D, C*p*p) are reshaped to the conv;
     - a head with another number of classes, or no head at all (feature checkpoints), leaves
       the model's freshly zero-initialised head in place.
+
+`config_from_timm` reads the config.json of a folder written by timm's `save_for_hf` / `push_to_hf_hub`
+(model name, `model_args`, `num_classes`, `pretrained_cfg`) into a vitkit model configuration.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -101,3 +106,86 @@ def _fit_heads(model, state, expected, source) -> None:
         for k in ckpt_head:
             del state[k]
         state.update({k: v.clone() for k, v in model_head.items()})
+
+
+# ------------------------------------------------------------------------------------ timm Hub folders
+# timm model arguments that vitkit's configs lack, with the value that means "as vitkit does"; any other
+# value (say reg_tokens=4) describes a network vitkit does not build, and is refused by name.
+_TIMM_NEUTRAL_ARGS: dict[str, Any] = {
+    "qk_norm": False, "no_embed_class": False, "reg_tokens": 0, "pre_norm": False, "final_norm": True,
+    "dynamic_img_pad": False, "use_naflex": False, "strict_img_size": True, "always_partition": False,
+    "head_dim": None, "nlhb": False, "stem_norm": False, "scale_attn_norm": False, "scale_mlp_norm": False,
+    "proj_bias": True, "pos_embed": "learn", "embed_norm": False, "embed_proj_type": "linear",
+}
+# timm argument name -> vitkit config field, per family
+_TIMM_ARG_ALIASES: dict[str, dict[str, str]] = {"mixer": {"num_blocks": "depth"}}
+
+
+def _listify(value: Any) -> Any:
+    return tuple(_listify(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+    """(model name, family, config values, pretrained_cfg) for the config.json of a timm Hub folder.
+
+    timm's `save_for_hf` / `push_to_hf_hub` write `architecture` (the timm model name, e.g.
+    "vit_base_patch16_224"), `num_classes`, `pretrained_cfg` and `model_args` (the keyword arguments the
+    model was created with); older exports hold the pretrained cfg at the top level instead. The model is
+    vitkit's model of that name with timm's `model_args` applied, and, as timm's factory does, the
+    pretrained cfg's `num_classes`, and its `input_size` for `in_chans` (and for `img_size` where
+    `fixed_input_size`) unless `model_args` names them."""
+    from dataclasses import fields
+
+    from ..hub import CheckpointError
+    from ..models._base import FAMILIES
+    from ..registry import _MODELS, base_pretrained_cfg
+
+    cfg = dict(cfg)
+    if "pretrained_cfg" not in cfg:  # timm's older single-dict layout
+        pretrained = {k: v for k, v in cfg.items() if k not in ("architecture", "num_features")}
+        if "labels" in pretrained:
+            pretrained["label_names"] = pretrained.pop("labels")
+        cfg = {"architecture": cfg["architecture"], "pretrained_cfg": pretrained}
+    pretrained = dict(cfg.get("pretrained_cfg") or {})
+    if "num_classes" in cfg:
+        pretrained["num_classes"] = cfg["num_classes"]
+    for key in ("label_names", "label_descriptions"):
+        if key in cfg:
+            pretrained[key] = cfg[key]
+    name = str(cfg["architecture"]).partition(".")[0]
+    spec = _MODELS.get(name)
+    if spec is None:
+        raise CheckpointError(
+            f"{source} is a timm {name!r} model, which vitkit does not implement; vitkit builds these timm "
+            f"architectures: vitkit.list_models() (for example 'vit_base_patch16_224', 'swin_tiny_patch4_window7_224')")
+    known = {f.name for f in fields(FAMILIES[spec.family].config_class)}
+    aliases = _TIMM_ARG_ALIASES.get(spec.family, {})
+    values = dict(spec.config)
+    refused = []
+    model_args = dict(cfg.get("model_args") or {})
+    for key, value in model_args.items():
+        field = aliases.get(key, key)
+        if field in known:
+            values[field] = _listify(value)
+        elif key in _TIMM_NEUTRAL_ARGS and _listify(value) == _TIMM_NEUTRAL_ARGS[key]:
+            continue
+        else:
+            refused.append(f"{key}={value!r}")
+    if refused:
+        raise CheckpointError(
+            f"{source}: timm model argument(s) {', '.join(refused)} of {name!r} have no vitkit equivalent (vitkit's "
+            f"{FAMILIES[spec.family].config_class.__name__} fields: {sorted(known)})")
+    input_size = pretrained.get("input_size")
+    if isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+        if "in_chans" not in model_args and "in_chans" in known:
+            values["in_chans"] = int(input_size[0])
+        if pretrained.get("fixed_input_size") and "img_size" not in model_args and "img_size" in known:
+            h, w = int(input_size[1]), int(input_size[2])
+            values["img_size"] = h if h == w else (h, w)
+    num_classes = pretrained.get("num_classes")
+    if "num_classes" not in model_args and isinstance(num_classes, int) and num_classes >= 0 and "num_classes" in known:
+        values["num_classes"] = num_classes
+    out_cfg = base_pretrained_cfg(name)
+    out_cfg.update({k: _listify(v) if k != "classifier" else v for k, v in pretrained.items()})
+    out_cfg["architecture"] = name
+    return name, spec.family, values, out_cfg
