@@ -236,9 +236,7 @@ class ConvNet(VitkitModel):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        w = self.stem[0].weight
-        self.head = (nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-                     if num_classes > 0 else nn.Identity())
+        self.head = self.new_head(self.num_features, num_classes)
         self._zero_init_head()
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:

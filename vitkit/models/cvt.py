@@ -58,6 +58,7 @@ from ..layers import (
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
+    is_fx_tracing,
     record_attention,
 )
 from ..registry import register_model
@@ -138,14 +139,18 @@ class ConvEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if not is_fx_tracing():  # fx: symbolic shapes, nothing to check (see vitkit/layers/tracing.py)
+            self.check_input(x)
+        x = self.proj(x)
+        H, W = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
+
+    def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"expected a (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}"
                 + (": create the model with the in_chans of the images" if x.ndim == 4 else "")
             )
-        x = self.proj(x)
-        H, W = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
 
 
 def _conv_projection(dim: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
@@ -260,6 +265,7 @@ class CvtStage(nn.Module):
 class ConvolutionalVisionTransformer(VitkitModel):
     family = "cvt"
     config_class = CvtConfig
+    hierarchical_features = True  # features_only takes every stage by default
 
     def __init__(self, config: CvtConfig) -> None:
         super().__init__(config)
@@ -268,7 +274,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
         self.embed_dims = list(c.embed_dims)
-        self.embed_dim = self.num_features = c.embed_dims[-1]
+        self.embed_dim = self.num_features = self.head_hidden_size = c.embed_dims[-1]
         self.num_prefix_tokens = int(c.cls_token[-1])
         self.grad_checkpointing = False
         for i in range(self.num_stages):  # attributes, not a list: the official keys are `stage{i}.`
@@ -337,9 +343,33 @@ class ConvolutionalVisionTransformer(VitkitModel):
                 raise ValueError("global_pool='token' needs the [CLS] token")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        device = self.stage0.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = self.new_head(self.num_features, num_classes)
         self._zero_init_head()
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's rule for hierarchical models: drop the stages after the last one `indices` takes; the
+        final norm goes with `prune_norm` or with the last stage (it is sized for it), and then
+        `num_features` becomes the last kept stage's width; the head goes (`reset_classifier(0, '')`) with
+        `prune_head` or the last stage. Returns the kept (non-negative) stage indices."""
+        take = feature_take_indices(self.num_stages, indices, unit="stages")
+        max_index = max(take)
+        prune_end = max_index < self.num_stages - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        for i in range(max_index + 1, self.num_stages):
+            delattr(self, f"stage{i}")
+        self.num_stages = max_index + 1
+        if prune_end:
+            self.embed_dim = self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.num_prefix_tokens = self.stages[-1].num_prefix_tokens
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Official keys are ours: only the classifier is fitted (another number of classes, or a
@@ -352,7 +382,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
 
     # ----------------------------------------------------------------- forward
     def _run_block(self, block: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
             return checkpoint(block, x, hw, use_reentrant=False)
         return block(x, hw)
 

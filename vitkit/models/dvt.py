@@ -492,8 +492,7 @@ class DynamicVisionTransformer(VitkitModel):
         """Fresh zero-initialised heads for every exit (0 = no heads)."""
         self.num_classes = self.config.num_classes = num_classes
         for stage in self.stages:
-            device = stage.pos_embed.device
-            stage.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+            stage.head = self.new_head(self.embed_dim, num_classes)
             if num_classes > 0:
                 nn.init.zeros_(stage.head.weight)
                 nn.init.zeros_(stage.head.bias)

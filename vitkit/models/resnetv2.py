@@ -72,6 +72,7 @@ def _same_pad_amount(size: int, kernel: int, stride: int, dilation: int) -> int:
     return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
+@torch.fx.wrap  # one call in a torch.fx graph: the padding is computed from the real input size
 def pad_same(
     x: torch.Tensor,
     kernel_size: _Pair,

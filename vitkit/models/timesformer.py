@@ -182,8 +182,7 @@ class TimeSformer(VitkitModel):
         if global_pool not in (None, "token"):
             raise ValueError(f"TimeSformer classifies from [CLS]: global_pool must be 'token', got {global_pool!r}")
         self.num_classes = self.config.num_classes = num_classes
-        device = self.pos_embed.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = self.new_head(self.num_features, num_classes)
         self._zero_init_head()
 
     # ----------------------------------------------------------------- forward

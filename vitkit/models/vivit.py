@@ -333,8 +333,7 @@ class ViViT(VitkitModel):
                 raise ValueError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
-        device = self.pos_embed.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = self.new_head(self.num_features, num_classes)
         self._zero_init_head()
 
     # ----------------------------------------------------------------- forward
