@@ -50,6 +50,37 @@ def _images(hf, batch: int = 2, size=None) -> torch.Tensor:
     return torch.randn(batch, c.num_channels, h, w, generator=torch.Generator().manual_seed(1))
 
 
+# ------------------------------------------------------------------------------------ ViTMSN
+def test_vit_msn_model(tmp_path):
+    """`ViTMSNModel` (facebook/vit-msn-*): a ViT without pooler; LayerNorm eps 1e-6 from its config."""
+    hf, directory = _hf_model("ViTMSNModel", tmp_path, config_cls=transformers.ViTMSNConfig)
+    model = vitkit.from_pretrained(directory)
+    assert model.num_classes == 0 and model.config.representation_size is None
+    assert model.config.norm_eps == hf.config.layer_norm_eps == 1e-6
+    x = _images(hf)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), hf(pixel_values=x).last_hidden_state, **ATOL)
+
+
+def test_vit_msn_for_image_classification(tmp_path):
+    """transformers 5's `save_pretrained` writes this classifier's encoder layers without the `vit.` prefix
+    and its embeddings with it; its in-memory state dict (transformers 5's module names) has the prefix on
+    every key. Both load, and the logits are HF's."""
+    hf, directory = _hf_model("ViTMSNForImageClassification", tmp_path, config_cls=transformers.ViTMSNConfig)
+    model = vitkit.from_pretrained(directory)
+    assert model.num_classes == 5
+    x = _images(hf)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(pixel_values=x).logits, **ATOL)
+    prefixed = hf.state_dict()
+    assert all(k.startswith(("vit.", "classifier.")) for k in prefixed)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in prefixed.items()}, str(directory / "model.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(vitkit.from_pretrained(directory)(x), hf(pixel_values=x).logits, **ATOL)
+
+
 # ------------------------------------------------------------------------------------ ViT
 @pytest.mark.parametrize("config", [
     {},

@@ -3,7 +3,11 @@
 Source: `transformers` (checked against 5.23) `models/vit/modeling_vit.py` and
 `models/deit/modeling_deit.py`: `ViTModel`, `ViTForImageClassification`,
 `ViTForMaskedImageModeling` (model_type "vit"); `DeiTModel`, `DeiTForImageClassification`,
-`DeiTForImageClassificationWithTeacher`, `DeiTForMaskedImageModeling` (model_type "deit").
+`DeiTForImageClassificationWithTeacher`, `DeiTForMaskedImageModeling` (model_type "deit");
+`models/vit_msn/modeling_vit_msn.py`: `ViTMSNModel`, `ViTMSNForImageClassification` (model_type
+"vit_msn": a ViT without pooler whose base prefix is `vit.`, LayerNorm eps 1e-6 by default;
+transformers 5's `save_pretrained` of the classifier writes the encoder layers without the prefix,
+the Hub's facebook/vit-msn-* checkpoints with it: both are read).
 
 Key map (HF -> vitkit). `{b}` is the base-model prefix `vit.` / `deit.` (absent in a checkpoint
 saved from a bare `ViTModel`/`DeiTModel`); both the on-disk names that `save_pretrained` writes
@@ -39,7 +43,7 @@ Documented exceptions (each is logged):
       logits alone. Loaded by `create_model`, pass `distilled=True, distilled_output='cls'`.
 
 Configuration (`config_from_hf`):
-    - HF's `layer_norm_eps` default is 1e-12 (timm/DeiT/DINO: 1e-6) -> `norm_eps`;
+    - HF's `layer_norm_eps` default is 1e-12 for ViT and DeiT, 1e-6 for ViTMSN (timm/DeiT/DINO: 1e-6) -> `norm_eps`;
     - `hidden_act` 'gelu' is the erf GELU; 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast' are the tanh
       approximation ('gelu_tanh');
     - whether a pooler exists is not in config.json (`ViTModel(add_pooling_layer=...)`): it is read
@@ -73,18 +77,20 @@ import torch
 logger = logging.getLogger("vitkit")
 
 # cvt: see hf_cvt.py, swin: hf_swin.py, vit_mae: hf_mae.py, vivit/timesformer: hf_vivit.py, hf_timesformer.py
-SUPPORTED_MODEL_TYPES = ("vit", "deit", "cvt", "swin", "vit_mae", "vivit", "timesformer")
+SUPPORTED_MODEL_TYPES = ("vit", "deit", "vit_msn", "cvt", "swin", "vit_mae", "vivit", "timesformer")
 _ARCHITECTURES = {
     "vit": ("ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling"),
     "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
              "DeiTForMaskedImageModeling"),
+    "vit_msn": ("ViTMSNModel", "ViTMSNForImageClassification"),
     "cvt": ("CvtModel", "CvtForImageClassification"),
     "swin": ("SwinModel", "SwinForImageClassification"),
     "vit_mae": ("ViTMAEForPreTraining", "ViTMAEModel"),
     "vivit": ("VivitModel", "VivitForVideoClassification"),
     "timesformer": ("TimesformerModel", "TimesformerForVideoClassification"),
 }
-_CLASSIFIER_ARCHS = {"ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"}
+_CLASSIFIER_ARCHS = {"ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
+                     "ViTMSNForImageClassification"}
 _POOLER_ARCHS = {"ViTModel", "DeiTModel"}  # add_pooling_layer defaults to True there
 
 # HF hidden_act -> vitkit act; all are exact equivalents.
@@ -399,7 +405,7 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
         qkv_bias=bool(get("qkv_bias", True)),
         class_token=True,
         fc_norm=False,
-        norm_eps=float(get("layer_norm_eps", 1e-12)),
+        norm_eps=float(get("layer_norm_eps", 1e-6 if model_type == "vit_msn" else 1e-12)),
         act=_ACTIVATIONS[hidden_act],
         pos_drop_rate=float(get("hidden_dropout_prob", 0.0)),
         proj_drop_rate=float(get("hidden_dropout_prob", 0.0)),
