@@ -88,8 +88,9 @@ class RunInfo:
 def read_run(path: str | Path) -> RunInfo:
     """A run directory (`vitkit train` / `vitkit pretrain` --out) or a model directory (`save_pretrained`).
 
-    A run directory's model is `model/` (or a pre-training run's `backbone/`); its config.yaml and
-    metrics.json describe the training. A model directory inside a run (RUN/model) picks up the run too."""
+    A run directory's model is `model/`, or for a pre-training run (`vitkit pretrain`) the encoder in `backbone/`
+    (an MAE run's whole model stays in RUN/model, which can be passed itself); its config.yaml and metrics.json
+    describe the training. A model directory inside a run (RUN/model, RUN/backbone) picks up the run too."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: expected a run directory (vitkit train --out) or a model "
@@ -98,7 +99,7 @@ def read_run(path: str | Path) -> RunInfo:
         raise ValueError(f"{path} is a file: expected a run directory (vitkit train --out) or a model directory "
                          f"(save_pretrained)")
     run_dir = None
-    for sub in ("model", "backbone"):
+    for sub in ("backbone", "model"):
         if (path / sub / CONFIG_NAME).is_file():
             run_dir, model_dir = path, path / sub
             break
@@ -342,7 +343,11 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
         lines += [details.pop("description"), ""]
     else:
         what = f"A `{name}` model (vitkit's `{model.family}` family)"
-        lines += [what + (f" trained on {dataset} with vitkit." if dataset else ", saved with vitkit."), ""]
+        if metrics.get("method"):
+            how = f" pre-trained on {dataset} by {metrics['method']} (self-supervised: no labels) with vitkit."
+        else:
+            how = f" trained on {dataset} with vitkit." if dataset else ", saved with vitkit."
+        lines += [what + how, ""]
 
     size = _size(config)
     lines += ["## Model details", "",
@@ -379,7 +384,8 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
                 ("test loss", "test_loss", ""), ("best validation accuracy", "best_val_acc", "%"),
                 ("epochs", "epochs", ""), ("training time", "train_seconds", " s"),
                 ("throughput", "images_per_second", " images/s"),
-                ("teacher test accuracy", "teacher_test_acc", "%")]
+                ("teacher test accuracy", "teacher_test_acc", "%"), ("pre-training method", "method", ""),
+                ("final pre-training loss", "final_loss", ""), ("final feature std", "final_feature_std", "")]
         for label, key, unit in rows:
             if metrics.get(key) is not None:
                 lines.append(f"| {label} | {metrics[key]}{unit} |")
