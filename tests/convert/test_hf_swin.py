@@ -1,6 +1,7 @@
 """Hugging Face Swin -> vitkit: outputs identical to a randomly initialised HF model (every parameter
 re-drawn) after `vitkit.from_pretrained(dir)`, at the configured size and at sizes that need
-padding to the window grid (HF pads as the official detection code, so does vitkit)."""
+padding to the window grid (HF pads as the official detection code, so does vitkit), and above and
+below the configured size, where HF shrinks windows per input (`window_rule="hf"`)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,64 @@ def test_hf_absolute_embeddings_refused(tmp_path):
     ref.save_pretrained(tmp_path)
     with pytest.raises(vitkit.CheckpointError, match="use_absolute_embeddings"):
         vitkit.from_pretrained(tmp_path)
+
+
+# A third stage whose 4x4 grid at the configured 32x32 equals the window: HF and timm both run it
+# unshifted there, but HF decides per forward pass (an 8x8 grid at 64x64 gets its shifted windows
+# back) where timm fixes it at build time.
+DEEP = dict(depths=[2, 2, 2], num_heads=[2, 4, 8])
+# above and below the configured 32x32; 28x28 pads stage 2 (7 -> 8); (30, 70) is non-square
+WINDOW_RULE_SIZES = [(32, 32), (64, 64), (48, 40), (28, 28), (30, 70)]
+
+
+def fresh_hf(state, **kw):
+    """A new HF model holding `state`: HF's SwinLayer keeps a window it shrank for one input size for
+    every later call, so each size gets a model that has not run yet (its documented per-input rule)."""
+    model = hf_model(**kw)
+    model.load_state_dict(state)
+    return model
+
+
+def test_hf_window_rule_follows_each_input(tmp_path):
+    ref = hf_model(**DEEP)
+    ref.save_pretrained(tmp_path)
+    ours = vitkit.from_pretrained(tmp_path)
+    assert ours.config.window_rule == "hf"
+    state = ref.state_dict()
+    with torch.no_grad():
+        for hw in WINDOW_RULE_SIZES:
+            x = torch.randn(2, 3, *hw)
+            torch.testing.assert_close(ours(x), hf_out(fresh_hf(state, **DEEP), x), atol=1e-5, rtol=1e-5,
+                                       msg=str(hw))
+
+
+def test_timm_window_rule_differs_from_hf_above_the_configured_size(tmp_path):
+    """The same weights under timm's build-time rule: equal at the configured size, not at 64x64 (the
+    third stage stays unshifted) -- the difference the 'hf' rule exists for."""
+    ref = hf_model(**DEEP)
+    ref.save_pretrained(tmp_path)
+    hf_rule = vitkit.from_pretrained(tmp_path)
+    timm_rule = vitkit.create_model("swin_micro_patch2_window4_32", **{**hf_rule.config_dict(), "window_rule": "timm"})
+    timm_rule.load_state_dict(hf_rule.state_dict())
+    timm_rule.eval()
+    state = ref.state_dict()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(timm_rule(x), hf_rule(x), atol=1e-6, rtol=1e-6)
+        x = torch.randn(2, 3, 64, 64)
+        assert (timm_rule(x) - hf_out(fresh_hf(state, **DEEP), x)).abs().max() > 1e-3
+        torch.testing.assert_close(hf_rule(x), hf_out(fresh_hf(state, **DEEP), x), atol=1e-5, rtol=1e-5)
+
+
+def test_hf_window_rule_survives_save_pretrained(tmp_path):
+    ref = hf_model(**DEEP)
+    ref.save_pretrained(tmp_path / "hf")
+    ours = vitkit.from_pretrained(tmp_path / "hf")
+    ours.save_pretrained(tmp_path / "ours")
+    again = vitkit.from_pretrained(tmp_path / "ours")
+    assert again.config.window_rule == "hf"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ours(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="window_rule must be"):
+        vitkit.create_model("swin_micro_patch2_window4_32", window_rule="official")

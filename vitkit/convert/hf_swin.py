@@ -21,8 +21,11 @@ base-model prefix `swin.` (absent in a bare `SwinModel` checkpoint):
 
 Dropped (logged): saved `relative_position_index` buffers, `embeddings.mask_token` (SimMIM).
 Refused: `use_absolute_embeddings=True` (no vitkit counterpart yet).
-HF pads inputs whose grid the window does not divide exactly as vitkit does (pad, then shift), so
-`strict_img_size=False` matches HF at any input size as long as no window is clamped at run time.
+HF pads inputs whose grid the window does not divide exactly as vitkit does (pad, then shift). HF
+also shrinks a stage's window on every forward pass from that input's grid (`SwinLayer.
+set_shift_and_window_size`: when min(H, W) <= window, a min(H, W) window without shift), where timm
+and the official code fix the window once for the configured image size; the converted config sets
+`window_rule='hf'` so vitkit applies HF's rule, and `strict_img_size=False` so any input size runs.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ def config_from_hf_swin(hf_config: Mapping[str, Any], source: str = "checkpoint"
         proj_drop_rate=float(get("hidden_dropout_prob", 0.0)),
         attn_drop_rate=float(get("attention_probs_dropout_prob", 0.0)),
         strict_img_size=False,  # HF takes any input size (padding to the patch and window grids)
+        window_rule="hf",  # windows shrink per forward pass from the input's grid, as HF's SwinLayer
     )
     directory = Path(source)
     pretrained_cfg = _preprocessing("deit", directory if directory.is_dir() else None)  # ImageNet mean/std
