@@ -16,10 +16,12 @@ The folder uploaded holds three files:
       a model-index with the test accuracy) and the architecture, parameter count, input size and
       preprocessing, the dataset, the run's final metrics, the command that trained it and how to load it.
 
-`push_to_hub` follows timm's `push_to_hf_hub` and transformers' `PushToHubMixin.push_to_hub`: it creates the
-repository if needed (`HfApi.create_repo(exist_ok=True)`), writes the folder into a temporary directory and
-uploads it in one commit (`HfApi.upload_folder`). As in both, a README.md already in the repository is kept
-unless a model card is passed explicitly.
+`push_to_hub` follows timm's `push_to_hf_hub` and transformers' `PushToHubMixin.push_to_hub`: it writes the
+folder into a temporary directory, creates the repository if needed (`HfApi.create_repo(exist_ok=True)`) and
+uploads the folder in one commit (`HfApi.upload_folder`). As in both, a README.md already in the repository is
+kept unless a model card is passed explicitly. Everything that needs no network (huggingface_hub installed, the
+Hub not switched off by HF_HUB_OFFLINE, a token) is checked first, and every Hub error becomes a `PushError`
+of one line.
 """
 
 from __future__ import annotations
@@ -421,7 +423,7 @@ def _hub_card_classes():
 
 # ------------------------------------------------------------------------------------ the folder
 def _write_folder(model, directory: Path, *, model_card=None, run: RunInfo | None = None, repo_id: str | None,
-                  timm_compatible: bool | None, tags: list[str] | None, write_card: bool = True) -> dict[str, Any]:
+                  timm_compatible: bool | None, tags: list[str] | None) -> dict[str, Any]:
     """Write config.json, model.safetensors and README.md into an existing empty `directory`."""
     save_pretrained(model, directory)
     timm_cfg, reason = (None, "timm_compatible=False") if timm_compatible is False else timm_config(model)
@@ -431,11 +433,10 @@ def _write_folder(model, directory: Path, *, model_card=None, run: RunInfo | Non
     if timm_cfg:
         vitkit_cfg = json.loads((directory / CONFIG_NAME).read_text())
         (directory / CONFIG_NAME).write_text(json.dumps({**timm_cfg, "vitkit": vitkit_cfg}, indent=2) + "\n")
-    if write_card:
-        card = _as_card(model_card) if model_card is not None and not isinstance(model_card, dict) else \
-            build_model_card(model, run=run, repo_id=repo_id, timm_cfg=timm_cfg, tags=tags, details=model_card)
-        (directory / README_NAME).write_text(str(card), encoding="utf-8")
-    return {"timm": timm_cfg is not None, "reason": reason}
+    card = _as_card(model_card) if model_card is not None and not isinstance(model_card, dict) else \
+        build_model_card(model, run=run, repo_id=repo_id, timm_cfg=timm_cfg, tags=tags, details=model_card)
+    (directory / README_NAME).write_text(str(card), encoding="utf-8")
+    return {"timm_cfg": timm_cfg, "reason": reason}
 
 
 def _as_card(model_card):
@@ -526,22 +527,33 @@ def push_to_hub(model, repo_id: str, *, commit_message: str | None = None, commi
     transformers do. Returns huggingface_hub's `CommitInfo` (its `.commit_url`, `.pr_url`)."""
     api = _hub_api(token)
     run = read_run(run_dir) if run_dir is not None else None
-    from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    def hub(what: str, call):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 -- HTTP errors, refused connections, timeouts: one line each
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise PushError(f"{what} {repo_id} on the Hugging Face Hub failed: {type(e).__name__}: {first}") from e
+
+    with tempfile.TemporaryDirectory(prefix="vitkit-push-") as tmp:
+        # the folder first: a model that cannot be written leaves no empty repository behind
+        folder = Path(tmp)
+        info = _write_folder(model, folder, model_card=model_card, run=run, repo_id=repo_id,
+                             timm_compatible=timm_compatible, tags=tags)
+        full_id = hub("creating", lambda: api.create_repo(repo_id, private=private, exist_ok=True).repo_id)
+        if full_id != repo_id and (model_card is None or isinstance(model_card, dict)):
+            # the account's namespace was added to a bare name: the card's snippets name the full id
+            card = build_model_card(model, run=run, repo_id=full_id, timm_cfg=info["timm_cfg"], tags=tags,
+                                    details=model_card)
+            (folder / README_NAME).write_text(str(card), encoding="utf-8")
+        repo_id = full_id
         if revision is not None and not revision.startswith("refs/pr"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        write_card = model_card is not None or not api.file_exists(repo_id, README_NAME, revision=revision)
-        with tempfile.TemporaryDirectory(prefix="vitkit-push-") as tmp:
-            _write_folder(model, Path(tmp), model_card=model_card, run=run, repo_id=repo_id,
-                          timm_compatible=timm_compatible, tags=tags, write_card=write_card)
-            return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
-                                     commit_message=commit_message or "Upload model",
-                                     commit_description=commit_description)
-    except (HfHubHTTPError, OSError) as e:
-        raise PushError(f"uploading to {repo_id} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
-            from e
+            hub("creating the branch of", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
+        if model_card is None and hub("reading", lambda: api.file_exists(repo_id, README_NAME, revision=revision)):
+            (folder / README_NAME).unlink()  # the repository's own card is kept, as timm and transformers keep it
+        return hub("uploading to", lambda: api.upload_folder(
+            repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or "Upload model", commit_description=commit_description))
 
 
 # ------------------------------------------------------------------------------------ vitkit push
