@@ -213,7 +213,7 @@ def test_contract(name, tmp_path):
             feats = model.forward_features(x)
             torch.testing.assert_close(model.forward_head(feats), out, atol=1e-5, rtol=1e-5)
             pre = model.forward_head(feats, pre_logits=True)
-            assert pre.shape == (B, model.num_features)
+            assert pre.shape == (B, model.head_hidden_size)  # timm's name for the pre-logits width
         if "num_classes_0" in run:
             headless = _build(name, tiny, num_classes=0)
             y = headless(x)
@@ -224,6 +224,14 @@ def test_contract(name, tmp_path):
             assert model(x).shape == (B, 3) and model.num_classes == 3
             model.reset_classifier(0)
             torch.testing.assert_close(model(x), pre)  # no head: the pooled features
+            # a new head takes the model's dtype (and device) and its train/eval mode, as timm's
+            model = _build(name, tiny).double()
+            for training in (False, True):
+                model.train(training)
+                model.reset_classifier(4)
+                assert {p.dtype for p in model.parameters()} == {torch.float64}
+                assert all(m.training == training for m in model.modules()), f"train={training}"
+            assert model.eval()(x.double()).shape == (B, 4)
             model = _build(name, tiny)
 
     if "gradients" in run:

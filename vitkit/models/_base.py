@@ -97,6 +97,16 @@ class VitkitModel(nn.Module):
         return dataclasses.asdict(self.config)
 
     @property
+    def head_hidden_size(self) -> int:
+        """timm's name for the width of the pooled pre-logits features the classifier takes
+        (`forward_head(x, pre_logits=True)`); `num_features` unless a family sets it."""
+        return self.__dict__.get("_head_hidden_size", getattr(self, "num_features", 0))
+
+    @head_hidden_size.setter
+    def head_hidden_size(self, value: int) -> None:
+        self.__dict__["_head_hidden_size"] = int(value)
+
+    @property
     def default_cfg(self) -> dict[str, Any]:
         """timm's older name of `pretrained_cfg` (the same dict)."""
         return self.pretrained_cfg
