@@ -235,3 +235,16 @@ def test_cli_not_a_run_directory_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a run directory" in err[0] and "vitkit train" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_without_huggingface_hub_the_error_says_what_to_install(run_dir, tmp_path, monkeypatch, capsys):
+    from vitkit.cli import main
+
+    model = vitkit.from_pretrained(run_dir / "model")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # what `import huggingface_hub` meets uninstalled
+    with pytest.raises(ImportError, match=r'pip install "vitkit\[hub\]"'):
+        model.push_to_hub(REPO)
+    assert main(["push", str(run_dir), REPO, "--dry-run", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install "vitkit[hub]"' in err[0]
+    assert not (tmp_path / "out").exists()
