@@ -73,7 +73,8 @@ _TRAIN_ONLY_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 
 
 class PushError(RuntimeError):
-    """The model cannot be pushed: the Hub is unreachable by configuration, or no token is available."""
+    """The model was not pushed: the Hub is switched off (HF_HUB_OFFLINE), no token is available, or the Hub
+    refused or could not be reached (the message names the step and the error)."""
 
 
 # ------------------------------------------------------------------------------------ run directories
@@ -209,6 +210,8 @@ def timm_config(model, atol: float = 1e-4) -> tuple[dict[str, Any] | None, str]:
 
     config = _json_value(model.config_dict())
     family = model.family
+    if "img_size" not in config:
+        return None, f"vitkit's {family!r} family has no img_size to check timm against"
     arch = model.model_name if model.model_name and timm.is_model(model.model_name) else None
     if arch is None:
         candidates = []
