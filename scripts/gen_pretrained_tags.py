@@ -74,7 +74,6 @@ def build_table() -> dict:
             base = get_pretrained_cfg(name)
             if base is not None:
                 cfg = _cfg(base)
-                cfg.pop("tag", None)
                 entry["untrained"] = cfg
         models[name] = entry
     return {"timm_version": timm.__version__, "generated_by": "scripts/gen_pretrained_tags.py", "models": models}

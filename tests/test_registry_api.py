@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vitkit
+import vitkit.pretrained
 from vitkit import create_model, list_models
 from vitkit.registry import get_model_spec
 
@@ -110,3 +111,116 @@ def test_model_carries_pretrained_cfg():
 def test_public_api():
     assert set(vitkit.__all__) >= {"create_model", "list_models", "from_pretrained", "CheckpointError"}
     assert issubclass(vitkit.CheckpointError, ValueError)
+
+
+# ------------------------------------------------------------------------------------ timm's pretrained cfgs
+TIMM_FIELDS = ("input_size", "fixed_input_size", "min_input_size", "interpolation", "crop_pct", "crop_mode", "mean",
+               "std", "num_classes", "pool_size", "first_conv", "classifier", "license", "hf_hub_id", "tag",
+               "architecture")
+
+
+def _timm():
+    timm = pytest.importorskip("timm")
+    return timm
+
+
+def _plain(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_timms_cfg_fields(name):
+    """Every name's pretrained cfg has timm's fields, and its layer names are the model's own modules."""
+    spec = get_model_spec(name)
+    cfg = spec.pretrained_cfg
+    for key in ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
+                "num_classes", "pool_size", "first_conv", "classifier", "license", "hf_hub_id", "tag", "architecture"):
+        assert key in cfg, key
+    assert cfg["architecture"] == name and len(cfg["input_size"]) == 3
+    with torch.device("meta"):
+        model = create_model(name)
+    assert model.default_cfg is model.pretrained_cfg
+    modules = dict(model.named_modules())
+    assert cfg["input_size"][0] == model.config.in_chans
+    assert isinstance(modules[cfg["first_conv"]], (torch.nn.Conv2d, torch.nn.Conv3d))
+    first = next(k for k, m in modules.items() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    assert cfg["first_conv"] == first
+    classifiers = [cfg["classifier"]] if isinstance(cfg["classifier"], str) else list(cfg["classifier"] or [])
+    for head in classifiers:
+        assert isinstance(modules[head], torch.nn.Linear), head
+
+
+def _timm_names():
+    try:
+        from vitkit.pretrained import _timm_table
+    except ImportError:  # pragma: no cover
+        return []
+    return sorted(_timm_table())
+
+
+@pytest.mark.parametrize("name", _timm_names())
+def test_pretrained_cfg_is_timms(name):
+    """For the names timm also has, the cfg (default tag) is timm's, and timm's own resolve_data_config
+    reads a vitkit model as it reads timm's (e.g. 384 x 384 for '*_384')."""
+    timm = _timm()
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    ref = get_pretrained_cfg(name).to_dict()
+    cfg = get_model_spec(name).pretrained_cfg
+    for key in TIMM_FIELDS:
+        if ref.get(key) not in (None, ""):
+            assert _plain(cfg[key]) == _plain(ref[key]), key
+    with torch.device("meta"):
+        model = create_model(name)
+    assert resolve_data_config(model=model) == resolve_data_config(pretrained_cfg=ref)
+    for tag, tag_cfg in vitkit.pretrained.pretrained_tags(name).items():
+        if tag_cfg["format"] == "timm":
+            assert tag_cfg["hf_hub_id"] == get_pretrained_cfg(f"{name}.{tag}").hf_hub_id == f"timm/{name}.{tag}"
+    del timm
+
+
+def test_tag_sets_num_classes_as_timm():
+    """A tag's classes are the default (timm's `_update_default_model_kwargs`); an argument wins."""
+    timm = _timm()
+    for full, classes in (("vit_tiny_patch16_224.augreg_in21k", 21843), ("vit_small_patch16_224.dino", 0),
+                          ("swin_tiny_patch4_window7_224.ms_in22k", 21841)):
+        with torch.device("meta"):
+            model = create_model(full)
+            assert model.num_classes == classes == timm.create_model(full).num_classes
+            assert create_model(full, num_classes=3).num_classes == 3
+        assert model.pretrained_cfg["tag"] == full.split(".")[1]
+    assert create_model("vit_tiny_patch16_224", pretrained_cfg="augreg_in21k", **TINY).num_classes == 21843
+
+
+def test_pretrained_table_matches_installed_timm():
+    """vitkit/pretrained_tags.json is what scripts/gen_pretrained_tags.py writes from the installed timm."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    timm = _timm()
+    root = Path(__file__).resolve().parents[1]
+    table = json.loads((root / "vitkit" / "pretrained_tags.json").read_text())
+    if table["timm_version"] != timm.__version__:
+        pytest.skip(f"the table is from timm {table['timm_version']}, timm {timm.__version__} is installed")
+    spec = importlib.util.spec_from_file_location("gen_pretrained_tags", root / "scripts" / "gen_pretrained_tags.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.build_table()["models"] == table["models"]
+
+
+def test_list_pretrained():
+    names = list_models(pretrained=True)
+    assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in names and "cvt_13.hf_ms_in1k" in names
+    assert "mvit_base_16x4.tv_k400" in names
+    assert list_models("deit_tiny_*", pretrained=True) == ["deit_tiny_distilled_patch16_224.fb_in1k",
+                                                          "deit_tiny_distilled_patch16_224.hf_fb_in1k",
+                                                          "deit_tiny_patch16_224.fb_in1k",
+                                                          "deit_tiny_patch16_224.hf_fb_in1k"]
+    for full in names:
+        name, tag = full.split(".")
+        assert name in list_models()
+        cfg = vitkit.pretrained.pretrained_tags(name)[tag]
+        assert cfg["format"] in ("timm", "transformers", "torchvision")
+        assert cfg.get("hf_hub_id") or cfg.get("url")

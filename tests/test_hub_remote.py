@@ -1,0 +1,325 @@
+"""Loading from the Hugging Face Hub, offline: `from_pretrained("org/name")`, `create_model(name.tag,
+pretrained=True)` and `create_model("hf-hub:org/name")` read through huggingface_hub's own cache lookup.
+
+Each test writes real repos into a temporary Hub cache in the layout huggingface_hub keeps
+(`models--ORG--NAME/{blobs, snapshots/<commit>, refs/<branch>}`, snapshot files linked to blobs),
+from randomly initialised reference models -- transformers' `save_pretrained`, timm's `save_for_hf` --
+and runs with HF_HUB_OFFLINE=1 and HF_HUB_CACHE pointing there (and huggingface_hub's constants, which
+it reads from the environment at import). `hf_hub_download` then resolves every file as it would after
+a download: refs -> commit -> snapshot; nothing here reads the temporary folders directly. No network.
+
+What this cannot prove offline: the download itself, and the gated / missing-repo errors, which only
+the Hub's HTTP answers produce (their messages are in vitkit.hub.hub_download).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import vitkit
+from vitkit import CheckpointError, create_model, from_pretrained
+
+huggingface_hub = pytest.importorskip("huggingface_hub")
+transformers = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+
+ATOL = dict(atol=1e-5, rtol=1e-5)
+HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               image_size=32, patch_size=8, num_labels=5)
+TIMM_TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
+
+
+# ------------------------------------------------------------------------------------ a Hub cache
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hub cache, offline; huggingface_hub reads both settings from its constants module."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def put_in_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main", commit: str | None = None) -> str:
+    """Store the files of `folder` as commit `commit` of `repo_id`, with refs/`revision` pointing at it,
+    the way huggingface_hub lays out a download: content-addressed blobs, relative symlinks."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    commit = commit or hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for path in files:
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return commit
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere, heads included (zero-initialised heads would hide differences)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.2 * noise if "norm" in name and name.endswith("weight") else 0.1 * noise)
+    return model.eval()
+
+
+def images(c: int = 3, hw: int = 32) -> torch.Tensor:
+    return torch.randn(2, c, hw, hw, generator=torch.Generator().manual_seed(1))
+
+
+def hf_saved(tmp_path, cls_name: str, config_cls, seed: int = 0, **config):
+    hf = randomise(getattr(transformers, cls_name)(config_cls(**config)), seed)
+    folder = tmp_path / f"{cls_name}-{seed}"
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def timm_saved(tmp_path, name: str, seed: int = 0, safe_serialization="both", **kw):
+    torch.manual_seed(seed)
+    ref = randomise(timm.create_model(name, pretrained=False, **kw), seed)
+    folder = tmp_path / f"timm-{seed}-{safe_serialization}"
+    timm.models.save_for_hf(ref, str(folder), safe_serialization=safe_serialization)
+    return ref, folder
+
+
+def hf_logits(hf, x):
+    out = hf(pixel_values=x)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+# ------------------------------------------------------------------------------------ transformers repos
+SWIN_TINY = dict(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                 num_labels=5)
+
+
+@pytest.mark.parametrize("cls_name, config_cls, config, repo", [
+    ("ViTForImageClassification", "ViTConfig", HF_TINY, "google/vit-base-patch16-224"),
+    ("DeiTForImageClassificationWithTeacher", "DeiTConfig", HF_TINY, "facebook/deit-base-distilled-patch16-224"),
+    ("SwinForImageClassification", "SwinConfig", SWIN_TINY, "microsoft/swin-tiny-patch4-window7-224"),
+    ("ViTMSNModel", "ViTMSNConfig", {k: v for k, v in HF_TINY.items() if k != "num_labels"}, "facebook/vit-msn-small"),
+])
+def test_from_pretrained_transformers_repo(hub_cache, tmp_path, cls_name, config_cls, config, repo):
+    hf, folder = hf_saved(tmp_path, cls_name, getattr(transformers, config_cls), **config)
+    put_in_cache(hub_cache, repo, folder)
+    model = from_pretrained(repo)
+    x = images()
+    with torch.no_grad():
+        ours = model(x) if model.num_classes else model.forward_features(x)
+        torch.testing.assert_close(ours, hf_logits(hf, x), **ATOL)
+    assert model.pretrained_cfg["hf_hub_id"] == repo
+    # the same through the hf-hub: prefix of create_model, with the weights (timm: pretrained=True)
+    again = create_model(f"hf-hub:{repo}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x) if again.num_classes else again.forward_features(x), ours, **ATOL)
+
+
+def test_transformers_tag_builds_the_repos_network(hub_cache, tmp_path):
+    """`name.hf_*` tags load a transformers repo; the network is the repo's config.json's (here a tiny ViT
+    stored under google/vit-base-patch16-224, LayerNorm eps 1e-12), so no size overrides are needed and the
+    logits are the transformers model's."""
+    hf, folder = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, **HF_TINY)
+    put_in_cache(hub_cache, "google/vit-base-patch16-224", folder)
+    model = create_model("vit_base_patch16_224.hf_goog_in21k_ft_in1k", pretrained=True).eval()
+    assert model.config.embed_dim == 32 and model.config.norm_eps == 1e-12 and model.num_classes == 5
+    assert model.pretrained_cfg["hf_hub_id"] == "google/vit-base-patch16-224"
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["interpolation"] == "bilinear"
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(pixel_values=x).logits, **ATOL)
+
+
+# ------------------------------------------------------------------------------------ timm repos
+@pytest.mark.parametrize("safe_serialization", [True, False], ids=["safetensors", "pytorch_model.bin"])
+def test_hf_hub_timm_repo(hub_cache, tmp_path, safe_serialization):
+    """A repo written by timm's save_for_hf (config.json: architecture = the timm name, model_args,
+    pretrained_cfg): create_model('hf-hub:...', pretrained=True) and from_pretrained give timm's outputs;
+    pretrained=False builds the same network with random weights, as timm does."""
+    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=safe_serialization,
+                             num_classes=7, **TIMM_TINY)
+    put_in_cache(hub_cache, "someone/tiny-vit", folder)
+    x = images()
+    with torch.no_grad():
+        expected = ref(x)
+        model = create_model("hf-hub:someone/tiny-vit", pretrained=True).eval()
+        torch.testing.assert_close(model(x), expected, **ATOL)
+        torch.testing.assert_close(from_pretrained("someone/tiny-vit")(x), expected, **ATOL)
+        random = create_model("hf-hub:someone/tiny-vit").eval()
+        assert random.config == model.config and not torch.allclose(random(x), expected, atol=1e-3)
+    assert model.model_name == "vit_base_patch16_224" and model.num_classes == 7
+    cfg = model.pretrained_cfg
+    assert cfg["hf_hub_id"] == "someone/tiny-vit" and cfg["input_size"] == (3, 32, 32)
+    assert cfg["mean"] == ref.pretrained_cfg["mean"] and cfg["crop_pct"] == ref.pretrained_cfg["crop_pct"]
+
+
+def test_hf_hub_timm_swin_repo(hub_cache, tmp_path):
+    ref, folder = timm_saved(tmp_path, "swin_tiny_patch4_window7_224", num_classes=4, img_size=32, patch_size=2,
+                             embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)
+    put_in_cache(hub_cache, "someone/tiny-swin", folder)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("hf-hub:someone/tiny-swin")(x), ref(x), **ATOL)
+
+
+def test_timm_argument_vitkit_lacks_is_named(hub_cache, tmp_path):
+    _, folder = timm_saved(tmp_path, "vit_base_patch16_224", reg_tokens=2, **TIMM_TINY)
+    put_in_cache(hub_cache, "someone/registers", folder)
+    with pytest.raises(CheckpointError, match=r"reg_tokens=2.*no vitkit equivalent"):
+        from_pretrained("someone/registers")
+
+
+def test_name_with_tag_loads_timms_repo(hub_cache, tmp_path):
+    """`create_model('vit_base_patch16_224.augreg2_in21k_ft_in1k', pretrained=True)` reads the repo
+    `timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`. The real weights are ViT-B/16; here the repo holds a
+    tiny timm ViT of that architecture (save_for_hf of timm's model created with the same tag and size
+    overrides), and vitkit is created with the same overrides. What this proves: the tag resolves to
+    timm's repo id, huggingface_hub finds the file, timm's keys load, outputs are timm's, and the
+    pretrained cfg is timm's. It does not prove that the full-size Hub file loads (that needs a download)."""
+    name = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    ref, folder = timm_saved(tmp_path, name, safe_serialization=True, **TIMM_TINY)
+    assert ref.pretrained_cfg["hf_hub_id"] == f"timm/{name}"
+    put_in_cache(hub_cache, f"timm/{name}", folder)
+    x = images()
+    with torch.no_grad():
+        model = create_model(name, pretrained=True, **TIMM_TINY).eval()
+        torch.testing.assert_close(model(x), ref(x), **ATOL)
+        # without a tag, pretrained=True takes timm's default tag: the same repo
+        default = create_model("vit_base_patch16_224", pretrained=True, **TIMM_TINY).eval()
+        torch.testing.assert_close(default(x), ref(x), **ATOL)
+    for key in ("hf_hub_id", "architecture", "tag", "input_size", "fixed_input_size", "interpolation", "crop_pct",
+                "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "license"):
+        assert model.pretrained_cfg[key] == ref.pretrained_cfg[key], key
+    assert model.default_cfg is model.pretrained_cfg
+
+
+def test_pretrained_cfg_overlay_file(tmp_path):
+    """timm's idiom for local weights: pretrained=True with pretrained_cfg_overlay=dict(file=...)."""
+    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=True, **TIMM_TINY)
+    model = create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(
+        file=str(folder / "model.safetensors")), **TIMM_TINY).eval()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), **ATOL)
+    # checkpoint_path loads after creation, as timm's
+    other = create_model("vit_base_patch16_224", checkpoint_path=folder / "model.safetensors", **TIMM_TINY).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), ref(x), **ATOL)
+
+
+# ------------------------------------------------------------------------------------ revisions and formats
+def test_revision_picks_the_snapshot(hub_cache, tmp_path):
+    hf_a, folder_a = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, seed=0, **HF_TINY)
+    hf_b, folder_b = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, seed=1, **HF_TINY)
+    commit_a = put_in_cache(hub_cache, "org/vit", folder_a, revision="main")
+    commit_b = put_in_cache(hub_cache, "org/vit", folder_b, revision="v2")
+    assert commit_a != commit_b
+    x = images()
+    with torch.no_grad():
+        a, b = hf_a(pixel_values=x).logits, hf_b(pixel_values=x).logits
+        assert not torch.allclose(a, b, atol=1e-3)
+        torch.testing.assert_close(from_pretrained("org/vit")(x), a, **ATOL)
+        torch.testing.assert_close(from_pretrained("org/vit", revision="v2")(x), b, **ATOL)
+        torch.testing.assert_close(from_pretrained("org/vit", revision=commit_b)(x), b, **ATOL)
+        torch.testing.assert_close(from_pretrained("hf-hub:org/vit@v2")(x), b, **ATOL)
+        torch.testing.assert_close(create_model("hf-hub:org/vit@v2", pretrained=True).eval()(x), b, **ATOL)
+    with pytest.raises(CheckpointError, match=r"revision 'v3'.*HF_HUB_OFFLINE"):
+        from_pretrained("org/vit", revision="v3")
+
+
+def test_cache_dir_argument(hub_cache, tmp_path):
+    hf, folder = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, **HF_TINY)
+    other = tmp_path / "elsewhere"
+    put_in_cache(other, "org/vit", folder)
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        from_pretrained("org/vit")  # not in HF_HUB_CACHE
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("org/vit", cache_dir=other)(x), hf(pixel_values=x).logits, **ATOL)
+
+
+def test_safetensors_preferred_over_pytorch_model_bin(hub_cache, tmp_path):
+    """A repo with both files (timm's push_to_hf_hub writes both) is read from model.safetensors."""
+    ref_a, folder = timm_saved(tmp_path, "vit_base_patch16_224", seed=0, safe_serialization=True, **TIMM_TINY)
+    ref_b, folder_b = timm_saved(tmp_path, "vit_base_patch16_224", seed=1, safe_serialization=False, **TIMM_TINY)
+    (folder / "pytorch_model.bin").write_bytes((folder_b / "pytorch_model.bin").read_bytes())
+    put_in_cache(hub_cache, "someone/both", folder)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("someone/both")(x), ref_a(x), **ATOL)
+
+
+def test_local_path_wins(hub_cache, tmp_path, monkeypatch):
+    hf_a, folder_a = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, seed=0, **HF_TINY)
+    hf_b, _ = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, seed=1, **HF_TINY)
+    put_in_cache(hub_cache, "org/vit", folder_a)
+    monkeypatch.chdir(tmp_path)
+    hf_b.save_pretrained(tmp_path / "org" / "vit")  # a local folder that looks like the repo id
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("org/vit")(x), hf_b(pixel_values=x).logits, **ATOL)
+
+
+# ------------------------------------------------------------------------------------ errors
+def test_offline_and_not_cached(hub_cache):
+    with pytest.raises(CheckpointError) as e:
+        from_pretrained("google/vit-base-patch16-224")
+    msg = str(e.value)
+    for part in ("google/vit-base-patch16-224", "config.json", "HF_HUB_OFFLINE", "huggingface-cli download",
+                 str(hub_cache)):
+        assert part in msg, part
+    with pytest.raises(CheckpointError, match=r"timm/vit_base_patch16_224\.augreg2_in21k_ft_in1k.*HF_HUB_OFFLINE"):
+        create_model("vit_base_patch16_224", pretrained=True, **TIMM_TINY)
+
+
+def test_snapshot_without_ref_is_not_found(hub_cache, tmp_path):
+    """huggingface_hub resolves 'main' through refs/main: without it the snapshot is not found, so the files
+    are looked up by huggingface_hub, not read from the folder by vitkit."""
+    _, folder = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, **HF_TINY)
+    put_in_cache(hub_cache, "org/vit", folder)
+    (hub_cache / "models--org--vit" / "refs" / "main").unlink()
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        from_pretrained("org/vit")
+
+
+def test_huggingface_hub_not_installed(hub_cache, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # what `import huggingface_hub` sees when absent
+    with pytest.raises(CheckpointError, match=r'org/name.*huggingface_hub.*pip install "vitkit\[hub\]"'):
+        from_pretrained("org/name")
+
+
+def test_not_a_path_nor_a_repo_id(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        from_pretrained(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        from_pretrained("no/such/dir")
+
+
+def test_no_weights_for_the_name():
+    with pytest.raises(CheckpointError, match=r"no pretrained weights exist for 'vit_micro_patch4_28'.*pretrained=False"):
+        create_model("vit_micro_patch4_28", pretrained=True)
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'nope'.*augreg2_in21k_ft_in1k"):
+        create_model("vit_base_patch16_224.nope")
+    with pytest.raises(ValueError, match="hf-hub:org/name"):
+        create_model("org/name")
+
+
+def test_unknown_argument_is_a_type_error():
+    with pytest.raises(TypeError, match=r"\['pretrained_tag'\]"):
+        create_model("vit_micro_patch4_28", pretrained_tag="x")
+    with pytest.raises(TypeError, match=r"\['drop_path'\].*drop_path_rate"):
+        vitkit.create_model("mixer_micro_patch4_28", drop_path=0.1)
