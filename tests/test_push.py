@@ -248,3 +248,17 @@ def test_without_huggingface_hub_the_error_says_what_to_install(run_dir, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install "vitkit[hub]"' in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_finetune_reads_a_pushed_backbone(tmp_path):
+    """`vitkit train --finetune FOLDER` on a folder downloaded from the Hub takes its model, as from RUN/backbone."""
+    from vitkit.train.pretrain import finetune_settings
+
+    backbone = randomised(vitkit.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=0,
+                                              global_pool="avg", class_token=False))
+    folder = save_for_hub(backbone, tmp_path / "hub")
+    assert "vitkit" in json.loads((folder / "config.json").read_text())  # timm's keys at the top level
+    cfg = TrainConfig()
+    finetune_settings(cfg, folder)
+    assert cfg.model.name == "vit_tiny_patch16_224" and cfg.model.pretrained == str(folder)
+    assert cfg.model.overrides["global_pool"] == "avg" and cfg.model.overrides["class_token"] is False
