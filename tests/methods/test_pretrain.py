@@ -38,11 +38,25 @@ def test_pretrain_run_outputs(tmp_path, method):
         assert isinstance(vitkit.from_pretrained(tmp_path / "r" / "model"), vitkit.methods.mae.MaskedAutoencoder)
 
 
-def test_resume_gives_the_same_weights(tmp_path):
+class Stop(BaseException):
+    """A simulated kill (nothing catches a BaseException)."""
+
+
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
+    """A run stopped after its first epoch's checkpoint and resumed ends with the weights of an uninterrupted
+    one (inside an epoch and for DINO's schedules too: tests/train/test_run_safety.py)."""
+    import vitkit.train.pretrain as pre
+
     run("mae", tmp_path / "full", "--sched.epochs=2")
-    run("mae", tmp_path / "part", "--sched.epochs=2", "--sched.epochs=1")
-    pretrain(pretrain_config("mae", overrides=[f"--run.out={tmp_path / 'part'}", *TINY, "--sched.epochs=2",
-                                               "--run.resume=true"]))
+
+    def stop(run_dir, history):
+        raise Stop
+
+    with monkeypatch.context() as m:
+        m.setattr(pre, "_write_history", stop)  # right after the first checkpoint
+        with pytest.raises(Stop):
+            run("mae", tmp_path / "part", "--sched.epochs=2")
+    run("mae", tmp_path / "part", "--sched.epochs=2", "--run.resume=true")
     a = load_file(str(tmp_path / "full" / "checkpoint" / "method.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoint" / "method.safetensors"))
     for k in a:

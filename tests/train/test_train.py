@@ -115,7 +115,7 @@ def test_run_outputs(tmp_path):
     assert abs(r["acc"] - m["test_acc"]) < 1e-3 and r["dataset"] == "digits"  # metrics.json rounds to 3 places
     assert len(r["per_class_acc"]) == 10 and all(0.0 <= a <= 100.0 for a in r["per_class_acc"].values())
     assert Path(r["figure"]).read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(FileExistsError, match="finished run .*--overwrite"):  # tests/train/test_run_safety.py
         train(config(tmp_path / "run", "--sched.epochs=2"))
 
 
@@ -166,15 +166,26 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert ddp["processes"] == 2
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train(config(tmp_path / "run", "--sched.epochs=1"))
-    before = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
-    cfg = config(tmp_path / "run", "--sched.epochs=3", "--run.resume=true", "--optim.lr=1e30",
-                 "--sched.warmup_epochs=0")
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        train(cfg)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """The learning rate jumps to 1e30 early in epoch 2: the next loss is not finite, the run stops and
+    names the checkpoint after epoch 1, which stays as it was (the last step of an epoch, and a run with no
+    checkpoint yet: tests/train/test_run_safety.py)."""
+    import vitkit.train.engine as engine
+
+    real = engine.cosine_schedule
+
+    def exploding(base_lr, total_steps, warmup_steps, min_lr=0.0):
+        lrs = real(base_lr, total_steps, warmup_steps, min_lr)
+        second_epoch = total_steps // 3
+        return lrs[:second_epoch + 1] + [1e30] * (total_steps - second_epoch - 1)
+
+    monkeypatch.setattr(engine, "cosine_schedule", exploding)
+    with pytest.raises(TrainingDiverged, match=r"the loss became .* at epoch 2, step \d+; the last good checkpoint is "
+                                               r".*checkpoint \(after epoch 1\)"):
+        train(config(tmp_path / "run", "--sched.epochs=3"))
     after = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert json.loads((tmp_path / "run" / "checkpoint" / "complete.json").read_text())["epoch"] == 1
 
 
 def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path):

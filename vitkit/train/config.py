@@ -71,7 +71,9 @@ class RunConfig:
     grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     compile: bool = False  # torch.compile the training forward/backward (measure first: docs/performance.md)
     ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.999
-    resume: bool = False  # continue the run in `out` from its last checkpoint
+    resume: bool = False  # continue the run in `out` from its last checkpoint, with the settings it was started with
+    overwrite: bool = False  # let a new run replace the outputs in an existing `out` (otherwise refused)
+    checkpoint_every: int | None = None  # also checkpoint every N batches inside an epoch (None: at epoch ends only)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads
     # on CPU, glibc keeps freed memory for the next step instead of faulting it in again (vitkit/allocator.py):

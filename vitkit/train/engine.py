@@ -4,9 +4,11 @@ Determinism: the data order of epoch e is a permutation drawn from (seed, e) ove
 training set; a step takes the next `batch_size` indices of it and each process takes its own
 contiguous slice, so N processes with batch B/N see exactly the batches one process with B
 sees, and DDP's gradient averaging reproduces the single-process gradient. The last partial
-batch is dropped for that reason. A checkpoint at the end of every epoch stores the weights,
-the optimizer state, the RNG state and the history, so `--run.resume=true` continues a killed
-run to the same final weights as an uninterrupted one.
+batch is dropped for that reason. A checkpoint at the end of every epoch (and, with
+`--run.checkpoint_every=N`, every N batches inside it) stores the weights, the EMA, the
+optimizer state, the RNG state, the history and the position in the epoch, so `--resume`
+continues a killed run to the same final weights as an uninterrupted one. The run directory,
+its lock and the crash-safe checkpoint swap are vitkit/train/checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,21 @@ from ..data.augment import BatchAugment
 from ..hub import _atomic_write, save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
-from .config import TrainConfig, save_config
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    nonfinite_tensors,
+    open_run,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from .config import TrainConfig
 from .logging import TensorBoardLogger
 from .optim import build_optimizer
 from .schedule import cosine_schedule
 
 logger = logging.getLogger("vitkit")
-CHECKPOINT_DIR = "checkpoint"
+STATE_NAME = "state.pt"  # in the checkpoint directory: optimizer, RNG, history, position in the epoch
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,17 +119,36 @@ class Batches:
         lo = self.d.rank * self.per_rank
         return [order[s * self.batch_size + lo: s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
 
-    def epoch(self, epoch: int):
-        mine = self.indices(epoch)
+    def epoch(self, epoch: int, start: int = 0):
+        """The batches of `epoch` from its `start`-th on (a run resumed inside an epoch)."""
+        mine = self.indices(epoch)[start:]
         if hasattr(self.data, "batch"):  # in-memory tensors: no workers, no per-item Python
             for idx in mine:
                 yield self.data.batch(idx)
         else:
+            # the loader's own generator: creating it draws nothing from torch's global RNG, whose state the
+            # checkpoint saves, so a run resumed inside an epoch continues the same random stream
             loader = torch.utils.data.DataLoader(
                 self.data, batch_sampler=[idx.tolist() for idx in mine], num_workers=self.num_workers,
-                persistent_workers=False,
+                persistent_workers=False, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
             )
             yield from loader
+
+
+def epoch_batches(batches, epoch: int, start: int = 0):
+    """`batches.epoch(epoch)` from batch `start` on. A stream (tar shards) has no random access: its first
+    `start` batches are read and dropped, and torch's global RNG, which its DataLoader draws a seed from,
+    is put back as the checkpoint left it."""
+    if start == 0:
+        return batches.epoch(epoch)
+    if isinstance(batches, Batches):
+        return batches.epoch(epoch, start)
+    saved = torch.get_rng_state()
+    stream = iter(batches.epoch(epoch))
+    for _ in range(start):
+        next(stream)
+    torch.set_rng_state(saved)
+    return stream
 
 
 def eval_batches(data, batch_size: int = 512):
@@ -176,60 +204,56 @@ def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = 
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module | None, epoch: int,
-                    history: list[dict], best_val: float) -> None:
-    """Weights (safetensors) + training state, swapped in as a whole directory: never half written."""
-    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp)
-    if ema is not None:
-        save_pretrained(ema, tmp / "ema")
-    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
-             "best_val_acc": best_val}
-    torch.save(state, tmp / "state.pt")
-    replace_dir(tmp, run_dir / CHECKPOINT_DIR)
+                    history: list[dict], best_val: float, step: int = 0, partial: dict | None = None) -> None:
+    """Weights (safetensors) + training state, swapped in whole (vitkit/train/checkpoint.py): a kill at any
+    instant leaves one complete checkpoint. `epoch` epochs are done, and `step` batches of the next one
+    (`partial`: that epoch's running sums)."""
+    state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+             "history": history, "best_val_acc": best_val, "partial": partial}
 
+    def write(directory: Path) -> None:
+        save_pretrained(model, directory)
+        if ema is not None:
+            save_pretrained(ema, directory / "ema")
+        torch.save(state, directory / STATE_NAME)
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory `tmp` in as `final` (the old one is removed only afterwards)."""
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_checkpoint(run_dir, write, {"command": "train", "epoch": epoch, "step": step})
 
 
 def load_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module | None) -> dict[str, Any]:
     from ..hub import load_pretrained
 
     ckpt = run_dir / CHECKPOINT_DIR
-    if not (ckpt / "state.pt").is_file():
-        raise FileNotFoundError(f"--run.resume=true but {ckpt} has no checkpoint: start the run without --run.resume")
+    if not (ckpt / STATE_NAME).is_file():
+        raise FileNotFoundError(f"--resume: {ckpt} has no checkpoint; start the run again with --overwrite")
     load_pretrained(model, ckpt)
     if ema is not None:
         load_pretrained(ema, ckpt / "ema")
-    import argparse
+    from ..torch_load import load_torch_file
 
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    state = load_torch_file(ckpt / STATE_NAME)  # tensors and plain data only; a CheckpointError if damaged
     optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
+    state.setdefault("step", 0)
+    state.setdefault("partial", None)
     return state
+
+
+def last_good(run_dir: Path, position: tuple[int, int] | None) -> str:
+    """The sentence naming the run's last good checkpoint (`position`: (epoch, step) of the newest one this
+    run wrote or resumed from), or saying there is none."""
+    if position is None:
+        return "no checkpoint was written before it, so there is none to go back to"
+    epoch, step = position
+    where = f"epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
+    return f"the last good checkpoint is {run_dir / CHECKPOINT_DIR} ({where})"
+
+
+def diverged_advice(run_dir: Path, lr: float) -> str:
+    return (f"Lower --optim.lr (now {lr}) or set --optim.clip_grad=1.0 and start the run again (--overwrite, or "
+            f"another --out); to keep the good weights, start it from them with "
+            f"--model.pretrained={run_dir / CHECKPOINT_DIR}")
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -300,8 +324,6 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     `model`: a prebuilt model (a `VitkitModel`, e.g. a wrapped third-party ViT in
     benchmarks/time_to_accuracy.py) used instead of `create_model(cfg.model.name, ...)`.
     """
-    from ..data import load_dataset
-
     device = resolve_device(cfg.run.device)
     d = init_distributed(device)
     if device == "cuda":
@@ -318,14 +340,21 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_run_dir(cfg)
     if d.world > 1 and not cfg.run.out:
         raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
-    if cfg.run.resume and not (run_dir / CHECKPOINT_DIR).exists():
-        raise FileNotFoundError(f"--run.resume=true but {run_dir / CHECKPOINT_DIR} does not exist")
-    if not cfg.run.resume and (run_dir / CHECKPOINT_DIR).exists():
-        raise FileExistsError(f"{run_dir} already holds a run: continue it with --run.resume=true, or choose "
-                              f"another --run.out")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    # the lock, an interrupted checkpoint swap finished, the settings of a resumed run checked, config.yaml
+    lock, _ = open_run(run_dir, "train", cfg, state_name=STATE_NAME, main=d.main)  # vitkit/train/checkpoint.py
+    try:
+        if d.world > 1:
+            dist.barrier()  # the other processes read the run directory only once the main one has prepared it
+        return _train(cfg, model, d, device, device_str, bf16, reuse_cpu, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, device_str: str, bf16: bool,
+           reuse_cpu: bool, run_dir: Path) -> dict[str, Any]:
+    from ..data import load_dataset
+
     tb = TensorBoardLogger(run_dir, cfg.run.tensorboard, main=d.main)  # vitkit/train/logging.py
 
     torch.manual_seed(cfg.run.seed)
@@ -366,114 +395,163 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
                                  progress=cfg.run.progress and d.main)
     if len(batches) % cfg.optim.accum_steps:
         logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
-                       "each epoch are accumulated into the first step of the next",
-                       len(batches), cfg.optim.accum_steps, len(batches) % cfg.optim.accum_steps)
+                       "each epoch make an optimizer step of their own", len(batches), cfg.optim.accum_steps,
+                       len(batches) % cfg.optim.accum_steps)
     steps_per_epoch = len(batches)
     lrs = cosine_schedule(cfg.optim.lr, cfg.sched.epochs * steps_per_epoch,
                           round(cfg.sched.warmup_epochs * steps_per_epoch), cfg.sched.min_lr)
 
-    start_epoch, history, best_val = 0, [], -1.0
+    start_epoch, start_step, partial, history, best_val = 0, 0, None, [], -1.0
+    good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint written or resumed from
     if cfg.run.resume:
         state = load_checkpoint(run_dir, model, optimizer, ema)
-        start_epoch, history, best_val = state["epoch"], state["history"], state["best_val_acc"]
+        start_epoch, start_step, history, best_val = state["epoch"], state["step"], state["history"], \
+            state["best_val_acc"]
+        partial = state["partial"]
+        good = (start_epoch, start_step)
         if d.main:
-            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+            where = f"at epoch {start_epoch + 1}, step {start_step}" if start_step else f"after epoch {start_epoch}"
+            logger.info("resuming %s %s", run_dir, where)
+            if start_epoch >= cfg.sched.epochs:
+                logger.info("all %d epochs are done: writing the final outputs again", cfg.sched.epochs)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device == "cuda" else None) \
         if d.world > 1 else model
     if cfg.run.compile:  # the compiled wrapper shares the parameters; checkpoints still save `model`
         net = torch.compile(net)
 
+    def checked_state(where: str) -> None:
+        """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
+        named = [*((f"model.{k}", v) for k, v in model.state_dict().items()),
+                 *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
+                 ("optimizer", optimizer.state_dict()["state"])]
+        bad = nonfinite_tensors(named)
+        if bad:
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite {where} ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); "
+                f"they are not checkpointed: {last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr)}")
+
+    def gathered(loss_sum, correct, count, seconds) -> dict[str, Any]:
+        """This epoch's running sums, over all processes (the main one resumes with them, the others with 0)."""
+        totals = torch.stack([loss_sum, correct, torch.tensor(float(count), device=device_str)])
+        if d.world > 1:
+            totals = totals.clone()
+            dist.all_reduce(totals)
+        return {"loss_sum": totals[0].cpu(), "correct": totals[1].cpu(), "count": int(totals[2].item()),
+                "seconds": seconds}
+
     train_seconds = sum(h["seconds"] for h in history)
     images_seen = 0
-    for epoch in range(start_epoch, cfg.sched.epochs):
-        net.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device_str)
-        correct = torch.zeros((), device=device_str)
-        count = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
-                   disable=not (cfg.run.progress and d.main), leave=False)
-        step_indices = batches.indices(epoch) if distill.cached is not None else None
-        for i, (x, y) in enumerate(batches.epoch(epoch)):
-            step = epoch * steps_per_epoch + i
-            x, y = x.to(device_str, non_blocking=True), y.to(device_str, non_blocking=True)
-            target = y
-            if augment.active:
-                x, target = augment(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
-            teacher_logits = distill.teacher_logits(x, step_indices[i] if step_indices is not None else None)
-            last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
-            sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
-            with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-                out = net(norm(x))
-                exits = out if isinstance(out, list) else None  # multi-exit models (DVT): one logits per exit
-                if exits is not None:
-                    out = exits[-1]  # accuracy is reported for the last exit
-                logits = out[0] if isinstance(out, tuple) else out  # distilled: the class head
-                # no teacher: CE on the labels (both heads of a distilled student); else DeiT eq. 2 / 3
-                loss = distill.criterion(out, target, teacher_logits)
-                if exits is not None:  # the sum of all exits' losses (DVT, Wang et al. 2021, sec. 3.3)
-                    loss = loss + sum(F.cross_entropy(e.float(), target, label_smoothing=smoothing) for e in exits[:-1])
-                (loss / cfg.optim.accum_steps).backward()
-            if not torch.isfinite(loss):
-                bar.close()
-                if kept is not None:
-                    kept.close()
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint is "
-                    f"{run_dir / CHECKPOINT_DIR} (epoch {start_epoch if not history else history[-1]['epoch']}). "
-                    f"Lower --optim.lr (now {cfg.optim.lr}) or set --optim.clip_grad=1.0, then resume or restart."
-                )
-            if last_micro:
-                for group in optimizer.param_groups:
-                    group["lr"] = lrs[step] * group["lr_scale"]
-                if kept is not None:
-                    kept.before_step()  # parameters without a gradient this step stay out of it
-                if cfg.optim.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                optimizer.step()
-                if kept is not None:
-                    kept.zero_grad()
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    with torch.no_grad():
-                        for e, p in zip(ema.parameters(), model.parameters()):
-                            e.lerp_(p.detach(), 1.0 - cfg.run.ema_decay)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(-1) == y).sum()
-            count += len(y)
-            bar.update(1)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        if d.world > 1:  # metrics over all processes
-            totals = torch.stack([loss_sum, correct, torch.tensor(float(count), device=device_str)])
-            dist.all_reduce(totals)
-            loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
-        train_seconds += seconds
-        images_seen += count
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / count, "train_acc": 100.0 * correct.item() / count,
-               "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
-               "images_per_second": round(count / seconds, 1)}
-        if splits.val is not None:
-            val = evaluate(ema if ema is not None else model, splits.val, norm, device, bf16)
-            row.update(val_loss=val["loss"], val_acc=val["acc"])
-            best_val = max(best_val, val["acc"])
-        history.append(row)
-        if d.main:
-            save_checkpoint(run_dir, model, optimizer, ema, epoch + 1, history, best_val)
-            _write_history(run_dir, history)
-            tb.log_epoch(row)
-            msg = f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, train acc {row['train_acc']:.2f}%"
-            if "val_acc" in row:
-                msg += f", val acc {row['val_acc']:.2f}%"
-            logger.info("%s, %.0f img/s", msg, row["images_per_second"])
-        if d.world > 1:
-            dist.barrier()
+    try:
+        for epoch in range(start_epoch, cfg.sched.epochs):
+            net.train()
+            t0 = time.perf_counter()
+            first = start_step if epoch == start_epoch else 0
+            loss_sum = torch.zeros((), device=device_str)
+            correct = torch.zeros((), device=device_str)
+            count, before = 0, 0.0
+            if first and partial is not None and d.main:  # resumed inside this epoch: its sums so far
+                loss_sum += partial["loss_sum"].to(device_str)
+                correct += partial["correct"].to(device_str)
+                count, before = partial["count"], partial["seconds"]
+            since_checkpoint = 0
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
+                       disable=not (cfg.run.progress and d.main), leave=False)
+            step_indices = batches.indices(epoch) if distill.cached is not None else None
+            for i, (x, y) in enumerate(epoch_batches(batches, epoch, first), start=first):
+                step = epoch * steps_per_epoch + i
+                x, y = x.to(device_str, non_blocking=True), y.to(device_str, non_blocking=True)
+                target = y
+                if augment.active:
+                    x, target = augment(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
+                teacher_logits = distill.teacher_logits(x, step_indices[i] if step_indices is not None else None)
+                last_micro = (i + 1) % cfg.optim.accum_steps == 0 or i + 1 == steps_per_epoch
+                sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
+                with sync, torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                    out = net(norm(x))
+                    exits = out if isinstance(out, list) else None  # multi-exit models (DVT): one logits per exit
+                    if exits is not None:
+                        out = exits[-1]  # accuracy is reported for the last exit
+                    logits = out[0] if isinstance(out, tuple) else out  # distilled: the class head
+                    # no teacher: CE on the labels (both heads of a distilled student); else DeiT eq. 2 / 3
+                    loss = distill.criterion(out, target, teacher_logits)
+                    if exits is not None:  # the sum of all exits' losses (DVT, Wang et al. 2021, sec. 3.3)
+                        loss = loss + sum(F.cross_entropy(e.float(), target, label_smoothing=smoothing)
+                                          for e in exits[:-1])
+                    (loss / cfg.optim.accum_steps).backward()
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                        f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr)}")
+                if last_micro:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lrs[step] * group["lr_scale"]
+                    if kept is not None:
+                        kept.before_step()  # parameters without a gradient this step stay out of it
+                    if cfg.optim.clip_grad:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                    optimizer.step()
+                    if kept is not None:
+                        kept.zero_grad()
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        with torch.no_grad():
+                            for e, p in zip(ema.parameters(), model.parameters()):
+                                e.lerp_(p.detach(), 1.0 - cfg.run.ema_decay)
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(-1) == y).sum()
+                count += len(y)
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}",
+                                    img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}")
+                since_checkpoint += 1
+                if (cfg.run.checkpoint_every and since_checkpoint >= cfg.run.checkpoint_every and last_micro
+                        and i + 1 < steps_per_epoch):  # at an optimizer step: no gradients half accumulated
+                    since_checkpoint = 0
+                    sums = gathered(loss_sum, correct, count, before + time.perf_counter() - t0)
+                    if d.main:
+                        checked_state(f"by epoch {epoch + 1}, step {i + 1}")
+                        save_checkpoint(run_dir, model, optimizer, ema, epoch, history, best_val, i + 1, sums)
+                    good = (epoch, i + 1)
+            bar.close()
+            seconds = before + time.perf_counter() - t0
+            if d.world > 1:  # metrics over all processes
+                totals = torch.stack([loss_sum, correct, torch.tensor(float(count), device=device_str)])
+                dist.all_reduce(totals)
+                loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
+            train_seconds += seconds
+            images_seen += count
+            row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / count,
+                   "train_acc": 100.0 * correct.item() / count,
+                   "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
+                   "images_per_second": round(count / seconds, 1)}
+            if splits.val is not None:
+                val = evaluate(ema if ema is not None else model, splits.val, norm, device, bf16)
+                row.update(val_loss=val["loss"], val_acc=val["acc"])
+                best_val = max(best_val, val["acc"])
+            history.append(row)
+            if d.main:
+                checked_state(f"during epoch {epoch + 1}")
+                save_checkpoint(run_dir, model, optimizer, ema, epoch + 1, history, best_val)
+                _write_history(run_dir, history)
+                tb.log_epoch(row)
+                msg = (f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, "
+                       f"train acc {row['train_acc']:.2f}%")
+                if "val_acc" in row:
+                    msg += f", val acc {row['val_acc']:.2f}%"
+                logger.info("%s, %.0f img/s", msg, row["images_per_second"])
+            good = (epoch + 1, 0)
+            if d.world > 1:
+                dist.barrier()
+    except BaseException:
+        tb.close()
+        raise
+    finally:
+        if kept is not None:
+            kept.close()  # hooks off, gradients None: the model leaves as zero_grad(set_to_none=True) would leave it
 
-    if kept is not None:
-        kept.close()  # hooks off, gradients None: the model leaves as zero_grad(set_to_none=True) would leave it
     final_model = ema if ema is not None else model
     test = evaluate(final_model, splits.test, norm, device, bf16)
     metrics = {

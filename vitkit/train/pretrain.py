@@ -9,7 +9,9 @@ mean and std and handed to the method, which makes its own masks or views on the
 (vitkit/methods/base.py). Everything else is the supervised loop's (vitkit/train/engine.py):
 the deterministic per-process batches, warm-up + cosine per step, AdamW without weight decay on
 norms, biases, tokens and position embeddings, DDP with gloo/NCCL, an atomic checkpoint every
-epoch with optimizer and RNG state, `--resume` to the same final weights, a NaN stop.
+epoch (and every `--run.checkpoint_every` batches) with optimizer and RNG state, `--resume` to the
+same final weights, a NaN stop; the run directory's lock and checkpoint swap are
+vitkit/train/checkpoint.py's.
 
 The run directory holds `config.yaml`, `metrics.jsonl` (per epoch: every scalar the method logs,
 averaged, including the collapse monitor `feature_std`), `metrics.json`, `curves.png`,
@@ -27,7 +29,6 @@ import copy
 import dataclasses
 import logging
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,21 +51,28 @@ from .config import (
     ScheduleConfig,
     _yaml,
     apply_overrides,
-    save_config,
     set_field,
 )
-from .engine import (
+from .checkpoint import (
     CHECKPOINT_DIR,
+    module_scalars,
+    nonfinite_tensors,
+    open_run,
+    rng_state,
+    set_module_scalars,
+    set_rng_state,
+    write_checkpoint,
+)
+from .engine import (
     Batches,
     Normalise,
     TrainingDiverged,
-    _rng_state,
-    _set_rng_state,
     _write_history,
     _write_json,
+    epoch_batches,
     eval_batches,
     init_distributed,
-    replace_dir,
+    last_good,
     resolve_device,
     train_subset,
 )
@@ -130,22 +138,32 @@ def pretrain_config(method: str | None, recipe: str | None = None, overrides: li
         if recipe and cfg.method.name != method:
             raise ValueError(f"the recipe {recipe} is for method {cfg.method.name!r}, not {method!r}")
         cfg.method.name = method
-    return apply_overrides(cfg, overrides or [])
+    apply_overrides(cfg, overrides or [])
+    from .config import check_config
+
+    check_config(cfg)  # every setting in range and the backbone buildable, before any data is read
+    return cfg
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _save_state(run_dir: Path, method: nn.Module, optimizer, epoch: int, history: list[dict]) -> None:
-    """The whole method (weights + buffers: a DINO teacher and centre too) + training state, atomically."""
+STATE_NAME = "state.pt"  # in the checkpoint directory: optimizer, RNG, history, position in the epoch
+
+
+def _save_state(run_dir: Path, method: nn.Module, optimizer, epoch: int, history: list[dict], step: int = 0,
+                partial: dict | None = None) -> None:
+    """The whole method (weights + buffers: a DINO teacher and centre too, and the Python numbers its schedules
+    advance) + training state, swapped in whole (vitkit/train/checkpoint.py)."""
     from safetensors.torch import save_file
 
-    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in method.state_dict().items()}
-    save_file(weights, str(tmp / "method.safetensors"), metadata={"format": "pt"})
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history},
-               tmp / "state.pt")
-    replace_dir(tmp, run_dir / CHECKPOINT_DIR)
+    state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+             "history": history, "partial": partial, "scalars": module_scalars(method)}
+
+    def write(directory: Path) -> None:
+        save_file(weights, str(directory / "method.safetensors"), metadata={"format": "pt"})
+        torch.save(state, directory / STATE_NAME)
+
+    write_checkpoint(run_dir, write, {"command": "pretrain", "epoch": epoch, "step": step})
 
 
 def _load_state(run_dir: Path, method: nn.Module, optimizer) -> dict[str, Any]:
@@ -154,12 +172,18 @@ def _load_state(run_dir: Path, method: nn.Module, optimizer) -> dict[str, Any]:
     from ..hub import load_state_dict_checked
 
     ckpt = run_dir / CHECKPOINT_DIR
-    if not (ckpt / "state.pt").is_file() or not (ckpt / "method.safetensors").is_file():
-        raise FileNotFoundError(f"--run.resume=true but {ckpt} has no pre-training checkpoint: start without it")
+    if not (ckpt / STATE_NAME).is_file() or not (ckpt / "method.safetensors").is_file():
+        raise FileNotFoundError(f"--resume: {ckpt} has no pre-training checkpoint; start the run again with "
+                                f"--overwrite")
     load_state_dict_checked(method, load_file(str(ckpt / "method.safetensors")), source=str(ckpt))
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    from ..torch_load import load_torch_file
+
+    state = load_torch_file(ckpt / STATE_NAME)  # tensors and plain data only; a CheckpointError if damaged
     optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
+    set_module_scalars(method, state.get("scalars", {}))  # e.g. DINO's teacher temperature for the next step
+    state.setdefault("step", 0)
+    state.setdefault("partial", None)
     return state
 
 
@@ -199,9 +223,6 @@ def plot_pretrain_history(path: Path, history: list[dict], title: str) -> Path |
 # ------------------------------------------------------------------------------------ the loop
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Pre-train as configured; returns the final metrics (also written to RUN_DIR/metrics.json)."""
-    from ..data import load_dataset
-    from ..methods import create_method
-
     device = resolve_device(cfg.run.device)
     d = init_distributed(device)
     device_str = f"cuda:{d.local_rank}" if device == "cuda" else "cpu"
@@ -217,14 +238,21 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
     if d.world > 1 and not cfg.run.out:
         raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
-    if cfg.run.resume and not (run_dir / CHECKPOINT_DIR).exists():
-        raise FileNotFoundError(f"--run.resume=true but {run_dir / CHECKPOINT_DIR} does not exist")
-    if not cfg.run.resume and (run_dir / CHECKPOINT_DIR).exists():
-        raise FileExistsError(f"{run_dir} already holds a run: continue it with --run.resume=true, or choose "
-                              f"another --run.out")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    # the lock, an interrupted checkpoint swap finished, the settings of a resumed run checked, config.yaml
+    lock, _ = open_run(run_dir, "pretrain", cfg, state_name=STATE_NAME, main=d.main)  # vitkit/train/checkpoint.py
+    try:
+        if d.world > 1:
+            dist.barrier()  # the other processes read the run directory only once the main one has prepared it
+        return _pretrain(cfg, d, device, device_str, bf16, reuse_cpu, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, reuse_cpu: bool,
+              run_dir: Path) -> dict[str, Any]:
+    from ..data import load_dataset
+    from ..methods import create_method
 
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
@@ -253,74 +281,113 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     total_steps = cfg.sched.epochs * steps_per_epoch
     lrs = cosine_schedule(cfg.optim.lr, total_steps, round(cfg.sched.warmup_epochs * steps_per_epoch), cfg.sched.min_lr)
 
-    start_epoch, history = 0, []
+    start_epoch, start_step, partial, history = 0, 0, None, []
+    good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint written or resumed from
     if cfg.run.resume:
         state = _load_state(run_dir, method, optimizer)
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, start_step, partial, history = state["epoch"], state["step"], state["partial"], state["history"]
+        good = (start_epoch, start_step)
         if d.main:
-            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+            where = f"at epoch {start_epoch + 1}, step {start_step}" if start_step else f"after epoch {start_epoch}"
+            logger.info("resuming %s %s", run_dir, where)
     net = nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if device == "cuda" else None) \
         if d.world > 1 else method
+    advice = (f"Lower --optim.lr (now {cfg.optim.lr}) or set --optim.clip_grad=1.0 and start the run again "
+              f"(--overwrite, or another --out)")
 
-    for epoch in range(start_epoch, cfg.sched.epochs):
-        net.train()
-        t0 = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
-                   disable=not (cfg.run.progress and d.main), leave=False)
-        for i, (x, _) in enumerate(batches.epoch(epoch)):  # labels unused
-            step = epoch * steps_per_epoch + i
-            x = x.to(device_str, non_blocking=True)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-                out = net(norm(x))
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                bar.close()
-                if kept is not None:
-                    kept.close()
-                raise TrainingDiverged(
-                    f"the {cfg.method.name} loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last "
-                    f"good checkpoint is {run_dir / CHECKPOINT_DIR}. Lower --optim.lr (now {cfg.optim.lr}) or set "
-                    f"--optim.clip_grad=1.0, then resume or restart.")
-            loss.backward()
-            for group in optimizer.param_groups:
-                group["lr"] = lrs[step] * group["lr_scale"]
-            if kept is not None:
-                kept.before_step()  # parameters without a gradient this step stay out of it
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
-            if kept is not None:
-                kept.zero_grad()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-            method.on_step_end(step, total_steps)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(x)
-            count += len(x)
-            bar.update(1)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
+    def checked_state(where: str) -> None:
+        """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
+        bad = nonfinite_tensors([*method.state_dict().items(), ("optimizer", optimizer.state_dict()["state"])])
+        if bad:
+            raise TrainingDiverged(
+                f"the {cfg.method.name} weights became NaN or infinite {where} ({', '.join(bad[:4])}"
+                f"{', ...' if len(bad) > 4 else ''}); they are not checkpointed: {last_good(run_dir, good)}. {advice}")
+
+    def gathered(sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
+        """This epoch's running sums, over all processes (the main one resumes with them, the others with 0)."""
         keys = sorted(sums)
         totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=device_str)])
         if d.world > 1:
             dist.all_reduce(totals)
-        row = {"epoch": epoch + 1, **{k: round((totals[j] / totals[-1]).item(), 6) for j, k in enumerate(keys)},
-               "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
-               "images_per_second": round(totals[-1].item() / seconds, 1)}
-        history.append(row)
-        if d.main:
-            _save_state(run_dir, method, optimizer, epoch + 1, history)
-            _write_history(run_dir, history)
-            logs = ", ".join(f"{k} {row[k]:.4f}" for k in keys)
-            logger.info("epoch %d/%d: %s, %.0f img/s", epoch + 1, cfg.sched.epochs, logs, row["images_per_second"])
-        if d.world > 1:
-            dist.barrier()
-    if kept is not None:
-        kept.close()  # hooks off, gradients None, as zero_grad(set_to_none=True) would leave them
+        return {"sums": {k: totals[j].cpu() for j, k in enumerate(keys)}, "count": int(totals[-1].item()),
+                "seconds": seconds}
+
+    try:
+        for epoch in range(start_epoch, cfg.sched.epochs):
+            net.train()
+            t0 = time.perf_counter()
+            first = start_step if epoch == start_epoch else 0
+            sums: dict[str, torch.Tensor] = {}
+            count, before = 0, 0.0
+            if first and partial is not None and d.main:  # resumed inside this epoch: its sums so far
+                sums = {k: v.to(device_str) for k, v in partial["sums"].items()}
+                count, before = partial["count"], partial["seconds"]
+            elif first and partial is not None:
+                sums = {k: torch.zeros_like(v, device=device_str) for k, v in partial["sums"].items()}
+            since_checkpoint = 0
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
+                       disable=not (cfg.run.progress and d.main), leave=False)
+            for i, (x, _) in enumerate(epoch_batches(batches, epoch, first), start=first):  # labels unused
+                step = epoch * steps_per_epoch + i
+                x = x.to(device_str, non_blocking=True)
+                with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                    out = net(norm(x))
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the {cfg.method.name} loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                        f"{last_good(run_dir, good)}. {advice}")
+                loss.backward()
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs[step] * group["lr_scale"]
+                if kept is not None:
+                    kept.before_step()  # parameters without a gradient this step stay out of it
+                if cfg.optim.clip_grad:
+                    nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
+                optimizer.step()
+                if kept is not None:
+                    kept.zero_grad()
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                method.on_step_end(step, total_steps)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * len(x)
+                count += len(x)
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}",
+                                    img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}")
+                since_checkpoint += 1
+                if cfg.run.checkpoint_every and since_checkpoint >= cfg.run.checkpoint_every and i + 1 < steps_per_epoch:
+                    since_checkpoint = 0
+                    partial_now = gathered(sums, count, before + time.perf_counter() - t0)
+                    if d.main:
+                        checked_state(f"by epoch {epoch + 1}, step {i + 1}")
+                        _save_state(run_dir, method, optimizer, epoch, history, i + 1, partial_now)
+                    good = (epoch, i + 1)
+            bar.close()
+            seconds = before + time.perf_counter() - t0
+            keys = sorted(sums)
+            totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=device_str)])
+            if d.world > 1:
+                dist.all_reduce(totals)
+            row = {"epoch": epoch + 1, **{k: round((totals[j] / totals[-1]).item(), 6) for j, k in enumerate(keys)},
+                   "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
+                   "images_per_second": round(totals[-1].item() / seconds, 1)}
+            history.append(row)
+            if d.main:
+                checked_state(f"during epoch {epoch + 1}")
+                _save_state(run_dir, method, optimizer, epoch + 1, history)
+                _write_history(run_dir, history)
+                logs = ", ".join(f"{k} {row[k]:.4f}" for k in keys)
+                logger.info("epoch %d/%d: %s, %.0f img/s", epoch + 1, cfg.sched.epochs, logs, row["images_per_second"])
+            good = (epoch + 1, 0)
+            if d.world > 1:
+                dist.barrier()
+    finally:
+        if kept is not None:
+            kept.close()  # hooks off, gradients None, as zero_grad(set_to_none=True) would leave them
 
     metrics = {
         "method": cfg.method.name, "model": cfg.model.name, "dataset": splits.name, "params": params,
@@ -389,6 +456,13 @@ def cmd_pretrain(args) -> int:
         cfg.run.out = args.out
     if args.resume:
         cfg.run.resume = True
+    if args.overwrite:
+        cfg.run.overwrite = True
+    if cfg.run.resume:  # the run's own settings (its config.yaml), then only what this command line states
+        from .checkpoint import resumed_config
+
+        cfg = resumed_config(cfg, "pretrain", args.recipe, args.overrides,
+                             lambda c: setattr(c.method, "name", args.method))
     m = pretrain(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\n{m['method']} pre-training of {m['model']} ({m['params']:,} parameters, {m['trainable_params']:,} "
@@ -402,6 +476,9 @@ def cmd_pretrain(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `vitkit pretrain` on the CLI's sub-parsers."""
+    import argparse
+
+    from .config import settings_help
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training of a ViT backbone (mae, mpp, dino, msn)",
         description="Pre-train a backbone without labels. Settings come from the defaults, then --recipe, then "
@@ -409,9 +486,12 @@ def add_parser(sub) -> None:
                     "options as --method.options.mask_ratio=0.75), e.g. `vitkit pretrain mae --data.name=mnist "
                     "--model.name=vit_micro_patch4_28`. Under torchrun it trains data-parallel. The encoder is "
                     "written to RUN/backbone for `vitkit train --finetune`.",
+        epilog=settings_help(PretrainConfig()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("method", help="mae | mpp | dino | msn")
     p.add_argument("--recipe", help="a YAML recipe (see recipes/pretrain_*.yaml)")
     p.add_argument("--out", help="run directory (default: runs/pretrain-METHOD-MODEL-DATA-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
+                                                         "the settings saved in its config.yaml")
+    p.add_argument("--overwrite", action="store_true", help="let a new run replace the outputs of an existing --out")
     p.set_defaults(func=cmd_pretrain)

@@ -1,0 +1,466 @@
+"""Runs that never lose work (docs/reliability.md, "Guarantees"), on the real scikit-learn digits at tiny size:
+a kill at every file operation of a run, a torn write, a full disk, SIGKILL of a real process, two runs
+into one directory, --overwrite, resuming with changed settings, NaN weights on the last step of an
+epoch, and checkpoints inside an epoch that resume to the same weights (torch.equal) as an
+uninterrupted run.
+
+A simulated kill raises `Killed`, a BaseException that no code catches: the checkpoint write has no
+clean-up step, so the files on disk are what a real kill at that instant leaves (the lock, which the
+kernel drops on a real kill, is released on the way out). Real kills (SIGKILL, os._exit) run in
+subprocesses."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit.train.engine as engine
+from vitkit.cli import main
+from vitkit.train import TrainConfig, TrainingDiverged, apply_overrides, train
+from vitkit.train.checkpoint import CheckpointWriteError, RunInUse, RunLock, read_marker
+
+pytest.importorskip("sklearn")
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model.overrides.depth=1", "--model.overrides.embed_dim=32", "--model.overrides.num_heads=2",
+        "--run.progress=false", "--run.threads=1", "--data.num_workers=0", "--run.tensorboard=false",
+        "--run.batch_size=128", "--sched.epochs=2"]
+
+
+class Killed(BaseException):
+    """A simulated kill."""
+
+
+@pytest.fixture(autouse=True)
+def no_figure(monkeypatch):
+    """curves.png (tested in test_train.py) costs 0.8 s of matplotlib per run and is not what is tested here."""
+    monkeypatch.setattr(engine, "plot_history", lambda *a, **kw: None)
+
+
+def args(out, *extra) -> list[str]:
+    return [f"--run.out={out}", *TINY, *extra]
+
+
+def run(out, *extra):
+    return train(apply_overrides(TrainConfig(), args(out, *extra)))
+
+
+def weights(run_dir) -> dict:
+    return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
+
+
+def assert_same(a, b):
+    a, b = weights(a), weights(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def finish(out, *extra):
+    """What a user does after a crash: --resume, or, when the run had no checkpoint yet, start again."""
+    try:
+        return run(out, *extra, "--run.resume=true")
+    except FileNotFoundError as e:
+        assert "no checkpoint yet" in str(e) or "no vitkit run" in str(e), e
+        return run(out, *extra, "--run.overwrite=true")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Uninterrupted runs to compare with, by their extra settings."""
+    root = tmp_path_factory.mktemp("straight")
+    done = {}
+
+    def get(*extra):
+        if extra not in done:
+            done[extra] = root / f"r{len(done)}"
+            run(done[extra], *extra)
+        return done[extra]
+
+    return get
+
+
+# ------------------------------------------------------------------------------------ kills
+FILE_OPS = (("os", "replace"), ("os", "fsync"), ("shutil", "rmtree"))
+
+
+def kill_at(monkeypatch, k: int) -> list:
+    """Make the k-th file operation (rename, fsync, directory removal) inside the run's checkpoint writes
+    raise `Killed` before it happens (k = -1: count them only). Returns the list of operations seen."""
+    seen, inside = [], []
+    modules = {"os": os, "shutil": shutil}
+    for mod, name in FILE_OPS:
+        real = getattr(modules[mod], name)
+
+        def op(*a, _real=real, _name=name, **kw):
+            if inside:
+                if len(seen) == k:
+                    raise Killed(f"{_name} #{k}")
+                seen.append(_name)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(modules[mod], name, op)
+    real_write = engine.write_checkpoint
+
+    def write(*a, **kw):
+        inside.append(1)
+        try:
+            return real_write(*a, **kw)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(engine, "write_checkpoint", write)
+    return seen
+
+
+def test_a_kill_at_every_file_operation_resumes_to_the_same_weights(tmp_path, monkeypatch, straight):
+    """Every rename, fsync and removal in the two checkpoint writes of a 2-epoch run (the first, and the
+    second with its full swap): kill just before it, resume (or start again when there was no checkpoint
+    yet), and the final weights equal an uninterrupted run's."""
+    with monkeypatch.context() as m:
+        ops = kill_at(m, -1)
+        run(tmp_path / "count")
+    assert ops.count("replace") >= 6 and ops.count("fsync") >= 10, ops
+    for k in range(len(ops)):
+        out = tmp_path / f"k{k}"
+        with monkeypatch.context() as m:
+            kill_at(m, k)
+            with pytest.raises(Killed):
+                run(out)
+        finish(out)
+        assert_same(out, straight())
+        assert not (out / ".checkpoint.tmp").exists() and not (out / ".checkpoint.old").exists()
+
+
+def test_the_newest_checkpoint_is_found_after_a_kill_between_the_two_renames(tmp_path, straight):
+    """A real process exit (os._exit) right after `checkpoint` was moved aside to `.checkpoint.old` and before
+    `.checkpoint.tmp` (the newest, complete) was moved in: --resume takes the newest."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from vitkit.train import TrainConfig, apply_overrides, train
+        real, calls = os.replace, []
+        def replace(src, dst):
+            if str(src).endswith("checkpoint") and str(dst).endswith(".checkpoint.old"):
+                calls.append(1)
+            real(src, dst)
+            if len(calls) == 1 and str(dst).endswith(".checkpoint.old"):
+                os._exit(9)  # the swap of the second epoch's checkpoint, between its two renames
+        os.replace = replace
+        train(apply_overrides(TrainConfig(), {args(out)!r}))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 9, res.stderr[-2000:]
+    assert not (out / "checkpoint").exists() and read_marker(out / ".checkpoint.tmp")["epoch"] == 2
+    assert (out / ".checkpoint.old" / "state.pt").is_file()
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # the README's form
+    assert read_marker(out / "checkpoint")["epoch"] == 2 and not (out / ".checkpoint.old").exists()
+    assert_same(out, straight())
+
+
+def test_a_torn_write_is_never_taken_for_a_checkpoint(tmp_path, monkeypatch, straight):
+    """Killed half-way through writing state.pt of the second checkpoint: the torn file stays in
+    .checkpoint.tmp without a marker, start-up deletes it and resumes from the first."""
+    out = tmp_path / "run"
+    real = torch.save
+    calls = []
+
+    def torn(obj, path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            real(obj, path, *a, **kw)
+            size = Path(path).stat().st_size
+            with open(path, "r+b") as f:
+                f.truncate(size // 2)
+            raise Killed("torn")
+        return real(obj, path, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", torn)
+        with pytest.raises(Killed):
+            run(out)
+    assert read_marker(out / ".checkpoint.tmp") is None and read_marker(out / "checkpoint")["epoch"] == 1
+    run(out, "--run.resume=true")
+    assert_same(out, straight())
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, straight, capsys):
+    """The second checkpoint's state.pt hits ENOSPC (injected: the write fails part-way with the errno a full
+    disk gives; a real full tmpfs: the next test). The run stops with a message, the first checkpoint is
+    intact, the partial one is gone, and --resume (after freeing space) ends with the same weights."""
+    out = tmp_path / "run"
+    real = torch.save
+    def full(obj, path, *a, **kw):
+        if obj["epoch"] == 2:
+            with open(path, "wb") as f:
+                f.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(obj, path, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", full)
+        with pytest.raises(CheckpointWriteError, match="disk is full.*previous checkpoint is intact.*--resume"):
+            run(out)
+        assert main(["train", "--out", str(tmp_path / "cli"), *TINY]) == 2  # the CLI: one line, no traceback
+    assert "disk is full" in capsys.readouterr().err
+    assert not (out / ".checkpoint.tmp").exists() and read_marker(out / "checkpoint")["epoch"] == 1
+    run(out, "--run.resume=true")
+    assert_same(out, straight())
+
+
+def _checkpoint_bytes(run_dir: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in (run_dir / "checkpoint").rglob("*") if p.is_file())
+
+
+def test_a_real_full_disk(tmp_path, straight):
+    """A tmpfs (mounted in a user namespace: `unshare -rm`) with room for one checkpoint and a half: the
+    second checkpoint write fails (torch.save reports the ENOSPC as a RuntimeError), `vitkit train` exits
+    with code 2 and a message, the first checkpoint is intact; copied to a disk with room, --resume ends
+    with the uninterrupted weights."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (user namespaces) is not available: the injected ENOSPC test covers this")
+    ref = straight()
+    size = _checkpoint_bytes(ref) * 3 // 2 + 16 * 4096
+    mnt, keep = tmp_path / "mnt", tmp_path / "kept"
+    mnt.mkdir()
+    cli = f"{sys.executable} -m vitkit.cli train --out {mnt / 'run'} {' '.join(TINY)}"
+    script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 77; {cli} 2> {tmp_path / 'err'}; echo $? > "
+              f"{tmp_path / 'rc'}; cp -r {mnt / 'run'} {keep}")
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=240)
+    if res.returncode == 77:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {res.stderr.strip()}")
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "2", err[-2000:]
+    assert "the disk is full" in err and "Traceback" not in err, err[-2000:]
+    assert read_marker(keep / "checkpoint")["epoch"] == 1 and not (keep / ".checkpoint.tmp").exists()
+    assert main(["train", "--out", str(keep), "--resume"]) == 0
+    assert_same(keep, ref)
+
+
+def test_sigkill_a_real_run_then_resume_and_the_lock(tmp_path, straight):
+    """SIGKILL a real `vitkit train` process inside an epoch (checkpoints every 3 batches); while it runs a
+    second run into the same directory is refused, naming its process; after the kill the lock is free and
+    `vitkit train --out DIR --resume` ends with the weights of an uninterrupted run."""
+    extra = ["--sched.epochs=6", "--run.batch_size=64", "--run.checkpoint_every=3", "--aug.random_erasing=0.5"]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit.cli", "train", *args(out, *extra)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and read_marker(out / "checkpoint") is None:
+            time.sleep(0.005)
+        with pytest.raises(RunInUse, match=f"in use by another vitkit run \\(process {proc.pid}\\)"):
+            run(out, *extra, "--run.overwrite=true")
+        assert main(["train", "--out", str(out), "--resume"]) == 2  # refused too, without a traceback
+        if proc.poll() is not None:
+            pytest.fail("the run finished before it could be killed; make it longer")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "metrics.json").exists()
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert_same(out, straight(*extra))
+
+
+def test_the_lock_is_released_when_the_run_ends_or_fails(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    held = RunLock(out)
+    with pytest.raises(RunInUse, match=str(os.getpid())):
+        run(out)
+    held.release()
+    with pytest.raises(TrainingDiverged):  # a run that fails lets go of the lock too
+        run(out, "--optim.lr=1e30")
+    RunLock(out).release()
+
+
+# ------------------------------------------------------------------------------------ the run directory
+def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"not a vitkit run \(it holds notes.txt\).*--overwrite"):
+        run(mine)
+    run(mine, "--run.overwrite=true")
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "metrics.json").is_file()
+
+    done = tmp_path / "done"
+    run(done, "--sched.epochs=3")
+    with pytest.raises(FileExistsError, match="finished run"):
+        run(done)
+    assert main(["train", "--out", str(done), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", "--out", str(done), *TINY, "--overwrite"]) == 0
+    assert len((done / "metrics.jsonl").read_text().splitlines()) == 2  # the new run's history only
+
+    with pytest.raises(FileExistsError, match="holds a `vitkit train` run"):
+        from vitkit.train.pretrain import pretrain, pretrain_config
+
+        pretrain(pretrain_config("mae", overrides=args(done)))
+    (tmp_path / "empty").mkdir()
+    run(tmp_path / "empty")  # an empty directory is fine
+
+
+def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkeypatch, capsys, caplog):
+    """The README's `vitkit train --out DIR --resume` continues with the settings the run was started with
+    (here 2 epochs at lr 1e-3, not the defaults' 100 at 3e-3), never rewrites config.yaml, refuses a setting
+    that would change the result (naming it and both values) and applies one that cannot."""
+    import logging
+
+    started = ["--optim.lr=0.001", "--aug.hflip=0.5"]
+    out = tmp_path / "run"
+
+    def stop(run_dir, history):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "_write_history", stop)  # right after the first checkpoint
+        with pytest.raises(Killed):
+            assert main(["train", "--out", str(out), *TINY, *started])
+    saved = (out / "config.yaml").read_bytes()
+
+    for change, key, old, new in [("--optim.lr=0.003", "optim.lr", "0.001", "0.003"),
+                                  ("--sched.epochs=100", "sched.epochs", "2", "100"),
+                                  ("--model.overrides.depth=2", "model.overrides.depth", "1", "2"),
+                                  ("--run.seed=1", "run.seed", "0", "1")]:
+        assert main(["train", "--out", str(out), "--resume", change]) == 2
+        err = capsys.readouterr().err
+        assert f"{key}: the run has {old}, given {new}" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="optim.lr: the run has 0.001, given 0.003"):  # the Python API
+        run(out, "--run.resume=true")
+    assert (out / "config.yaml").read_bytes() == saved
+
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        assert main(["train", "--out", str(out), "--resume", "--run.checkpoint_every=4"]) == 0
+    assert "run.checkpoint_every: the run has None, given 4" in caplog.text
+    assert (out / "config.yaml").read_bytes() == saved
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    run(tmp_path / "straight", *started)
+    assert_same(out, tmp_path / "straight")
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ NaN and infinity
+def _lr_inf_at(monkeypatch, last_step_of_epoch: int):
+    """The learning rate is infinite on the last step of epoch `last_step_of_epoch` (1-based): Adam's update
+    makes the weights NaN/inf while the loss of that step was still finite."""
+    real = engine.cosine_schedule
+
+    def schedule(base_lr, total_steps, warmup_steps, min_lr=0.0):
+        lrs = real(base_lr, total_steps, warmup_steps, min_lr)
+        lrs[total_steps // 2 * last_step_of_epoch - 1] = float("inf")  # 2 epochs
+        return lrs
+
+    monkeypatch.setattr(engine, "cosine_schedule", schedule)
+
+
+def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _lr_inf_at(monkeypatch, 2)
+    with pytest.raises(TrainingDiverged, match=r"NaN or infinite during epoch 2 .* the last good checkpoint is "
+                                               r".*checkpoint \(after epoch 1\)"):
+        run(out)
+    assert read_marker(out / "checkpoint")["epoch"] == 1
+    saved = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+    _lr_inf_at(monkeypatch, 1)
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written before it"):
+        run(tmp_path / "first")
+    assert not (tmp_path / "first" / "checkpoint").exists()
+    with pytest.raises(TrainingDiverged, match=r"loss became .*no checkpoint was written"):
+        run(tmp_path / "huge", "--optim.lr=1e30")
+
+
+# ------------------------------------------------------------------------------------ inside an epoch
+def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, straight):
+    """Checkpoints every 3 batches with augmentation, EMA and gradient accumulation (2 batches per step):
+    stopped right after each step checkpoint of the run in turn, resumed, the weights and the history
+    equal an uninterrupted run's (which takes no step checkpoints)."""
+    extra = ("--run.batch_size=64", "--aug.random_resized_crop=true", "--aug.random_erasing=0.5",
+             "--run.ema_decay=0.9", "--optim.accum_steps=2")
+    ref = straight(*extra)
+    real = engine.save_checkpoint
+    positions = []
+
+    def count(*a, **kw):
+        positions.append((a[4], kw.get("step", a[7] if len(a) > 7 else 0)))
+        return real(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "save_checkpoint", count)
+        run(tmp_path / "count", *extra, "--run.checkpoint_every=3")
+    inside = [k for k, (_, step) in enumerate(positions) if step]
+    assert len(inside) >= 4 and all(step % 2 == 0 for _, step in positions), positions  # at optimizer steps
+    for k in (inside[0], inside[len(inside) // 2], inside[-1]):
+        out = tmp_path / f"k{k}"
+        calls = []
+
+        def stop_after(*a, _k=k, **kw):
+            real(*a, **kw)
+            calls.append(1)
+            if len(calls) == _k + 1:
+                raise Killed
+
+        with monkeypatch.context() as m:
+            m.setattr(engine, "save_checkpoint", stop_after)
+            with pytest.raises(Killed):
+                run(out, *extra, "--run.checkpoint_every=3")
+        assert read_marker(out / "checkpoint")["step"] == positions[k][1]
+        run(out, *extra, "--run.checkpoint_every=3", "--run.resume=true")
+        assert_same(out, ref)
+        ema = (load_file(str(d / "checkpoint" / "ema" / "model.safetensors")) for d in (out, ref))
+        assert all(torch.equal(a, b) for a, b in zip(*(v.values() for v in ema)))
+        rows = [[json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, ref)]
+        assert [(r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[0]] == \
+            [(r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[1]]
+
+
+@pytest.mark.parametrize("method", ["mae", "dino"])
+def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, method):
+    """`vitkit pretrain` shares the checkpoint code: stopped after a step checkpoint and resumed, the method's
+    weights (DINO: with its teacher, centre, and the teacher temperature its schedule advanced) equal an
+    uninterrupted run's."""
+    import vitkit.train.pretrain as pre
+
+    extra = ["--run.batch_size=32", "--data.train_fraction=0.2"]
+    if method == "dino":
+        extra.append('--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2, '
+                     '"teacher_temp_warmup": 0.8}')  # the temperature changes at every step of the run
+
+    def go(out, *more):
+        return pre.pretrain(pre.pretrain_config(method, overrides=[*args(out, *extra), *more]))
+
+    go(tmp_path / "straight")
+    real = pre._save_state
+    calls = []
+
+    def stop_after(*a, **kw):
+        real(*a, **kw)
+        calls.append(kw.get("step", a[5] if len(a) > 5 else 0))
+        if len(calls) == 3:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(pre, "_save_state", stop_after)
+        with pytest.raises(Killed):
+            go(tmp_path / "part", "--run.checkpoint_every=2")
+    assert calls[-1] > 0  # stopped inside an epoch
+    go(tmp_path / "part", "--run.checkpoint_every=2", "--run.resume=true")
+    a, b = (load_file(str(tmp_path / d / "checkpoint" / "method.safetensors")) for d in ("straight", "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["pretrain", "mpp" if method == "mae" else "mae", "--out", str(tmp_path / "part"), "--resume"]) == 2
