@@ -2,7 +2,7 @@
 
     vitkit train [--recipe R] [--out DIR] [--resume] [--section.field=value ...]
     vitkit eval RUN_OR_MODEL_DIR                  top-1/top-5 on the test split the model was trained on
-    vitkit models [PATTERN]                       registered model names with parameter counts
+    vitkit models [PATTERN] [--pretrained]        registered model names (--pretrained: their weights' tags)
     vitkit info NAME                              a model's configuration and size
     vitkit predict MODEL_DIR IMAGE...             classify images with a saved model
     vitkit pretrain METHOD [--recipe R] [...]     self-supervised pre-training (mae, mpp, dino, msn)
@@ -104,9 +104,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_pretrained(pattern: str | None) -> int:
+    """`vitkit models --pretrained`: every known pretrained weight (name.tag), where it comes from and its
+    preprocessing; the pattern matches the model name or the whole name.tag."""
+    import fnmatch
+
+    from .pretrained import list_pretrained
+    from .registry import resolve_pretrained_cfg
+
+    full = [n for n in list_pretrained() if not pattern or fnmatch.fnmatch(n, pattern)
+            or fnmatch.fnmatch(n.partition(".")[0], pattern)]
+    if not full:
+        print(f"no pretrained weights match {pattern!r}", file=sys.stderr)
+        return 1
+    width = max(map(len, full))
+    print(f"{'model.tag':<{width}}  {'classes':>7}  {'input':>9}  {'mean / std':<34}  {'crop':>5}  {'interp':<8}  source")
+    for n in full:
+        name, tag = n.split(".", 1)
+        c = resolve_pretrained_cfg(name, tag)
+        size = "x".join(str(v) for v in c["input_size"][1:])
+        stats = "/".join(f"{v:.3g}" for v in c["mean"]) + " / " + "/".join(f"{v:.3g}" for v in c["std"])
+        where = f"hf://{c['hf_hub_id']}" if c.get("hf_hub_id") else c.get("url", "")
+        print(f"{n:<{width}}  {c['num_classes']:>7}  {size:>9}  {stats:<34}  {c['crop_pct']:>5.3g}  "
+              f"{c['interpolation']:<8}  {where} ({c['format']})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .registry import list_models
 
+    if getattr(args, "pretrained", False):
+        return _print_pretrained(args.pattern)
     names = list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
@@ -225,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style wildcard, e.g. 'deit_*'")
     p.add_argument("--params", action="store_true", help="also print parameter counts and GMACs per image")
+    p.add_argument("--pretrained", action="store_true", help="list the known pretrained weights (name.tag for "
+                   "create_model(..., pretrained=True)), their source and preprocessing")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="configuration and parameter count of a model")
