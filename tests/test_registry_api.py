@@ -71,12 +71,15 @@ def test_create_model_keeps_registered_structure():
 
 
 def test_unknown_override_names_known_fields():
-    """timm raises TypeError for a keyword argument the model does not take; so does vitkit, naming it,
-    the closest field and every known one."""
+    """timm raises TypeError for a keyword argument the model does not take; so does vitkit (an error that
+    is also a ValueError, as vitkit's other configuration errors), naming it, the closest field and every
+    known one."""
     with pytest.raises(TypeError, match=r"(?s)unexpected keyword argument\(s\) \['drop_path'\].*did you mean "
-                                        r"'drop_path_rate'.*ViTConfig fields.*'weight_init'"):
+                                        r"'drop_path_rate'.*known fields.*'weight_init'"):
         create_model("vit_tiny_patch16_224", drop_path=0.1, **TINY)
     with pytest.raises(TypeError, match=r"\['depth'\].*did you mean 'depths'"):
+        create_model("swin_micro_patch2_window4_32", depth=2)
+    with pytest.raises(ValueError, match=r"unknown SwinConfig field\(s\) \['depth'\]"):
         create_model("swin_micro_patch2_window4_32", depth=2)
 
 
@@ -224,3 +227,18 @@ def test_list_pretrained():
         cfg = vitkit.pretrained.pretrained_tags(name)[tag]
         assert cfg["format"] in ("timm", "transformers", "torchvision")
         assert cfg.get("hf_hub_id") or cfg.get("url")
+
+
+def test_cli_models_pretrained(capsys):
+    from vitkit.cli import main
+
+    assert main(["models", "--pretrained", "deit_tiny_patch16_224"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["model.tag", "classes"]
+    assert [line.split()[0] for line in out[1:]] == ["deit_tiny_patch16_224.fb_in1k", "deit_tiny_patch16_224.hf_fb_in1k"]
+    assert "hf://timm/deit_tiny_patch16_224.fb_in1k (timm)" in out[1] and "224x224" in out[1] and "0.9" in out[1]
+    assert "hf://facebook/deit-tiny-patch16-224 (transformers)" in out[2]
+    assert main(["models", "--pretrained", "mvit_base_16x4.*"]) == 0
+    assert "mvit_v1_b-dbeb1030.pth (torchvision)" in capsys.readouterr().out
+    assert main(["models", "--pretrained", "nosuch*"]) == 1
+    assert "no pretrained weights match" in capsys.readouterr().err

@@ -40,6 +40,11 @@ _FAMILY_FIELDS: dict[str, tuple[str, Any, bool]] = {
 _FEATURE_ARGS = ("features_only", "out_indices", "output_fmt", "feature_cls")
 
 
+class UnknownArgumentError(TypeError, ValueError):
+    """A keyword argument the model does not take. A TypeError, as timm raises (Python does for an unexpected
+    keyword argument), and a ValueError, as vitkit's other configuration errors are."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -176,10 +181,10 @@ def _check_kwargs(family: str, kwargs: dict[str, Any], what: str) -> None:
     if unknown:
         close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
         hint = "".join(f" ({u!r}: did you mean {c[0]!r}?)" for u, c in close.items() if c)
-        raise TypeError(
-            f"{what} got unexpected keyword argument(s) {unknown}{hint}; the {cls.__name__} fields are "
-            f"{sorted(known)}, and create_model also takes pretrained, pretrained_cfg, pretrained_cfg_overlay, "
-            f"checkpoint_path, cache_dir, {', '.join(_FEATURE_ARGS)}")
+        raise UnknownArgumentError(
+            f"{what} got unexpected keyword argument(s) {unknown}: unknown {cls.__name__} field(s) {unknown}{hint}; "
+            f"known fields: {sorted(known)}; create_model also takes pretrained, pretrained_cfg, "
+            f"pretrained_cfg_overlay, checkpoint_path, cache_dir, {', '.join(_FEATURE_ARGS)}")
 
 
 def create_model(
