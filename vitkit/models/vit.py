@@ -411,8 +411,10 @@ class VisionTransformer(VitkitModel):
         return x if pre_logits else self.head(x)
 
     def _forward_head_distilled(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        # DeiT: the class token feeds `head`, the distillation token (index 1) feeds `head_dist`.
-        x_cls = self.head_drop(self.pre_logits(self.fc_norm(self.pool(x))))
+        # DeiT: the class token feeds `head`, the distillation token (index 1) feeds `head_dist`. As in
+        # timm, global_pool '' still takes the class token (the pair of tokens is what the heads need).
+        pooled = self.pool(x) if self.global_pool == "avg" else x[:, 0]
+        x_cls = self.head_drop(self.pre_logits(self.fc_norm(pooled)))
         x_dist = self.head_drop(self.pre_logits(self.fc_norm(x[:, 1])))
         if pre_logits:
             return (x_cls + x_dist) / 2
