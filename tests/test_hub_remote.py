@@ -120,7 +120,9 @@ def test_from_pretrained_transformers_repo(hub_cache, tmp_path, cls_name, config
     with torch.no_grad():
         ours = model(x) if model.num_classes else model.forward_features(x)
         torch.testing.assert_close(ours, hf_logits(hf, x), **ATOL)
-    assert model.pretrained_cfg["hf_hub_id"] == repo
+    cfg = model.pretrained_cfg
+    assert cfg["hf_hub_id"] == repo and cfg["input_size"] == (3, 32, 32) and cfg["num_classes"] == model.num_classes
+    assert cfg["first_conv"] == "patch_embed.proj" and cfg["crop_mode"] == "center" and "mean" in cfg
     # the same through the hf-hub: prefix of create_model, with the weights (timm: pretrained=True)
     again = create_model(f"hf-hub:{repo}", pretrained=True).eval()
     with torch.no_grad():
@@ -323,3 +325,38 @@ def test_unknown_argument_is_a_type_error():
         create_model("vit_micro_patch4_28", pretrained_tag="x")
     with pytest.raises(TypeError, match=r"\['drop_path'\].*drop_path_rate"):
         vitkit.create_model("mixer_micro_patch4_28", drop_path=0.1)
+
+
+# ------------------------------------------------------------------------------------ torchvision URL weights
+def test_torchvision_weights_from_torch_hub_cache(tmp_path, monkeypatch):
+    """`mvit_base_16x4.tv_k400` is torchvision's mvit_v1_b file, looked up where torchvision caches it
+    (TORCH_HOME/hub/checkpoints, or cache_dir). The file here is a small torchvision MViT (mvit_v1_b's
+    block rules at micro size) stored under mvit_v1_b's file name, and vitkit is created with the same
+    micro sizes: this proves the lookup, the key conversion and the outputs, not the real file."""
+    mvit_tv = pytest.importorskip("torchvision.models.video.mvit")
+    cfg = mvit_tv.MSBlockConfig
+    blocks = [cfg(1, 32, 64, [], [3, 3, 3], [], [1, 4, 4]), cfg(2, 64, 64, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 2, 2]),
+              cfg(2, 64, 128, [], [3, 3, 3], [], [1, 2, 2]),
+              cfg(4, 128, 128, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1])]
+    torch.manual_seed(0)
+    ref = mvit_tv.MViT((28, 28), 8, blocks, residual_pool=False, residual_with_cls_embed=False, rel_pos_embed=False,
+                       proj_after_attn=False, num_classes=4).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(ref.state_dict(), checkpoints / "mvit_v1_b-dbeb1030.pth")
+    micro = dict(img_size=28, num_frames=8, num_classes=4, embed_dim=32, depths=(1, 2, 1), stride_kv=(1, 4, 4),
+                 drop_rate=0.0, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 8, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = create_model("mvit_base_16x4", pretrained=True, **micro).eval()
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (checkpoints / "mvit_v1_b-dbeb1030.pth").rename(elsewhere / "mvit_v1_b-dbeb1030.pth")
+        again = create_model("mvit_base_16x4.tv_k400", pretrained=True, cache_dir=elsewhere, **micro).eval()
+        torch.testing.assert_close(again(x), ref(x), atol=1e-4, rtol=1e-4)
+    assert ours.pretrained_cfg["url"].endswith("mvit_v1_b-dbeb1030.pth") and ours.pretrained_cfg["num_classes"] == 400

@@ -60,14 +60,20 @@ def _umask() -> int:
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same directory, then rename: never a half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and a writer may re-create it): open()'s mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        code = re.search(r"\(os error (\d+)\)", str(e)) if not isinstance(e, OSError) else None
+        if code:  # safetensors' SafetensorError on a full disk: an OSError naming the file
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
         raise
 
 
@@ -388,6 +394,9 @@ def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
     model.pretrained_cfg = dict(pretrained_cfg)
     if hub_id:
         model.pretrained_cfg["hf_hub_id"] = hub_id
+    from .registry import complete_pretrained_cfg
+
+    complete_pretrained_cfg(model)
     load_pretrained(model, directory)
     return model.eval()
 

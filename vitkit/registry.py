@@ -115,35 +115,54 @@ def _size2(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
 
+def architecture_cfg(family: str, values: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """timm's pretrained-cfg fields that follow from a model's family and config (no preprocessing, no
+    weights): `input_size`, `fixed_input_size`, `num_classes`, `pool_size`, `first_conv`, `classifier`, ..."""
+    first_conv, classifier, fixed = _FAMILY_FIELDS.get(family, (None, "head", True))
+    if family == "vit":
+        if values.get("hybrid_layers"):
+            first_conv = "patch_embed.backbone.stem.conv"
+        if values.get("distilled"):
+            classifier = ["head", "head_dist"]
+        if values.get("dynamic_img_size"):
+            fixed = False
+    elif family == "dvt":
+        classifier = [f"stages.{i}.head" for i in range(len(values.get("patch_sizes") or (0, 0, 0)))]
+    elif family == "swin" and values.get("strict_img_size") is False:
+        fixed = False
+    h, w = _size2(values.get("img_size", 224))
+    pool_size = None
+    if family == "swin":
+        stride = int(values.get("patch_size", 4)) * 2 ** (len(values.get("depths") or (0,)) - 1)
+        pool_size = (h // stride, w // stride)
+    cfg: dict[str, Any] = dict(
+        url="", hf_hub_id=None, architecture=name, tag=None,
+        input_size=(int(values.get("in_chans", 3)), h, w), fixed_input_size=fixed,
+        crop_mode="center", num_classes=values.get("num_classes", 0),
+        pool_size=pool_size, first_conv=first_conv, classifier=classifier, license=None,
+    )
+    if values.get("num_frames") is not None:  # video models: clips of num_frames frames of input_size
+        cfg["num_frames"] = int(values["num_frames"])
+    return cfg
+
+
+def complete_pretrained_cfg(model) -> dict[str, Any]:
+    """Add the timm fields `model.pretrained_cfg` lacks (a model read from a Hugging Face or vitkit folder
+    carries its preprocessing only), from the model's family and config; the fields present are kept."""
+    values = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config)}
+    for key, value in architecture_cfg(model.family, values, getattr(model, "model_name", None)).items():
+        model.pretrained_cfg.setdefault(key, value)
+    return model.pretrained_cfg
+
+
 def base_pretrained_cfg(name: str) -> dict[str, Any]:
     """The cfg of architecture `name` without pretrained weights: its input size, classes, layer names and
     registered preprocessing (timm's, where timm has the architecture without weights)."""
     from .pretrained import timm_untrained_cfg
 
     spec = get_model_spec(name)
-    values = _config_values(spec)
-    first_conv, classifier, fixed = _FAMILY_FIELDS.get(spec.family, (None, "head", True))
-    if spec.family == "vit":
-        if values.get("hybrid_layers"):
-            first_conv = "patch_embed.backbone.stem.conv"
-        if values.get("distilled"):
-            classifier = ["head", "head_dist"]
-    elif spec.family == "dvt":
-        classifier = [f"stages.{i}.head" for i in range(len(values.get("patch_sizes") or (0, 0, 0)))]
-    h, w = _size2(values.get("img_size", 224))
-    pool_size = None
-    if spec.family == "swin":
-        stride = int(values.get("patch_size", 4)) * 2 ** (len(values.get("depths") or (0,)) - 1)
-        pool_size = (h // stride, w // stride)
-    cfg: dict[str, Any] = dict(
-        url="", hf_hub_id=None, architecture=name, tag=None,
-        input_size=(int(values.get("in_chans", 3)), h, w), fixed_input_size=fixed,
-        interpolation="bicubic", crop_pct=0.875, crop_mode="center",
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=values.get("num_classes", 0),
-        pool_size=pool_size, first_conv=first_conv, classifier=classifier, license=None,
-    )
-    if values.get("num_frames") is not None:  # video models: clips of num_frames frames of input_size
-        cfg["num_frames"] = int(values["num_frames"])
+    cfg = architecture_cfg(spec.family, _config_values(spec), name)
+    cfg.update(interpolation="bicubic", crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     cfg.update(spec.preprocessing)
     untrained = timm_untrained_cfg(name)
     if untrained:
@@ -281,6 +300,7 @@ def create_model(
     model = cls(config)
     model.model_name = name
     model.pretrained_cfg = cfg
+    complete_pretrained_cfg(model)
 
     if pretrained is True:
         _load_pretrained_weights(model, cfg, hub_dir, cache_dir)
