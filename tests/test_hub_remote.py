@@ -360,3 +360,42 @@ def test_torchvision_weights_from_torch_hub_cache(tmp_path, monkeypatch):
         again = create_model("mvit_base_16x4.tv_k400", pretrained=True, cache_dir=elsewhere, **micro).eval()
         torch.testing.assert_close(again(x), ref(x), atol=1e-4, rtol=1e-4)
     assert ours.pretrained_cfg["url"].endswith("mvit_v1_b-dbeb1030.pth") and ours.pretrained_cfg["num_classes"] == 400
+
+
+def test_vitkit_repo(hub_cache, tmp_path):
+    """A repo holding what vitkit's save_pretrained writes loads by repo id and by hf-hub: name."""
+    torch.manual_seed(0)
+    src = randomise(create_model("vit_micro_patch4_28", depth=2))
+    src.save_pretrained(tmp_path / "saved")
+    put_in_cache(hub_cache, "me/micro", tmp_path / "saved")
+    x = images(c=1, hw=28)
+    with torch.no_grad():
+        expected = src(x)
+        torch.testing.assert_close(from_pretrained("me/micro")(x), expected, **ATOL)
+        model = create_model("hf-hub:me/micro", pretrained=True).eval()
+        torch.testing.assert_close(model(x), expected, **ATOL)
+    assert model.model_name == "vit_micro_patch4_28" and model.pretrained_cfg["hf_hub_id"] == "me/micro"
+
+
+def test_mistyped_local_path_says_both(hub_cache):
+    with pytest.raises(CheckpointError, match=r"runs/model is not a local path, and as a Hugging Face Hub repo id: "
+                                              r"config.json of runs/model is not in the Hugging Face cache"):
+        from_pretrained("runs/model")
+
+
+def test_features_only_through_the_factory(tmp_path):
+    """features_only=True wraps the (loaded) model for feature extraction, as timm's factory does."""
+    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=True, **TIMM_TINY)
+    feats = create_model("vit_base_patch16_224", pretrained=folder / "model.safetensors", features_only=True,
+                         out_indices=(0, 1), **TIMM_TINY).eval()
+    timm_feats = timm.create_model("vit_base_patch16_224", features_only=True, out_indices=(0, 1),
+                                   pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+                                   pretrained=True, **TIMM_TINY).eval()
+    x = images()
+    with torch.no_grad():
+        ours, theirs = feats(x), timm_feats(x)
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **ATOL)
+    with pytest.raises(TypeError, match="features_only"):
+        create_model("vit_micro_patch4_28", out_indices=(0,))

@@ -1,12 +1,17 @@
-"""Saving and loading: `save_pretrained`, `from_pretrained`, and `create_model(pretrained=PATH)`.
+"""Saving and loading: `save_pretrained`, `from_pretrained`, `create_model(pretrained=...)`, and the
+Hugging Face Hub (through huggingface_hub's cache: `from_pretrained("org/name")`, `hub_download`,
+`download_model`, `download_weights`; docs/hub.md).
 
 Formats read (detected from the path, never from a flag):
     - a vitkit directory: `config.json` (with "architecture") + `model.safetensors`;
     - a Hugging Face model directory: `config.json` (with "model_type") + `model.safetensors`
       or `pytorch_model.bin`, for the model types of `convert.hf.SUPPORTED_MODEL_TYPES`: "vit" and
-      "deit" (convert/hf.py), "swin" (hf_swin.py), "cvt" (hf_cvt.py), "vit_mae" (hf_mae.py:
+      "deit" and "vit_msn" (convert/hf.py), "swin" (hf_swin.py), "cvt" (hf_cvt.py), "vit_mae" (hf_mae.py:
       `ViTMAEForPreTraining` -> the MAE model, `ViTMAEModel` -> a headless ViT), "vivit" (hf_vivit.py)
       and "timesformer" (hf_timesformer.py);
+    - a timm model directory (timm's `save_for_hf` / `push_to_hf_hub`): `config.json` whose
+      "architecture" is a timm model name, with "model_args" / "num_classes" / "pretrained_cfg"
+      (convert/timm.py `config_from_timm`) + `model.safetensors` or `pytorch_model.bin` in timm's keys;
     - a state-dict file: `.safetensors`, or a PyTorch file (`.pth`, `.pt`, `.bin`, `.ckpt`) with
       timm-style keys, possibly inside a wrapper dict (`model`, `state_dict`, `teacher`, ...) and
       with a `module.` / `backbone.` prefix, as the official DeiT, DINO and MAE releases ship.
@@ -418,7 +423,12 @@ def _resolve_location(name_or_path: str | Path, revision: str | None, cache_dir)
     if revision is not None and at_revision is not None and revision != at_revision:
         raise CheckpointError(f"two revisions for {repo_id}: {at_revision!r} in the name and revision={revision!r}")
     revision = revision or at_revision
-    directory = download_model(repo_id, revision=revision, cache_dir=cache_dir)
+    try:
+        directory = download_model(repo_id, revision=revision, cache_dir=cache_dir)
+    except HubError as e:
+        if text.lower().startswith(("hf-hub:", "hf_hub:")):
+            raise
+        raise HubError(f"{text} is not a local path, and as a Hugging Face Hub repo id: {e}") from None
     return directory, repo_id + (f"@{revision}" if revision else "")
 
 
