@@ -442,3 +442,24 @@ def test_features_model_arguments():
         features_model(build("vit"), feature_cls="hook")
     with pytest.raises(ValueError, match="out of range|cannot take"):
         features_model(build("vit"), out_indices=(7,))
+
+
+def test_resnet_micro_features_prune_and_tracing():
+    """The small CNN teachers (not timm names) follow the same interface: every stage as features."""
+    model = vitkit.create_model("resnet_micro_32", features_only=True).eval()
+    assert model.feature_info.channels() == [32, 64, 128] and model.feature_info.module_name() == \
+        ["stages.0", "stages.1", "stages.2"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+    check_feature_maps(out, model.feature_info.channels(), model.feature_info.reduction(), (32, 32), "NCHW", 2)
+    cnn = vitkit.create_model("resnet_micro_32")
+    _randomise_zero_heads(cnn)
+    cnn.eval()
+    with torch.inference_mode():
+        expected = cnn(x)
+        assert torch.equal(torch.fx.symbolic_trace(cnn)(x), expected)
+        torch.testing.assert_close(torch.export.export(cnn, (x,)).module()(x), expected, atol=ATOL, rtol=RTOL)
+    assert cnn.prune_intermediate_layers([1]) == [1] and cnn.num_features == 64 and len(cnn.stages) == 2
+    with torch.no_grad():
+        assert cnn(x).shape == (2, 64, 8, 8)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, drop_path_rates
+from ..layers import DropPath, drop_path_rates, is_fx_tracing
 from ..registry import register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
@@ -167,6 +167,7 @@ class ConvNet(VitkitModel):
 
     family = "cnn"
     config_class = CNNConfig
+    hierarchical_features = True  # features_only takes every stage by default
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__(config)
@@ -185,9 +186,10 @@ class ConvNet(VitkitModel):
                 c_in, k = width, k + 1
             stages.append(Stage(blocks))
         self.stages = nn.Sequential(*stages)
-        self.reduction = 1
-        for s in c.strides:
+        self.reduction, self.feature_info = 1, []
+        for i, (s, width) in enumerate(zip(c.strides, c.widths)):
             self.reduction *= s
+            self.feature_info.append(dict(num_chs=width, reduction=self.reduction, module=f"stages.{i}"))
         self.num_features = c_in
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
@@ -229,6 +231,25 @@ class ConvNet(VitkitModel):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's: drop the stages after the last one `indices` takes (`num_features` becomes the last kept
+        stage's width) and, with `prune_head` or when the last stage goes, the classifier
+        (`reset_classifier(0, '')`). Returns the kept (non-negative) stage indices."""
+        take = feature_take_indices(len(self.stages), indices, unit="stages")
+        max_index = max(take)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_end:
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a fresh zero-initialised one for `num_classes` (0 = features)."""
         if global_pool is not None:
@@ -249,6 +270,8 @@ class ConvNet(VitkitModel):
 
     # ----------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
+        if is_fx_tracing():  # symbolic shapes: nothing to check (see vitkit/layers/tracing.py)
+            return
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(
                 f"the model expects images of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}: "
@@ -256,7 +279,7 @@ class ConvNet(VitkitModel):
             )
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
             return checkpoint(stage, x, use_reentrant=False)
         return stage(x)
 
@@ -282,11 +305,13 @@ class ConvNet(VitkitModel):
         self,
         x: torch.Tensor,
         indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The feature maps (B, C_i, H_i, W_i) of selected stages (indices as `feature_take_indices`)."""
+        """The feature maps (B, C_i, H_i, W_i) of selected stages (indices as `feature_take_indices`).
+        `norm` is accepted for timm's interface and changes nothing (a ResNet has no final norm)."""
         if output_fmt != "NCHW":
             raise ValueError(f"a CNN's intermediates are feature maps: output_fmt must be 'NCHW', got {output_fmt!r}")
         take = feature_take_indices(len(self.stages), indices, unit="stages")
