@@ -104,3 +104,23 @@ def test_missing_onnxruntime_names_the_fix(tmp_path, monkeypatch):
 def test_unknown_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory"):
         export(tmp_path / "nothing-here")
+
+
+def test_the_opset_asked_for_is_the_opset_written(tmp_path):
+    # opset 17 is below the exporter's own (18): it converts the graph, and the file must say 17
+    needs_onnx()
+    import os
+    import stat
+
+    import onnx
+
+    model = random_model("vit_micro_patch4_28")
+    old = os.umask(0o022)
+    try:
+        result = export_onnx(model, tmp_path / "m.onnx", opset=17)
+    finally:
+        os.umask(old)
+    written = {entry.domain: entry.version for entry in onnx.load(str(result.path)).opset_import}
+    assert result.opset == 17 and written.get("", written.get("ai.onnx")) == 17
+    assert result.max_abs_diff <= 1e-4
+    assert stat.S_IMODE(result.path.stat().st_mode) == 0o644  # what open() gives under umask 022, not mkstemp's 0600

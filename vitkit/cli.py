@@ -18,6 +18,7 @@ import argparse
 import errno
 import json
 import logging
+import re
 import sys
 import traceback
 
@@ -333,9 +334,8 @@ _WRITE_HINTS = {
 
 def _os_error_message(e: OSError) -> str:
     what = e.strerror or str(e)
-    where = f" ({e.filename})" if e.filename else ""
     hint = _WRITE_HINTS.get(e.errno)
-    return f"{what}{where}" + (f": {hint}" if hint else "")
+    return (f"{e.filename}: " if e.filename else "") + what + (f" ({hint})" if hint else "")
 
 
 def _raised_by_vitkit(e: BaseException) -> bool:
@@ -368,18 +368,22 @@ def user_error_message(e: BaseException) -> str | None:
     except ImportError:  # Pillow is optional
         DecompressionBombError = ()  # noqa: N806
     text = " ".join(str(e).split()) if str(e) else type(e).__name__
-    if isinstance(e, pickle.UnpicklingError):  # a file vitkit read without naming it (vitkit's readers do)
-        text = text.split(" Weights only load failed")[0]  # torch's advice to load with weights_only=False
-        return (f"could not read a pickle file as data: {text[:400]}. vitkit loads tensors and plain data only "
-                f"and never runs code from a file; check the file (or re-save it with safetensors)")
+    if isinstance(e, pickle.UnpicklingError):
+        if text.startswith(("could not read", "refusing to load")):  # vitkit's readers name the file
+            return text
+        # torch's own text advises weights_only=False, which would run code from the file: keep only the detail
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        return (f"could not read a pickle file as data ({detail[:300]}): vitkit reads tensors and plain data only "
+                f"and never runs code from a file; check the file, or re-save it with safetensors")
     if isinstance(e, EOFError):
         return f"a file ended early: it is truncated or still being written ({text})"
     if isinstance(e, YAMLError):
         return f"not a plain YAML file: {text}"
     if isinstance(e, SafetensorError):
-        if "StorageFull" in text or "No space" in text:
-            return f"the disk is full: free some space or choose another --out ({text})"
-        return f"safetensors could not read or write a file: {text}"
+        code = re.search(r"\(os error (\d+)\)", text)
+        hint = _WRITE_HINTS.get(int(code.group(1))) if code else None
+        return f"safetensors could not read or write a file: {text}" + (f" ({hint})" if hint else "")
     if isinstance(e, DecompressionBombError):
         return f"{text}: resize the image first"
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":

@@ -3,10 +3,13 @@ loss, per-class accuracy and a confusion-matrix PNG next to the model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from .hub import from_pretrained
+
+logger = logging.getLogger("vitkit")
 
 
 def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
@@ -46,4 +49,7 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
         result["figure"] = str(figure)
     except ImportError:  # matplotlib is optional
         pass
+    except OSError as e:  # a read-only or full model directory: the numbers stand without the figure
+        logger.warning("could not write the confusion matrix into %s (%s); the results are complete without it",
+                       path, e.strerror or e)
     return {**result, "model_dir": str(model_dir), "dataset": name, "split": split, "images": len(data)}

@@ -38,6 +38,7 @@ logger = logging.getLogger("vitkit")
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 18
+NATIVE_OPSET = 18  # torch's exporter builds opset-18 graphs; other opsets by conversion, which may fail
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 _PROTOBUF_LIMIT = 2**31  # one ONNX protobuf file holds at most 2 GB
@@ -63,6 +64,11 @@ class ExportResult:
             line += (f"\nonnxruntime check: max |onnxruntime - PyTorch| = {self.max_abs_diff:.2e} at batch "
                      f"{batches} (tolerance {self.atol:g}): OK")
         return line
+
+
+def max_opset() -> int:
+    """The newest ONNX opset the installed onnx package defines (the exporter writes up to it)."""
+    return int(_require("onnx", "ONNX export").defs.onnx_opset_version())
 
 
 def _require(module: str, purpose: str):
@@ -116,10 +122,16 @@ def example_input(model: nn.Module, batch: int) -> torch.Tensor:
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[str]:
     """A temporary path in `path`'s directory, renamed onto `path` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from .hub import _umask
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and the writer may re-create it): open()'s mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -161,13 +173,14 @@ def check_onnx(path: str | Path, model: nn.Module, batches: tuple[int, ...] = (2
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def _quiet_exporter(converting: bool = False) -> Iterator[None]:
     """The exporter prints its progress and its optimiser logs every pass at INFO: keep the output to
-    the summary (warnings and errors still come through)."""
+    the summary (warnings and errors still come through; with `converting`, to an opset below the exporter's
+    own, only errors: its warnings about the conversion are replaced by export_onnx's check of the result)."""
     loggers = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.CRITICAL if converting else logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch.export internals
@@ -190,6 +203,10 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
         _require("onnxruntime", "checking an ONNX export (--no-check skips it)")
     if batch < 2:
         raise ValueError(f"export batch must be >= 2 (torch.export specialises a batch of 1), got {batch}")
+    newest = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 1 <= opset <= newest:
+        raise ValueError(f"ONNX opset {opset!r} does not exist for the installed onnx package (opsets 1 to "
+                         f"{newest}); choose another --opset ({DEFAULT_OPSET}, the default, is the exporter's own)")
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the output directory {out.parent} does not exist")
@@ -202,15 +219,29 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
     x = example_input(model, batch)
     t0 = time.perf_counter()
     dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)  # per positional input: the images' batch axis
-    with eager_attention(), _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=dims, opset_version=opset, verbose=False)
-    with _atomic_path(out) as tmp, _quiet_exporter():
-        program.save(tmp, external_data=False)
-        diff = check_onnx(tmp, model, (batch, batch + 1), atol) if check else None
+    with _atomic_path(out) as tmp:  # first: an unwritable --out fails before the export
+        with eager_attention(), _quiet_exporter(converting=opset != NATIVE_OPSET), torch.no_grad():
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=dims, opset_version=opset,
+                                        verbose=False)
+        _check_opset(program, opset)
+        with _quiet_exporter():
+            program.save(tmp, external_data=False)
+            diff = check_onnx(tmp, model, (batch, batch + 1), atol) if check else None
     model.train(was_training)
     return ExportResult(out, opset, tuple(x.shape), diff, (batch, batch + 1) if check else (),
                         time.perf_counter() - t0, atol)
+
+
+def _check_opset(program, opset: int) -> None:
+    """The exporter converts its graph to the requested opset and keeps its own where that fails: refuse then."""
+    written = program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
+    if written != opset:
+        why = ("an operator of the graph has no version that old; LayerNormalization, for one, starts at opset 17"
+               if written is not None and opset < written else "the ONNX version converter does not reach it")
+        raise ValueError(f"torch's ONNX exporter cannot write this model in opset {opset}: it builds an opset "
+                         f"{written} graph and converting it to {opset} failed ({why}), so nothing was written. "
+                         f"Choose another --opset; {DEFAULT_OPSET}, the default, is the exporter's own")
 
 
 def export(source: str | Path | nn.Module, fmt: str = "onnx", out: str | Path | None = None,

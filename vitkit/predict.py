@@ -54,6 +54,9 @@ def load_image(path: str | Path, model) -> torch.Tensor:
             x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as e:  # the header's size alone, before any pixel is decoded
+        raise ValueError(f"{path} is refused: {e} (Pillow's guard against decompression bombs). If the image is "
+                         f"genuine, downscale it first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not a readable image ({e})") from None
     x = x.view(height, width, -1).permute(2, 0, 1)

@@ -83,7 +83,13 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
     """Unpickle from a binary file object admitting only numpy arrays/dtypes and builtins."""
-    return _NumpyOnlyUnpickler(file, source).load()
+    try:
+        return _NumpyOnlyUnpickler(file, source).load()
+    except UnsafePickleError:
+        raise
+    except (EOFError, pickle.UnpicklingError) as e:  # name the file: a truncated download, or not a pickle
+        raise pickle.UnpicklingError(f"could not read {source}: the pickle is truncated or corrupt "
+                                     f"({type(e).__name__}: {e or 'no data'})") from None
 
 
 def safe_loads(data: bytes, source: str = "<pickle>") -> Any:
