@@ -176,6 +176,16 @@ def distill_cfg(**kw):
     return cfg
 
 
+def test_build_distillation_switches_on_distilled_training():
+    """timm's distilled models return one tensor in training unless `set_distilled_training(True)`:
+    the training loss needs both heads, with or without a teacher."""
+    deit = vitkit.create_model("deit_micro_distilled_patch4_28", embed_dim=32, depth=1, num_heads=2).train()
+    x = torch.rand(2, 1, 28, 28)
+    assert isinstance(deit(x), torch.Tensor)
+    build_distillation(distill_cfg(), deit, fake_splits(), None, False, 0.0, "cpu", progress=False)
+    assert deit.distilled_training and isinstance(deit(x), tuple) and len(deit(x)) == 2
+
+
 def test_build_distillation_errors(tmp_path):
     teacher = vitkit.create_model("resnet_micro_28")
     teacher.save_pretrained(tmp_path / "teacher")
