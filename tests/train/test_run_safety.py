@@ -359,17 +359,17 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------------ NaN and infinity
-def _lr_inf_at(monkeypatch, last_step_of_epoch: int):
+def _lr_inf_at(monkeypatch, last_step_of_epoch: int, module=engine):
     """The learning rate is infinite on the last step of epoch `last_step_of_epoch` (1-based): Adam's update
     makes the weights NaN/inf while the loss of that step was still finite."""
-    real = engine.cosine_schedule
+    real = module.cosine_schedule
 
     def schedule(base_lr, total_steps, warmup_steps, min_lr=0.0):
         lrs = real(base_lr, total_steps, warmup_steps, min_lr)
         lrs[total_steps // 2 * last_step_of_epoch - 1] = float("inf")  # 2 epochs
         return lrs
 
-    monkeypatch.setattr(engine, "cosine_schedule", schedule)
+    monkeypatch.setattr(module, "cosine_schedule", schedule)
 
 
 def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(tmp_path, monkeypatch):
@@ -388,6 +388,14 @@ def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(t
     assert not (tmp_path / "first" / "checkpoint").exists()
     with pytest.raises(TrainingDiverged, match=r"loss became .*no checkpoint was written"):
         run(tmp_path / "huge", "--optim.lr=1e30")
+
+    import vitkit.train.pretrain as pre  # the same in `vitkit pretrain`
+
+    _lr_inf_at(monkeypatch, 2, pre)
+    with pytest.raises(TrainingDiverged, match=r"mae weights became NaN or infinite during epoch 2 .*checkpoint "
+                                               r"\(after epoch 1\)"):
+        pre.pretrain(pre.pretrain_config("mae", overrides=args(tmp_path / "pre")))
+    assert read_marker(tmp_path / "pre" / "checkpoint")["epoch"] == 1
 
 
 # ------------------------------------------------------------------------------------ inside an epoch
@@ -435,7 +443,7 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
 
 
 @pytest.mark.parametrize("method", ["mae", "dino"])
-def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, method):
+def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, capsys, method):
     """`vitkit pretrain` shares the checkpoint code: stopped after a step checkpoint and resumed, the method's
     weights (DINO: with its teacher, centre, and the teacher temperature its schedule advanced) equal an
     uninterrupted run's."""
@@ -467,4 +475,6 @@ def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypat
     go(tmp_path / "part", "--run.checkpoint_every=2", "--run.resume=true")
     a, b = (load_file(str(tmp_path / d / "checkpoint" / "method.safetensors")) for d in ("straight", "part"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert main(["pretrain", "mpp" if method == "mae" else "mae", "--out", str(tmp_path / "part"), "--resume"]) == 2
+    other = "mpp" if method == "mae" else "mae"
+    assert main(["pretrain", other, "--out", str(tmp_path / "part"), "--resume"]) == 2
+    assert f"method.name: the run has '{method}', given '{other}'" in capsys.readouterr().err
