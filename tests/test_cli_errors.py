@@ -58,12 +58,27 @@ def assert_user_error(code, err, *needles):
     ("--model.overrides.num_heads=3", "num_heads = 3 does not divide embed_dim = 64"),
     ("--model.overrides.patch_size=0", "patch_size = 0 must be at least 1"),
     ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
+    ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
+    ("--distill.teacher=/no/such/teacher", "--distill.teacher=/no/such/teacher does not exist"),
+    ("--optim.name=adam", "--optim.name='adam' is out of range: it must be one of adamw, sgd"),
 ])
 def test_bad_settings_fail_before_any_data_is_read(capsys, tmp_path, setting, needle):
     # data_dir names a folder that does not exist: reaching the data would be a different error
-    code, err = run_cli(capsys, "train", setting, "--data.name=folder", f"--data.data_dir={tmp_path / 'none'}")
+    code, err = run_cli(capsys, "train", "--data.name=folder", f"--data.data_dir={tmp_path / 'none'}", setting)
     assert_user_error(code, err, needle)
     assert err.count("error:") == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "m", "a.png", "--top-k", "0"], "argument --top-k: 0 is out of range: it must be >= 1"),
+    (["calibrate", "m", "--budget", "2"], "argument --budget: 2 is out of range: it must be in (0, 1]"),
+    (["inspect", "m", "--out", "o", "--discard-ratio", "1"], "argument --discard-ratio: 1 is out of range"),
+])
+def test_bad_flags_are_usage_errors(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle in err and "Traceback" not in err
 
 
 def test_debug_shows_the_traceback(capsys):

@@ -33,6 +33,30 @@ def add_reuse_cpu_memory_flag(p: argparse.ArgumentParser) -> None:
                         "docs/performance.md, \"CPU memory allocator\")")
 
 
+def ranged(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False):
+    """An argparse `type` that parses `kind` and checks the range, so a bad flag fails as a usage error (exit 2)."""
+    import math
+
+    span = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            what = f"in {span}" if high is not None else (f"> {low}" if low_open else f">= {low}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {what}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _count_params(name: str) -> int:
     import torch
 
@@ -158,7 +182,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = {"name": spec.name, "family": spec.family, "parameters": _count_params(args.name),
             "gmacs": round(model_gmacs(args.name), 3),
-            "config": spec.config, "pretrained_cfg": spec.pretrained_cfg}
+            "config": spec.config, "pretrained_cfg": {  # class names as a count: ImageNet's are 1000 lines
+                k: f"{len(v)} class names" if k == "label_names" else v for k, v in spec.pretrained_cfg.items()}}
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -265,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files with a saved model directory")
     p.add_argument("model", help="a vitkit directory (save_pretrained) or a Hugging Face ViT/DeiT directory")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=ranged(int, 1), default=5, help="classes shown per image (default 5)")
     p.add_argument("--bf16", action="store_true", help=BF16_HELP)
     add_reuse_cpu_memory_flag(p)
     p.set_defaults(func=cmd_predict)
@@ -275,11 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per image meet a budget on the held-out split of its training data, and store "
                                    "them (with each exit's GMACs) in the model's config.json.")
     p.add_argument("model", help="a run directory (vitkit train --out) or a model directory")
-    p.add_argument("--budget", type=float, default=None, help="average cost as a fraction of the last exit's GMACs")
-    p.add_argument("--gmacs", type=float, default=None, help="average cost in GMACs per image (instead of --budget)")
+    p.add_argument("--budget", type=ranged(float, 0, 1, low_open=True), default=None, help="average cost as a fraction of the last exit's GMACs")
+    p.add_argument("--gmacs", type=ranged(float, 0, low_open=True), default=None, help="average cost in GMACs per image (instead of --budget)")
     p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (as vitkit train's)")
+    p.add_argument("--val-fraction", type=ranged(float, 0, 1, low_open=True, high_open=True), default=0.1,
+                   help="held-out fraction (as vitkit train's)")
     p.add_argument("--seed", type=int, default=0, help="split seed (as vitkit train's --data.seed)")
     p.set_defaults(func=cmd_calibrate)
 
@@ -312,10 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="take test images of this dataset (e.g. mnist)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--photos", action="store_true", help="use scikit-image's bundled photos")
-    p.add_argument("--num-images", type=int, default=128, help="dataset images the distance averages over")
-    p.add_argument("--show", type=int, default=8, help="images shown in the map figures")
+    p.add_argument("--num-images", type=ranged(int, 1), default=128, help="dataset images the distance averages over")
+    p.add_argument("--show", type=ranged(int, 1), default=8, help="images shown in the map figures")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
-    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of the lowest weights")
+    p.add_argument("--discard-ratio", type=ranged(float, 0, 1, high_open=True), default=0.0, help="rollout: drop this fraction of the lowest weights")
     p.set_defaults(func=cmd_inspect)
     return parser
 

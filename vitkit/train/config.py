@@ -313,6 +313,16 @@ def check_config(cfg: Any) -> None:
         values = getattr(cfg, section.name)
         for f in dataclasses.fields(values):
             check_setting(f"{section.name}.{f.name}", getattr(values, f.name))
+    data = getattr(cfg, "data", None)
+    if data is not None:
+        from ..data.datasets import DATASETS
+
+        if data.name.lower().replace("-", "_") not in DATASETS:
+            raise ValueError(f"--data.name={data.name!r} is not a dataset vitkit reads; known: {', '.join(DATASETS)}")
+    teacher = getattr(getattr(cfg, "distill", None), "teacher", None)
+    if teacher is not None and not Path(teacher).expanduser().exists():
+        raise FileNotFoundError(f"--distill.teacher={teacher} does not exist: give a model directory, a run directory "
+                                f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME")
     model = getattr(cfg, "model", None)
     if model is not None:
         from ..models._base import FAMILIES, config_from_dict
