@@ -4,7 +4,8 @@ vitkit keeps timm's model names and state-dict keys, so the weights timm publish
 Hub (`timm/<name>.<tag>`) load into vitkit's model of the same name. This script reads the installed
 timm's registry (`timm.list_pretrained()`, `timm.models.get_pretrained_cfg`) and stores, for every
 registered vitkit name that timm also knows, its tags in timm's order and timm's default tag
-with their preprocessing and weight locations. vitkit reads the table at run time and never imports
+with their preprocessing and weight locations, and the ImageNet-1k class names (timm's
+`ImageNetInfo` descriptions) that the 1000-class tags use. vitkit reads the table at run time and never imports
 timm. Run it after a timm upgrade or after registering a new timm-named model:
 
     python scripts/gen_pretrained_tags.py            # rewrite the table
@@ -52,6 +53,7 @@ def build_table() -> dict:
 
     make_torchvision_importable()
     import timm
+    from timm.data import ImageNetInfo, infer_imagenet_subset
     from timm.models import get_pretrained_cfg, is_model
     from timm.models._registry import get_arch_pretrained_cfgs
 
@@ -67,6 +69,8 @@ def build_table() -> dict:
             arch, _, tag = full.partition(".")
             if full in pretrained and tag:
                 tags[tag] = _cfg(cfg)
+                if infer_imagenet_subset(cfg) == "imagenet-1k":  # class names: timm's ImageNetInfo
+                    tags[tag]["label_set"] = "imagenet-1k"
         default = get_pretrained_cfg(name)
         entry: dict = {"default_tag": default.tag if default is not None and default.tag in tags else None,
                        "tags": tags}
@@ -76,7 +80,9 @@ def build_table() -> dict:
                 cfg = _cfg(base)
                 entry["untrained"] = cfg
         models[name] = entry
-    return {"timm_version": timm.__version__, "generated_by": "scripts/gen_pretrained_tags.py", "models": models}
+    label_sets = {"imagenet-1k": ImageNetInfo("imagenet-1k").label_descriptions()}
+    return {"timm_version": timm.__version__, "generated_by": "scripts/gen_pretrained_tags.py", "models": models,
+            "label_sets": label_sets}
 
 
 def _dump(table: dict) -> str:
@@ -97,6 +103,13 @@ def _dump(table: dict) -> str:
         if tags:
             lines.append("   }")
         lines.append("  }" + ("," if i < len(names) - 1 else ""))
+    lines.append(" },")
+    lines.append(' "label_sets": {')
+    sets = list(table["label_sets"].items())
+    for i, (key, names) in enumerate(sets):
+        lines.append(f"  {json.dumps(key)}: [")
+        lines += [f"   {json.dumps(n)}" + ("," if j < len(names) - 1 else "") for j, n in enumerate(names)]
+        lines.append("  ]" + ("," if i < len(sets) - 1 else ""))
     lines += [" }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -109,7 +122,8 @@ def main() -> int:
     text = _dump(table)
     if args.check:
         current = OUT.read_text() if OUT.exists() else ""
-        if json.loads(current or "{}").get("models") != table["models"]:
+        on_disk = json.loads(current or "{}")
+        if (on_disk.get("models"), on_disk.get("label_sets")) != (table["models"], table["label_sets"]):
             print(f"{OUT} differs from timm {table['timm_version']}: run python scripts/gen_pretrained_tags.py",
                   file=sys.stderr)
             return 1

@@ -210,7 +210,19 @@ def test_pretrained_table_matches_installed_timm():
     spec = importlib.util.spec_from_file_location("gen_pretrained_tags", root / "scripts" / "gen_pretrained_tags.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert gen.build_table()["models"] == table["models"]
+    built = gen.build_table()
+    assert built["models"] == table["models"] and built["label_sets"] == table["label_sets"]
+
+
+def test_imagenet_label_names():
+    with torch.device("meta"):
+        model = create_model("deit_tiny_patch16_224.fb_in1k")
+        assert len(model.pretrained_cfg["label_names"]) == 1000
+        assert model.pretrained_cfg["label_names"][0] == "tench, Tinca tinca"
+        assert "label_names" not in create_model("deit_tiny_patch16_224.fb_in1k", num_classes=10).pretrained_cfg
+        assert "label_names" not in create_model("vit_tiny_patch16_224.augreg_in21k").pretrained_cfg
+        hf = create_model("deit_tiny_patch16_224.hf_fb_in1k")
+    assert hf.pretrained_cfg["label_names"] == model.pretrained_cfg["label_names"]
 
 
 def test_list_pretrained():

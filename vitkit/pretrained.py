@@ -15,6 +15,9 @@ Three kinds of source, each tag's `format` says which:
     - "torchvision": a torchvision weights file at `url` (MViT-B's `mvit_v1_b`), cached where torchvision
       caches it (`torch.hub.get_dir()/checkpoints`).
 
+The 1000-class tags carry the ImageNet-1k class names as `label_names` (timm's `ImageNetInfo` descriptions,
+the names the transformers repos' `id2label` holds too).
+
 `create_model(name, pretrained=True)` loads the default tag: timm's default where timm has weights for
 the name, else the first tag listed here.
 """
@@ -143,8 +146,17 @@ _URLS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
 
 
 @lru_cache(maxsize=1)
+def _table() -> dict[str, Any]:
+    return json.loads(TAGS_FILE.read_text())
+
+
 def _timm_table() -> dict[str, Any]:
-    return json.loads(TAGS_FILE.read_text())["models"]
+    return _table()["models"]
+
+
+def label_set(key: str) -> list[str]:
+    """Class names of a label set of the table ('imagenet-1k': timm's ImageNetInfo descriptions, in class order)."""
+    return list(_table()["label_sets"][key])
 
 
 def _tuples(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -157,10 +169,14 @@ def _tags_of(name: str) -> dict[str, dict[str, Any]]:
     tags: dict[str, dict[str, Any]] = {}
     for tag, cfg in _timm_table().get(name, {}).get("tags", {}).items():
         tags[tag] = dict(_tuples(cfg), format="timm")
+        if "label_set" in cfg:
+            tags[tag]["label_names"] = label_set(tags[tag].pop("label_set"))
     for model, tag, repo, num_classes, proc, license_ in _HF_REPOS:
         if model == name:
             tags[tag] = dict(hf_hub_id=repo, architecture=name, tag=tag, num_classes=num_classes, **_PROC[proc],
                              license=license_, format="transformers")
+            if num_classes == 1000:  # every 1000-class repo listed is an ImageNet-1k classifier
+                tags[tag]["label_names"] = label_set("imagenet-1k")
     for model, tag, url, num_classes, proc, license_ in _URLS:
         if model == name:
             tags[tag] = dict(url=url, architecture=name, tag=tag, num_classes=num_classes, **_PROC[proc],

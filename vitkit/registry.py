@@ -301,6 +301,9 @@ def create_model(
     model.model_name = name
     model.pretrained_cfg = cfg
     complete_pretrained_cfg(model)
+    names = cfg.get("label_names")
+    if names is not None and len(names) != getattr(model, "num_classes", len(names)):
+        del cfg["label_names"]  # a new head: the weights' class names no longer apply (timm's save_for_hf rule)
 
     if pretrained is True:
         _load_pretrained_weights(model, cfg, hub_dir, cache_dir)
