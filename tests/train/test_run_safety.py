@@ -478,3 +478,30 @@ def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypat
     other = "mpp" if method == "mae" else "mae"
     assert main(["pretrain", other, "--out", str(tmp_path / "part"), "--resume"]) == 2
     assert f"method.name: the run has '{method}', given '{other}'" in capsys.readouterr().err
+
+
+def test_a_stream_of_tar_shards_resumes_inside_an_epoch_exactly(tmp_path, monkeypatch):
+    """Tar shards have no random access: the resumed run reads and drops the batches already trained on, and
+    puts back torch's global RNG, which the stream's DataLoader draws from (random erasing draws from it too)."""
+    from vitkit.cli import main as cli
+
+    assert cli(["make-shards", "digits", str(tmp_path / "shards"), "--maxcount", "400"]) == 0
+    extra = ["--data.name=shards", f"--data.data_dir={tmp_path}/shards/train-{{000000..000003}}.tar",
+             "--run.batch_size=64", "--aug.random_erasing=0.5", "--run.checkpoint_every=4"]
+    run(tmp_path / "straight", *extra)
+    real = engine.save_checkpoint
+    calls = []
+
+    def stop_after(*a, **kw):
+        real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "save_checkpoint", stop_after)
+        with pytest.raises(Killed):
+            run(tmp_path / "part", *extra)
+    assert read_marker(tmp_path / "part" / "checkpoint")["step"] > 0
+    run(tmp_path / "part", *extra, "--run.resume=true")
+    assert_same(tmp_path / "part", tmp_path / "straight")
