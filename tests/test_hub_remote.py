@@ -142,6 +142,14 @@ def test_transformers_tag_builds_the_repos_network(hub_cache, tmp_path):
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(pixel_values=x).logits, **ATOL)
+    # a repo's preprocessor_config.json has the last word on preprocessing
+    (folder / "preprocessor_config.json").write_text(
+        '{"image_processor_type": "ViTImageProcessor", "image_mean": [0.485, 0.456, 0.406], '
+        '"image_std": [0.229, 0.224, 0.225], "resample": 3, "do_resize": true, "size": {"height": 32, "width": 32}}')
+    put_in_cache(hub_cache, "google/vit-base-patch16-224", folder, revision="with-processor")
+    cfg = create_model("vit_base_patch16_224.hf_goog_in21k_ft_in1k", pretrained=True, pretrained_cfg_overlay=dict(
+        hf_hub_id="google/vit-base-patch16-224@with-processor")).pretrained_cfg
+    assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["interpolation"] == "bicubic"
 
 
 # ------------------------------------------------------------------------------------ timm repos

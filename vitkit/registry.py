@@ -350,7 +350,9 @@ def _transformers_values(cfg: dict[str, Any], family: str, cache_dir) -> tuple[P
     _, hf_family, values, _, hf_cfg = describe_directory(directory)
     if hf_family != family:
         raise CheckpointError(f"{cfg['hf_hub_id']} holds a {hf_family!r} model, not a {family!r} one")
-    for key in ("mean", "std", "interpolation", "crop_pct", "label_names"):  # the repo's preprocessor_config.json
+    # the repo's preprocessor_config.json, where it has one, and its class names (config.json's id2label)
+    keys = ("mean", "std", "interpolation", "crop_pct") if (directory / "preprocessor_config.json").is_file() else ()
+    for key in (*keys, "label_names"):
         if key in hf_cfg:
             cfg[key] = hf_cfg[key]
     return directory, values
