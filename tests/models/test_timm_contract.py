@@ -406,12 +406,23 @@ def test_set_input_size_same_as_timm(family, tmp_path):
     x = torch.randn(2, 3, *new)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+    assert ours.pretrained_cfg["input_size"] == (3, *new)
     if family == "swin":  # an explicit window, the bias tables resampled by timm's rule
         ref.set_input_size(img_size=(64, 64), window_size=8)
         ours.set_input_size(img_size=(64, 64), window_size=8)
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+        assert ours.pretrained_cfg["pool_size"] == (2, 2) and ours.config.window_size == 8
+    else:  # another patch size: the projection resampled (FlexiViT's pseudo-inverse), as timm
+        ref.set_input_size(img_size=(64, 64), patch_size=8)
+        ours.set_input_size(img_size=(64, 64), patch_size=8)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight, atol=1e-6,
+                                       rtol=1e-5)
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+        assert ours.config.patch_size == 8 and ours.feature_info[0]["reduction"] == 8
     # the new size is the model's: it survives save_pretrained / from_pretrained
     ours.save_pretrained(tmp_path)
     again = vitkit.from_pretrained(tmp_path)
@@ -421,7 +432,11 @@ def test_set_input_size_same_as_timm(family, tmp_path):
 
 def test_set_input_size_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="patch size"):
-        build("vit").set_input_size(patch_size=8)
+        build("hybrid").set_input_size(patch_size=8)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        build("vit").set_input_size(patch_size=12)
+    with pytest.raises(ValueError, match="patch size"):
+        build("swin").set_input_size(patch_size=2)
     with pytest.raises(ValueError, match="always_partition"):
         build("swin").set_input_size(always_partition=True)
     with pytest.raises(ValueError, match="distilled model"):

@@ -12,12 +12,12 @@ from .attention import (
 from .block import Block, LayerScale
 from .drop import DropPath, drop_path, drop_path_rates
 from .mlp import Mlp, make_activation
-from .patch_embed import PatchEmbed, to_2tuple
+from .patch_embed import PatchEmbed, resample_patch_embed, to_2tuple
 from .pos_embed import resample_abs_pos_embed
 from .tracing import is_fx_tracing
 
 __all__ = [
     "Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "attention_policy", "attention_recorder",
     "drop_path", "drop_path_rates", "eager_attention", "fused_attention_enabled", "is_fx_tracing", "make_activation",
-    "record_attention", "resample_abs_pos_embed", "split_heads", "to_2tuple",
+    "record_attention", "resample_abs_pos_embed", "resample_patch_embed", "split_heads", "to_2tuple",
 ]

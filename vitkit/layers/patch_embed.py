@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .tracing import is_fx_tracing
@@ -15,6 +16,25 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
             raise ValueError(f"expected an int or a pair (height, width), got {x!r}")
         return int(x[0]), int(x[1])
     return int(x), int(x)
+
+
+def resample_patch_embed(weight: torch.Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
+                         antialias: bool = True) -> torch.Tensor:
+    """A (D, C, p, p) patch-projection kernel for another patch size, as FlexiViT (Beyer et al. 2023) and
+    timm's `resample_patch_embed`: the pseudo-inverse of resizing a patch, so that a resized image
+    patch projected with the new kernel gives the old kernel's projection of the original patch."""
+    old = tuple(weight.shape[-2:])
+    new = to_2tuple(new_size)
+    if old == new:
+        return weight
+    n_old = old[0] * old[1]
+    basis = torch.eye(n_old, device=weight.device, dtype=torch.float32).reshape(n_old, 1, *old)
+    resize = F.interpolate(basis, size=new, mode=interpolation, antialias=antialias, align_corners=False)
+    resize = resize.squeeze(1).permute(1, 2, 0).reshape(new[0] * new[1], n_old)  # (new pixels, old pixels)
+    pinv = torch.linalg.pinv(resize)  # (old pixels, new pixels)
+    d, c = weight.shape[:2]
+    out = weight.reshape(d, c, n_old).float() @ pinv
+    return out.reshape(d, c, *new).to(weight.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -52,14 +72,29 @@ class PatchEmbed(nn.Module):
 
     def set_input_size(self, img_size: int | tuple[int, int] | None = None,
                        patch_size: int | tuple[int, int] | None = None) -> None:
-        """timm's `PatchEmbed.set_input_size` for the image size (the grid follows). Another patch size
-        would need the projection resampled (FlexiViT), which vitkit does not do: it is refused."""
-        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
-            raise ValueError(
-                f"changing the patch size ({self.patch_size[0]}x{self.patch_size[1]} -> {patch_size}) is not "
-                f"supported: create the model with patch_size={patch_size} instead"
-            )
-        if img_size is not None:
+        """timm's `PatchEmbed.set_input_size`: another image size (the grid follows) and/or patch size (the
+        projection kernel is resampled by `resample_patch_embed`, its bias kept)."""
+        new_patch = None if patch_size is None else to_2tuple(patch_size)
+        if new_patch is not None and new_patch != self.patch_size:
+            old_proj, old_patch = self.proj, self.patch_size
+            self.patch_size = new_patch
+            try:
+                self._set_img_size(self.img_size if img_size is None else img_size)
+            except ValueError:
+                self.patch_size = old_patch
+                raise
+            w = old_proj.weight
+            proj = nn.Conv2d(old_proj.in_channels, old_proj.out_channels, kernel_size=new_patch, stride=new_patch,
+                             bias=old_proj.bias is not None, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                proj.weight.copy_(resample_patch_embed(w.detach(), new_patch))
+                if old_proj.bias is not None:
+                    proj.bias.copy_(old_proj.bias)
+            proj.weight.requires_grad_(w.requires_grad)
+            if proj.bias is not None:
+                proj.bias.requires_grad_(old_proj.bias.requires_grad)
+            self.proj = proj.train(old_proj.training)
+        elif img_size is not None:
             self._set_img_size(img_size)
 
     def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:

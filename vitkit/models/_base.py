@@ -106,6 +106,16 @@ class VitkitModel(nn.Module):
     def head_hidden_size(self, value: int) -> None:
         self.__dict__["_head_hidden_size"] = int(value)
 
+    def update_input_size(self, img_size: tuple[int, int], pool_size: tuple[int, int] | None = None) -> None:
+        """After `set_input_size`: the pretrained cfg's `input_size` (and `pool_size`, where it has one)
+        describe the new size, so data transforms built from it follow (a new dict: the old may be shared)."""
+        cfg = dict(self.pretrained_cfg)
+        if "input_size" in cfg:
+            cfg["input_size"] = (int(cfg["input_size"][0]), int(img_size[0]), int(img_size[1]))
+        if pool_size is not None and cfg.get("pool_size"):
+            cfg["pool_size"] = tuple(pool_size)
+        self.pretrained_cfg = cfg
+
     @property
     def default_cfg(self) -> dict[str, Any]:
         """timm's older name of `pretrained_cfg` (the same dict)."""

@@ -628,8 +628,7 @@ class SwinTransformer(VitkitModel):
                 block.set_input_size(resolution, window, rel_pos_interp=self.config.rel_pos_interp)
         self.config.img_size = self.patch_embed.img_size
         self.config.window_size = window if window[0] != window[1] else window[0]
-        if "input_size" in self.pretrained_cfg:
-            self.pretrained_cfg["input_size"] = (self.config.in_chans, *self.patch_embed.img_size)
+        self.update_input_size(self.patch_embed.img_size, pool_size=resolution)
 
     # ----------------------------------------------------------------- forward
     def _run_stage(self, stage: SwinStage, x: torch.Tensor) -> torch.Tensor:

@@ -313,9 +313,15 @@ class VisionTransformer(VitkitModel):
 
     def set_input_size(self, img_size: int | tuple[int, int] | None = None,
                        patch_size: int | tuple[int, int] | None = None) -> None:
-        """timm's: run at another image size from now on; the position embeddings are resampled to the
-        new grid (by the configured rule) and `config.img_size` follows, so `save_pretrained` keeps it.
-        The patch size cannot change (the projection would need resampling)."""
+        """timm's: run at another image size and/or patch size from now on. The position embeddings are
+        resampled to the new grid (by the configured rule); a new patch size resamples the projection
+        kernel (FlexiViT's pseudo-inverse, timm's `resample_patch_embed`). `config.img_size` and
+        `config.patch_size` follow, so `save_pretrained` keeps them. The hybrid's patch size is its
+        backbone's stride and cannot change."""
+        if patch_size is not None:
+            p = to_2tuple(patch_size)
+            if p[0] != p[1] and p != tuple(self.patch_embed.patch_size):
+                raise ValueError(f"vitkit's ViT takes square patches, got patch_size={patch_size}")
         prev_grid = self.patch_embed.grid_size
         self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
         grid = self.patch_embed.grid_size
@@ -326,8 +332,11 @@ class VisionTransformer(VitkitModel):
             )
             self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
         self.config.img_size = self.patch_embed.img_size
-        if "input_size" in self.pretrained_cfg:
-            self.pretrained_cfg["input_size"] = (self.config.in_chans, *self.patch_embed.img_size)
+        if not self.config.hybrid_layers:
+            self.config.patch_size = self.patch_embed.patch_size[0]
+            for info in self.feature_info:
+                info["reduction"] = self.patch_embed.patch_size[0]
+        self.update_input_size(self.patch_embed.img_size)
 
     # ----------------------------------------------------------------- forward
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
