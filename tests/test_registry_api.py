@@ -196,6 +196,18 @@ def test_tag_sets_num_classes_as_timm():
     assert create_model("vit_tiny_patch16_224", pretrained_cfg="augreg_in21k", **TINY).num_classes == 21843
 
 
+@pytest.mark.parametrize("full", vitkit.list_models(pretrained=True))
+def test_every_tag_builds(full):
+    """Every known name.tag builds (on the meta device: no memory, no download), with the tag's classes."""
+    with torch.device("meta"):
+        model = create_model(full)
+    name, tag = full.split(".")
+    cfg = vitkit.pretrained.pretrained_tags(name)[tag]
+    assert model.pretrained_cfg["tag"] == tag and model.model_name == name
+    if hasattr(model.config, "num_classes"):
+        assert model.config.num_classes == cfg["num_classes"]
+
+
 def test_pretrained_table_matches_installed_timm():
     """vitkit/pretrained_tags.json is what scripts/gen_pretrained_tags.py writes from the installed timm."""
     import importlib.util

@@ -283,9 +283,11 @@ def create_model(
         # timm's `_update_default_model_kwargs`: the weights' classes and channels are the defaults -- where
         # weights are named (a tag, a cfg, pretrained=True); a bare name keeps its registered head
         named = bool(tag or pretrained_cfg or pretrained_cfg_overlay or pretrained is True)
-        if named and isinstance(cfg.get("num_classes"), int) and cfg["num_classes"] >= 0:
+        fields = {f.name for f in dataclasses.fields(FAMILIES[family].config_class)}
+        if named and "num_classes" in fields and isinstance(cfg.get("num_classes"), int) and cfg["num_classes"] >= 0:
             values["num_classes"] = cfg["num_classes"]
-        if named and isinstance(cfg.get("input_size"), (list, tuple)) and len(cfg["input_size"]) == 3:
+        if (named and "in_chans" in fields and isinstance(cfg.get("input_size"), (list, tuple))
+                and len(cfg["input_size"]) == 3):
             values["in_chans"] = int(cfg["input_size"][0])
         if pretrained is True and cfg.get("format") == "transformers" and not cfg.get("file"):
             # the network the weights were trained as: the repo's config.json (e.g. LayerNorm eps 1e-12)
