@@ -276,12 +276,17 @@ class RunLock:
 # ------------------------------------------------------------------------------------ settings
 def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's own settings (its config.yaml as a mapping), or None when it has none."""
-    import yaml
+    from .config import _yaml
 
+    yaml = _yaml()
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         return None
-    values = yaml.safe_load(path.read_text())
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not readable YAML ({' '.join(str(e).split())}): repair it, or start the run "
+                         f"again with --overwrite") from None
     return values if isinstance(values, dict) else None
 
 
@@ -351,7 +356,8 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                     f"its result: {'; '.join(meaning)}. Resume without them, or start a new run (another --out, "
                     f"or --overwrite)")
             for line in operational:
-                logger.info("resuming with a changed setting that does not change the result: %s", line)
+                if not line.startswith(("run.resume:", "run.out:", "run.overwrite:")):  # how, not what, to run
+                    logger.info("resuming with a changed setting that does not change the result: %s", line)
             if info is None:
                 raise FileNotFoundError(
                     f"--resume: {run_dir} has no checkpoint yet (the run stopped before its first one); start it "
