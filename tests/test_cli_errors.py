@@ -88,13 +88,23 @@ def test_debug_shows_the_traceback(capsys):
     assert code == 2 and "Traceback" in err
 
 
-def test_a_bug_still_shows_its_traceback(capsys):
-    # an error vitkit does not expect (here a TypeError out of a command) is not passed off as the user's mistake
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    # an error vitkit does not expect is not passed off as the user's mistake: it propagates (Python prints it)
+    import vitkit.cli
     from vitkit.cli import user_error_message
 
+    def broken(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(vitkit.cli, "cmd_info", broken)
+    with pytest.raises(KeyError):
+        main(["info", TINY])
     assert user_error_message(TypeError("unsupported operand")) is None
     assert user_error_message(ZeroDivisionError("division by zero")) is None
+    assert user_error_message(ImportError("cannot import name 'x'", name="vitkit.train.engine")) is None
+    assert user_error_message(RuntimeError("a tensor shape mismatch deep in torch")) is None  # not vitkit's raise
     assert user_error_message(ValueError("bad value")) == "bad value"
+    assert "pip install scikit-learn" in user_error_message(ModuleNotFoundError("No module", name="sklearn"))
 
 
 def test_recipe_with_a_python_tag_is_refused(capsys, tmp_path):
@@ -395,3 +405,17 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
     assert expected == 0o666 & ~umask
     for name in ("config.json", "model.safetensors"):
         assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == expected, name
+
+
+def test_a_full_disk_while_saving_names_the_file(tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OSError) as info:  # safetensors' SafetensorError, as an OSError naming the file
+            vitkit.create_model(TINY).save_pretrained(tmp_path / "m")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert info.value.errno == 27 and info.value.filename == str(tmp_path / "m" / "model.safetensors")
+    assert list((tmp_path / "m").iterdir()) == []  # no half file

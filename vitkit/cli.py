@@ -358,6 +358,10 @@ _WRITE_HINTS = {
 }
 
 
+_PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "Pillow", "yaml": "pyyaml", "skimage": "scikit-image",
+              "cv2": "opencv-python"}
+
+
 def _os_error_message(e: OSError) -> str:
     what = e.strerror or str(e)
     hint = _WRITE_HINTS.get(e.errno)
@@ -417,7 +421,14 @@ def user_error_message(e: BaseException) -> str | None:
                 f"when training")
     if isinstance(e, OSError):  # missing files, permissions, read-only or full disks
         return _os_error_message(e) if e.errno is not None else text
-    if isinstance(e, (ValueError, ImportError)):
+    if isinstance(e, ImportError):
+        if (e.name or "").split(".")[0] == "vitkit":  # vitkit's own modules failing to import: a bug
+            return None
+        if isinstance(e, ModuleNotFoundError) and e.name:  # an optional package that is not installed
+            package = _PIP_NAMES.get(e.name.split(".")[0], e.name.split(".")[0])
+            return f"{text}: this needs the {package!r} package (pip install {package})"
+        return text  # vitkit's own ImportErrors say what to install
+    if isinstance(e, ValueError):
         return text
     if isinstance(e, RuntimeError) and _raised_by_vitkit(e):
         return text
