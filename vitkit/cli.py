@@ -239,7 +239,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    from .train.config import TrainConfig, settings_help
+    from .train.config import SettingsHelpFormatter, TrainConfig, settings_help
 
     parser = argparse.ArgumentParser(prog="vitkit", description="The Vision Transformer family in PyTorch.")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "overrides (sections: data, aug, model, optim, sched, run, distill), e.g. --optim.lr=1e-3 "
                     "--sched.epochs=10 "
                     "--model.name=vit_micro_patch4_28 --data.name=mnist. Under torchrun it trains data-parallel.",
-        epilog=settings_help(TrainConfig()), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=settings_help(TrainConfig()), formatter_class=SettingsHelpFormatter,
     )
     p.add_argument("--recipe", help="a YAML recipe (see recipes/)")
     p.add_argument("--out", help="run directory (default: runs/MODEL-DATA-TIME)")
@@ -300,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per image meet a budget on the held-out split of its training data, and store "
                                    "them (with each exit's GMACs) in the model's config.json.")
     p.add_argument("model", help="a run directory (vitkit train --out) or a model directory")
-    p.add_argument("--budget", type=ranged(float, 0, 1, low_open=True), default=None, help="average cost as a fraction of the last exit's GMACs")
-    p.add_argument("--gmacs", type=ranged(float, 0, low_open=True), default=None, help="average cost in GMACs per image (instead of --budget)")
+    p.add_argument("--budget", type=ranged(float, 0, 1, low_open=True), default=None,
+                   help="average cost as a fraction of the last exit's GMACs")
+    p.add_argument("--gmacs", type=ranged(float, 0, low_open=True), default=None,
+                   help="average cost in GMACs per image (instead of --budget)")
     p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--val-fraction", type=ranged(float, 0, 1, low_open=True, high_open=True), default=0.1,
@@ -341,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=ranged(int, 1), default=128, help="dataset images the distance averages over")
     p.add_argument("--show", type=ranged(int, 1), default=8, help="images shown in the map figures")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
-    p.add_argument("--discard-ratio", type=ranged(float, 0, 1, high_open=True), default=0.0, help="rollout: drop this fraction of the lowest weights")
+    p.add_argument("--discard-ratio", type=ranged(float, 0, 1, high_open=True), default=0.0,
+                   help="rollout: drop this fraction of the lowest weights")
     p.set_defaults(func=cmd_inspect)
     return parser
 

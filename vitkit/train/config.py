@@ -9,6 +9,7 @@ value parsed as YAML (so `1e-3`, `true`, `[0.9, 0.95]` and `null` mean what they
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from ..data.augment import AugmentConfig
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | mnist | mnist5k | fashion_mnist | cifar10 | cifar100 | folder
+    # digits | mnist | mnist5k | fashion_mnist | cifar10 | cifar100 | folder | shards | moving_digits | video_folder
+    name: str = "digits"
     data_dir: str | None = None  # the dataset's files (IDX, CIFAR batches, an image folder); None: its default source
     val_fraction: float = 0.1  # share of the train split held out for validation (0: none)
     seed: int = 0  # the split seed (fixed by default: every run sees the same split)
@@ -361,6 +363,28 @@ def _field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+def _yaml_text(value: Any) -> str:
+    """A default as one would type it on the command line (YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return str(value)
+
+
+class SettingsHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the settings listing (`settings_help`) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("settings ("):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 # descriptions of settings whose dataclass (outside this file) has no comment for them
 _HELP = {"aug.random_resized_crop": "random-resized crop of the training images (area aug.scale, aspect aug.ratio)"}
 
@@ -375,9 +399,7 @@ def settings_help(cfg: Any) -> str:
         out.append(f"  {section.name}:")
         for f in dataclasses.fields(values):
             kind = str(f.type).replace("tuple[float, float]", "[float, float]").replace("dict[str, Any]", "mapping")
-            default = getattr(values, f.name)
-            default = "null" if default is None else (str(default).lower() if isinstance(default, bool) else
-                                                       list(default) if isinstance(default, tuple) else default)
+            default = _yaml_text(getattr(values, f.name))
             text = comments.get(f.name) or _HELP.get(f"{section.name}.{f.name}", "")
             out.append(f"    --{section.name}.{f.name} ({kind}, default {default}): {text}")
     return "\n".join(out)

@@ -476,9 +476,7 @@ def cmd_pretrain(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `vitkit pretrain` on the CLI's sub-parsers."""
-    import argparse
-
-    from .config import settings_help
+    from .config import SettingsHelpFormatter, settings_help
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training of a ViT backbone (mae, mpp, dino, msn)",
         description="Pre-train a backbone without labels. Settings come from the defaults, then --recipe, then "
@@ -486,7 +484,7 @@ def add_parser(sub) -> None:
                     "options as --method.options.mask_ratio=0.75), e.g. `vitkit pretrain mae --data.name=mnist "
                     "--model.name=vit_micro_patch4_28`. Under torchrun it trains data-parallel. The encoder is "
                     "written to RUN/backbone for `vitkit train --finetune`.",
-        epilog=settings_help(PretrainConfig()), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=settings_help(PretrainConfig()), formatter_class=SettingsHelpFormatter,
     )
     p.add_argument("method", help="mae | mpp | dino | msn")
     p.add_argument("--recipe", help="a YAML recipe (see recipes/pretrain_*.yaml)")
