@@ -478,3 +478,15 @@ def test_resnet_micro_features_prune_and_tracing():
     assert cnn.prune_intermediate_layers([1]) == [1] and cnn.num_features == 64 and len(cnn.stages) == 2
     with torch.no_grad():
         assert cnn(x).shape == (2, 64, 8, 8)
+
+
+def test_swin_window_ratio_same_as_timm():
+    ref, ours = timm_pair("swin")
+    ref.set_input_size(img_size=(96, 96), window_ratio=4)
+    ours.set_input_size(img_size=(96, 96), window_ratio=4)
+    assert ours.config.window_size == 6  # the 24x24 patch grid // 4
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="window_ratio"):
+        ours.set_input_size(window_ratio=(2, 4))

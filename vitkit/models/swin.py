@@ -17,6 +17,9 @@ Deviations
     - The classifier head is trunc-normal initialised as in the official code and timm (vitkit's ViT
       zero-initialises its head); `reset_classifier` and a head-size mismatch on load do the same.
     - `drop_path_rate` defaults to 0 (timm: 0.1); set it for training (the paper: 0.2 / 0.3 / 0.5 for T/S/B).
+    - `config.window_rule='hf'` (set for models converted from Hugging Face) shrinks windows per
+      forward pass from the input's grid, as transformers does; the default 'timm' fixes them when
+      the model is built, as timm and the official code do (the two agree at the configured size).
     - A relative-position-bias table of another window size is resampled with timm's rule
       (BEiT's geometric grid, linear) by default, or the official repository's plain bicubic
       (`rel_pos_interp='bicubic'`).
@@ -606,6 +609,8 @@ class SwinTransformer(VitkitModel):
                 (len(window_size) != 2 or not all(isinstance(w, int) for w in window_size)):
             raise ValueError(f"window_size must be an int or an (h, w) pair (one window for every stage), "
                              f"got {window_size!r}")
+        if window_ratio is not None and (not isinstance(window_ratio, int) or window_ratio < 1):
+            raise ValueError(f"window_ratio must be a positive int (one for every stage), got {window_ratio!r}")
         if img_size is not None:
             self.patch_embed.set_input_size(to_2tuple(img_size))
         grid = self.patch_embed.grid_size
