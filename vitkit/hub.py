@@ -17,8 +17,9 @@ Formats read (detected from the path, never from a flag):
       with a `module.` / `backbone.` prefix, as the official DeiT, DINO and MAE releases ship.
 
 Checkpoints never execute code: safetensors, or `torch.load(weights_only=True)`, which refuses any
-pickled object other than tensors and plain containers. Every mismatch between a checkpoint and a
-model is reported in full; nothing is silently skipped.
+pickled object other than tensors and plain containers (pickle protocols its unpickler lacks, 0, 1, 4
+and 5, go through the standard unpickler restricted to the same objects: vitkit/torch_load.py). Every
+mismatch between a checkpoint and a model is reported in full; nothing is silently skipped.
 """
 
 from __future__ import annotations
@@ -472,7 +473,8 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, ca
     from . import __version__
 
     hf = _huggingface_hub(repo_id)
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
+    from huggingface_hub import utils as errors  # the error classes, where every version since 0.23 exports them
 
     where = f"{repo_id}" + (f" (revision {revision!r})" if revision else "")
     try:
