@@ -141,7 +141,7 @@ _HF_REPOS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
 # torchvision weights files: (model name, tag, url, number of classes, preprocessing, license)
 _URLS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
     ("mvit_base_16x4", "tv_k400", "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth", 400, "kinetics",
-     "bsd-3-clause"),
+     None),  # torchvision states no license for its weights files
 )
 
 
