@@ -479,3 +479,25 @@ def test_config_errors():
     model = build("swin_micro_patch2_window7_28")
     with pytest.raises(ValueError, match="in_chans=3"):
         model(torch.randn(1, 3, 28, 56))
+
+
+def test_hf_window_rule_shrunk_window_reads_the_full_table():
+    """Under window_rule='hf' a window shrunk below the configured M at run time (a grid smaller than
+    M) takes its relative offsets from the full (2M-1)^2 table, the entries a window of M would use
+    for the same offsets (transformers itself cannot run these sizes: its bias keeps M*M tokens)."""
+    model = create_model("swin_micro_patch2_window4_32", window_rule="hf", strict_img_size=False).eval()
+    attn = model.layers[0].blocks[0].attn
+    M, m = 4, 3
+    assert attn.relative_position_bias_table.shape[0] == (2 * M - 1) ** 2
+    bias = attn.rel_pos_bias((m, m))[0]  # (heads, m*m, m*m)
+    table = attn.relative_position_bias_table
+    cells = [(i, j) for i in range(m) for j in range(m)]
+    for a, (y1, x1) in enumerate(cells):
+        for b, (y2, x2) in enumerate(cells):
+            torch.testing.assert_close(bias[:, a, b], table[(y1 - y2 + M - 1) * (2 * M - 1) + (x1 - x2 + M - 1)])
+    block = model.layers[2].blocks[1]  # stage 3: 4x4 grid at 32x32, 3x3 at 24x24, 8x8 at 64x64
+    assert block.window_shift(4, 4) == ((4, 4), (0, 0))
+    assert block.window_shift(3, 5) == ((3, 3), (0, 0))
+    assert block.window_shift(8, 8) == ((4, 4), (2, 2))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 24, 24))).all()
