@@ -182,9 +182,12 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[Attenti
     def window_hook(attn: nn.Module):
         def hook(block, args):
             B, H, W = args[0].shape[:3]  # channels-last token map (B, H, W, C)
-            mh, mw = block.window_size
+            # the window and shift this input gets (Swin's 'hf' window rule decides them per input)
+            window, shift = block.window_shift(H, W) if hasattr(block, "window_shift") else \
+                (block.window_size, block.shift_size)
+            mh, mw = window
             layouts[id(attn)] = WindowLayout(B, (H, W), (math.ceil(H / mh) * mh, math.ceil(W / mw) * mw),
-                                             tuple(block.window_size), tuple(block.shift_size))
+                                             tuple(window), tuple(shift))
         return hook
 
     hooks.append(model.register_forward_pre_hook(on_model))
