@@ -223,7 +223,9 @@ class DINO(PretrainMethod):
             raise ValueError("teacher_temp_warmup and freeze_last_layer are fractions of the run, in [0, 1]")
         if num_local < 0:
             raise ValueError(f"num_local={num_local} must be >= 0")
-        embed_dim = getattr(backbone, "num_features", None) or backbone.embed_dim
+        # the width of forward_head(pre_logits=True), what the head takes (timm's head_hidden_size)
+        embed_dim = getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None) \
+            or backbone.embed_dim
         self.backbone = backbone
         self.head = DINOHead(embed_dim, out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer, use_bn)
         self.teacher = copy.deepcopy(backbone).requires_grad_(False)
