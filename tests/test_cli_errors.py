@@ -55,7 +55,7 @@ def assert_user_error(code, err, *needles):
     ("--optim.lr=[", "is not plain YAML"),
     ("--model.overrides.depth=-1", "depth = -1 must be at least 1"),
     ("--model.overrides.num_heads=0", "num_heads = 0 must be at least 1"),
-    ("--model.overrides.num_heads=3", "num_heads = 3 does not divide embed_dim = 64"),
+    ("--model.overrides.num_heads=3", "num_heads = 3 with embed_dim = 64: embed_dim is not divisible by num_heads"),
     ("--model.overrides.patch_size=0", "patch_size = 0 must be at least 1"),
     ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
     ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
@@ -419,3 +419,14 @@ def test_a_full_disk_while_saving_names_the_file(tmp_path):
         signal.signal(signal.SIGXFSZ, handler)
     assert info.value.errno == 27 and info.value.filename == str(tmp_path / "m" / "model.safetensors")
     assert list((tmp_path / "m").iterdir()) == []  # no half file
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("num_heads", 0, "num_heads = 0 must be at least 1"),
+    ("patch_size", 0, "patch_size = 0 must be at least 1"),
+    ("depth", -1, "depth = -1 must be at least 1"),
+    ("patch_size", 16, "patch_size = 16 is larger than img_size = 8"),
+])
+def test_create_model_checks_before_building(field, value, needle):
+    with pytest.raises(ModelConfigError, match=needle):
+        vitkit.create_model(TINY, **{field: value})

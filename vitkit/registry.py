@@ -297,8 +297,9 @@ def create_model(
     _check_kwargs(family, kwargs, what)
     values.update(kwargs)
     cls = FAMILIES[family]
+    # sizes and divisibility, before the config's own checks divide by them and before anything is allocated
+    check_model_config(values, source=name or model_name, config_class=cls.config_class)
     config = config_from_dict(cls.config_class, values)
-    check_model_config(config, source=name or model_name)  # sizes and divisibility, before anything is allocated
     model = cls(config)
     model.model_name = name
     model.pretrained_cfg = cfg

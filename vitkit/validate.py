@@ -144,8 +144,8 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
     # heads divide the width they split
     dim, heads = values.get("embed_dim"), values.get("num_heads")
     if _is_int(dim) and _is_int(heads) and dim % heads:
-        fail("num_heads", f"does not divide {name('embed_dim')} = {dim}: each head takes embed_dim / num_heads "
-                          f"channels")
+        fail("num_heads", f"with {name('embed_dim')} = {dim}: embed_dim is not divisible by num_heads (each head "
+                          f"takes embed_dim / num_heads channels)")
     stage_depths = values.get("depths")
     if isinstance(heads, (list, tuple)) and isinstance(stage_depths, (list, tuple)):
         if len(heads) != len(stage_depths):
@@ -155,7 +155,7 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
             dims = [dim * 2**i for i in range(len(heads))] if _is_int(dim) else []
         for i, (d, h) in enumerate(zip(dims, heads)):
             if d % h:
-                fail("num_heads", f"stage {i}: {h} heads do not divide the stage's width {d}")
+                fail("num_heads", f"stage {i}: the stage's width {d} is not divisible by num_heads {h}")
     # a patch larger than the image leaves no token
     img, patch = values.get("img_size"), values.get("patch_size")
     if img is not None and _is_int(patch):
