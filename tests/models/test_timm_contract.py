@@ -42,7 +42,8 @@ CASES = {
     "vit": Case("vit_tiny_patch16_224", VIT, VIT),
     "deit": Case("deit_tiny_patch16_224", VIT, VIT),
     "deit_distilled": Case("deit_tiny_distilled_patch16_224", VIT, VIT),
-    "hybrid": Case("vit_base_r50_s16_224", dict(VIT, hybrid_layers=(1, 1, 1)), None),
+    # the full ResNetV2-50 stem, as timm builds it (timm's default cfg for this name has no classifier)
+    "hybrid": Case("vit_base_r50_s16_224", dict(VIT, num_classes=10), dict(VIT, num_classes=10)),
     "swin": Case("swin_tiny_patch4_window7_224", SWIN, SWIN, std=True),
     # timm's mixer_s16_224 fixes embed_dim and num_blocks: its builder takes the tiny sizes (see timm_model)
     "mixer": Case("mixer_s16_224", dict(embed_dim=32, depth=4, img_size=64),
