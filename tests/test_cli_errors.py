@@ -430,3 +430,12 @@ def test_a_full_disk_while_saving_names_the_file(tmp_path):
 def test_create_model_checks_before_building(field, value, needle):
     with pytest.raises(ModelConfigError, match=needle):
         vitkit.create_model(TINY, **{field: value})
+
+
+def test_from_pretrained_checks_a_vitkit_config_before_building(tmp_path):
+    vitkit.create_model(TINY).save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["config"]["num_heads"] = 0  # the config's own check would divide by it
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelConfigError, match="num_heads = 0 must be at least 1"):
+        from_pretrained(tmp_path / "m")

@@ -389,10 +389,11 @@ def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
 
     _check_kwargs(family, overrides, f"from_pretrained({str(name_or_path)!r})")
     values.update(overrides)
-    config = config_from_dict(cls.config_class, values)
     from .validate import check_hf_classifier, check_model_config
 
-    check_model_config(config, source=str(directory / CONFIG_NAME))  # before anything is allocated
+    # sizes and divisibility, before the config's own checks divide by them and before anything is allocated
+    check_model_config(values, source=str(directory / CONFIG_NAME), config_class=cls.config_class)
+    config = config_from_dict(cls.config_class, values)
     if kind == "hf" and "num_classes" not in overrides:  # a head that disagrees with config.json is not dropped
         check_hf_classifier(directory, config.num_classes, source=str(directory / CONFIG_NAME))
     model = cls(config)
