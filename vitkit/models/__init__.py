@@ -11,6 +11,8 @@ from . import timesformer  # noqa: F401
 from . import mvit  # noqa: F401
 from ..methods import mae as _mae  # noqa: F401,E402  (registers the MAE pre-training family, mae_vit_*)
 from ._base import FAMILIES, VitkitModel
+from .features import FeatureGetterNet, FeatureInfo, features_model
 from .vit import VisionTransformer, ViTConfig
 
-__all__ = ["FAMILIES", "VisionTransformer", "ViTConfig", "VitkitModel"]
+__all__ = ["FAMILIES", "FeatureGetterNet", "FeatureInfo", "VisionTransformer", "ViTConfig", "VitkitModel",
+           "features_model"]
