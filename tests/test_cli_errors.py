@@ -114,6 +114,9 @@ def test_recipe_with_a_python_tag_is_refused(capsys, tmp_path):
     code, err = run_cli(capsys, "train", "--recipe", recipe)
     assert_user_error(code, err, f"recipe {recipe} is not a plain YAML file", "!!python")
     assert not marker.exists()
+    recipe.write_text("sched:\n  epochs: 0\n")
+    code, err = run_cli(capsys, "train", "--recipe", recipe)
+    assert_user_error(code, err, f"recipe {recipe}: --sched.epochs=0 is out of range")
 
 
 def test_help_lists_every_setting(capsys):
@@ -209,7 +212,7 @@ def test_malicious_checkpoint_is_refused_at_every_protocol(tmp_path, protocol):
     assert not marker.exists() and "weights_only=False" not in str(info.value)
 
 
-def test_truncated_checkpoint(capsys, tmp_path):
+def test_truncated_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(vitkit.create_model(TINY).state_dict(), path, pickle_protocol=4)
     path.write_bytes(path.read_bytes()[:3000])

@@ -145,7 +145,10 @@ def load_recipe(path: str | Path) -> TrainConfig:
     if not isinstance(values, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run, "
                          f"distill)")
-    return TrainConfig.from_dict(values)
+    try:
+        return TrainConfig.from_dict(values)
+    except ValueError as e:  # say which file the setting came from
+        raise ValueError(f"recipe {path}: {e}") from None
 
 
 def _coerce(value: Any, annotation: str, key: str) -> Any:
