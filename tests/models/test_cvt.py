@@ -312,7 +312,7 @@ def test_final_norm_off_and_per_stage_scalars():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(depths=(1, 2)), "3 values for 2 stages"),
+    (dict(depths=(1, 2)), "3 values for 2 stages|has 3 entries but depths has 2"),
     (dict(cls_token=(True, False, True)), "only the last stage"),
     (dict(stride_q=(2, 1, 1)), "query projection"),
     (dict(num_heads=(3, 3, 6)), "not divisible"),
