@@ -8,8 +8,10 @@ and runs with HF_HUB_OFFLINE=1 and HF_HUB_CACHE pointing there (and huggingface_
 it reads from the environment at import). `hf_hub_download` then resolves every file as it would after
 a download: refs -> commit -> snapshot; nothing here reads the temporary folders directly. No network.
 
-What this cannot prove offline: the download itself, and the gated / missing-repo errors, which only
-the Hub's HTTP answers produce (their messages are in vitkit.hub.hub_download).
+The online tests talk to a local HTTP server that answers the Hub's file endpoint the way the Hub does
+(headers, bytes, and its X-Error-Code answers for gated / missing repos and revisions): huggingface_hub's
+own client downloads into the cache and raises its own errors. What no test here proves: that the real
+Hub still answers so, and that the full-size files of the tags load (that needs their download).
 """
 
 from __future__ import annotations
@@ -407,3 +409,120 @@ def test_features_only_through_the_factory(tmp_path):
         torch.testing.assert_close(a, b, **ATOL)
     with pytest.raises(TypeError, match="features_only"):
         create_model("vit_micro_patch4_28", out_indices=(0,))
+
+
+# ------------------------------------------------------------------------------------ online, against a local server
+class _FakeHub:
+    """A local HTTP server that answers `/ORG/NAME/resolve/REVISION/FILE` as the Hub does: HEAD with the
+    X-Repo-Commit / ETag / Content-Length headers huggingface_hub reads, GET with the bytes, and the Hub's
+    X-Error-Code headers for what is not there. Not the Hub: huggingface_hub's real client talks to it."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.errors: dict[str, tuple[int, str]] = {}  # repo -> (status, X-Error-Code)
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self, body=False):
+                parts = self.path.split("?")[0].split("/")
+                hub.requests.append(f"{self.command} {self.path}")
+                repo = "/".join(parts[1:3])
+                if len(parts) < 6 or parts[3] != "resolve":
+                    return self._answer(404, "")
+                if repo in hub.errors:
+                    return self._answer(*hub.errors[repo])
+                data = hub.files.get((repo, "/".join(parts[5:])))
+                if data is None:
+                    return self._answer(404, "EntryNotFound")
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hashlib.sha1(repo.encode()).hexdigest())
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                self.do_HEAD(body=True)
+
+            def _answer(self, status, code):
+                self.send_response(status)
+                if code:
+                    self.send_header("X-Error-Code", code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, repo_id: str, folder: Path) -> None:
+        for path in folder.iterdir():
+            self.files[(repo_id, path.name)] = path.read_bytes()
+
+
+@pytest.fixture
+def fake_hub(hub_cache, monkeypatch):
+    hub = _FakeHub()
+    c = huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "ENDPOINT", hub.url)
+    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    yield hub
+    hub.server.shutdown()
+
+
+def test_download_into_the_cache_then_offline(fake_hub, hub_cache, tmp_path, monkeypatch):
+    """Online, hf_hub_download fetches config.json and model.safetensors (never pytorch_model.bin when the
+    safetensors file exists) into the cache; offline afterwards, the same call reads the cache."""
+    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization="both", **TIMM_TINY)
+    fake_hub.add("someone/tiny-vit", folder)
+    x = images()
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(create_model("hf-hub:someone/tiny-vit", pretrained=True).eval()(x), expected, **ATOL)
+    fetched = [r for r in fake_hub.requests if r.startswith("GET /someone/")]
+    assert fetched == ["GET /someone/tiny-vit/resolve/main/config.json",
+                       "GET /someone/tiny-vit/resolve/main/model.safetensors"]
+    assert (hub_cache / "models--someone--tiny-vit" / "refs" / "main").is_file()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    fake_hub.requests.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("someone/tiny-vit")(x), expected, **ATOL)
+    assert fake_hub.requests == []
+
+
+def test_pytorch_model_bin_when_no_safetensors(fake_hub, tmp_path):
+    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=False, **TIMM_TINY)
+    fake_hub.add("someone/bin-only", folder)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("someone/bin-only")(x), ref(x), **ATOL)
+    assert "HEAD /someone/bin-only/resolve/main/model.safetensors" in fake_hub.requests
+
+
+@pytest.mark.parametrize("status, code, match", [
+    (401, "GatedRepo", r"org/repo is a gated repo: accept its conditions at https://huggingface.co/org/repo and log in"),
+    (401, "RepoNotFound", r"org/repo is not a model repo on the Hugging Face Hub \(or it is private: log in"),
+    (404, "RevisionNotFound", r"org/repo has no revision 'v9'"),
+])
+def test_hub_errors(fake_hub, status, code, match):
+    fake_hub.errors["org/repo"] = (status, code)
+    with pytest.raises(CheckpointError, match=match):
+        from_pretrained("org/repo", revision="v9" if code == "RevisionNotFound" else None)
+
+
+def test_repo_without_weights(fake_hub, tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text('{"model_type": "vit"}')
+    fake_hub.add("org/config-only", tmp_path / "cfg")
+    with pytest.raises(CheckpointError, match=r"org/config-only has no file model.safetensors"):
+        from_pretrained("org/config-only")
