@@ -143,6 +143,7 @@ def build_pair(name: str, smoke: bool = False) -> tuple[torch.nn.Module, torch.n
         raise SystemExit(f"{name}: timm's state dict does not load strictly into vitkit's model:\n{e}") from e
     if getattr(vm, "dist_token", None) is not None:
         tm.set_distilled_training(True)  # both return (cls, dist) logits in train mode
+        vm.set_distilled_training(True)
     return tm, vm
 
 

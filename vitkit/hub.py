@@ -394,7 +394,8 @@ def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
     # sizes and divisibility, before the config's own checks divide by them and before anything is allocated
     check_model_config(values, source=str(directory / CONFIG_NAME), config_class=cls.config_class)
     config = config_from_dict(cls.config_class, values)
-    if kind == "hf" and "num_classes" not in overrides:  # a head that disagrees with config.json is not dropped
+    # a head that disagrees with config.json is not dropped (MAE pre-training models have no head)
+    if kind == "hf" and "num_classes" not in overrides and hasattr(config, "num_classes"):
         check_hf_classifier(directory, config.num_classes, source=str(directory / CONFIG_NAME))
     model = cls(config)
     model.model_name = model_name

@@ -78,5 +78,7 @@ def test_cli_inspect_errors(tmp_path, capsys):
     assert "neither a model/run directory nor a registered model name" in err and "Traceback" not in err
     assert main(["inspect", "mixer_micro_patch4_28", "--photos", "--out", str(tmp_path / "o")]) == 2
     assert "recorded no attention" in capsys.readouterr().err
-    assert main(["inspect", "vit_micro_patch2_8", "--photos", "--discard-ratio", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "discard_ratio must be in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, refused by the parser before anything loads
+        main(["inspect", "vit_micro_patch2_8", "--photos", "--discard-ratio", "1", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "--discard-ratio: 1 is out of range: it must be in [0, 1)" in capsys.readouterr().err
