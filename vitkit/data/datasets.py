@@ -17,8 +17,10 @@ the official 60k so that MNIST splits are the same whichever file they come from
 
 Normalisation (`mean`, `std`, per channel, on the [0, 1] scale): **computed on the train split
 that is returned** (after the validation split is carved out, so no val/test pixel leaks in),
-exactly, for in-memory datasets; for image folders on a deterministic sample of up to 512 train
-images (evenly spaced), decoded at the target size.
+exactly, for in-memory datasets; for image folders on a sample of up to 512 train images drawn
+with a generator seeded by `seed` (the same sample for the same folder listing and seed), decoded
+at the target size. The channel count of a folder (1 when every sampled image is greyscale, else
+3) comes from the headers of the same sample.
 
 In-memory datasets return `Split`s (uint8 images where the source is 8-bit; `Split.batch(idx)`
 gives float [0, 1]); image folders return `ImageFolderDataset`s (lazy decoding, for DataLoaders).
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .embedded import Split, load_digits
-from .folder import ImageFolderDataset, channels_for, scan_image_folder
+from .folder import ImageFolderDataset, channels_for, probe_modes, scan_image_folder
 from .formats import read_cifar_archive, read_cifar_batch, read_cifar_meta, read_idx, read_mnist5k_csv, read_mnist_pkl
 from .splits import channel_stats, stratified_split
 
@@ -316,29 +318,27 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     size = _size2(img_size) or (FOLDER_DEFAULT_SIZE, FOLDER_DEFAULT_SIZE)
     subdirs = {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if "train" in subdirs:
-        samples, classes, modes = scan_image_folder(d / "train", strict)
+        samples, classes = scan_image_folder(d / "train", strict)
         given = {}
         for split in ("val", "test"):
             if split in subdirs:
-                s, _, m = scan_image_folder(d / split, strict, classes)
-                given[split], modes = s, modes | m
+                given[split], _ = scan_image_folder(d / split, strict, classes)
     elif subdirs & {"val", "test", "valid", "validation"}:
         raise FileNotFoundError(f"folder: {d} has {sorted(subdirs & {'val', 'test', 'valid', 'validation'})} "
                                 f"but no train/ folder; expected {_FOLDER_LAYOUT}")
     elif subdirs:
-        samples, classes, modes = scan_image_folder(d, strict)
+        samples, classes = scan_image_folder(d, strict)
         given = {}
     else:
         raise FileNotFoundError(f"folder: {d} has no sub-folders; expected {_FOLDER_LAYOUT}")
-    in_chans = channels_for(modes)
-    full = ImageFolderDataset(samples, classes, in_chans, size)
+    full = ImageFolderDataset(samples, classes, 3, size, strict=strict)
     if "test" in given:
-        train, test = full, ImageFolderDataset(given["test"], classes, in_chans, size)
+        train, test = full, ImageFolderDataset(given["test"], classes, 3, size, strict=strict)
     else:
         keep, held = stratified_split(full.labels, test_fraction, seed)
         train, test = full.subset(keep), full.subset(held)
     if "val" in given:
-        val = ImageFolderDataset(given["val"], classes, in_chans, size)
+        val = ImageFolderDataset(given["val"], classes, 3, size, strict=strict)
     elif val_fraction > 0:
         keep, held = stratified_split(train.labels, val_fraction, seed + 1)
         train, val = train.subset(keep), train.subset(held)
@@ -347,8 +347,16 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     n = len(train)
     if n == 0:
         raise ValueError(f"folder: the train split of {d} is empty")
-    sample = sorted({int(i) for i in np.linspace(0, n - 1, min(n, FOLDER_STATS_SAMPLE))})
-    mean, std = channel_stats(torch.stack([train.load_uint8(i) for i in sample]))
+    # the statistics sample: up to FOLDER_STATS_SAMPLE train images drawn by a generator seeded with `seed`
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:FOLDER_STATS_SAMPLE].sort().values
+    in_chans = channels_for(probe_modes([train.samples[i][0] for i in pick.tolist()]))
+    for ds in (train, val, test):
+        if ds is not None:
+            ds.in_chans = in_chans
+    stats = [train.load_readable(i)[0] for i in pick.tolist()]
+    mean, std = channel_stats(torch.stack(stats))
+    logger.info("folder: %d/%d/%d train/val/test images in %d classes; mean/std from %d train images (seed %d)",
+                len(train), len(val) if val is not None else 0, len(test), len(classes), len(stats), seed)
     return DatasetSplits("folder", train, val, test, classes, mean, std, in_chans, size)
 
 

@@ -1,22 +1,24 @@
 """Image folders: one sub-folder per class, images decoded lazily with Pillow (a torch `Dataset`).
 
-`scan_image_folder(root)` lists `root/<class>/**/<file>` (classes sorted by name, files sorted by
-path, hidden files ignored) and checks every file by decoding it (JPEGs in Pillow's fast reduced
-"draft" mode), in threads. A file that is not a readable image (corrupt, truncated, a .txt, ...) is
-reported by name on the "vitkit" logger and skipped, or raises `ValueError` naming it with
-`strict=True`.
+`scan_image_folder(root)` lists `root/<class>/**/<image file>` without opening any file (classes
+sorted by name, files sorted by path, hidden files ignored, image extensions only, as torchvision's
+`ImageFolder`): only regular files, each directory entered once (symlink loops cut), each file once
+(links to the same inode de-duplicated), and a class folder without images is an error naming it.
+Listing 1.28M files costs a directory read per folder, not a decode per file.
 
 `ImageFolderDataset[i]` decodes one image, converts it (RGBA/LA/transparent palettes composited
-over white; 3 channels, or 1 when every image of the folder is greyscale), resizes the shorter
-side to `img_size` and centre-crops to (img_size, img_size), and returns (float32 (C, H, W) in
-[0, 1], label). Picklable, so it works with DataLoader workers.
+over white; 3 channels, or 1 for greyscale folders), resizes the shorter side to `img_size` and
+centre-crops to (img_size, img_size), and returns (float32 (C, H, W) in [0, 1], label). An
+unreadable file is met here, in the DataLoader worker that loads it: it is logged by name on the
+"vitkit" logger and the next image takes its place (as timm's `ImageDataset`; after
+`MAX_CONSECUTIVE_ERRORS` unreadable files in a row it stops), or, with `strict=True`, it raises
+`ValueError` naming the file. Picklable, so it works with DataLoader workers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,7 +28,7 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["ImageFolderDataset", "scan_image_folder"]
+__all__ = ["FolderScanError", "IMG_EXTENSIONS", "ImageFolderDataset", "probe_modes", "scan_image_folder"]
 
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
@@ -39,34 +41,95 @@ def _pil():
     return Image, ImageOps
 
 
-def _check(path: str) -> tuple[str | None, str | None]:
-    """(mode, None) for a readable image, (None, reason) otherwise."""
-    Image, _ = _pil()
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if im.format == "JPEG":
-                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-        return mode, None
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
-        return None, f"{type(e).__name__}: {e}"
+# extensions listed as images (torchvision's IMG_EXTENSIONS, matched case-insensitively) plus .gif/.tga
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_CONSECUTIVE_ERRORS = 10  # unreadable images in a row before ImageFolderDataset stops (as timm's ImageDataset)
 
 
-def scan_image_folder(
-    root: str | Path, strict: bool = False, classes: Sequence[str] | None = None
-) -> tuple[list[tuple[str, int]], list[str], set[str]]:
-    """(samples [(path, label)], classes, image modes seen) for `root/<class>/...`.
+class FolderScanError(FileNotFoundError):
+    """An image folder cannot be listed as `root/<class>/<images>` (no class folders, an empty class, ...)."""
 
-    `classes` fixes the class list (for val/test folders, which must use the train classes); a
-    class folder that is not in it is an error.
+
+def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs: dict[tuple[int, int], str],
+                problems: list[str]) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
+    """([(path, file id)], names without an image extension) under `class_dir`, sorted, by listing only.
+
+    Directories are identified by (st_dev, st_ino): a directory met twice (a symlink loop such as
+    `cls/loop -> ..`, or a link to another class folder or the root) is not entered again. Only regular
+    files are listed; FIFOs, sockets, devices and broken links are reported in `problems`, never opened.
+    """
+    files: list[tuple[str, tuple[int, int]]] = []
+    other: list[str] = []
+    stack = [class_dir]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.append(f"{d}: cannot list ({e.strerror or e})")
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    sub = e.stat(follow_symlinks=True)
+                    key = (sub.st_dev, sub.st_ino)
+                    owner = reserved.get(key) or seen_dirs.get(key)
+                    if owner is not None:
+                        problems.append(f"{e.path}: a link back to {owner} (a loop or another class); not entered")
+                        continue
+                    seen_dirs[key] = e.path
+                    subdirs.append(e.path)
+                    continue
+                ext_ok = os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS
+                if e.is_file(follow_symlinks=True):
+                    if not ext_ok:
+                        other.append(e.path)
+                        continue
+                    if e.is_symlink():
+                        s = e.stat(follow_symlinks=True)
+                        fid = (s.st_dev, s.st_ino)
+                    else:  # the inode from the directory entry: no stat call per file
+                        fid = (st.st_dev, e.inode())
+                    files.append((e.path, fid))
+                elif ext_ok:
+                    kind = "a broken link" if e.is_symlink() and not os.path.exists(e.path) else "not a regular file"
+                    problems.append(f"{e.path}: {kind} (a FIFO, socket or device is never opened); skipped")
+            except OSError as err:
+                problems.append(f"{e.path}: {err.strerror or err}; skipped")
+        stack.extend(reversed(subdirs))  # depth first, in sorted order
+    return files, other
+
+
+def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[str] | None = None
+                      ) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples [(path, label)], classes) of `root/<class>/**/<image files>`, by listing only.
+
+    As torchvision's `ImageFolder` / timm's `ImageDataset`: classes are the sorted sub-folder names
+    (hidden ones ignored), files are those with an image extension (`IMG_EXTENSIONS`, any case), and
+    nothing is decoded here: an unreadable file is met, reported by name and skipped (or an error
+    with `strict=True`) when `ImageFolderDataset` loads it. Only regular files are listed (a FIFO
+    named `x.png` would block a reader forever), directories are entered once each (symlink loops
+    are cut), and a file reached twice (a symlink or hard link to the same inode) is listed once,
+    under the first class that has it, so it cannot land in two splits. Whatever is skipped is
+    logged on the "vitkit" logger, or raises `FolderScanError` with `strict=True`.
+
+    A class folder with no image files is an error naming it (torchvision's `allow_empty=False`).
+    `classes` fixes the class list (val/test folders use the train classes); a class folder that is
+    not in it is an error.
     """
     root = Path(root)
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        with os.scandir(root) as it:
+            found = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=True))
+    except OSError as e:
+        raise FolderScanError(f"cannot list {root}: {e.strerror or e}") from None
     if not found:
-        raise FileNotFoundError(
-            f"{root} has no class sub-folders: an image folder is {root}/<class name>/<image files>"
-        )
+        raise FolderScanError(f"{root} has no class sub-folders: an image folder is {root}/<class name>/<image files>")
     if classes is None:
         classes = found
     else:
@@ -74,28 +137,56 @@ def scan_image_folder(
         if extra:
             raise ValueError(f"{root} has class folders that the train split lacks: {extra}")
     index = {c: i for i, c in enumerate(classes)}
-    candidates: list[tuple[str, int]] = []
+    reserved: dict[tuple[int, int], str] = {}
+    for d in [root] + [root / c for c in found]:
+        s = os.stat(d)
+        reserved.setdefault((s.st_dev, s.st_ino), str(d))
+    seen_dirs: dict[tuple[int, int], str] = {}
+    seen_files: dict[tuple[int, int], str] = {}
+    problems: list[str] = []
+    samples: list[tuple[str, int]] = []
+    empty, ignored = [], []
     for c in found:
-        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            candidates += [(os.path.join(dirpath, f), index[c]) for f in sorted(filenames) if not f.startswith(".")]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(_check, [p for p, _ in candidates], chunksize=16))
-    samples, modes, bad = [], set(), []
-    for (path, label), (mode, reason) in zip(candidates, results):
-        if mode is None:
-            if strict:
-                raise ValueError(f"{path} is not a readable image ({reason}); remove it, or pass strict=False to skip it")
-            logger.warning("skipping %s: not a readable image (%s)", path, reason)
-            bad.append(path)
-        else:
-            samples.append((path, label))
-            modes.add(mode)
-    if bad:
-        logger.warning("%s: skipped %d unreadable file(s) of %d", root, len(bad), len(candidates))
-    if not samples:
-        raise FileNotFoundError(f"{root} has no readable images under its class folders {found}")
-    return samples, list(classes), modes
+        files, other = _list_class(str(root / c), reserved, seen_dirs, problems)
+        ignored += other
+        n = 0
+        for path, fid in files:
+            first = seen_files.setdefault(fid, path)
+            if first != path:
+                problems.append(f"{path}: the same file as {first} (a link); listed once")
+                continue
+            samples.append((path, index[c]))
+            n += 1
+        if n == 0:
+            empty.append(str(root / c))
+    if problems:
+        if strict:
+            raise FolderScanError(f"{root}: {len(problems)} problem(s) while listing (strict=True): "
+                                  + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+        for p in problems:
+            logger.warning("%s", p)
+    if ignored:
+        logger.warning("%s: ignored %d file(s) without an image extension (%s), e.g. %s", root, len(ignored),
+                       " ".join(IMG_EXTENSIONS), ", ".join(ignored[:3]))
+    if empty:
+        raise FolderScanError(
+            f"{root}: class folder(s) with no image files: {', '.join(empty)}. Supported extensions: "
+            f"{', '.join(IMG_EXTENSIONS)}. Add images or remove the folder(s) (each sub-folder is a class)."
+        )
+    return samples, list(classes)
+
+
+def probe_modes(paths: Sequence[str]) -> set[str]:
+    """The Pillow modes of `paths`, from their headers (no pixel data is decoded); unreadable files are left out."""
+    Image, _ = _pil()
+    modes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                modes.add(im.mode)
+        except Exception:  # noqa: BLE001 - reported by name when the loader meets the file
+            continue
+    return modes
 
 
 def channels_for(modes: set[str]) -> int:
@@ -136,8 +227,10 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], in_chans: int,
-                 img_size: tuple[int, int] | None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 img_size: tuple[int, int] | None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 strict: bool = False):
         self.samples = list(samples)
+        self.strict = strict
         self.classes = list(classes)
         self.in_chans = in_chans
         self.img_size = img_size
@@ -155,22 +248,40 @@ class ImageFolderDataset(Dataset):
             raise RuntimeError(f"cannot decode {path}: {type(e).__name__}: {e}") from e
         return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
+    def load_readable(self, i: int) -> tuple[torch.Tensor, int]:
+        """(uint8 (C, H, W), label) of image i, or of the next readable one when i cannot be decoded
+        (logged by name; `strict=True` raises `ValueError` naming the file instead)."""
+        for attempt in range(min(MAX_CONSECUTIVE_ERRORS, len(self.samples))):
+            j = (i + attempt) % len(self.samples)
+            try:
+                return self.load_uint8(j), self.samples[j][1]
+            except RuntimeError as e:
+                path = self.samples[j][0]
+                reason = str(e.__cause__ or e)
+                if self.strict:
+                    raise ValueError(f"{path} is not a readable image ({type(e.__cause__ or e).__name__}: {reason}); "
+                                     "remove it, or pass strict=False (--data.strict=false) to skip it") from e
+                logger.warning("skipping %s: not a readable image (%s); the next image takes its place", path, reason)
+        raise RuntimeError(f"{min(MAX_CONSECUTIVE_ERRORS, len(self.samples))} unreadable images in a row from "
+                           f"{self.samples[i][0]} on: is this an image folder? (see the warnings above)")
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.load_uint8(i).float().div_(255.0)
+        x, label = self.load_readable(i)
+        x = x.float().div_(255.0)
         if self.transform is not None:
             x = self.transform(x)
-        return x, self.samples[i][1]
+        return x, label
 
     def load_batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode and stack (no `batch` method on purpose: `hasattr(ds, "batch")` marks in-memory data)."""
         idx = torch.as_tensor(idx, dtype=torch.long).flatten().tolist()
-        xs = [self[i][0] for i in idx]
-        return torch.stack(xs), self.labels[idx]
+        items = [self[i] for i in idx]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
 
     def subset(self, idx: torch.Tensor) -> "ImageFolderDataset":
         idx = torch.as_tensor(idx, dtype=torch.long).tolist()
         return ImageFolderDataset([self.samples[i] for i in idx], self.classes, self.in_chans, self.img_size,
-                                  self.transform)
+                                  self.transform, strict=self.strict)
 
     def __repr__(self) -> str:
         return (f"ImageFolderDataset({len(self)} images, {len(self.classes)} classes, "
