@@ -1,5 +1,9 @@
 """`vitkit eval`: a saved model on the test split of the dataset it was trained on: top-1/top-5,
-loss, per-class accuracy and a confusion-matrix PNG next to the model."""
+loss, per-class accuracy and a confusion-matrix PNG next to the model.
+
+The images are preprocessed by the model's data config (`vitkit.data.resolve_data_config(model=model)`:
+its image size, interpolation, crop_pct, crop_mode, mean and std), as `vitkit predict` and the
+training run's own evaluation do."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ logger = logging.getLogger("vitkit")
 def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
                  split: str = "test", bf16: bool = False) -> dict[str, Any]:
     """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`)."""
-    from .data import load_dataset
+    from .data.transforms import load_dataset_for_model, model_data_config
     from .precision import resolve_bf16
     from .train.engine import Normalise, evaluate
 
@@ -25,15 +29,15 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
     name = dataset or model.pretrained_cfg.get("dataset")
     if not name:
         raise ValueError(f"{model_dir} does not say which dataset it was trained on: pass --data NAME")
-    splits = load_dataset(name, data_dir)
+    splits = load_dataset_for_model(model, name, data_dir)
     data = getattr(splits, split)
     if data is None:
         raise ValueError(f"dataset {name} has no {split} split")
     from .eval import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
 
-    cfg = model.pretrained_cfg
-    result = evaluate(model, data, Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std)), "cpu",
-                      bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
+    config = model_data_config(model)
+    norm = Normalise(config["mean"], config["std"])
+    result = evaluate(model, data, norm, "cpu", bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
     logits, labels = result.pop("logits"), result.pop("labels")
     cm = confusion_matrix(logits, labels, len(splits.classes))
     per_class = per_class_accuracy_from_cm(cm)
@@ -41,7 +45,6 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
     if hasattr(model, "forward_dynamic"):  # early-exit models (DVT): which exit each image took, mean GMACs
         from .models.dvt import exit_statistics
 
-        norm = Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std))
         result["exits"] = exit_statistics(model, data, norm)
     try:
         figure = plot_confusion_matrix(cm, splits.classes, path / f"confusion_{split}.png",

@@ -14,6 +14,12 @@ The written file is then run by onnxruntime on random inputs at two batch sizes 
 batch and a different one, which proves the batch axis is really dynamic -- and compared with the
 PyTorch model in eval mode; a max |difference| above `atol` (default 1e-4) is an error. The file
 is written through a temporary file and renamed, so a failed export never leaves a half file.
+
+The graph takes normalised images; the preprocessing they need travels in the file's metadata
+(`metadata_props`): `vitkit.data_config` holds the model's data config as JSON -- `input_size`,
+`interpolation`, `crop_pct`, `crop_mode`, `mean`, `std`, as `vitkit.data.resolve_data_config(model=model)`
+gives them and `vitkit predict` uses them -- so `create_transform(**json.loads(...))` prepares
+an image for the ONNX model exactly as for the PyTorch one.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from .layers import eager_attention, to_2tuple
 logger = logging.getLogger("vitkit")
 
 FORMATS = ("onnx",)
+DATA_CONFIG_KEY = "vitkit.data_config"  # ONNX metadata: the preprocessing the graph's input expects (JSON)
 DEFAULT_OPSET = 18
 NATIVE_OPSET = 18  # torch's exporter builds opset-18 graphs; other opsets by conversion, which may fail
 INPUT_NAME = "pixel_values"
@@ -117,6 +124,17 @@ def default_output(source: str | Path, fmt: str = "onnx") -> Path:
 def example_input(model: nn.Module, batch: int) -> torch.Tensor:
     c = model.config
     return torch.randn(batch, c.in_chans, *to_2tuple(c.img_size))
+
+
+def preprocessing_metadata(model: nn.Module) -> str:
+    """The model's data config (what `vitkit predict` feeds it) as JSON, for the ONNX file's metadata."""
+    import json
+
+    from .data.transforms import model_data_config
+
+    if not hasattr(model, "config"):  # a plain nn.Module: no pretrained cfg to describe it
+        return json.dumps({})
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in model_data_config(model).items()})
 
 
 @contextlib.contextmanager
@@ -225,6 +243,7 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
                                         output_names=[OUTPUT_NAME], dynamic_shapes=dims, opset_version=opset,
                                         verbose=False)
         _check_opset(program, opset)
+        program.model.metadata_props[DATA_CONFIG_KEY] = preprocessing_metadata(model)
         with _quiet_exporter():
             program.save(tmp, external_data=False)
             diff = check_onnx(tmp, model, (batch, batch + 1), atol) if check else None

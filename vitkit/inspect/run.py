@@ -58,20 +58,22 @@ def load_model(spec: str | Path):
                             "(see `vitkit models`)")
 
 
+def _stats(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's mean and std as (1, C, 1, 1), from its data config (what `vitkit predict` uses)."""
+    from ..data.transforms import resolve_data_config
+
+    config = resolve_data_config(model=model)
+    return torch.tensor(config["mean"]).view(1, -1, 1, 1), torch.tensor(config["std"]).view(1, -1, 1, 1)
+
+
 def _normalise(model, x01: torch.Tensor) -> torch.Tensor:
-    cfg = model.pretrained_cfg
-    C = x01.shape[1]
-    mean = torch.tensor(cfg.get("mean", (0.5,) * C)).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.5,) * C)).view(1, -1, 1, 1)
+    mean, std = _stats(model)
     return (x01 - mean) / std
 
 
 def _denormalise(model, x: torch.Tensor) -> torch.Tensor:
     """Normalised (B, C, H, W) -> displayable (B, H, W, C) in [0, 1]."""
-    cfg = model.pretrained_cfg
-    C = x.shape[1]
-    mean = torch.tensor(cfg.get("mean", (0.5,) * C)).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.5,) * C)).view(1, -1, 1, 1)
+    mean, std = _stats(model)
     return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
 
 
@@ -82,29 +84,32 @@ def bundled_photos(model, names: tuple[str, ...] = PHOTOS) -> tuple[torch.Tensor
         from PIL import Image
     except ImportError:
         raise ImportError("the bundled photos need scikit-image and Pillow: pip install 'vitkit[inspect]'") from None
-    from ..predict import load_image
+    from ..predict import image_transform, load_image
 
-    out = []
+    out, transform = [], image_transform(model)
     for name in names:
         buf = io.BytesIO()
         Image.fromarray(getattr(skimage.data, name)()).save(buf, format="PNG")
         buf.seek(0)
-        out.append(load_image(buf, model))
+        out.append(load_image(buf, model, transform))
     return torch.stack(out), list(names)
 
 
 def image_files(model, paths: list[str]) -> tuple[torch.Tensor, list[str]]:
-    from ..predict import load_image
+    from ..predict import image_transform, load_image
 
-    return torch.stack([load_image(p, model) for p in paths]), [Path(p).name for p in paths]
+    transform = image_transform(model)
+    return torch.stack([load_image(p, model, transform) for p in paths]), [Path(p).name for p in paths]
 
 
 def dataset_images(model, name: str, count: int, data_dir: str | None = None) -> tuple[torch.Tensor, list[str]]:
-    """The first `count` test images of a vitkit dataset, normalised with the model's statistics."""
-    from ..data import load_dataset
+    """The first `count` test images of a vitkit dataset, preprocessed as `vitkit eval` does (the model's
+    image size and data config) and normalised with the model's statistics."""
+    from ..data.transforms import load_dataset_for_model
 
-    splits = load_dataset(name, data_dir)
-    x, y = splits.test.batch(slice(0, count))
+    splits = load_dataset_for_model(model, name, data_dir)
+    idx = torch.arange(min(count, len(splits.test)))
+    x, y = splits.test.batch(idx) if hasattr(splits.test, "batch") else splits.test.load_batch(idx)
     return _normalise(model, x), [splits.classes[i] for i in y.tolist()]
 
 

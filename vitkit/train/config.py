@@ -30,6 +30,13 @@ class DataConfig:
     img_size: int | None = None  # image folders: resize to this size
     num_workers: int = 2  # DataLoader workers for datasets decoded on the fly (image folders)
     train_fraction: float = 1.0  # train on this stratified share of the train split (after carving val)
+    # preprocessing (timm's data config; docs/data.md "Preprocessing"); None: the checkpoint's when fine-tuning,
+    # else the dataset's. Saved in the model's config.json, which predict and eval follow.
+    mean: tuple[float, ...] | None = None  # per-channel normalisation mean (one value: every channel)
+    std: tuple[float, ...] | None = None  # per-channel normalisation std
+    interpolation: str | None = None  # image folders: resize filter (bilinear, bicubic, lanczos, ...)
+    crop_pct: float | None = None  # image folders: centre crop share (the shorter side resized to size/crop_pct)
+    crop_mode: str | None = None  # image folders: center | squash | border
 
 
 @dataclass
@@ -272,6 +279,10 @@ RULES: dict[str, Any] = {
     "data.train_fraction": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
     "data.img_size": _AT_LEAST_1,
     "data.num_workers": _NON_NEGATIVE,
+    "data.crop_pct": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "data.interpolation": _choice("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"),
+    "data.crop_mode": _choice("center", "squash", "border"),
+    "data.std": lambda v: None if all(isinstance(s, (int, float)) and s > 0 for s in v) else "numbers > 0",
     "aug.hflip": _PROBABILITY,
     "aug.mixup": _NON_NEGATIVE,
     "aug.cutmix": _NON_NEGATIVE,
@@ -330,16 +341,23 @@ def check_config(cfg: Any) -> None:
                                 f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME")
     model = getattr(cfg, "model", None)
     if model is not None:
-        from ..models._base import FAMILIES, config_from_dict
+        import difflib
+
+        from ..models import FAMILIES
         from ..registry import get_model_spec
         from ..validate import check_model_config
 
         spec = get_model_spec(model.name)
         cls = FAMILIES[spec.family]
-        values = {**spec.config, **model.overrides}
-        check_model_config(values, source=f"--model.name={model.name} with --model.overrides",
-                           config_class=cls.config_class)
-        config_from_dict(cls.config_class, values)  # unknown override names
+        known = sorted(f.name for f in dataclasses.fields(cls.config_class))
+        for key in model.overrides:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise ValueError(f"--model.overrides.{key}: {model.name} ({cls.config_class.__name__}) has no field "
+                                 f"{key!r}{f' (did you mean {close[0]!r}?)' if close else ''}. Its fields: "
+                                 f"{', '.join(known)}")
+        check_model_config({**spec.config, **model.overrides}, config_class=cls.config_class,
+                           source=f"--model.name={model.name} with --model.overrides")
 
 
 # ------------------------------------------------------------------------------------ help

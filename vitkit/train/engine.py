@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..allocator import KeptGradients, reuse_freed_memory
 from ..data.augment import BatchAugment
+from ..data.transforms import apply_data_config, data_args, training_data_config
 from ..hub import _atomic_write, save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
@@ -366,12 +367,15 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     if model is None:
         model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(splits.classes),
                              in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
-    model.pretrained_cfg.update(mean=tuple(splits.mean), std=tuple(splits.std), label_names=list(splits.classes),
-                                dataset=splits.name)
+    # One data config for the loaders, the normalisation and the saved model (vitkit/data/transforms.py):
+    # fine-tuning keeps the checkpoint's statistics and crop, unless --data.mean/std/crop_pct/... say otherwise
+    data_config = training_data_config(splits, model, cfg.model.pretrained, data_args(cfg.data))
+    apply_data_config(splits, data_config)
+    model.pretrained_cfg.update(data_config, label_names=list(splits.classes), dataset=splits.name)
     if cfg.run.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device_str)
-    norm = Normalise(splits.mean, splits.std).to(device_str)
+    norm = Normalise(data_config["mean"], data_config["std"]).to(device_str)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.run.ema_decay else None
     params = sum(p.numel() for p in model.parameters())
 

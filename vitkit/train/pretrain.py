@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..allocator import KeptGradients, reuse_freed_memory
+from ..data.transforms import apply_data_config, data_args, training_data_config
 from ..hub import save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
@@ -262,14 +263,16 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
         splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
     backbone = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=0,
                             in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
-    # The data's normalisation travels with the backbone (so fine-tuning and probing reuse it) and
-    # lets a method undo it (masked patch prediction's colour targets).
-    backbone.pretrained_cfg.update(mean=tuple(splits.mean), std=tuple(splits.std), dataset=splits.name)
+    # The data config (normalisation, resize and crop) travels with the backbone, so fine-tuning and probing
+    # reuse it and a method can undo the normalisation (masked patch prediction's colour targets).
+    data_config = training_data_config(splits, backbone, cfg.model.pretrained, data_args(cfg.data))
+    apply_data_config(splits, data_config)
+    backbone.pretrained_cfg.update(data_config, dataset=splits.name)
     method = create_method(cfg.method.name, backbone, **cfg.method.options)
     if cfg.run.grad_checkpointing:
         method.backbone.set_grad_checkpointing(True)
     method.to(device_str)
-    norm = Normalise(splits.mean, splits.std).to(device_str)
+    norm = Normalise(data_config["mean"], data_config["std"]).to(device_str)
     params = sum(p.numel() for p in method.parameters())
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
 
