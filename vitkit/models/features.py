@@ -104,10 +104,19 @@ class FeatureGetterNet(nn.ModuleDict):
         if not info:
             raise ValueError(f"{type(model).__name__} has no feature_info: it has no spatial feature maps to extract")
         self.feature_info = FeatureInfo(deepcopy(info), out_indices)
+        # the model's cfg less the classifier fields, as timm's `pretrained_cfg_for_features` gives its feature
+        # models: `timm.data.resolve_data_config(model=features)` reads the preprocessing from it
+        self.pretrained_cfg = {k: v for k, v in deepcopy(getattr(model, "pretrained_cfg", None) or {}).items()
+                               if k not in ("num_classes", "classifier", "global_pool")}
         self.model = model
         self.out_indices = out_indices
         self.output_fmt = output_fmt
         self.norm = norm
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of `pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.model.forward_intermediates(
