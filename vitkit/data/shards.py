@@ -57,18 +57,45 @@ from .splits import channel_stats
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["ShardBatches", "TarShardDataset", "expand_shards", "iter_tar_samples", "load_shard_splits",
-           "split_of", "write_shards"]
+__all__ = ["ShardBatches", "ShardFormatError", "TarShardDataset", "expand_shards", "is_url", "iter_tar_samples",
+           "load_shard_splits", "split_of", "write_shards"]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 META_FILE = "dataset.json"  # classes / in_chans / img_size, written next to the shards by write_shards
 STATS_SAMPLES = 512
 SHUFFLE_BUFFER = 1000
+MAX_SHARDS = 1_000_000  # paths a brace pattern may expand to (LAION-5B's largest part has ~230k shards)
+MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is refused before it is read
+MAX_LABEL_BYTES = 1 << 20  # a .cls / .json label member
+MAX_INFERRED_CLASSES = 100_000  # classes 0..max label without dataset.json (ImageNet-21k has 21,841)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # http://, https://, pipe:, s3://, gs://, file:, ...
+
+
+class ShardFormatError(ValueError):
+    """A shard (or its pattern, labels, or dataset.json) is damaged, hostile or inconsistent."""
+
+
+def is_url(shard: str) -> bool:
+    """True for what webdataset opens (http(s)://, pipe:, s3://, gs://, ...), False for a local path."""
+    return bool(_URL.match(shard)) and not re.match(r"^[A-Za-z]:[\\/]", shard)  # not a Windows drive
 
 
 # ------------------------------------------------------------------------------------ shard lists
+def _brace_count(spec: str) -> int:
+    """How many paths `_brace(spec)` gives, computed without expanding."""
+    n = 1
+    for body in re.findall(r"\{([^{}]*)\}", spec):
+        rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+        n *= max(0, int(rng.group(2)) - int(rng.group(1)) + 1) if rng else len(body.split(","))
+    return n
+
+
 def _brace(spec: str) -> list[str]:
     """Bash-style brace expansion as webdataset uses it: `{000..009}` (zero-padded ranges) and `{a,b}`."""
+    count = _brace_count(spec)
+    if count > MAX_SHARDS:
+        raise ShardFormatError(f"shard pattern {spec!r} expands to {count:,} paths, more than {MAX_SHARDS:,}: "
+                               "check the range (write it low..high with the numbers of the shards that exist)")
     m = re.search(r"\{([^{}]*)\}", spec)
     if m is None:
         return [spec]
@@ -90,6 +117,8 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
     `train-*.tar`, else all `*.tar`), or a list of those; every file must exist."""
     if isinstance(spec, (list, tuple)):
         return [p for s in spec for p in expand_shards(s)]
+    if is_url(str(spec)):  # read through webdataset (http(s)://, pipe:, s3://, ...): existence is checked on open
+        return _brace(str(spec))
     spec = str(Path(spec).expanduser())
     if Path(spec).is_dir():
         found = sorted(glob.glob(str(Path(spec) / "train-*.tar"))) or sorted(glob.glob(str(Path(spec) / "*.tar")))
@@ -110,7 +139,7 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
 
 def _sibling_split(train: list[str], split: str) -> list[str] | None:
     """The `split` shards next to the train shards (same names with "train" replaced), if all exist."""
-    if not all("train" in Path(p).name for p in train):
+    if any(is_url(p) for p in train) or not all("train" in Path(p).name for p in train):
         return None
     for variant in ((split,) if split == "test" else ("val", "valid", "validation")):
         pattern = str(Path(train[0]).parent / re.sub(r"train-?\d*", f"{variant}-*", Path(train[0]).name, count=1))
@@ -129,24 +158,95 @@ def _key_ext(name: str) -> tuple[str, str] | None:
     return name[: len(name) - len(base)] + key, ext.lower()
 
 
+class _TarInfo(tarfile.TarInfo):
+    """Records why the member list ended: an end-of-archive block, or a truncated / damaged header."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.vitkit_end = e
+            raise
+
+
+def _open_shard(shard: str):
+    """A file object of a shard: local files directly, URLs through webdataset's `gopen`."""
+    if not is_url(shard):
+        return open(shard, "rb")
+    try:
+        from webdataset import gopen
+    except ImportError:
+        raise ImportError(f"shard {shard}: URLs are read through webdataset: pip install 'vitkit[shards]' "
+                          "(or webdataset)") from None
+    try:
+        return gopen(shard, "rb")
+    except Exception as e:  # noqa: BLE001 - gopen raises what its scheme's opener raises
+        raise ShardFormatError(f"shard {shard}: cannot open ({type(e).__name__}: {e})") from None
+
+
+def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, extension, bytes or None) of every file member of a shard, in tar order; the bytes of those
+    members whose extension `want`s them. Sizes are checked before anything is read: a member larger
+    than `MAX_MEMBER_BYTES` (label members: `MAX_LABEL_BYTES`), or one that runs past the end of a local
+    file, is a `ShardFormatError` naming it, and so is a shard that ends without tar's end-of-archive
+    block (truncated between members)."""
+    shard = str(shard)
+    last = None
+    with _open_shard(shard) as raw:
+        local = not is_url(shard)
+        head = raw.read(2) if local else b""
+        size = raw.seek(0, 2) if local else None
+        if local:
+            raw.seek(0)
+        plain = local and head != b"\x1f\x8b" and not shard.endswith((".gz", ".tgz", ".bz2", ".xz"))
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:*" if local else "r|*", tarinfo=_TarInfo)
+            with tar:
+                for member in tar:
+                    ke = _key_ext(member.name) if member.isfile() else None
+                    if ke is None:
+                        continue
+                    key, ext = ke
+                    limit = MAX_LABEL_BYTES if ext in ("cls", "json") else MAX_MEMBER_BYTES
+                    if plain and member.offset_data + member.size > size:
+                        raise ShardFormatError(
+                            f"shard {shard} is truncated: member {member.name} declares {member.size:,} bytes from "
+                            f"offset {member.offset_data:,}, the file ends at {size:,}; write or download it again")
+                    if member.size > limit:
+                        raise ShardFormatError(
+                            f"shard {shard}: member {member.name} declares {member.size:,} bytes, more than "
+                            f"{limit:,} (vitkit.data.shards.{'MAX_LABEL_BYTES' if limit == MAX_LABEL_BYTES else 'MAX_MEMBER_BYTES'}); "
+                            "the shard is damaged, or raise the limit if the member is genuine")
+                    data = tar.extractfile(member).read() if want(ext) else None
+                    last = member.name
+                    yield key, ext, data
+                end = getattr(tar, "vitkit_end", None)
+        except tarfile.TarError as e:
+            where = f" after member {last}" if last else ""
+            raise ShardFormatError(f"shard {shard}: not a readable tar file{where} ({e}); write it again") from None
+        except (EOFError, OSError, zlib.error) as e:
+            where = f" after member {last}" if last else ""
+            raise ShardFormatError(f"shard {shard}: truncated or corrupt{where} ({type(e).__name__}: {e}); "
+                                   "write or download it again") from None
+    if not isinstance(end, tarfile.EOFHeaderError):
+        why = "it ends inside a header" if isinstance(end, tarfile.TruncatedHeaderError) else \
+            "it ends without tar's end-of-archive block" if isinstance(end, tarfile.EmptyHeaderError) else \
+            f"a damaged header follows ({end})"
+        where = f" after member {last}" if last else ""
+        raise ShardFormatError(f"shard {shard} is truncated or corrupt{where}: {why}; write or download it again")
+
+
 def iter_tar_samples(path: str | Path) -> Iterator[dict[str, bytes]]:
     """{'__key__': key, ext: bytes, ...} per sample, in tar order (members of a key are adjacent)."""
     current: dict | None = None
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                ke = _key_ext(member.name) if member.isfile() else None
-                if ke is None:
-                    continue
-                key, ext = ke
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key}
-                current[ext] = tar.extractfile(member).read()
-    except tarfile.TarError as e:
-        raise ValueError(f"shard {path}: not a readable tar file ({e}); write it again") from None
+    for key, ext, data in _members(str(path), lambda ext: True):
+        if current is not None and current["__key__"] != key:
+            yield current
+            current = None
+        if current is None:
+            current = {"__key__": key}
+        current[ext] = data
     if current is not None:
         yield current
 
@@ -181,28 +281,39 @@ def _label(sample: dict[str, bytes]) -> int:
 
 
 def index_shards(shards: Sequence[str], progress: bool = True) -> list[tuple[str, int | None]]:
-    """(key, label) of every sample, reading tar headers and the small label members only."""
-    out: list[tuple[str, int | None]] = []
+    """(key, label) of every sample, reading tar headers and the small label members only (a URL is
+    read as a stream). A key that appears twice with different labels (in one shard or two) is a
+    `ShardFormatError` naming both places; a repeated key with the same label is logged."""
+    out: dict[str, int | None] = {}
+    where: dict[str, str] = {}
+    repeated = 0
     for shard in tqdm(shards, desc="indexing shards", unit="shard", disable=not progress or len(shards) < 8,
                       leave=False):
-        labels: dict[str, int | None] = {}
-        try:
-            with tarfile.open(shard, "r:*") as tar:
-                for member in tar:
-                    ke = _key_ext(member.name) if member.isfile() else None
-                    if ke is None:
-                        continue
-                    key, ext = ke
-                    labels.setdefault(key, None)
-                    if ext in ("cls", "json"):
-                        try:
-                            labels[key] = _label({ext: tar.extractfile(member).read()})
-                        except (ValueError, KeyError, TypeError):
-                            pass  # reported when the sample is decoded
-        except tarfile.TarError as e:
-            raise ValueError(f"shard {shard}: not a readable tar file ({e}); write it again") from None
-        out += labels.items()
-    return out
+        previous = None
+        for key, ext, data in _members(shard, lambda ext: ext in ("cls", "json")):
+            if key != previous and key in where:  # not the next member of the same sample: a repeated key
+                repeated += 1
+                if repeated == 1:
+                    logger.warning("shard %s: key %r already appears in %s; such samples are read as often as "
+                                   "they appear", shard, key, where[key])
+            previous = key
+            where.setdefault(key, shard)
+            out.setdefault(key, None)
+            if data is None:
+                continue
+            try:
+                label = _label({ext: data})
+            except (ValueError, KeyError, TypeError):
+                continue  # reported when the sample is decoded
+            if out[key] is not None and out[key] != label:
+                raise ShardFormatError(
+                    f"shard {shard}: sample {key!r} has label {label}, but the same key has label {out[key]} in "
+                    f"{where[key]}; keys must be unique across the shards (write them again, e.g. with "
+                    "`vitkit make-shards`)")
+            out[key] = label
+    if repeated > 1:
+        logger.warning("%d repeated sample keys across %d shard(s)", repeated, len(shards))
+    return list(out.items())
 
 
 class TarShardDataset(IterableDataset):
@@ -221,6 +332,10 @@ class TarShardDataset(IterableDataset):
         self.shards = [str(s) for s in shards]
         self.in_chans = in_chans
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
+        from .folder import folder_transform
+
+        # resize + crop after vitkit's one decoder, as image folders (vitkit train / eval set it from the data config)
+        self.preprocess = folder_transform(self.img_size)
         if rank is None or world_size is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
@@ -255,11 +370,11 @@ class TarShardDataset(IterableDataset):
             if ext is None:
                 raise ValueError(f"no image member (one of {', '.join(_IMAGE_EXTS)})")
             label = _label(sample)
-            with Image.open(io.BytesIO(sample[ext])) as im:
-                im = im.convert("RGBA").convert("RGB") if self.in_chans == 3 else im.convert("L")
-                if self.img_size is not None and im.size != (self.img_size[1], self.img_size[0]):
-                    im = ImageOps.fit(im, (self.img_size[1], self.img_size[0]), method=Image.Resampling.BICUBIC)
-                a = np.asarray(im, dtype=np.uint8)
+            from .transforms import load_image
+
+            im = load_image(sample[ext], self.in_chans)
+            a = np.asarray(im, dtype=np.uint8) if self.preprocess is None else \
+                self.preprocess.to_uint8(im).permute(1, 2, 0).numpy()
         except Exception as e:
             if self.strict:
                 raise ValueError(f"sample {key!r}: {type(e).__name__}: {e}") from e
@@ -337,9 +452,27 @@ class ShardBatches:
 
 # ------------------------------------------------------------------------------------ splits
 def _read_meta(shards: list[str]) -> dict:
+    if is_url(shards[0]):  # dataset.json next to the shards, read through webdataset as they are
+        if shards[0].startswith("pipe:"):
+            return {}
+        url = shards[0].rsplit("/", 1)[0] + "/" + META_FILE
+        try:
+            with _open_shard(url) as f:
+                text = f.read(MAX_LABEL_BYTES + 1)
+        except Exception:  # noqa: BLE001 - no dataset.json: classes from the labels
+            return {}
+        if not text or len(text) > MAX_LABEL_BYTES:
+            return {}
+        try:
+            meta = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
     path = Path(shards[0]).parent / META_FILE
     if not path.is_file():
         return {}
+    if path.stat().st_size > MAX_LABEL_BYTES:
+        raise ShardFormatError(f"shards: {path} is larger than {MAX_LABEL_BYTES:,} bytes; it is not vitkit's {META_FILE}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -366,11 +499,26 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
     if "classes" in meta:
         classes = [str(c) for c in meta["classes"]]
     elif labels:
-        classes = [str(i) for i in range(max(labels) + 1)]
+        top = max(labels)
+        if top >= MAX_INFERRED_CLASSES:
+            key = next(k for k, y in index if y == top)
+            raise ShardFormatError(
+                f"shards: sample {key!r} has label {top:,}; without {META_FILE} the classes are 0..the largest "
+                f"label, and more than {MAX_INFERRED_CLASSES:,} classes is not a label set. Fix the label, or "
+                f"write {META_FILE} next to the shards with the class names ({{\"classes\": [...]}})")
+        classes = [str(i) for i in range(top + 1)]
     else:
         raise ValueError(f"shards: no sample in {train_shards[0]}... has a .cls or .json label")
-    if labels and (min(labels) < 0 or max(labels) >= len(classes)):
-        raise ValueError(f"shards: labels span {min(labels)}..{max(labels)} but {META_FILE} lists {len(classes)} classes")
+
+    def check_labels(index, shards):
+        found = [(k, y) for k, y in index if y is not None and not 0 <= y < len(classes)]
+        if found:
+            k, y = found[0]
+            src = f"{META_FILE} lists" if "classes" in meta else "the train shards have"
+            raise ShardFormatError(f"shards: sample {k!r} of {shards[0]}... has label {y}, but {src} {len(classes)} "
+                                   f"classes (0..{len(classes) - 1}); {len(found)} sample(s) are out of range")
+
+    check_labels(index, train_shards)
     if counts["train"] == 0:
         raise ValueError(f"shards: {data_dir} holds no training samples")
 
@@ -405,7 +553,9 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
 
     def given_split(split):
         shards = given[split]
-        return dataset(shards, None, len(index_shards(shards)))
+        split_index = index_shards(shards)
+        check_labels(split_index, shards)
+        return dataset(shards, None, len(split_index))
 
     train = dataset(train_shards, "train", counts["train"])
     test = given_split("test") if given["test"] else dataset(train_shards, "test", counts["test"])
