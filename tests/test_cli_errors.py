@@ -58,6 +58,8 @@ def assert_user_error(code, err, *needles):
     ("--model.overrides.num_heads=3", "num_heads = 3 with embed_dim = 64: embed_dim is not divisible by num_heads"),
     ("--model.overrides.patch_size=0", "patch_size = 0 must be at least 1"),
     ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
+    ("--model.overrides.dept=3", "--model.overrides.dept: vit_micro_patch2_8 (ViTConfig) has no field 'dept' (did "
+                                 "you mean 'depth'?)"),
     ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
     ("--distill.teacher=/no/such/teacher", "--distill.teacher=/no/such/teacher does not exist"),
     ("--optim.name=adam", "--optim.name='adam' is out of range: it must be one of adamw, sgd"),
@@ -104,6 +106,10 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
     assert user_error_message(ImportError("cannot import name 'x'", name="vitkit.train.engine")) is None
     assert user_error_message(RuntimeError("a tensor shape mismatch deep in torch")) is None  # not vitkit's raise
     assert user_error_message(ValueError("bad value")) == "bad value"
+    # create_model's unknown argument is a TypeError as timm's, and still the user's mistake
+    with pytest.raises(TypeError) as info:
+        vitkit.create_model(TINY, dept=3)
+    assert "unexpected keyword argument(s) ['dept']" in user_error_message(info.value)
     assert "pip install scikit-learn" in user_error_message(ModuleNotFoundError("No module", name="sklearn"))
 
 
@@ -302,7 +308,7 @@ def test_model_config_implied_size_is_capped(tmp_path):
 
 
 def test_every_registered_model_passes_the_checks():
-    from vitkit.models._base import FAMILIES
+    from vitkit.models import FAMILIES
     from vitkit.registry import get_model_spec
     from vitkit.validate import check_model_config
 

@@ -9,6 +9,7 @@ clean-up step, so the files on disk are what a real kill at that instant leaves 
 kernel drops on a real kill, is released on the way out). Real kills (SIGKILL, os._exit) run in
 subprocesses."""
 
+import contextlib
 import errno
 import json
 import os
@@ -290,6 +291,105 @@ def test_the_lock_is_released_when_the_run_ends_or_fails(tmp_path):
     RunLock(out).release()
 
 
+def _checkpoint_writer(tag: bytes):
+    def write(directory: Path) -> None:
+        (directory / "ema").mkdir()
+        (directory / "state.pt").write_bytes(tag * 3000)
+        (directory / "ema" / "model.safetensors").write_bytes(tag * 700)
+    return write
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != "complete.json"}
+
+
+SWAP_OPS = ("replace", "rename", "fsync", "mkdir", "unlink", "rmdir")  # rmtree deletes with unlink and rmdir
+
+
+def kill_os_at(monkeypatch, k: int) -> list:
+    """Make the k-th call of the os functions in SWAP_OPS raise `Killed` before it acts (k = -1: count only):
+    a kill in the middle of a directory removal leaves it half removed, as a real one does."""
+    seen = []
+    for name in SWAP_OPS:
+        real = getattr(os, name)
+
+        def op(*a, _real=real, _name=name, **kw):
+            if len(seen) == k:
+                raise Killed(f"{_name} #{k}")
+            seen.append(_name)
+            return None if _name == "fsync" else _real(*a, **kw)  # a process kill makes no use of fsync
+
+        monkeypatch.setattr(os, name, op)
+    return seen
+
+
+def test_a_kill_at_every_step_of_the_swap_and_of_its_recovery(tmp_path, monkeypatch):
+    """The swap alone, with every step a kill can interrupt, each directory removal file by file: a checkpoint
+    replacing an earlier one (and a run's first checkpoint) is killed before each os call, then the start-up
+    recovery is killed before each of its own calls, then a recovery runs to its end. Whatever the two kills
+    interrupted, the result is one complete checkpoint, and it is the newest that was complete when the
+    first kill came; nothing is left in .checkpoint.tmp or .checkpoint.old."""
+    from vitkit.train.checkpoint import recover, write_checkpoint
+
+    old_bytes, new_bytes = _checkpoint_writer(b"a"), _checkpoint_writer(b"b")
+    (tmp_path / "ref_old").mkdir()
+    old_bytes(tmp_path / "ref_old")
+    (tmp_path / "ref_new").mkdir()
+    new_bytes(tmp_path / "ref_new")
+    expected_old, expected_new = _contents(tmp_path / "ref_old"), _contents(tmp_path / "ref_new")
+
+    def newest_complete(run_dir: Path) -> dict | None:
+        found = [read_marker(run_dir / d) for d in ("checkpoint", ".checkpoint.tmp", ".checkpoint.old")]
+        epochs = [m["epoch"] for m in found if m is not None]
+        return None if not epochs else expected_new if max(epochs) == 2 else expected_old
+
+    cases = 0
+    for first in (True, False):
+        def start(run_dir: Path) -> None:
+            run_dir.mkdir()
+            if not first:
+                write_checkpoint(run_dir, old_bytes, {"epoch": 1, "step": 0})
+
+        with monkeypatch.context() as m:
+            writes = kill_os_at(m, -1)
+            start(tmp_path / f"count{first}")
+            writes.clear()
+            write_checkpoint(tmp_path / f"count{first}", new_bytes, {"epoch": 2, "step": 0})
+        assert {"replace", "fsync", "unlink", "rmdir"} <= set(writes) or first, writes
+        for k in range(len(writes) + 1):
+            run_dir = tmp_path / f"w{first}{k}"
+            start(run_dir)
+            with monkeypatch.context() as m:
+                kill_os_at(m, k)
+                with pytest.raises(Killed) if k < len(writes) else contextlib.nullcontext():
+                    write_checkpoint(run_dir, new_bytes, {"epoch": 2, "step": 0})
+            want = newest_complete(run_dir)
+            snapshot = tmp_path / "snapshot"
+            shutil.rmtree(snapshot, ignore_errors=True)
+            shutil.copytree(run_dir, snapshot, symlinks=True)
+            with monkeypatch.context() as m:
+                steps = kill_os_at(m, -1)
+                recover(run_dir, "state.pt")
+            for j in range(len(steps) + 1):  # j = len(steps): the recovery is not interrupted
+                shutil.rmtree(run_dir)
+                shutil.copytree(snapshot, run_dir, symlinks=True)
+                with monkeypatch.context() as m:
+                    kill_os_at(m, j)
+                    with pytest.raises(Killed) if j < len(steps) else contextlib.nullcontext():
+                        recover(run_dir, "state.pt")
+                assert newest_complete(run_dir) is want, (first, k, j)
+                recover(run_dir, "state.pt")
+                cases += 1
+                if want is None:
+                    assert not (run_dir / "checkpoint").exists(), (first, k, j)
+                else:
+                    assert read_marker(run_dir / "checkpoint") is not None, (first, k, j)
+                    assert _contents(run_dir / "checkpoint") == want, (first, k, j)
+                assert sorted(p.name for p in run_dir.iterdir()) == (["checkpoint"] if want else []), (first, k, j)
+    assert cases > 20
+
+
 # ------------------------------------------------------------------------------------ the run directory
 def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys):
     mine = tmp_path / "mine"
@@ -308,6 +408,11 @@ def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys)
     assert "--overwrite" in capsys.readouterr().err
     assert main(["train", "--out", str(done), *TINY, "--overwrite"]) == 0
     assert len((done / "metrics.jsonl").read_text().splitlines()) == 2  # the new run's history only
+    early = tmp_path / "early"  # killed before its first checkpoint: --resume has nothing to resume from
+    early.mkdir()
+    shutil.copy(done / "config.yaml", early)
+    with pytest.raises(FileExistsError, match="stopped before its first checkpoint: pass --overwrite"):
+        run(early)
 
     with pytest.raises(FileExistsError, match="holds a `vitkit train` run"):
         from vitkit.train.pretrain import pretrain, pretrain_config

@@ -372,10 +372,13 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                     what = f"holds a `vitkit {run_command(saved)}` run"
                 elif (run_dir / "metrics.json").is_file():
                     what = "holds a finished run (metrics.json)"
+                elif info is None:
+                    raise FileExistsError(f"{run_dir} holds a run that stopped before its first checkpoint: pass "
+                                          f"--overwrite to start it again (deleting its outputs)")
                 else:
-                    what = (f"holds an unfinished run (checkpoint: {describe_checkpoint(run_dir, info)}); continue "
-                            f"it with --resume, or")
-                    raise FileExistsError(f"{run_dir} {what} pass --overwrite to start again (deleting its outputs)")
+                    raise FileExistsError(f"{run_dir} holds an unfinished run (checkpoint: "
+                                          f"{describe_checkpoint(run_dir, info)}): continue it with --resume, or pass "
+                                          f"--overwrite to start again (deleting its outputs)")
                 raise FileExistsError(f"{run_dir} {what}: choose another --out, or pass --overwrite to write the new "
                                       f"run there (it deletes what a vitkit run writes there; other files stay)")
             if present:
@@ -391,17 +394,18 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
 
 
 def clear_outputs(run_dir: Path) -> None:
-    """`--overwrite`: delete what a vitkit run writes into `run_dir` (other files stay)."""
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+    """`--overwrite`: delete what a vitkit run writes into `run_dir` (other files stay). config.yaml goes last:
+    a kill part-way leaves a directory that still reads as a vitkit run, which --overwrite finishes clearing."""
     for path in run_dir.glob("events.out.tfevents.*"):
         path.unlink()
     for name in RUN_OUTPUTS:  # temporary files of an atomic write that a kill interrupted
         for path in run_dir.glob(f".{name}.*.tmp"):
+            path.unlink()
+    for name in reversed(RUN_OUTPUTS):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
             path.unlink()
 
 
