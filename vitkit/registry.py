@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -203,7 +204,8 @@ def _check_kwargs(family: str, kwargs: dict[str, Any], what: str) -> None:
         raise UnknownArgumentError(
             f"{what} got unexpected keyword argument(s) {unknown}: unknown {cls.__name__} field(s) {unknown}{hint}; "
             f"known fields: {sorted(known)}; create_model also takes pretrained, pretrained_cfg, "
-            f"pretrained_cfg_overlay, checkpoint_path, cache_dir, {', '.join(_FEATURE_ARGS)}")
+            f"pretrained_cfg_overlay, checkpoint_path, cache_dir, scriptable, exportable, no_jit, "
+            f"{', '.join(_FEATURE_ARGS)}")
 
 
 def create_model(
@@ -213,6 +215,9 @@ def create_model(
     pretrained_cfg_overlay: dict[str, Any] | None = None,
     checkpoint_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    scriptable: bool | None = None,
+    exportable: bool | None = None,
+    no_jit: bool | None = None,
     **kwargs: Any,
 ):
     """Build a model, as `timm.create_model`.
@@ -240,17 +245,26 @@ def create_model(
     position embeddings; another `num_classes` re-initialises the head (and says so).
     `features_only=True` (with `out_indices`, `output_fmt`, `feature_cls`) returns the model wrapped for
     feature extraction (vitkit.models.features).
+
+    timm's layer switches: `exportable` and `no_jit` change nothing (every vitkit model is built of plain
+    PyTorch layers that `torch.export`, `torch.fx` and ONNX export take as they are, and none is scripted);
+    `scriptable=True` is refused, as vitkit's models are not written for TorchScript.
     """
     from .models._base import FAMILIES, config_from_dict
     from .validate import check_model_config
 
+    if scriptable:
+        raise ValueError(f"create_model({model_name!r}, scriptable=True): vitkit's models are not written for "
+                         f"TorchScript; trace them with torch.export.export or torch.fx.symbolic_trace instead")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # timm: None means "the default"
     feature_kwargs = {k: kwargs.pop(k) for k in _FEATURE_ARGS if k in kwargs}
     features_only = bool(feature_kwargs.pop("features_only", False))
     if feature_kwargs and not features_only:
-        raise TypeError(f"{sorted(feature_kwargs)} apply to features_only=True models only")
-    if pretrained is None:
+        raise UnknownArgumentError(f"{sorted(feature_kwargs)} apply to features_only=True models only")
+    if pretrained is None or (isinstance(pretrained, str) and not pretrained):  # timm: a falsy value, no weights
         pretrained = False
+    if not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(f"pretrained must be False, True or the path of a checkpoint, not {pretrained!r}")
 
     source, _, repo = model_name.partition(":") if ":" in model_name else ("", "", model_name)
     hub_dir: Path | None = None

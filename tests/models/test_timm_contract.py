@@ -504,3 +504,22 @@ def test_swin_window_ratio_same_as_timm():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="window_ratio"):
         ours.set_input_size(window_ratio=(2, 4))
+
+
+def test_timm_factory_switches():
+    """timm's create_model arguments beyond the config: exportable / no_jit build the same network (vitkit's
+    layers are plain PyTorch), scriptable=True is refused by name, a falsy pretrained means no weights."""
+    torch.manual_seed(0)
+    plain = vitkit.create_model("vit_micro_patch4_28")
+    torch.manual_seed(0)
+    switched = vitkit.create_model("vit_micro_patch4_28", exportable=True, no_jit=True, scriptable=False, pretrained="")
+    assert switched.config == plain.config
+    for a, b in zip(plain.state_dict().values(), switched.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="scriptable=True.*TorchScript.*torch.export"):
+        vitkit.create_model("vit_micro_patch4_28", scriptable=True)
+    with pytest.raises(TypeError, match="pretrained must be False, True or the path"):
+        vitkit.create_model("vit_micro_patch4_28", pretrained=1)
+    # a video model's spatio-temporal maps are not timm's 2-D features: said so, with what to use instead
+    with pytest.raises(ValueError, match=r"mvit_micro_28 does not support features_only.*forward_intermediates"):
+        vitkit.create_model("mvit_micro_28", features_only=True)

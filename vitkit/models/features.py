@@ -143,6 +143,11 @@ def features_model(model: nn.Module, out_indices: int | tuple[int, ...] | list[i
     if not hasattr(model, "forward_intermediates") or not getattr(model, "feature_info", None):
         name = getattr(model, "model_name", None) or type(model).__name__
         raise ValueError(f"{name} does not support features_only: it has no forward_intermediates / feature_info")
+    if any("reduction" not in fi for fi in model.feature_info):  # MViT: (T, H, W) grids, no 2-D reduction
+        name = getattr(model, "model_name", None) or type(model).__name__
+        raise ValueError(f"{name} does not support features_only: its feature maps are spatio-temporal (T, H, W), "
+                         f"not the 2-D maps timm's feature wrappers describe; take them with "
+                         f"model.forward_intermediates(x) instead")
     if feature_cls not in (None, "getter", "list"):
         raise ValueError(f"feature_cls must be None, 'getter' or 'list' for vitkit models, got {feature_cls!r}")
     if out_indices is None:
