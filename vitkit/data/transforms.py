@@ -378,10 +378,11 @@ def model_data_config(model: Any, args: Mapping[str, Any] | None = None) -> dict
     """`resolve_data_config(args, model=model)` at the size the model runs at (its config's in_chans and
     img_size, which `input_size` in an older pretrained cfg may not follow)."""
     config = resolve_data_config(args, model=model)
-    size = getattr(model.config, "img_size", None)
+    model_config = getattr(model, "config", None)
+    size = getattr(model_config, "img_size", None)
     if size is not None and not (args or {}).get("input_size") and not (args or {}).get("img_size"):
         h, w = _size2(size)
-        config["input_size"] = (int(getattr(model.config, "in_chans", config["input_size"][0])), h, w)
+        config["input_size"] = (int(getattr(model_config, "in_chans", None) or config["input_size"][0]), h, w)
     return config
 
 
@@ -437,8 +438,9 @@ def training_data_config(splits: Any, model: Any, pretrained: str | Path | None 
         if fixed:
             raise ValueError(f"--data.{fixed[0]} applies to datasets decoded from image files (folder); "
                              f"{splits.name} is held in memory at its image size: leave it out")
-    h, w = _size2(getattr(model.config, "img_size", splits.img_size))
-    in_chans = int(getattr(model.config, "in_chans", splits.in_chans))
+    model_config = getattr(model, "config", None)
+    h, w = _size2(getattr(model_config, "img_size", None) or splits.img_size)
+    in_chans = int(getattr(model_config, "in_chans", None) or splits.in_chans)
     cfg: dict[str, Any] = {"input_size": (in_chans, h, w), "mean": tuple(splits.mean), "std": tuple(splits.std)}
     if files is not None and files.preprocess is not None:
         p = files.preprocess
