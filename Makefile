@@ -1,5 +1,6 @@
-# The README's two commands. Each sets up .venv (idempotent) and runs its job.
-.PHONY: train test test-slow bench
+# The README's two commands (train, test) and the maintainers' ones. Each sets up .venv (idempotent) and
+# runs its job.
+.PHONY: train test test-slow bench docs lint
 
 train:
 	bash scripts/setup.sh data
@@ -16,3 +17,11 @@ test-slow:
 bench:
 	bash scripts/setup.sh test
 	.venv/bin/python benchmarks/bench_vs_timm.py --threads 2 --markdown docs/benchmarks-latest.md
+
+docs:
+	bash scripts/setup.sh docs
+	.venv/bin/mkdocs build --strict
+
+lint:
+	bash scripts/setup.sh docs
+	.venv/bin/ruff check vitkit
