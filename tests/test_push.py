@@ -237,6 +237,18 @@ def test_cli_not_a_run_directory_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_bad_repo_id_exits_2_before_writing(run_dir, tmp_path, capsys):
+    from vitkit.cli import main
+
+    assert main(["push", str(run_dir), "my models/vit", "--dry-run", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'my models/vit' is not a Hugging Face Hub repository id" in err[0]
+    assert not (tmp_path / "out").exists()
+    model = vitkit.from_pretrained(run_dir / "model")
+    with pytest.raises(ValueError, match="'a/b/c' is not a Hugging Face Hub repository id"):
+        model.push_to_hub("a/b/c", token="hf_not_a_real_token")  # refused before the Hub is contacted
+
+
 def test_without_huggingface_hub_the_error_says_what_to_install(run_dir, tmp_path, monkeypatch, capsys):
     from vitkit.cli import main
 

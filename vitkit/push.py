@@ -39,13 +39,12 @@ from typing import Any
 
 import torch
 
-from .hub import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, directory_kind, save_pretrained
+from .hub import CONFIG_NAME, INSTALL_HUB, WEIGHTS_NAME, CheckpointError, directory_kind, save_pretrained
 
 logger = logging.getLogger("vitkit")
 
 README_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, README_NAME)
-INSTALL_HUB = 'pip install "vitkit[hub]"'
 
 # vitkit dataset name -> Hugging Face dataset id (the card's `datasets` metadata)
 HUB_DATASETS = {
@@ -424,6 +423,20 @@ def _hub_card_classes():
     return ModelCard, ModelCardData, EvalResult
 
 
+def check_repo_id(repo_id: str) -> None:
+    """A ValueError naming `repo_id` unless it is a Hub model id ('NAME' or 'USER/NAME'), by huggingface_hub's own
+    rule; without huggingface_hub nothing is checked (writing the card then says what to install)."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:
+        return
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"{repo_id!r} is not a Hugging Face Hub repository id (USER/NAME, ORG/NAME or NAME): "
+                         f"{str(e).splitlines()[0]}") from None
+
+
 # ------------------------------------------------------------------------------------ the folder
 def _write_folder(model, directory: Path, *, model_card=None, run: RunInfo | None = None, repo_id: str | None,
                   timm_compatible: bool | None, tags: list[str] | None) -> dict[str, Any]:
@@ -463,6 +476,8 @@ def save_for_hub(model, directory: str | Path, *, model_card: dict | str | Any |
     the generated card, or the full README text / a `huggingface_hub.ModelCard` used as is. `run_dir`: the run
     directory whose config.yaml and metrics.json the card reports. `timm_compatible`: None writes timm's keys
     where timm builds the same network (see `timm_config`), True requires it, False never writes them."""
+    if repo_id is not None:
+        check_repo_id(repo_id)
     directory = Path(directory)
     if directory.exists():
         if not directory.is_dir():
@@ -510,7 +525,8 @@ def _hub_api(token):
                         "TRANSFORMERS_OFFLINE=1): unset it to push, or write the folder only with save_for_hub / "
                         "`vitkit push --dry-run DIR`")
     if token is False or (token in (None, True) and huggingface_hub.get_token() is None):
-        raise PushError("no Hugging Face token: log in with `hf auth login`, set HF_TOKEN, or pass token=")
+        raise PushError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (push_to_hub also "
+                        "takes token=)")
     from . import __version__
 
     return HfApi(token=token if isinstance(token, str) else None, library_name="vitkit", library_version=__version__)
@@ -528,6 +544,7 @@ def push_to_hub(model, repo_id: str, *, commit_message: str | None = None, commi
     and vitkit's `run_dir` (whose config.yaml and metrics.json the card reports) and `timm_compatible` (see
     `save_for_hub`). A README.md already in the repository is kept unless `model_card` is given, as timm and
     transformers do. Returns huggingface_hub's `CommitInfo` (its `.commit_url`, `.pr_url`)."""
+    check_repo_id(repo_id)
     api = _hub_api(token)
     run = read_run(run_dir) if run_dir is not None else None
 
@@ -607,6 +624,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     info = push_to_hub(model, args.repo_id, commit_message=args.commit_message, private=args.private,
                        revision=args.revision, create_pr=args.create_pr, model_card=card, run_dir=run_dir,
                        timm_compatible=timm_compatible)
-    print(f"pushed {run.model_dir} to https://huggingface.co/{args.repo_id}: {getattr(info, 'pr_url', None) or info}")
+    where = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info
+    print(f"pushed {run.model_dir} to {getattr(info, 'repo_url', None) or args.repo_id}: {where}")
     return 0
 
