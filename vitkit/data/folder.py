@@ -194,28 +194,28 @@ def channels_for(modes: set[str]) -> int:
     return 1 if modes and modes <= _GREY_MODES else 3
 
 
-def load_image(path: str, in_chans: int, img_size: tuple[int, int] | None) -> np.ndarray:
-    """(H, W, C) uint8: alpha composited over white, converted to L or RGB, resized + centre-cropped."""
-    Image, ImageOps = _pil()
-    with Image.open(path) as im:
-        if img_size is not None and im.format == "JPEG":
-            im.draft("RGB" if in_chans == 3 else "L", (img_size[1], img_size[0]))
-        im.load()
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, rgba)
-        if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit greyscale: scale to 8 bit
-            a = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-            im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        im = im.convert("L" if in_chans == 1 else "RGB")
-        if img_size is not None and im.size != (img_size[1], img_size[0]):
-            im = ImageOps.fit(im, (img_size[1], img_size[0]), method=Image.Resampling.BICUBIC)
+def folder_transform(img_size: tuple[int, int] | None):
+    """The geometry an image folder applies by default: the shorter side resized (bicubic) to the size and
+    centre-cropped, the whole image kept (crop_pct 1.0); None keeps the decoded size."""
+    if img_size is None:
+        return None
+    from .transforms import ImageTransform
+
+    return ImageTransform(img_size, "bicubic", crop_pct=1.0, crop_mode="center", normalize=False)
+
+
+def load_image(path: str, in_chans: int, img_size: tuple[int, int] | None, preprocess=None) -> np.ndarray:
+    """(H, W, C) uint8: decoded by vitkit's one decoder (vitkit.data.transforms.load_image: EXIF orientation,
+    16-bit and float images scaled, alpha composited over white, L or RGB), then resized and cropped by
+    `preprocess` (an `ImageTransform` with normalize=False), by default `folder_transform(img_size)`."""
+    from .transforms import load_image as decode
+
+    im = decode(path, in_chans)
+    preprocess = preprocess if preprocess is not None else folder_transform(img_size)
+    if preprocess is None:
         a = np.asarray(im, dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
+        return a[:, :, None] if a.ndim == 2 else a
+    return preprocess.to_uint8(im).permute(1, 2, 0).numpy()
 
 
 class ImageFolderDataset(Dataset):
@@ -223,18 +223,21 @@ class ImageFolderDataset(Dataset):
 
     Also `len(ds)`, `ds.labels` (int64 tensor), `ds.classes`, `ds.samples` [(path, label)] and
     `ds.load_batch(idx)` (decodes and stacks in this process). `transform`, if given, is applied
-    to the float tensor (augmentation hook for the engine).
+    to the float tensor (augmentation hook for the engine). `preprocess` resizes and crops each
+    decoded image (a `vitkit.data.ImageTransform` with normalize=False; default
+    `folder_transform(img_size)`); `vitkit train` / `eval` set it from the model's data config.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], in_chans: int,
                  img_size: tuple[int, int] | None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 strict: bool = False):
+                 preprocess=None, strict: bool = False):
         self.samples = list(samples)
         self.strict = strict
         self.classes = list(classes)
         self.in_chans = in_chans
         self.img_size = img_size
         self.transform = transform
+        self.preprocess = preprocess if preprocess is not None else folder_transform(img_size)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -243,7 +246,7 @@ class ImageFolderDataset(Dataset):
     def load_uint8(self, i: int) -> torch.Tensor:
         path, _ = self.samples[i]
         try:
-            a = load_image(path, self.in_chans, self.img_size)
+            a = load_image(path, self.in_chans, self.img_size, self.preprocess)
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"cannot decode {path}: {type(e).__name__}: {e}") from e
         return torch.from_numpy(a.copy()).permute(2, 0, 1)
@@ -281,7 +284,7 @@ class ImageFolderDataset(Dataset):
     def subset(self, idx: torch.Tensor) -> "ImageFolderDataset":
         idx = torch.as_tensor(idx, dtype=torch.long).tolist()
         return ImageFolderDataset([self.samples[i] for i in idx], self.classes, self.in_chans, self.img_size,
-                                  self.transform, strict=self.strict)
+                                  self.transform, self.preprocess, self.strict)
 
     def __repr__(self) -> str:
         return (f"ImageFolderDataset({len(self)} images, {len(self.classes)} classes, "
