@@ -204,3 +204,36 @@ def test_interop_with_the_webdataset_package(tmp_path):
             sink.write({"__key__": f"s{i:04d}", "png": np.full((4, 4, 3), i * 40, np.uint8), "cls": i})
     got = list(TarShardDataset([path], rank=0, world_size=1))
     assert [y for _, y in got] == list(range(5)) and torch.allclose(got[3][0], torch.full((3, 4, 4), 120 / 255))
+
+
+def test_shards_over_http_and_pipe_through_webdataset(tmp_path):
+    """Real shards served by a local HTTP server (python's http.server) and read through webdataset's
+    gopen: the same splits, statistics and samples as the local files; dataset.json names the test shards."""
+    import functools
+    import http.server
+    import threading
+
+    pytest.importorskip("webdataset")
+    write_shards(load_dataset("digits", val_fraction=0.0), tmp_path, maxcount=400, progress=False)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        local = load_dataset("shards", str(tmp_path / "train-{000000..000003}.tar"), img_size=8)
+        remote = load_dataset("shards", base + "/train-{000000..000003}.tar", img_size=8)
+        assert (len(remote.train), len(remote.val), len(remote.test)) == (len(local.train), len(local.val), 359)
+        assert (remote.classes, remote.mean, remote.std, remote.in_chans) == (local.classes, local.mean, local.std, 1)
+        assert remote.test.shards == [base + "/test-000000.tar"]
+        got, want = list(remote.test), list(local.test)
+        assert [y for _, y in got] == [y for _, y in want] and all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
+        piped = TarShardDataset([f"pipe:cat {tmp_path / 'test-000000.tar'}"], in_chans=1, img_size=8, rank=0, world_size=1)
+        assert [y for _, y in piped] == [y for _, y in want]
+        with pytest.raises(ValueError, match=r"shard http://127\.0\.0\.1:\d+/nope\.tar: cannot read it"):
+            list(TarShardDataset([base + "/nope.tar"], rank=0, world_size=1))
+    finally:
+        server.shutdown()

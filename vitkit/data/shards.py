@@ -10,10 +10,20 @@ are read here (tests/data/test_shards.py checks both directions when `webdataset
 Why a stdlib `tarfile` reader rather than the `webdataset` package: training needs what the package
 leaves to the user, namely a known number of steps per epoch (the cosine schedule is a per-step
 table), the same batches after `--run.resume` (the data order is a function of (seed, epoch)),
-and rank slices that are disjoint by construction. The reader is 100 lines with no dependency;
-`webdataset` stays an optional extra (`pip install vitkit[shards]`) used by the interop test.
+and rank slices that are disjoint by construction. Local shards need no dependency. Shards named by
+URL (`http(s)://`, `pipe:`, `s3://`, `gs://`, ... anything webdataset's `gopen` opens) are read as a
+stream through `webdataset` (`pip install vitkit[shards]`), with the same checks; their
+`dataset.json` is fetched from next to them, and its shard lists name the val/test shards.
+
+Untrusted shards: a member larger than `MAX_MEMBER_BYTES` (labels: `MAX_LABEL_BYTES`), or one that
+runs past the end of a local file, is refused before it is read; a shard that ends without tar's
+end-of-archive block (cut between members or inside a header) is an error naming it; a key that
+appears twice with different labels is an error naming both shards; without `dataset.json` a
+label of `MAX_INFERRED_CLASSES` or more is refused (the classes would be 0..label); a brace
+pattern may expand to at most `MAX_SHARDS` paths.
 
     vitkit train --data.name=shards --data.data_dir='data/mnist/train-{000000..000009}.tar'
+    vitkit train --data.name=shards --data.data_dir='https://host/mnist/train-{000000..000009}.tar'
     vitkit make-shards mnist data/mnist --maxcount 6000        # write shards from any dataset
 
 Splits: `train-*` shards are the training set. When `val-*` / `test-*` shards sit next to them
@@ -137,9 +147,15 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
     return paths
 
 
-def _sibling_split(train: list[str], split: str) -> list[str] | None:
-    """The `split` shards next to the train shards (same names with "train" replaced), if all exist."""
-    if any(is_url(p) for p in train) or not all("train" in Path(p).name for p in train):
+def _sibling_split(train: list[str], split: str, meta: dict | None = None) -> list[str] | None:
+    """The `split` shards next to the train shards (same names with "train" replaced), if all exist; for
+    URLs, which cannot be listed, the `split` shards that dataset.json names (`write_shards` lists them)."""
+    if any(is_url(p) for p in train):
+        names = (meta or {}).get("shards", {}).get(split) if isinstance((meta or {}).get("shards"), dict) else None
+        if not names or train[0].startswith("pipe:") or not all(isinstance(n, str) and "/" not in n for n in names):
+            return None
+        return [train[0].rsplit("/", 1)[0] + "/" + n for n in names]
+    if not all("train" in Path(p).name for p in train):
         return None
     for variant in ((split,) if split == "test" else ("val", "valid", "validation")):
         pattern = str(Path(train[0]).parent / re.sub(r"train-?\d*", f"{variant}-*", Path(train[0]).name, count=1))
@@ -193,7 +209,9 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
     block (truncated between members)."""
     shard = str(shard)
     last = None
-    with _open_shard(shard) as raw:
+    raw = _open_shard(shard)
+    done = False
+    try:
         local = not is_url(shard)
         head = raw.read(2) if local else b""
         size = raw.seek(0, 2) if local else None
@@ -208,7 +226,8 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
                     if ke is None:
                         continue
                     key, ext = ke
-                    limit = MAX_LABEL_BYTES if ext in ("cls", "json") else MAX_MEMBER_BYTES
+                    limit, name = (MAX_LABEL_BYTES, "MAX_LABEL_BYTES") if ext in ("cls", "json") else \
+                        (MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES")
                     if plain and member.offset_data + member.size > size:
                         raise ShardFormatError(
                             f"shard {shard} is truncated: member {member.name} declares {member.size:,} bytes from "
@@ -216,19 +235,34 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
                     if member.size > limit:
                         raise ShardFormatError(
                             f"shard {shard}: member {member.name} declares {member.size:,} bytes, more than "
-                            f"{limit:,} (vitkit.data.shards.{'MAX_LABEL_BYTES' if limit == MAX_LABEL_BYTES else 'MAX_MEMBER_BYTES'}); "
+                            f"{limit:,} (vitkit.data.shards.{name}); "
                             "the shard is damaged, or raise the limit if the member is genuine")
                     data = tar.extractfile(member).read() if want(ext) else None
                     last = member.name
                     yield key, ext, data
                 end = getattr(tar, "vitkit_end", None)
+            done = True
         except tarfile.TarError as e:
+            if is_url(shard) and last is None:  # nothing came back: say why the reader stopped (curl's exit, ...)
+                try:
+                    raw.close()
+                except OSError as why:
+                    e = why
+                raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
             where = f" after member {last}" if last else ""
             raise ShardFormatError(f"shard {shard}: not a readable tar file{where} ({e}); write it again") from None
         except (EOFError, OSError, zlib.error) as e:
+            if is_url(shard) and last is None:
+                raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
             where = f" after member {last}" if last else ""
             raise ShardFormatError(f"shard {shard}: truncated or corrupt{where} ({type(e).__name__}: {e}); "
                                    "write or download it again") from None
+    finally:
+        try:
+            raw.close()  # a URL's close reports how its reader exited (curl's status, ...)
+        except OSError as e:
+            if done:  # otherwise an error is on its way already, or the reader stopped early
+                raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
     if not isinstance(end, tarfile.EOFHeaderError):
         why = "it ends inside a header" if isinstance(end, tarfile.TruncatedHeaderError) else \
             "it ends without tar's end-of-archive block" if isinstance(end, tarfile.EmptyHeaderError) else \
@@ -488,13 +522,13 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
         raise ValueError("shards: pass --data.data_dir='DIR/train-{000000..000009}.tar' (a brace pattern, a glob "
                          "or the shard directory); write shards with `vitkit make-shards DATASET DIR`")
     train_shards = expand_shards(data_dir)
-    given = {s: _sibling_split(train_shards, s) for s in ("val", "test")}
+    meta = _read_meta(train_shards)
+    given = {s: _sibling_split(train_shards, s, meta) for s in ("val", "test")}
     carve_test = None if given["test"] else test_fraction
     carve_val = 0.0 if given["val"] else val_fraction
     index = index_shards(train_shards)
     assigned = [split_of(k, seed, carve_val, carve_test) for k, _ in index]
     counts = {s: assigned.count(s) for s in ("train", "val", "test")}
-    meta = _read_meta(train_shards)
     labels = [y for _, y in index if y is not None]
     if "classes" in meta:
         classes = [str(c) for c in meta["classes"]]
@@ -572,7 +606,8 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
 def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: bool = True, seed: int = 0,
                  progress: bool = True) -> dict[str, list[Path]]:
     """Write a `DatasetSplits` (any `load_dataset` result) as `{split}-{i:06d}.tar` shards of at most
-    `maxcount` PNG + .cls samples each, plus `dataset.json` (classes, in_chans, img_size, counts).
+    `maxcount` PNG + .cls samples each, plus `dataset.json` (classes, in_chans, img_size, counts, and
+    the shard file names of every split, which is how a reader of URLs finds the val/test shards).
 
     Samples are shuffled (seeded) before writing, as WebDataset recommends: a stream can only
     shuffle within a buffer. Every shard is written atomically (temporary file, then rename).
@@ -615,7 +650,8 @@ def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: b
         bar.close()
         written[split], counts[split] = paths, n
     meta = {"classes": list(splits.classes), "in_chans": splits.in_chans, "img_size": list(splits.img_size),
-            "source": splits.name, "counts": counts}
+            "source": splits.name, "counts": counts,
+            "shards": {split: [p.name for p in paths] for split, paths in written.items()}}  # for URL readers
     _atomic_write(out / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return written
 
