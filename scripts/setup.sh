@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install vitkit (editable) with the given extras, e.g. `scripts/setup.sh test`.
+# Create .venv and install vitkit (editable) with the given extras, e.g. `scripts/setup.sh test` or
+# `scripts/setup.sh docs` (mkdocs and ruff, for `make docs` / `make lint`).
 # On a machine without an NVIDIA GPU, pip is constrained to the CPU build of torch 2.13.0
 # (constraints/cpu.txt): an unpinned `torch` would pull several GB of CUDA packages.
 set -euo pipefail
