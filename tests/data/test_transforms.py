@@ -277,3 +277,64 @@ def test_onnx_export_carries_the_data_config_and_preprocesses_like_predict(tmp_p
     got = session.run(None, {session.get_inputs()[0].name: x[None].numpy()})[0]
     with torch.inference_mode():
         np.testing.assert_allclose(got, model(x[None]).numpy(), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ training crop
+def test_random_resized_crop_is_timms_for_the_same_seed():
+    import random
+
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    from vitkit.data.transforms import RandomResizedCrop
+
+    images = [_rgb(53, 41, 7), _rgb(200, 12, 8), _rgb(16, 16, 9)]  # 200x12: every try fails, the fallback crop
+    for im, (scale, ratio), interpolation in itertools.product(
+            images, [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (1.0, 1.0)), ((0.3, 0.6), (0.5, 2.0))],
+            ["bilinear", "bicubic"]):
+        ours = RandomResizedCrop((16, 20), scale, ratio, interpolation)
+        theirs = RandomResizedCropAndInterpolation((16, 20), scale, ratio, interpolation)
+        for seed in range(4):
+            random.seed(seed)
+            expected = np.asarray(theirs(im))
+            assert np.array_equal(np.asarray(ours(im, random.Random(seed))), expected), (im.size, scale, seed)
+
+
+def test_training_crops_come_from_the_original_image_in_the_workers(tmp_path, model_inputs):
+    """--aug.random_resized_crop on an image folder: each training image is timm's crop of the decoded file,
+    from a stream seeded by (run seed, epoch, index), so workers and resumed runs see the same crops."""
+    import pickle
+    import random
+
+    from vitkit.data.transforms import RandomCropFiles, RandomResizedCrop
+    from vitkit.train.engine import Batches, Dist
+
+    _folder(tmp_path / "data", [(24, 17), (15, 29), (40, 22)], 1.0, seed=3)
+    train_split = load_dataset("folder", tmp_path / "data", img_size=16, val_fraction=0).train
+    crop = RandomResizedCrop(16, interpolation="bicubic")
+    wrapped = RandomCropFiles(train_split, crop, seed=5)
+    wrapped.set_epoch(1)
+
+    def expected(i, epoch):
+        im = load_image(train_split.samples[i][0])
+        a = np.asarray(crop(im, random.Random(f"5:{epoch}:{i}")))
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255
+
+    assert torch.equal(wrapped[2][0], expected(2, 1)) and wrapped[2][1] == train_split.samples[2][1]
+    assert torch.equal(pickle.loads(pickle.dumps(wrapped))[2][0], expected(2, 1))  # as a worker receives it
+    loader = torch.utils.data.DataLoader(wrapped, batch_size=4, num_workers=2)
+    assert torch.equal(torch.cat([x for x, _ in loader]), torch.stack([expected(i, 1) for i in range(len(wrapped))]))
+
+    # the training loop: the first batch the model sees is those crops, normalised (no other augmentation)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, a: seen.append(a[0].detach().clone()) if isinstance(m, VitkitModel) and m.training else None)
+    try:
+        run = _train(tmp_path, "run", tmp_path / "data", "--aug.random_resized_crop=true", "--run.seed=5")
+    finally:
+        handle.remove()
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    cfg = cfg.get("pretrained_cfg", cfg)
+    mean, std = torch.tensor(cfg["mean"]).view(-1, 1, 1), torch.tensor(cfg["std"]).view(-1, 1, 1)
+    first = Batches(train_split, 4, Dist(), seed=5).indices(0)[0].tolist()
+    want = torch.stack([(expected(i, 0) - mean) / std for i in first])
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)

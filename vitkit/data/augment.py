@@ -8,6 +8,11 @@ Order, as in timm's training pipeline: random resized crop -> horizontal flip ->
 erasing -> mixup/cutmix. Every op works on the batch at once (per-sample parameters, one `grid_sample`
 for the geometric ops), on CPU or CUDA, for any number of channels; values stay in [0, 1].
 
+Where the training images are decoded from files (image folders), `vitkit train` cuts the random
+resized crop from the original image instead, in the DataLoader workers (timm's
+RandomResizedCropAndInterpolation: `vitkit.data.transforms.RandomResizedCrop` / `RandomCropFiles`), and
+this class applies the rest.
+
 Horizontal flip is off by default and must be asked for per dataset: it suits natural images (CIFAR,
 ImageNet) but not digits or letters (a mirrored 2 is not a 2).
 

@@ -468,3 +468,109 @@ def data_args(data: Any) -> dict[str, Any]:
     `crop_mode`, `mean`, `std`; the ones left at None are not set)."""
     return {k: getattr(data, k, None) for k in ("interpolation", "crop_pct", "crop_mode", "mean", "std")
             if getattr(data, k, None) is not None}
+
+
+# ------------------------------------------------------------------------------------ training crop
+class RandomResizedCrop:
+    """timm's `RandomResizedCropAndInterpolation` on a PIL image, drawing from `rng` (a `random.Random`):
+    a crop of `scale` x the image's area and aspect ratio in `ratio` (log-uniform), 10 tries, else a
+    centre crop clamped to the ratio range; resized to `size` with `interpolation`. With the same
+    seed in `rng` as in Python's `random`, it gives timm's crop exactly."""
+
+    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation: str = "bilinear") -> None:
+        Image, _ = _pil()
+        self.size = _size2(size)
+        self.scale, self.ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale={scale} must be (min, max) with 0 < min <= max")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio={ratio} must be (min, max) with 0 < min <= max")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        self.interpolation = interpolation
+        self._filter = getattr(Image.Resampling, interpolation.upper())
+
+    def __repr__(self) -> str:
+        return (f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"interpolation={self.interpolation!r})")
+
+    def get_params(self, width: int, height: int, rng) -> tuple[int, int, int, int]:
+        """(top, left, crop height, crop width), drawn as timm draws them."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = rng.uniform(*self.scale) * area
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if w <= width and h <= height:
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, im, rng=None):
+        import random
+
+        top, left, h, w = self.get_params(im.width, im.height, rng if rng is not None else random)
+        im = im.crop((left, top, left + w, top + h))
+        if (h, w) != self.size:
+            im = im.resize((self.size[1], self.size[0]), self._filter)
+        return im
+
+
+class _SeededCrop:
+    """A `RandomResizedCrop` bound to one item's random stream, in the shape of a `preprocess`."""
+
+    def __init__(self, crop: RandomResizedCrop, rng) -> None:
+        self.crop, self.rng = crop, rng
+
+    def to_uint8(self, im) -> torch.Tensor:
+        a = np.asarray(self.crop(im, self.rng))
+        if a.ndim == 2:
+            a = a[:, :, None]
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
+class RandomCropFiles(torch.utils.data.Dataset):
+    """A dataset that decodes files (an image folder) with its preprocessing replaced, for training, by a
+    random resized crop of the original image, in the DataLoader workers. Item i of epoch e draws from
+    its own `random.Random` seeded by (seed, e, i): the crops do not depend on the number of workers, and
+    a run resumed inside an epoch sees the crops the uninterrupted run saw. `set_epoch(e)` before each
+    epoch (vitkit.train.engine.Batches calls it). Everything else is the wrapped dataset's."""
+
+    def __init__(self, data: Any, crop: RandomResizedCrop, seed: int = 0) -> None:
+        if not hasattr(data, "preprocess"):
+            raise TypeError(f"{type(data).__name__} does not decode files (no `preprocess`): nothing to crop")
+        self.data, self.crop, self.seed, self.epoch = data, crop, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> Any:  # labels, classes, samples, subset, ... of the wrapped dataset
+        if name in ("data", "crop", "seed", "epoch") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def __getitem__(self, i: int):
+        import random
+
+        rng = random.Random(f"{self.seed}:{self.epoch}:{int(i)}")  # str seeds hash with sha512: stable
+        saved = self.data.preprocess
+        self.data.preprocess = _SeededCrop(self.crop, rng)
+        try:
+            return self.data[i]
+        finally:
+            self.data.preprocess = saved
+
+    def __repr__(self) -> str:
+        return f"RandomCropFiles({self.data!r}, {self.crop!r}, seed={self.seed})"

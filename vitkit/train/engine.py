@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +33,13 @@ from tqdm.auto import tqdm
 
 from ..allocator import KeptGradients, reuse_freed_memory
 from ..data.augment import BatchAugment
-from ..data.transforms import apply_data_config, data_args, training_data_config
+from ..data.transforms import (
+    RandomCropFiles,
+    RandomResizedCrop,
+    apply_data_config,
+    data_args,
+    training_data_config,
+)
 from ..hub import _atomic_write, save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
@@ -123,6 +130,8 @@ class Batches:
     def epoch(self, epoch: int, start: int = 0):
         """The batches of `epoch` from its `start`-th on (a run resumed inside an epoch)."""
         mine = self.indices(epoch)[start:]
+        if hasattr(self.data, "set_epoch"):  # per-item random crops in the workers (RandomCropFiles)
+            self.data.set_epoch(epoch)
         if hasattr(self.data, "batch"):  # in-memory tensors: no workers, no per-item Python
             for idx in mine:
                 yield self.data.batch(idx)
@@ -384,7 +393,16 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     kept = KeptGradients(model.parameters()) if reuse_cpu else None
     # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
-    augment = BatchAugment(cfg.aug, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
+    aug_cfg, crop_in_workers = cfg.aug, False
+    if cfg.aug.random_resized_crop and hasattr(splits.train, "preprocess") and \
+            not isinstance(splits.train, torch.utils.data.IterableDataset):
+        # files (image folders): the random resized crop is cut from the original image in the loader's workers,
+        # as timm's RandomResizedCropAndInterpolation, rather than from the already resized image on the batch
+        crop = RandomResizedCrop(data_config["input_size"][1:], cfg.aug.scale, cfg.aug.ratio,
+                                 data_config["interpolation"])
+        splits.train = RandomCropFiles(splits.train, crop, seed=cfg.run.seed)
+        aug_cfg, crop_in_workers = dataclasses.replace(cfg.aug, random_resized_crop=False), True
+    augment = BatchAugment(aug_cfg, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
     smoothing = 0.0 if augment.mixing else cfg.optim.label_smoothing
     if isinstance(splits.train, torch.utils.data.IterableDataset):  # tar shards (vitkit/data/shards.py)
         from ..data.shards import ShardBatches
@@ -395,7 +413,8 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     from ..methods.distill import build_distillation
 
     # The loss: cross-entropy, or DeiT distillation against a frozen teacher (vitkit/methods/distill.py).
-    distill = build_distillation(cfg.distill, model, splits, splits.train, augment.active, smoothing, device_str,
+    distill = build_distillation(cfg.distill, model, splits, splits.train, augment.active or crop_in_workers,
+                                 smoothing, device_str,
                                  progress=cfg.run.progress and d.main)
     if len(batches) % cfg.optim.accum_steps:
         logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
