@@ -29,6 +29,10 @@ and float images (TIFF mode 'F') from 0..1 (or 0..max where the maximum is above
 instead of being clipped; transparency (RGBA, LA, palettes with a transparent colour) is
 composited over white; CMYK, palettes and 1-bit images are converted; the result is 'L' for
 1-channel models and 'RGB' for 3-channel ones.
+
+For training on files, `RandomResizedCrop` is timm's `RandomResizedCropAndInterpolation` (the same
+crop for the same seed) and `RandomCropFiles` applies it to the original image of each item in the
+DataLoader workers, from a generator seeded per (seed, epoch, item).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ import torch
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["DEFAULT_CROP_MODE", "DEFAULT_CROP_PCT", "ImageTransform", "create_transform", "load_image",
-           "resolve_data_config", "resolve_model_data_config"]
+__all__ = ["DEFAULT_CROP_MODE", "DEFAULT_CROP_PCT", "ImageTransform", "RandomCropFiles", "RandomResizedCrop",
+           "create_transform", "load_image", "resolve_data_config", "resolve_model_data_config"]
 
 # timm.data.constants
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
