@@ -8,6 +8,8 @@
 | `fashion_mnist` | IDX files in `data_dir`, else Debian's /usr/share/datasets/fashion-mnist | official 60k/10k; val carved |
 | `cifar10`, `cifar100` | python batches in `data_dir` (extracted, or the official `.tar.gz`) | official 50k/10k; val carved |
 | `folder` | `data_dir/train/<class>/...` (+ optional `val/`, `test/`) or flat `data_dir/<class>/...` | given splits; missing ones carved |
+| `shards` | WebDataset tar shards (local paths or URLs through webdataset) | train/val/test shards; missing ones hashed |
+| `hf` / `hf:ORG/NAME` | Hugging Face `datasets`: a Hub id (cache), a save_to_disk folder, a parquet/image folder | given splits; missing ones carved |
 
 Splits: where a format has no validation (or test) split, it is carved from the train split with
 `stratified_split(labels, fraction, seed)`: `round(n_c * fraction)` images of every class c, chosen
@@ -323,6 +325,18 @@ _FOLDER_LAYOUT = ("data_dir/train/<class>/<images> (with optional data_dir/val/<
                   "data_dir/test/<class>/...), or a flat data_dir/<class>/<images>")
 
 
+def folder_stats(train: ImageFolderDataset, seed: int, mode_of: Callable[[int], str | None]):
+    """(in_chans, mean, std) of a lazily decoded train split from a sample of up to FOLDER_STATS_SAMPLE of its
+    images drawn by a generator seeded with `seed`: channels from the sample's image modes (`mode_of(i)`,
+    read from headers), mean/std from the sample decoded at the target size."""
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:FOLDER_STATS_SAMPLE]
+    pick = pick.sort().values.tolist()
+    train.in_chans = channels_for({m for m in map(mode_of, pick) if m is not None})
+    mean, std = channel_stats(torch.stack([train.load_readable(i)[0] for i in pick]))
+    logger.info("mean/std from %d of %d train images (seed %d)", len(pick), len(train), seed)
+    return train.in_chans, mean, std
+
+
 def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     d = _check_dir("folder", data_dir, _FOLDER_LAYOUT)
     size = _size2(img_size) or (FOLDER_DEFAULT_SIZE, FOLDER_DEFAULT_SIZE)
@@ -357,16 +371,12 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     n = len(train)
     if n == 0:
         raise ValueError(f"folder: the train split of {d} is empty")
-    # the statistics sample: up to FOLDER_STATS_SAMPLE train images drawn by a generator seeded with `seed`
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:FOLDER_STATS_SAMPLE].sort().values
-    in_chans = channels_for(probe_modes([train.samples[i][0] for i in pick.tolist()]))
+    in_chans, mean, std = folder_stats(train, seed, lambda i: next(iter(probe_modes([train.samples[i][0]])), None))
     for ds in (train, val, test):
         if ds is not None:
             ds.in_chans = in_chans
-    stats = [train.load_readable(i)[0] for i in pick.tolist()]
-    mean, std = channel_stats(torch.stack(stats))
-    logger.info("folder: %d/%d/%d train/val/test images in %d classes; mean/std from %d train images (seed %d)",
-                len(train), len(val) if val is not None else 0, len(test), len(classes), len(stats), seed)
+    logger.info("folder: %d/%d/%d train/val/test images in %d classes", len(train), len(val) if val is not None else 0,
+                len(test), len(classes))
     return DatasetSplits("folder", train, val, test, classes, mean, std, in_chans, size)
 
 
@@ -374,6 +384,12 @@ def _shards(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     from .shards import load_shard_splits  # imports DatasetSplits from here
 
     return load_shard_splits(data_dir, val_fraction, seed, strict, img_size, test_fraction)
+
+
+def _hf(data_dir, val_fraction, seed, strict, img_size, test_fraction):
+    from .hf_datasets import load_hf_splits  # imports DatasetSplits from here
+
+    return load_hf_splits(data_dir, val_fraction, seed, strict, img_size, test_fraction)
 
 
 def _moving_digits(data_dir, val_fraction, seed, strict, img_size, test_fraction):
@@ -397,6 +413,8 @@ DATASETS: dict[str, tuple[Callable, str]] = {
     "cifar100": (_cifar100, "CIFAR-100 python batches in data_dir (cifar-100-python/ or cifar-100-python.tar.gz)"),
     "folder": (_folder, "an image folder in data_dir: train/<class>/... (+ val/, test/) or <class>/..."),
     "shards": (_shards, "WebDataset tar shards: data_dir='DIR/train-{000000..000009}.tar' (+ val-/test-)"),
+    "hf": (_hf, "a Hugging Face `datasets` dataset: 'hf:ORG/NAME' (Hub id, local cache offline), or data_dir= "
+                "a save_to_disk folder or a local parquet/image folder (pip install 'vitkit[hf]')"),
     "moving_digits": (_moving_digits, "MNIST digits moving over 8-frame 28x28 clips, labelled by direction (video)"),
     "video_folder": (_video_folder, "a video folder in data_dir: train/<class>/<videos> or <class>/<videos> "
                                     "(8-frame clips, PyAV)"),
@@ -418,6 +436,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
     mnist5k, folders without test/). `strict` makes an unreadable image in a folder an error
     instead of a logged, skipped file.
     """
+    if name.lower().startswith("hf:"):  # hf:ORG/NAME (case and hyphens are the Hub id's)
+        name, data_dir = "hf", name[3:] if data_dir is None else data_dir
     key = name.lower().replace("-", "_")
     key = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100",
            "mnist_5k": "mnist5k", "imagefolder": "folder", "image_folder": "folder"}.get(key, key)
