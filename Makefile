@@ -20,7 +20,7 @@ bench:
 
 docs:
 	bash scripts/setup.sh docs
-	.venv/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 lint:
 	bash scripts/setup.sh docs
