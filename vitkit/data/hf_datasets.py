@@ -68,14 +68,10 @@ class HFImageDataset(ImageFolderDataset):
 
     def load_uint8(self, i: int) -> torch.Tensor:
         try:
-            a = load_image(self.image_source(i), self.in_chans, self.img_size, **self._preprocess_kw())
+            a = load_image(self.image_source(i), self.in_chans, self.img_size, self.preprocess)
         except Exception as e:  # noqa: BLE001 - reported by load_readable, by name
             raise RuntimeError(f"cannot decode {self.samples[i][0]}: {type(e).__name__}: {e}") from e
         return torch.from_numpy(a.copy()).permute(2, 0, 1)
-
-    def _preprocess_kw(self) -> dict:
-        preprocess = getattr(self, "preprocess", None)  # set where image folders take a preprocessing transform
-        return {"preprocess": preprocess} if preprocess is not None else {}
 
     def subset(self, idx) -> "HFImageDataset":
         idx = torch.as_tensor(idx, dtype=torch.long).tolist()
