@@ -219,7 +219,7 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
             raw.seek(0)
         plain = local and head != b"\x1f\x8b" and not shard.endswith((".gz", ".tgz", ".bz2", ".xz"))
         try:
-            tar = tarfile.open(fileobj=raw, mode="r:*" if local else "r|*", tarinfo=_TarInfo)
+            tar = tarfile.open(fileobj=raw, mode="r:*" if local else "r|*", tarinfo=_TarInfo)  # noqa: SIM115
             with tar:
                 for member in tar:
                     ke = _key_ext(member.name) if member.isfile() else None
@@ -244,11 +244,12 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
             done = True
         except tarfile.TarError as e:
             if is_url(shard) and last is None:  # nothing came back: say why the reader stopped (curl's exit, ...)
+                cause: Exception = e
                 try:
                     raw.close()
                 except OSError as why:
-                    e = why
-                raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
+                    cause = why
+                raise ShardFormatError(f"shard {shard}: cannot read it ({type(cause).__name__}: {cause})") from None
             where = f" after member {last}" if last else ""
             raise ShardFormatError(f"shard {shard}: not a readable tar file{where} ({e}); write it again") from None
         except (EOFError, OSError, zlib.error) as e:
