@@ -513,6 +513,8 @@ def test_pytorch_model_bin_when_no_safetensors(fake_hub, tmp_path):
     (401, "GatedRepo", r"org/repo is a gated repo: accept its conditions at https://huggingface.co/org/repo and log in"),
     (401, "RepoNotFound", r"org/repo is not a model repo on the Hugging Face Hub \(or it is private: log in"),
     (404, "RevisionNotFound", r"org/repo has no revision 'v9'"),
+    # any other refusal: huggingface_hub falls back to its (empty) cache; the message carries the Hub's answer
+    (403, "", r"could not download config.json of org/repo \(HfHubHTTPError: 403 Forbidden.*not in the cache"),
 ])
 def test_hub_errors(fake_hub, status, code, match):
     fake_hub.errors["org/repo"] = (status, code)

@@ -491,7 +491,7 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, ca
                        f"'google/vit-base-patch16-224'") from None
     except errors.RevisionNotFoundError:
         raise HubError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit hash)") from None
-    except errors.LocalEntryNotFoundError:
+    except errors.LocalEntryNotFoundError as e:
         if not required:
             return None
         cache = Path(cache_dir or constants.HF_HUB_CACHE)
@@ -501,9 +501,13 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, ca
                 f"downloading it: run once online (unset HF_HUB_OFFLINE), or fetch the repo with "
                 f"`huggingface-cli download {repo_id}` (`hf download {repo_id}`), or pass a local directory"
             ) from None
+        # huggingface_hub falls back to its cache on any failure to reach the file; the failure is the cause
+        cause = e.__cause__
+        first = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        why = f"{type(cause).__name__}: {first}" if cause is not None else "no connection to the Hugging Face Hub?"
         raise HubError(
-            f"could not download {filename} of {where} (no connection to the Hugging Face Hub?) and it is not in "
-            f"the cache ({cache}): retry online, or fetch it with `huggingface-cli download {repo_id}`") from None
+            f"could not download {filename} of {where} ({why}) and it is not in the cache ({cache}): retry online, "
+            f"or fetch it with `huggingface-cli download {repo_id}`") from None
     except errors.EntryNotFoundError:
         if not required:
             return None
