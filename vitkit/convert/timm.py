@@ -138,7 +138,7 @@ def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tup
 
     from ..hub import CheckpointError
     from ..models._base import FAMILIES
-    from ..registry import _MODELS, base_pretrained_cfg
+    from ..registry import base_pretrained_cfg, get_model_spec
 
     cfg = dict(cfg)
     if "pretrained_cfg" not in cfg:  # timm's older single-dict layout
@@ -153,11 +153,13 @@ def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tup
         if key in cfg:
             pretrained[key] = cfg[key]
     name = str(cfg["architecture"]).partition(".")[0]
-    spec = _MODELS.get(name)
-    if spec is None:
+    try:
+        spec = get_model_spec(name)
+    except ValueError:
         raise CheckpointError(
             f"{source} is a timm {name!r} model, which vitkit does not implement; vitkit builds these timm "
-            f"architectures: vitkit.list_models() (for example 'vit_base_patch16_224', 'swin_tiny_patch4_window7_224')")
+            f"architectures: vitkit.list_models() (for example 'vit_base_patch16_224', "
+            f"'swin_tiny_patch4_window7_224')") from None
     known = {f.name for f in fields(FAMILIES[spec.family].config_class)}
     aliases = _TIMM_ARG_ALIASES.get(spec.family, {})
     values = dict(spec.config)
