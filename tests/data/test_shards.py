@@ -230,8 +230,10 @@ def test_shards_over_http_and_pipe_through_webdataset(tmp_path):
         assert (remote.classes, remote.mean, remote.std, remote.in_chans) == (local.classes, local.mean, local.std, 1)
         assert remote.test.shards == [base + "/test-000000.tar"]
         got, want = list(remote.test), list(local.test)
-        assert [y for _, y in got] == [y for _, y in want] and all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
-        piped = TarShardDataset([f"pipe:cat {tmp_path / 'test-000000.tar'}"], in_chans=1, img_size=8, rank=0, world_size=1)
+        assert [y for _, y in got] == [y for _, y in want]
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
+        piped = TarShardDataset([f"pipe:cat {tmp_path / 'test-000000.tar'}"], in_chans=1, img_size=8, rank=0,
+                                world_size=1)
         assert [y for _, y in piped] == [y for _, y in want]
         with pytest.raises(ValueError, match=r"shard http://127\.0\.0\.1:\d+/nope\.tar: cannot read it"):
             list(TarShardDataset([base + "/nope.tar"], rank=0, world_size=1))

@@ -11,7 +11,7 @@ Why a stdlib `tarfile` reader rather than the `webdataset` package: training nee
 leaves to the user, namely a known number of steps per epoch (the cosine schedule is a per-step
 table), the same batches after `--run.resume` (the data order is a function of (seed, epoch)),
 and rank slices that are disjoint by construction. Local shards need no dependency. Shards named by
-URL (`http(s)://`, `pipe:`, `s3://`, `gs://`, ... anything webdataset's `gopen` opens) are read as a
+URL (`http(s)://`, `pipe:CMD`, `gs://`, `ais://`, ... anything webdataset's `gopen` opens) are read as a
 stream through `webdataset` (`pip install vitkit[shards]`), with the same checks; their
 `dataset.json` is fetched from next to them, and its shard lists name the val/test shards.
 
@@ -78,7 +78,7 @@ MAX_SHARDS = 1_000_000  # paths a brace pattern may expand to (LAION-5B's larges
 MAX_MEMBER_BYTES = 256 << 20  # a tar member larger than this is refused before it is read
 MAX_LABEL_BYTES = 1 << 20  # a .cls / .json label member
 MAX_INFERRED_CLASSES = 100_000  # classes 0..max label without dataset.json (ImageNet-21k has 21,841)
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # http://, https://, pipe:, s3://, gs://, file:, ...
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # http://, https://, pipe:, gs://, ais://, hf://, ...
 
 
 class ShardFormatError(ValueError):
@@ -86,7 +86,7 @@ class ShardFormatError(ValueError):
 
 
 def is_url(shard: str) -> bool:
-    """True for what webdataset opens (http(s)://, pipe:, s3://, gs://, ...), False for a local path."""
+    """True for what webdataset opens (http(s)://, pipe:, gs://, ais://, ...), False for a local path."""
     return bool(_URL.match(shard)) and not re.match(r"^[A-Za-z]:[\\/]", shard)  # not a Windows drive
 
 
@@ -127,7 +127,7 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
     `train-*.tar`, else all `*.tar`), or a list of those; every file must exist."""
     if isinstance(spec, (list, tuple)):
         return [p for s in spec for p in expand_shards(s)]
-    if is_url(str(spec)):  # read through webdataset (http(s)://, pipe:, s3://, ...): existence is checked on open
+    if is_url(str(spec)):  # read through webdataset (http(s)://, pipe:, gs://, ...): checked on open
         return _brace(str(spec))
     spec = str(Path(spec).expanduser())
     if Path(spec).is_dir():
@@ -507,7 +507,8 @@ def _read_meta(shards: list[str]) -> dict:
     if not path.is_file():
         return {}
     if path.stat().st_size > MAX_LABEL_BYTES:
-        raise ShardFormatError(f"shards: {path} is larger than {MAX_LABEL_BYTES:,} bytes; it is not vitkit's {META_FILE}")
+        raise ShardFormatError(f"shards: {path} is larger than {MAX_LABEL_BYTES:,} bytes; it is not vitkit's "
+                               f"{META_FILE}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
