@@ -10,10 +10,10 @@ results) and `load_image`, the one image decoder (vitkit/data/transforms.py).
 
 from .datasets import DATASETS, DatasetSplits, list_datasets, load_dataset
 from .embedded import Split, load_digits, to_float01
-from .folder import ImageFolderDataset, scan_image_folder
+from .folder import FolderScanError, ImageFolderDataset, scan_image_folder
 from .formats import DataFormatError, read_cifar_batch, read_idx, write_idx
 from .safe_pickle import UnsafePickleError, safe_load
-from .shards import TarShardDataset
+from .shards import ShardFormatError, TarShardDataset
 from .splits import channel_stats, stratified_split
 from .transforms import ImageTransform, create_transform, load_image, resolve_data_config, resolve_model_data_config
 
@@ -23,4 +23,6 @@ __all__ = [
     "safe_load", "scan_image_folder", "stratified_split", "to_float01", "write_idx",
     # preprocessing (vitkit/data/transforms.py): timm's data config and evaluation transform, one image decoder
     "ImageTransform", "create_transform", "load_image", "resolve_data_config", "resolve_model_data_config",
+    # the errors of a folder that cannot be listed and of a damaged or hostile shard (docs/data.md, Untrusted files)
+    "FolderScanError", "ShardFormatError",
 ]
