@@ -9,8 +9,8 @@ import time. `tests/layers/test_attention.py` checks that both paths agree.
 
 Where both paths may run, the default policy ("auto", `use_fused_attention`) picks the faster one
 by measurement, keyed on (device, dtype, training or inference, sequence length): `SDPA_MIN_SEQ_LEN`
-below (on CPUs with AVX-512, fp32 always takes SDPA; on AVX2-only CPUs short fp32 sequences run
-eager, which is faster there); `attention_policy("fused" | "eager" | "auto")` overrides the choice for a block.
+below (on CPUs with AMX tiles fp32 always takes SDPA; elsewhere short fp32 sequences run eager, which
+is faster there); `attention_policy("fused" | "eager" | "auto")` overrides the choice for a block.
 """
 
 from __future__ import annotations
@@ -40,43 +40,25 @@ def fused_attention_enabled() -> bool:
     return _FUSED.get()
 
 
-# The "auto" attention path: (device type, dtype of q, "train" | "infer"[, head_dim]) -> shortest sequence for which
-# the fused SDPA kernel is used; shorter sequences run the eager softmax path, which is faster there.
-# "train" is a call whose q needs a gradient (the backward pass is timed too). Keys not in the table
-# always use SDPA. Measured points (docs/benchmarks.md, "SDPA vs eager attention"):
-# - The design notes' 2-core Zen 4 (avx512-bf16, torch 2.13): bf16 SDPA slower than eager attention at
-#   N = 197 (ViT-S/16 at 224) and faster at N = 785 (ViT-S/8). Session 9 measured such a machine in full
-#   (below); the AVX2-only entry keeps the notes' 393 for bf16, where bf16 is emulated and not measured.
-# - CPUs with AMX tiles (the 2-core Xeon of sessions 1-3 and 5, torch 2.13, `benchmarks/attention_paths.py
-#   --threads 2 [--train]`). Inference: bf16 SDPA as fast as or faster than eager from N = 145 on (1.14x-2.4x
-#   at N = 197), even at N = 17-50, eager 14% ahead at N = 65; fp32 SDPA never slower. Training (forward +
-#   backward, session 5, batch 256, 4 heads of 32): bf16 SDPA is far slower at short sequences (eager 11x
-#   faster at N = 17, 2.9x at 145, 1.7x at 197, even at 393 and 513, SDPA 1.2x ahead at 785; the MNIST
-#   recipe's whole training step ran 3.4x faster eager, 1,122 -> 3,768 img/s). In fp32 the attention call
-#   alone is 1.2-1.4x faster eager up to N = 65, but whole training steps are not (MNIST recipe 2,421 fused
-#   vs 2,383 eager img/s; `make train`'s digits model 3,860 vs 3,610), so fp32 keeps SDPA. (Sessions 3-4
-#   measured inference only and dropped the bf16 entries, which slowed bf16 training of short sequences 3x.)
-# - CPUs with AVX-512 but no AMX, measured on the 2-core AMD EPYC Zen 4 of session 9 (which also has
-#   AVX512-BF16; torch 2.13, `attention_paths.py --threads 2 [--train]` at 4 heads of 32 (batch 256), 6 heads
-#   of 64 (batch 32), and in inference 4 heads of 16 (batch 128); docs/benchmarks.md, "Session 9"). fp32:
-#   eager faster below N = 65 in inference (2.6x at N = 17) and below N = 145 in training (2.9x at 17,
-#   1.35x at 65; heads of 64: eager 1.2x at 145, SDPA from 197); whole steps agree
-#   (`step_profile.py --attention-paths`, fp32: MNIST recipe, 17 tokens, eager 1.01-1.17x training, 1.16-1.21x
-#   inference; Fashion-MNIST recipe, 50 tokens, 1.08-1.13x / 1.03x). bf16 training: eager faster up to
-#   N = 393 at both head widths measured (32, 64), SDPA from 785 (even at 785 with heads of 64). bf16
-#   inference depends on the head width: heads of 16 and 32 run SDPA faster from N = 145-197 (1.3-2x),
-#   heads of 64 (ViT-S/B/L) run eager 2x faster at N = 197, even at 393, SDPA 1.3x at 785 (577 lies
-#   between the two measured points). An entry keyed by head width, (device, dtype, mode, head_dim),
-#   takes precedence.
-# - AVX2-only CPUs (no AVX-512; the session-4 2-core AMD EPYC, torch 2.13, `attention_paths.py
-#   --threads 2 --dtypes fp32 [--train]`): fp32 eager was faster at short sequences, inference at
-#   N = 17 and 50 (SDPA 1.36-1.43x slower), training (forward + backward) up to N = 65 (SDPA 1.33-1.54x
-#   slower; 1.9x at N = 17 with the MNIST recipe's 4 heads of 32 at batch 256); SDPA wins from
-#   N = 65 (inference) and N = 145 (training) on. bf16 is emulated there (vitkit/precision.py).
-# fp32 and bf16 on CUDA: SDPA everywhere. `benchmarks/attention_paths.py` times both paths over a
-# grid of sequence lengths and prints the entry for the machine it runs on (docs/performance.md,
-# "Attention path"); the outputs of the two paths agree within bf16 rounding
-# (tests/layers/test_attention_policy.py).
+# The "auto" attention path: (device type, dtype of q, "train" | "infer"[, head_dim]) -> shortest sequence length
+# N from which the fused SDPA kernel runs; shorter sequences run the eager softmax path, which is faster there.
+# "train" is a call whose q needs a gradient (its backward pass counts too). An entry keyed by head width,
+# (device, dtype, mode, head_dim), takes precedence; keys not in the table always use SDPA (CUDA, and fp32 on
+# CPUs with AMX tiles). `benchmarks/attention_paths.py --threads 2 [--train]` times both paths over a grid of N
+# and prints the entries for the machine it runs on. The measurements behind each entry, and whole training
+# steps timed both ways, are in docs/benchmarks.md#attention-paths; the policy is described in
+# docs/performance.md#attention-path-sdpa-or-eager-chosen-by-measurement. Per kind of CPU:
+# - AMX tiles: fp32 runs SDPA at every N (the attention call alone is faster eager in training at N = 17 and 50,
+#   whole training steps are not). bf16: torch's CPU SDPA backward is far slower at short sequences (eager 11x
+#   faster at N = 17), so training runs eager below N = 513 and inference below N = 145.
+# - AVX-512 without AMX (e.g. Zen 4, which has AVX512-BF16): fp32 eager below N = 65 in inference and below
+#   N = 145 in training (197 with heads of 64). bf16 training eager below N = 785; bf16 inference depends on
+#   the head width: heads of 16 and 32 run SDPA from N = 145, heads of 64 (ViT-S/B/L) run eager at N = 393
+#   and SDPA at 785 (577 lies between the two measured points).
+# - AVX2 only (no AVX-512): fp32 eager below N = 65 in inference and 145 in training. bf16 is emulated there
+#   (vitkit/precision.py) and not worth timing: 393 lies between the lengths where bf16 SDPA is slower (197)
+#   and faster (785) on an AVX-512 CPU.
+# Both paths compute the same function, within bf16 rounding (tests/layers/test_attention_policy.py).
 def _cpu_has_amx() -> bool:
     try:
         return bool(torch.cpu._is_amx_tile_supported())
@@ -99,7 +81,7 @@ def cpu_attention_table(amx: bool, avx512: bool) -> dict[tuple, int]:
             ("cpu", torch.bfloat16, "train"): 513,
         }
     fp32 = {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145}
-    if avx512:  # measured on the Zen 4 of session 9
+    if avx512:  # no AMX, e.g. Zen 4
         return fp32 | {
             ("cpu", torch.float32, "train", 64): 197,
             ("cpu", torch.bfloat16, "infer"): 145,
@@ -189,11 +171,10 @@ def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bia
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, N, 3 * D) output of a fused qkv projection -> q, k, v, each a (B, H, N, D / H) view.
 
-    Session 11 tried unbinding the (B, N, 3, H, hd) view on dim 2 before transposing (the same views): the
-    backward then stacks SDPA's q/k/v gradients straight into qkv's layout, one copy instead of a stack and a
-    clone (about 3 ms per ViT-S block at batch 32, 0.7% of a step), but the peak RSS of a ViT-S training step at
-    batch 64 rose by about 190 MiB with freed memory reused (4,922 vs 4,736 MiB, median of 3-5 fresh processes,
-    `benchmarks/memory.py`), past timm's: so the permuted split stays (docs/benchmarks.md, "Session 11")."""
+    This is timm's split (reshape, permute, unbind), so a training step saves exactly timm's tensors and
+    peaks at timm's memory (docs/benchmarks.md#training-memory). Unbinding the (B, N, 3, H, hd) view on dim 2
+    before transposing gives the same views and one copy fewer in the backward pass, but raises the peak
+    memory of a ViT-S training step above timm's."""
     B, N, three_d = qkv.shape
     q, k, v = qkv.reshape(B, N, 3, num_heads, three_d // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
     return q, k, v
