@@ -136,6 +136,11 @@ def architecture_cfg(family: str, values: dict[str, Any], name: str | None = Non
     if family == "swin":
         stride = int(values.get("patch_size", 4)) * 2 ** (len(values.get("depths") or (0,)) - 1)
         pool_size = (h // stride, w // stride)
+    elif family == "cnn":  # the stride-s 3x3 convolutions (padding 1) of each stage: ceil(size / s)
+        ph, pw = h, w
+        for s in values.get("strides") or ():
+            ph, pw = -(-ph // int(s)), -(-pw // int(s))
+        pool_size = (ph, pw)
     cfg: dict[str, Any] = dict(
         url="", hf_hub_id=None, architecture=name, tag=None,
         input_size=(int(values.get("in_chans", 3)), h, w), fixed_input_size=fixed,

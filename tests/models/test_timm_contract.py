@@ -487,6 +487,8 @@ def test_resnet_micro_features_prune_and_tracing():
     cnn.eval()
     with torch.inference_mode():
         expected = cnn(x)
+        # timm's test_model_default_cfgs: the unpooled map has the cfg's pool_size
+        assert tuple(cnn.forward_features(x).shape[-2:]) == cnn.pretrained_cfg["pool_size"] == (4, 4)
         assert torch.equal(torch.fx.symbolic_trace(cnn)(x), expected)
         torch.testing.assert_close(torch.export.export(cnn, (x,)).module()(x), expected, atol=ATOL, rtol=RTOL)
     assert cnn.prune_intermediate_layers([1]) == [1] and cnn.num_features == 64 and len(cnn.stages) == 2
