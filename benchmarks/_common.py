@@ -117,9 +117,9 @@ _LIBC = None
 
 
 def _libc():
-    # No mallopt here: an earlier version fixed M_MMAP_THRESHOLD at 64 KiB for exact RSS peaks, and every timing
-    # after the first memory measurement then paid a page fault per 4 KiB of activations (ViT-S training 0.79x;
-    # vitkit/allocator.py). malloc_trim(0) at the start of a measurement is enough for the peak above it.
+    # No mallopt here: fixing M_MMAP_THRESHOLD (e.g. at 64 KiB, for exact RSS peaks) would make every timing
+    # after the first memory measurement pay a page fault per 4 KiB of activations (vitkit/allocator.py).
+    # malloc_trim(0) at the start of a measurement is enough for the peak above it.
     global _LIBC
     if _LIBC is None:
         with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ they take (`getrusage`: the kernel mapping and zeroing a 4 KiB page for the proc
     kept    reuse, and the gradients allocated once and zeroed in place (vitkit.allocator.KeptGradients),
             as `vitkit train` and `vitkit pretrain` run on CPU (not in the default settings)
     64k     M_MMAP_THRESHOLD fixed at 64 KiB: every block above it is its own mapping, handed back
-            on free (what benchmarks/_common.py set for RSS peaks until session 10: the worst case)
+            on free (each big block its own mapping: the worst case)
 
 The ratios are against glibc's defaults, the reference a user of the other libraries runs with.
 

@@ -7,11 +7,9 @@ and re-allocates the same activations every step, so each step pays the kernel t
 same pages again: a minor page fault per 4 KiB page. The threshold starts at 128 KiB and rises
 with the blocks freed, but never above 32 MiB, and ViT-S's MLP activations at batch 32 are 39 MiB.
 
-Measured on the Zen 4 EPYC (2 threads, training steps with fused AdamW, fresh processes:
-`benchmarks/allocator.py`): ViT-S/16 at batch 32 4.69 -> 5.69 img/s (1.21x; 286k page faults per
-step -> 0), Swin-T 3.03 -> 5.19 (1.71x), the MNIST ViT at batch 256 1.20x. A fixed 64 KiB threshold
-(each big block its own mapping: what an exact RSS measurement wants) is the worst case: ViT-S
-0.79x. docs/performance.md, "CPU memory allocator", has the table.
+Keeping freed blocks makes training steps with fused AdamW faster (`benchmarks/allocator.py`, 2 threads,
+fresh processes): ViT-S/16 at batch 32 1.21x (286k page faults per step -> 0), Swin-T 1.71x, the MNIST
+ViT at batch 256 1.20x; docs/benchmarks.md#the-allocator has the table, its commands and machine.
 
 The cost: memory that a step freed stays in the process (its resident set stays at the peak
 instead of falling between steps), which is what a training process wants anyway.

@@ -30,7 +30,7 @@ def add_reuse_cpu_memory_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reuse-cpu-memory", dest="reuse_cpu_memory", action="store_false",
                    help="leave glibc's allocator defaults (by default freed blocks are kept for the next forward "
                         "pass, as in `vitkit train`: ViT-S inference 1.07x at batch 1, 1.16x at 32; "
-                        "docs/performance.md, \"CPU memory allocator\")")
+                        "docs/benchmarks.md#the-allocator)")
 
 
 def ranged(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,

@@ -1,16 +1,13 @@
 """When bf16 autocast pays: native bf16 arithmetic on the device, or not.
 
 bf16 autocast is fast only where the hardware computes in bf16. On a CPU that means AMX tiles or
-AVX512-BF16; without them oneDNN emulates bf16 and the matmuls get *slower*, not faster. Measured
-as training steps of the 540k-parameter MNIST ViT
-(`recipes/mnist_vit_fast.yaml`, batch 256, 1 thread):
-
-- Intel Xeon with AMX (the machine of sessions 1-3): bf16 1.7x the fp32 throughput;
-- AMD EPYC with AVX2 only (session 4): bf16 about 10x *slower* than fp32 (0.39-0.51 s vs
-  3.99-4.97 s per step).
+AVX512-BF16; without them oneDNN emulates bf16 and the matmuls get *slower*, not faster: a training
+step of the 540k-parameter MNIST ViT (`recipes/mnist_vit_fast.yaml`) runs 1.7x faster in bf16 than in
+fp32 on a CPU with AMX, and about 9.5x slower on one with AVX2 only
+(docs/performance.md#bf16-autocast-cpu-and-cuda).
 
 So `--run.bf16=auto` (what the recipes use) turns autocast on only where it is native, and an
-explicit `--run.bf16=true` on such a CPU runs as asked but logs a warning that names the cost.
+explicit `--run.bf16=true` where bf16 is emulated runs as asked but logs a warning that names the cost.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class OptimConfig:
     accum_steps: int = 1  # micro-batches per optimizer step
     label_smoothing: float = 0.1  # cross-entropy label smoothing (DeiT, timm: 0.1)
     # torch's fused AdamW/SGD kernel (CPU and CUDA): one pass per tensor instead of ~10 ops per parameter
-    # (ViT-S: 34 -> 9 ms per step on the Zen 4); false: the per-parameter loop
+    # (ViT-S: 34 -> 9 ms per step, docs/performance.md#fused-optimizer); false: the per-parameter loop
     fused: bool = True
 
 
@@ -86,7 +86,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads
     # on CPU, glibc keeps freed memory for the next step instead of faulting it in again (vitkit/allocator.py):
-    # ViT-S training steps 1.2x, Swin-T 1.7x on the Zen 4; the gradients are allocated once and zeroed in place
+    # ViT-S training steps 1.2x, Swin-T 1.7x (docs/benchmarks.md#the-allocator); the gradients are allocated once and zeroed in place
     # (allocator.KeptGradients), so the heap stays near the live tensors; false leaves the C library's defaults
     reuse_cpu_memory: bool = True
     progress: bool = True  # a progress bar per epoch
