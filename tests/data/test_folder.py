@@ -56,7 +56,7 @@ def test_flat_folder_modes_and_bad_files(tmp_path, caplog):
     warned = " ".join(r.getMessage() for r in caplog.records if r.name == "vitkit")
     for name in bad:
         assert f"{name}: not a readable image" in warned
-    assert "notes.txt" in warned and "without an image extension" in warned
+    assert "notes.txt" in warned and "without a listed extension" in warned
     assert not any(p.endswith("notes.txt") for ds in (s.train, s.val, s.test) for p, _ in ds.samples)
     assert len(s.mean) == 3 and all(0.2 < m < 0.8 for m in s.mean) and all(0.05 < v < 0.5 for v in s.std)
 

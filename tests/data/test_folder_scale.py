@@ -3,6 +3,7 @@ any split, empty classes, lazy decode errors in DataLoader workers, the seeded s
 
 import logging
 import os
+import re
 import threading
 
 import numpy as np
@@ -130,3 +131,29 @@ def test_statistics_come_from_a_seeded_sample(tmp_path, monkeypatch):
         assert (s.mean, s.std) == expected
         assert load_dataset("folder", tmp_path, img_size=6, val_fraction=0.0, test_fraction=0.25, seed=seed).mean \
             == s.mean  # the same sample for the same listing and seed
+
+
+def test_video_folders_are_listed_the_same_way(tmp_path):
+    from vitkit.data.video import scan_video_folder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "loop").symlink_to("..")
+    fifo = tmp_path / "a" / "clip.mp4"
+    os.mkfifo(fifo)  # probing it (PyAV opens the container) would block forever
+    out = {}
+
+    def scan():
+        try:
+            scan_video_folder(tmp_path)
+        except Exception as e:  # noqa: BLE001 - checked below
+            out["error"] = e
+
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(60)
+    if t.is_alive():  # it opened the FIFO: unblock it and fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("scan_video_folder blocked on a FIFO")
+    assert isinstance(out["error"], FolderScanError)
+    assert re.search(r"class folder\(s\) with no video files: \S+/a\. Supported extensions", str(out["error"]))

@@ -41,7 +41,7 @@ def _pil():
     return Image, ImageOps
 
 
-# extensions listed as images (torchvision's IMG_EXTENSIONS, matched case-insensitively) plus .gif/.tga
+# extensions listed as images: torchvision's IMG_EXTENSIONS plus .pbm and .gif (Pillow reads both), any case
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_CONSECUTIVE_ERRORS = 10  # unreadable images in a row before ImageFolderDataset stops (as timm's ImageDataset)
 
@@ -51,8 +51,8 @@ class FolderScanError(FileNotFoundError):
 
 
 def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs: dict[tuple[int, int], str],
-                problems: list[str]) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
-    """([(path, file id)], names without an image extension) under `class_dir`, sorted, by listing only.
+                problems: list[str], extensions: Sequence[str]) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
+    """([(path, file id)], names without one of `extensions`) under `class_dir`, sorted, by listing only.
 
     Directories are identified by (st_dev, st_ino): a directory met twice (a symlink loop such as
     `cls/loop -> ..`, or a link to another class folder or the root) is not entered again. Only regular
@@ -85,7 +85,7 @@ def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs:
                     seen_dirs[key] = e.path
                     subdirs.append(e.path)
                     continue
-                ext_ok = os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS
+                ext_ok = os.path.splitext(e.name)[1].lower() in extensions
                 if e.is_file(follow_symlinks=True):
                     if not ext_ok:
                         other.append(e.path)
@@ -105,7 +105,8 @@ def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs:
     return files, other
 
 
-def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[str] | None = None
+def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[str] | None = None, *,
+                      extensions: Sequence[str] = IMG_EXTENSIONS, kind: str = "image"
                       ) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples [(path, label)], classes) of `root/<class>/**/<image files>`, by listing only.
 
@@ -119,6 +120,8 @@ def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[
     logged on the "vitkit" logger, or raises `FolderScanError` with `strict=True`.
 
     A class folder with no image files is an error naming it (torchvision's `allow_empty=False`).
+    `extensions` (lower case, with the dot) and `kind` ("image" in messages) serve other media: the
+    video folder lists its files with them.
     `classes` fixes the class list (val/test folders use the train classes); a class folder that is
     not in it is an error.
     """
@@ -129,7 +132,7 @@ def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[
     except OSError as e:
         raise FolderScanError(f"cannot list {root}: {e.strerror or e}") from None
     if not found:
-        raise FolderScanError(f"{root} has no class sub-folders: an image folder is {root}/<class name>/<image files>")
+        raise FolderScanError(f"{root} has no class sub-folders: expected {root}/<class name>/<{kind} files>")
     if classes is None:
         classes = found
     else:
@@ -147,7 +150,7 @@ def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[
     samples: list[tuple[str, int]] = []
     empty, ignored = [], []
     for c in found:
-        files, other = _list_class(str(root / c), reserved, seen_dirs, problems)
+        files, other = _list_class(str(root / c), reserved, seen_dirs, problems, tuple(extensions))
         ignored += other
         n = 0
         for path, fid in files:
@@ -166,12 +169,12 @@ def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[
         for p in problems:
             logger.warning("%s", p)
     if ignored:
-        logger.warning("%s: ignored %d file(s) without an image extension (%s), e.g. %s", root, len(ignored),
-                       " ".join(IMG_EXTENSIONS), ", ".join(ignored[:3]))
+        logger.warning("%s: ignored %d file(s) without a listed extension (%s), e.g. %s", root, len(ignored),
+                       " ".join(extensions), ", ".join(ignored[:3]))
     if empty:
         raise FolderScanError(
-            f"{root}: class folder(s) with no image files: {', '.join(empty)}. Supported extensions: "
-            f"{', '.join(IMG_EXTENSIONS)}. Add images or remove the folder(s) (each sub-folder is a class)."
+            f"{root}: class folder(s) with no {kind} files: {', '.join(empty)}. Supported extensions: "
+            f"{', '.join(extensions)}. Add {kind}s or remove the folder(s) (each sub-folder is a class)."
         )
     return samples, list(classes)
 

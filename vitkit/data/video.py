@@ -26,7 +26,6 @@ stream or no frames, is reported by name on the "vitkit" logger and skipped (`st
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from .folder import scan_image_folder
 
 logger = logging.getLogger("vitkit")
 
@@ -178,26 +179,15 @@ def _probe(path: str) -> str | None:
 
 def scan_video_folder(root: str | Path, strict: bool = False,
                       classes: Sequence[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
-    """(samples [(path, label)], classes) for `root/<class>/**/<video>`; unreadable files are
-    logged by name and skipped (or raise with `strict`)."""
+    """(samples [(path, label)], classes) for `root/<class>/**/<video>`, listed as `scan_image_folder`
+    lists images; every listed video's container is then probed, and unreadable files are logged by
+    name and skipped (or raise with `strict`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video folder {root} does not exist (expected {root}/<class>/<video files>)")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not found:
-        raise FileNotFoundError(f"{root} has no class sub-folders: a video folder is {root}/<class name>/<videos>")
-    if classes is None:
-        classes = found
-    elif set(found) - set(classes):
-        raise ValueError(f"{root} has class folders that the train split lacks: {sorted(set(found) - set(classes))}")
-    index = {c: i for i, c in enumerate(classes)}
-    candidates = []
-    for c in found:
-        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_SUFFIXES:
-                    candidates.append((os.path.join(dirpath, name), index[c]))
+    # listed as image folders are: regular files only (a FIFO is never probed), symlink loops cut, links once,
+    # empty classes an error
+    candidates, classes = scan_image_folder(root, strict, classes, extensions=sorted(VIDEO_SUFFIXES), kind="video")
     with ThreadPoolExecutor(max_workers=4) as pool:
         problems = list(pool.map(_probe, [p for p, _ in candidates]))
     bad = [msg for msg in problems if msg]
