@@ -35,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -332,7 +334,9 @@ def folder_stats(train: ImageFolderDataset, seed: int, mode_of: Callable[[int], 
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:FOLDER_STATS_SAMPLE]
     pick = pick.sort().values.tolist()
     train.in_chans = channels_for({m for m in map(mode_of, pick) if m is not None})
-    mean, std = channel_stats(torch.stack([train.load_readable(i)[0] for i in pick]))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        images = list(pool.map(lambda i: train.load_readable(i)[0], pick))
+    mean, std = channel_stats(torch.stack(images))
     logger.info("mean/std from %d of %d train images (seed %d)", len(pick), len(train), seed)
     return train.in_chans, mean, std
 
