@@ -7,7 +7,7 @@ the compiled step in interleaved rounds (median images/s of each), and `--attent
 inference with every attention call on SDPA against the explicit softmax path.
 
     OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/fmnist_vit_fast.yaml --threads 2 --compile \\
-        --model.overrides.patch_drop_rate=0        # the step with every patch (docs/benchmarks.md, "Session 6")
+        --model.overrides.patch_drop_rate=0        # the step with every patch (docs/performance.md, PatchDropout)
     OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/mnist_vit_fast.yaml --threads 2 \\
         --attention-paths --rounds 5 --steps 8 --run.bf16=false   # SDPA vs eager on whole steps
     python benchmarks/step_profile.py --smoke      # a tiny model, seconds (tests/test_benchmarks_smoke.py)

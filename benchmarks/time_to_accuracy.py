@@ -4,9 +4,9 @@
     OMP_NUM_THREADS=2 python benchmarks/time_to_accuracy.py --threads 2 --tasks mnist --budget-seconds 300
     python benchmarks/time_to_accuracy.py --smoke                                 # digits, tiny budget: seconds
 
-Issue 3's targets on 2 CPU cores: full MNIST >= 99.0% test accuracy within 5 minutes, Fashion-MNIST
+The targets on 2 CPU cores: full MNIST >= 99.0% test accuracy within 5 minutes, Fashion-MNIST
 >= 92.0% within 15 minutes, compared in the same run with vit-pytorch's `ViT` (PyPI `vit-pytorch`,
-`pip install vitkit[bench]`).
+`pip install vitkit[bench]`). Results: docs/benchmarks.md#time-to-accuracy.
 
 Same loop: both models are trained by `vitkit.train.train` (data order, augmentation, AdamW with
 the same no-weight-decay rule, warm-up + cosine, label smoothing, evaluation): vit-pytorch's model is
@@ -154,9 +154,9 @@ def calibrate(model: nn.Module, cfg, chans: int, size: int, steps: int, classes:
     step = training_step(model, cfg, chans, size, classes)
     for _ in range(5):  # warm-up: allocator, kernels (bf16 kernels take a few steps to settle)
         step()
-    # A 20-step (1-2 s) timing proved too noisy on a shared VM: in one run it planned 12 epochs for one model and
-    # 20 for the other although both then trained at the same speed (docs/benchmarks.md). So: chunks of `steps`
-    # steps for at least CALIB_SECONDS, and the median chunk.
+    # A 20-step (1-2 s) timing is too noisy on a shared VM: it can plan 12 epochs for one model and 20 for another
+    # that then trains at the same speed. So: chunks of `steps` steps for at least CALIB_SECONDS, and the median
+    # chunk.
     chunks, start = [], time.perf_counter()
     while len(chunks) < 3 or time.perf_counter() - start < CALIB_SECONDS:
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Image pre-training for the micro video models: a `vit_micro_patch4_28` trained to name the digit
 in single frames of moving-digits clips -- this task's stand-in for the ImageNet ViT that TimeSformer
-and ViViT start from (issue 8, docs/video.md "Starting from an image ViT").
+and ViViT start from (docs/video.md, "Starting from an image ViT").
 
 The frames come from clips drawn exactly as `load_dataset("moving_digits")` draws them (MNIST train
 digits downscaled to 14x14 on a 28x28 canvas) but with their own seed, one random frame per clip,

@@ -1,6 +1,6 @@
 """Probe one micro video model on moving digits: the benchmark's loop (AdamW, warm-up + cosine,
-batch 64, label smoothing 0.1) with a log of the [CLS] collapse, for issue 8 (docs/video.md,
-"Why the TimeSformers do not learn here").
+batch 64, label smoothing 0.1) with a log of the [CLS] collapse (docs/video.md, "Why the TimeSformers and
+Model 2 stall from scratch").
 
     OMP_NUM_THREADS=1 python benchmarks/video_probe.py timesformer_micro_joint_patch4_28 --train 2000 --epochs 3 --log 10
     OMP_NUM_THREADS=1 python benchmarks/video_probe.py vivit_micro_fe_4x2_28 --train 2000 --epochs 3 --kw class_token=False,global_pool=avg
