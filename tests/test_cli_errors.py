@@ -106,6 +106,9 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
     assert user_error_message(ImportError("cannot import name 'x'", name="vitkit.train.engine")) is None
     assert user_error_message(RuntimeError("a tensor shape mismatch deep in torch")) is None  # not vitkit's raise
     assert user_error_message(ValueError("bad value")) == "bad value"
+    with pytest.raises(RuntimeError) as info:  # more than any address space: torch's CPU allocator refuses
+        torch.empty(2**50, dtype=torch.uint8)
+    assert user_error_message(info.value).startswith("out of memory (")
     # create_model's unknown argument is a TypeError as timm's, and still the user's mistake
     with pytest.raises(TypeError) as info:
         vitkit.create_model(TINY, dept=3)
@@ -135,7 +138,7 @@ def test_help_lists_every_setting(capsys):
         assert exit_info.value.code == 0
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps nothing in the epilog; join anyway
         for section in vars(cfg):
-            for name, value in vars(getattr(cfg, section)).items():
+            for name in vars(getattr(cfg, section)):
                 entry = f"--{section}.{name} ("
                 assert entry in out, entry
                 described = out.split(entry, 1)[1].split(" --", 1)[0]
@@ -235,8 +238,12 @@ def trained_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("damage", ["malicious", "truncated"])
+@pytest.mark.parametrize("damage", ["malicious", "truncated", "truncated behind the marker's back"])
 def test_damaged_state_on_resume(capsys, tmp_path, trained_run, damage):
+    """A state.pt that is a malicious pickle, or truncated (with the checkpoint's marker listing the new size, so
+    that the reader sees it), is refused by the reader; truncated under a marker that lists its size when written
+    (a disk error), the checkpoint is called damaged. Nothing runs, and the message never suggests
+    weights_only=False."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     state = next(run.rglob("state.pt"))
@@ -250,14 +257,16 @@ def test_damaged_state_on_resume(capsys, tmp_path, trained_run, damage):
         torch.save({"optimizer": Evil()}, state)
     else:
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    for marker_file in state.parent.glob("*.json"):  # a checkpoint marker listing file sizes: make it agree
-        listed = json.loads(marker_file.read_text())
-        if isinstance(listed, dict) and isinstance(listed.get("files"), dict) and state.name in listed["files"]:
-            listed["files"][state.name] = state.stat().st_size
-            marker_file.write_text(json.dumps(listed))
+    if damage != "truncated behind the marker's back":
+        listed = json.loads((state.parent / "complete.json").read_text())
+        listed["files"][state.name] = state.stat().st_size
+        (state.parent / "complete.json").write_text(json.dumps(listed))
     capsys.readouterr()
     code, err = run_cli(capsys, "train", "--out", run, "--resume", *TRAIN_FAST)
-    assert_user_error(code, err, str(state), "refusing to load" if damage == "malicious" else "truncated, corrupt")
+    needle = {"malicious": "refusing to load", "truncated": "truncated, corrupt",
+              "truncated behind the marker's back": f"state.pt has {state.stat().st_size} bytes where complete.json "
+                                                    f"lists"}[damage]
+    assert_user_error(code, err, str(state), needle)
     assert not marker.exists()
 
 

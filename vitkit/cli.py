@@ -419,7 +419,8 @@ def user_error_message(e: BaseException) -> str | None:
         return f"safetensors could not read or write a file: {text}" + (f" ({hint})" if hint else "")
     if isinstance(e, DecompressionBombError):
         return f"{text}: resize the image first"
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+            isinstance(e, RuntimeError) and "can't allocate memory" in text):  # torch's CPU allocator
         return (f"out of memory ({text}): use a smaller --run.batch_size or model, or --run.grad_checkpointing=true "
                 f"when training")
     if isinstance(e, OSError):  # missing files, permissions, read-only or full disks

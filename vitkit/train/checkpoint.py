@@ -228,9 +228,29 @@ def recover(run_dir: Path, state_name: str) -> str | None:
     return done
 
 
+def _damage(directory: Path) -> str:
+    """What disagrees with the marker of a checkpoint directory that was complete when it was moved in."""
+    try:
+        marker = json.loads((directory / MARKER).read_text())
+        for name, size in marker["files"].items():
+            path = directory / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if path.stat().st_size != size:
+                return f"{path} has {path.stat().st_size} bytes where {MARKER} lists {size}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {MARKER} is unreadable ({' '.join(str(e).split()) or type(e).__name__})"
+    return "it disagrees with its marker"
+
+
 def checkpoint_info(run_dir: Path, state_name: str) -> dict[str, Any] | None:
-    """Where the run's checkpoint stands ({"epoch", "step"}), or None when it has none."""
+    """Where the run's checkpoint stands ({"epoch", "step"}), or None when it has none. A checkpoint whose files
+    changed after it was moved in whole (a disk error, an edit) is an error, not a missing checkpoint."""
     final = run_dir / CHECKPOINT_DIR
+    if final.is_dir() and (final / MARKER).exists() and read_marker(final) is None:
+        raise ValueError(f"the checkpoint {final} is damaged: {_damage(final)}. It was complete when written, so "
+                         f"the files changed since (a disk error, or an edit); restore them from a backup, or start "
+                         f"the run again with --overwrite")
     if not _usable(final, state_name):
         return None
     marker = read_marker(final)
@@ -290,6 +310,15 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else None
 
 
+def saved_settings(cfg_type: type, values: dict[str, Any], run_dir: Path):
+    """`cfg_type.from_dict(values)` of a run's config.yaml; a setting it cannot take names the file."""
+    try:
+        return cfg_type.from_dict(values)
+    except ValueError as e:
+        raise ValueError(f"{Path(run_dir) / CONFIG_NAME}: {e}. Repair the file, or start the run again with "
+                         f"--overwrite") from None
+
+
 def run_command(values: dict[str, Any]) -> str:
     """'pretrain' or 'train': which command wrote these settings (a pre-training run has a method section)."""
     return "pretrain" if "method" in values else "train"
@@ -340,7 +369,7 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
         fixed = recover(run_dir, state_name)
         if fixed:
             logger.info("%s: %s (a kill interrupted the last checkpoint write)", run_dir, fixed)
-        info = checkpoint_info(run_dir, state_name)
+        info = checkpoint_info(run_dir, state_name) if resume else None  # --overwrite: even a damaged one goes
         if resume:
             saved = read_saved_config(run_dir)
             if saved is None:
@@ -349,7 +378,7 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
             if run_command(saved) != command:
                 raise ValueError(f"--resume: {run_dir} holds a `vitkit {run_command(saved)}` run, not a "
                                  f"`vitkit {command}` one")
-            meaning, operational = resume_config_changes(type(cfg).from_dict(saved).to_dict(), cfg.to_dict())
+            meaning, operational = resume_config_changes(saved_settings(type(cfg), saved, run_dir).to_dict(), cfg.to_dict())
             if meaning:
                 raise ValueError(
                     f"--resume: these settings differ from the run's own ({run_dir / CONFIG_NAME}) and would change "
@@ -372,7 +401,7 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                     what = f"holds a `vitkit {run_command(saved)}` run"
                 elif (run_dir / "metrics.json").is_file():
                     what = "holds a finished run (metrics.json)"
-                elif info is None:
+                elif (info := checkpoint_info(run_dir, state_name)) is None:
                     raise FileExistsError(f"{run_dir} holds a run that stopped before its first checkpoint: pass "
                                           f"--overwrite to start it again (deleting its outputs)")
                 else:
@@ -383,7 +412,6 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                                       f"run there (it deletes what a vitkit run writes there; other files stay)")
             if present:
                 clear_outputs(run_dir)
-                info = None
             from .config import save_config
 
             save_config(cfg, run_dir / CONFIG_NAME)
@@ -420,7 +448,7 @@ def resumed_config(cfg, command: str, recipe: str | None, overrides: list[str], 
     saved = read_saved_config(Path(cfg.run.out)) if cfg.run.out else None
     if saved is None or run_command(saved) != command:
         return cfg
-    base = type(cfg).from_dict(saved)
+    base = saved_settings(type(cfg), saved, Path(cfg.run.out))
     if recipe:
         for section, entries in (_yaml().safe_load(Path(recipe).read_text()) or {}).items():
             for key, value in (entries or {}).items():
