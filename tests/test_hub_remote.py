@@ -231,6 +231,25 @@ def test_pretrained_cfg_overlay_file(tmp_path):
         torch.testing.assert_close(other(x), ref(x), **ATOL)
 
 
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_other_in_chans_adapt_the_first_conv_as_timm(tmp_path, in_chans):
+    """timm's test_model_load_pretrained creates every pretrained model with in_chans=1: RGB weights are summed
+    into one channel (repeated and rescaled for more), by timm's rule, and the outputs are timm's."""
+    swin = dict(img_size=32, patch_size=2, embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)
+    for name, kw in (("vit_base_patch16_224", TIMM_TINY), ("swin_tiny_patch4_window7_224", swin)):
+        _, folder = timm_saved(tmp_path / name, name, safe_serialization=True, **kw)
+        file = dict(file=str(folder / "model.safetensors"))
+        ours = create_model(name, pretrained=True, pretrained_cfg_overlay=file, in_chans=in_chans, **kw).eval()
+        ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=file, in_chans=in_chans, **kw).eval()
+        x = images(c=in_chans)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), **ATOL)
+    with pytest.raises(CheckpointError, match=r"patch_embed.proj.weight \(32, 3, 16, 16\) vs \(32, 1, 8, 8\)"):
+        create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(
+            file=str(tmp_path / "vit_base_patch16_224" / "timm-0-True" / "model.safetensors")), in_chans=1,
+            patch_size=8, **TIMM_TINY)  # another kernel too: not a channel count to adapt, reported
+
+
 # ------------------------------------------------------------------------------------ revisions and formats
 def test_revision_picks_the_snapshot(hub_cache, tmp_path):
     hf_a, folder_a = hf_saved(tmp_path, "ViTForImageClassification", transformers.ViTConfig, seed=0, **HF_TINY)

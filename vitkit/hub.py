@@ -283,6 +283,9 @@ def load_pretrained(model, path: str | Path, strict: bool = True) -> None:
         state = adapt_checkpoint(model, state, source=str(path))
     else:
         state = adapt(state, source=str(path))
+    from .convert.timm import adapt_input_convs
+
+    adapt_input_convs(model, state, source=str(path))  # e.g. RGB weights into an in_chans=1 model, as timm
     load_state_dict_checked(model, state, source=str(path), strict=strict)
 
 

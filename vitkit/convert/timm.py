@@ -81,6 +81,38 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
     return state
 
 
+def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """timm's `adapt_input_conv`: first-convolution weights (O, I, *kernel) trained on I channels, for
+    `in_chans` channels. One channel sums the I filters (a grey image then gives what its RGB copy gave);
+    more repeats them and scales by I / in_chans."""
+    base = weight.shape[1]
+    if in_chans == base:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        w = w.repeat(1, math.ceil(in_chans / base), *([1] * (w.ndim - 2)))[:, :in_chans] * (base / in_chans)
+    return w.to(weight.dtype)
+
+
+def adapt_input_convs(model, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Fit the checkpoint's first convolution(s) (`model.pretrained_cfg['first_conv']`) to the model's number
+    of input channels, as timm's `load_pretrained` does for `in_chans` other than the weights' (logged)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    expected = model.state_dict()
+    for name in [names] if isinstance(names, str) else list(names or ()):
+        key = f"{name}.weight"
+        w, target = state.get(key), expected.get(key)
+        if w is None or target is None or w.ndim < 3 or w.shape == target.shape:
+            continue
+        if w.shape[:1] + w.shape[2:] != target.shape[:1] + target.shape[2:]:
+            continue  # another size, not another channel count: the loader's mismatch report names it
+        state[key] = adapt_input_conv(target.shape[1], w)
+        logger.info("%s: converted the input convolution %s from %d to %d channel(s), as timm does",
+                    source, name, w.shape[1], target.shape[1])
+
+
 def _fit_heads(model, state, expected, source) -> None:
     """Per head (`head`, `head_dist`): keep the checkpoint's if it fits, else keep the model's fresh one."""
     for prefix in _HEAD_PREFIXES:
