@@ -93,7 +93,7 @@ def test_train_step_no_nan_all_parameters_get_gradients():
 def test_mae_base_parameter_count():
     with torch.device("meta"):
         model = vitkit.create_model("mae_vit_base_patch16")
-    assert sum(p.numel() for p in model.parameters()) == 111_907_840  # HF ViTMAEForPreTraining (REFERENCE.md)
+    assert sum(p.numel() for p in model.parameters()) == 111_907_840  # HF ViTMAEForPreTraining (ViT-B/16, 8x512 decoder)
     frozen = 197 * 768 + 197 * 512  # the two sin-cos tables
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 111_907_840 - frozen
 

@@ -11,8 +11,9 @@ size, window, distillation token, hybrid stem, input channels, frames) and check
 - gradients flow: every parameter gets a finite gradient in a training step;
 - `save_pretrained` -> `from_pretrained`: same class/config/outputs/state dict (tests/models/contract.py);
 - the state-dict keys are stable: two builds give the same keys in the same order;
-- the full-size configuration builds (on the meta device, no memory) and, where ../shared/REFERENCE.md
-  has a count (the family test files' tables), the count `vitkit models --params` prints equals it.
+- the full-size configuration builds (on the meta device, no memory) and, where a family test file
+  tabulates the reference implementation's count (timm's or transformers' model of the paper's
+  configuration), the count `vitkit models --params` prints equals it.
 
 EXTENSION POINT (a new family adds itself here, one entry, and nothing else):
 
@@ -254,7 +255,7 @@ def test_contract(name, tmp_path):
 
 
 def _reference_counts() -> dict[str, int]:
-    """The exact counts of REFERENCE.md, as the family test files tabulate them."""
+    """The reference implementations' exact counts, as the family test files tabulate them."""
     import test_cvt
     import test_mixer
     import test_param_counts

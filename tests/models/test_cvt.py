@@ -29,7 +29,7 @@ NUM_CLASSES = 5
 DIMS = (8, 16, 32)
 DEPTHS = (1, 1, 2)
 
-# name -> parameters with the 1000-class head (../shared/REFERENCE.md: HF CvtForImageClassification)
+# name -> parameters with the 1000-class head (transformers' CvtForImageClassification of the paper's configuration)
 REFERENCE = {
     "cvt_13": 19_997_480, "cvt_13_384": 19_997_480,
     "cvt_21": 31_622_696, "cvt_21_384": 31_622_696,

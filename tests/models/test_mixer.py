@@ -25,12 +25,12 @@ from vitkit.registry import get_model_spec
 from contract import check_grad_checkpointing, check_save_roundtrip, save_state
 
 NAMES = list_models("mixer_*")
-PAPER = {  # REFERENCE.md / timm 1.0.31, 1000-class head
+PAPER = {  # the paper's configurations, counted on timm 1.0.31's models, 1000-class head
     "mixer_s32_224": 19_104_624,
     "mixer_s16_224": 18_528_264,
     "mixer_b32_224": 60_293_428,
     "mixer_b16_224": 59_880_472,
-    "mixer_l32_224": 206_939_264,  # not in REFERENCE.md: timm's count, cross-checked below
+    "mixer_l32_224": 206_939_264,  # timm's count, cross-checked below
     "mixer_l16_224": 208_196_168,
 }
 B = 2

@@ -1,12 +1,12 @@
-"""Exact parameter counts of the papers' configurations (../shared/REFERENCE.md), built on the
-meta device so even ViT-H costs nothing, plus the closed form of the ViT paper's architecture."""
+"""Exact parameter counts of the papers' configurations (ViT, DeiT), equal to timm 1.0.31's models of the same
+names, built on the meta device so even ViT-H costs nothing, plus the closed form of the ViT paper's architecture."""
 
 import pytest
 import torch
 
 import vitkit
 
-# name -> parameters with the 1000-class head (REFERENCE.md, measured on timm 1.0.31)
+# name -> parameters with the 1000-class head (timm 1.0.31's model of that name, built on the meta device)
 REFERENCE = {
     "vit_tiny_patch16_224": 5_717_416,
     "vit_small_patch16_224": 22_050_664,

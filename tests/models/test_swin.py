@@ -21,13 +21,13 @@ from contract import check_grad_checkpointing, check_save_roundtrip, save_state
 
 ATOL = RTOL = 1e-4
 
-# name -> parameters with the 1000-class head (REFERENCE.md, timm 1.0.31)
+# name -> parameters with the 1000-class head (timm 1.0.31's model of that name)
 REFERENCE = {
     "swin_tiny_patch4_window7_224": 28_288_354,
     "swin_small_patch4_window7_224": 49_606_258,
     "swin_base_patch4_window7_224": 87_768_224,
     "swin_base_patch4_window12_384": 87_903_584,
-    "swin_large_patch4_window7_224": 196_532_476,  # Swin-L: not in REFERENCE.md; checked against timm below
+    "swin_large_patch4_window7_224": 196_532_476,  # Swin-L: checked against timm below
     "swin_large_patch4_window12_384": 196_735_516,
 }
 

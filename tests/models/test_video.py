@@ -1,4 +1,4 @@
-"""Video models (ViViT's four models, TimeSformer, MViT): parameter counts of REFERENCE.md, the
+"""Video models (ViViT's four models, TimeSformer, MViT): the reference implementations' parameter counts, the
 model contract on the micro models, the factorised models against their definitions written out
 by hand with attention masks, inflation of an image ViT, and MViT against torchvision."""
 
@@ -52,7 +52,7 @@ def test_param_counts(name, expected):
 
 
 def test_gmacs_and_the_cost_ordering_of_the_vivit_models():
-    """GMACs per clip (REFERENCE.md: Model 1 451.5, TimeSformer 195.8, MViT-B 70.6) and ViViT's
+    """GMACs per clip (HF ViViT Model 1 451.5, HF TimeSformer 195.8, torchvision MViT-B 70.6) and ViViT's
     ordering: Model 1 dearest, Model 2 cheaper than Model 3. Model 4, computed as defined (half the
     heads over 16 frames of 197 tokens, half over 196 locations of 17), is a little cheaper still
     (276 vs 283): the paper's 372.3 for it is not what its definition costs (docs/video.md)."""
@@ -246,7 +246,7 @@ def test_timesformer_divided_block_definition():
 
 @pytest.mark.parametrize("name", ["timesformer_micro_patch4_28", "timesformer_micro_joint_patch4_28"])
 def test_timesformer_time_embedding_follows_the_frames(name):
-    """Issue 8 check: the token of location s in frame t is patch(frame t, s) + pos[s] + time[t]
+    """The token of location s in frame t is patch(frame t, s) + pos[s] + time[t]
     ((s, t) order), so the model sees the frame order exactly through `time_embed`: with the
     reference code's zero time embedding it is blind to the order (as it should be), with a
     non-zero one reversing the frames changes the logits, and the time embedding gets a gradient."""

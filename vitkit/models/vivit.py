@@ -18,8 +18,8 @@ The models (`attention_type`)
       second half over time; the heads are concatenated and projected (eq. 7-9). Same parameters
       as Model 1, so Model 1 weights load into Model 4 as they are.
 Deviations
-    - Models 3 and 4 with a [CLS] token (the default, so that the parameter counts are those of
-      REFERENCE.md): the paper drops [CLS] there ("to avoid ambiguities when reshaping"). Here
+    - Models 3 and 4 with a [CLS] token (the default, so that Model 4 has exactly Model 1's parameters and
+      Model 1's weights load into it): the paper drops [CLS] there ("to avoid ambiguities when reshaping"). Here
       [CLS] joins every spatial and every temporal sequence, and its outputs over the sequences are
       averaged -- TimeSformer's rule for its spatial step. `class_token=False, global_pool='avg'`
       is the paper's exact variant.
