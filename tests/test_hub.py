@@ -109,7 +109,7 @@ def test_corrupt_file(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ""])
 def test_damaged_files_always_give_checkpoint_error(tmp_path, suffix):
     # short byte strings that look like the start of a pickle / zip / safetensors file: a damaged
-    # pickle stream used to escape as IndexError or KeyError
+    # pickle stream raises IndexError or KeyError inside torch.load, which must come out as CheckpointError
     rng = random.Random(0)
     heads = [b"", b"\x80", b"\x80\x02", b"PK\x03\x04", (20).to_bytes(8, "little") + b"{", b"\x80\x02\x8a\x0a"]
     for i in range(60):

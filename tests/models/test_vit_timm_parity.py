@@ -221,10 +221,10 @@ def saved_for_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, li
 @pytest.mark.parametrize("path", ["fused", "eager"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_training_keeps_exactly_timms_activations(checkpointing, path):
-    """Activation memory of a training step equals timm's, tensor for tensor (issue 10's memory target,
-    without the allocator noise of a peak-RSS measurement): same tensors saved for the backward pass,
-    on each attention path. The path is pinned on both sides: vitkit's "auto" policy runs short fp32
-    sequences eagerly on AVX2-only CPUs (faster there), which keeps the (N, N) attention weights that
+    """Activation memory of a training step equals timm's, tensor for tensor (the memory claim of
+    docs/benchmarks.md#training-memory, without the allocator noise of a peak-RSS measurement): same tensors
+    saved for the backward pass, on each attention path. The path is pinned on both sides: vitkit's "auto"
+    policy runs short fp32 sequences eagerly on CPUs without AMX (faster there), which keeps the (N, N) attention weights that
     SDPA does not, so the comparison is made path against path."""
     kw = dict(TINY, img_size=32, patch_size=8)
     torch.manual_seed(0)
