@@ -162,8 +162,11 @@ def _int_labels(labels, n: int, path: Path, what: str) -> np.ndarray:
         raise DataFormatError(f"{path}: {what!r} must be a list of integers, found {type(labels).__name__}")
     if len(labels) != n:
         raise DataFormatError(f"{path}: {n} images but {len(labels)} labels")
-    if not all(type(v) is int for v in labels):
-        bad = next(v for v in labels if type(v) is not int)
+    def is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not all(map(is_int, labels)):
+        bad = next(v for v in labels if not is_int(v))
         raise DataFormatError(f"{path}: {what!r} must hold integers, found a {type(bad).__name__}")
     return np.array(labels, dtype=np.int64)
 
