@@ -425,6 +425,49 @@ def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys)
     run(tmp_path / "empty")  # an empty directory is fine
 
 
+def test_a_kill_during_overwrite_is_finished_by_the_next_overwrite(tmp_path, monkeypatch):
+    """--overwrite killed before each os call of its deletion: the directory is left to a new run only with
+    --overwrite again (the refusal says so), which finishes the deletion; the user's own file stays."""
+    from vitkit.train.checkpoint import open_run
+
+    def finished_run(run_dir: Path) -> None:
+        run_dir.mkdir()
+        (run_dir / "notes.txt").write_text("mine")
+        for name in ("config.yaml", "metrics.json", "metrics.jsonl", "model/model.safetensors",
+                     "checkpoint/state.pt", "checkpoint/ema/model.safetensors"):
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / name).write_text("x")
+        (run_dir / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+
+    def start(run_dir: Path, overwrite: bool) -> None:
+        cfg = apply_overrides(TrainConfig(), [f"--run.out={run_dir}", f"--run.overwrite={str(overwrite).lower()}"])
+        lock, _ = open_run(run_dir, "train", cfg, state_name="state.pt", main=True)
+        lock.release()
+
+    from vitkit.train.config import save_config
+
+    save_config(TrainConfig(), tmp_path / "config.yaml")
+    finished_run(tmp_path / "count")
+    with monkeypatch.context() as m:
+        ops = kill_os_at(m, -1)
+        start(tmp_path / "count", overwrite=True)
+    assert ops.count("unlink") >= 6, ops
+    for k in range(len(ops)):
+        run_dir = tmp_path / f"k{k}"
+        finished_run(run_dir)
+        with monkeypatch.context() as m:
+            kill_os_at(m, k)
+            with pytest.raises(Killed):
+                start(run_dir, overwrite=True)
+        with pytest.raises(FileExistsError, match="--overwrite") as refused:
+            start(run_dir, overwrite=False)
+        # config.yaml goes last: a half-deleted run still reads as a vitkit run, not as someone's files
+        assert "not a vitkit run" not in str(refused.value) or "(it holds notes.txt)" in str(refused.value), k
+        start(run_dir, overwrite=True)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.yaml", "notes.txt"], k
+        assert (run_dir / "notes.txt").read_text() == "mine"
+
+
 def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkeypatch, capsys, caplog):
     """The README's `vitkit train --out DIR --resume` continues with the settings the run was started with
     (here 2 epochs at lr 1e-3, not the defaults' 100 at 3e-3), never rewrites config.yaml, refuses a setting

@@ -137,17 +137,25 @@ def _files(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def read_marker(directory: Path) -> dict[str, Any] | None:
-    """The marker of a complete checkpoint directory, or None (missing, unreadable, or a listed file is
-    missing or has another size: the write never finished)."""
+def _check_marker(directory: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the marker, "") of a complete checkpoint directory, or (None, what is missing or wrong)."""
     try:
         marker = json.loads((directory / MARKER).read_text())
         for name, size in marker["files"].items():
-            if (directory / name).stat().st_size != size:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return marker
+            path = directory / name
+            if not path.is_file():
+                return None, f"{path} is missing"
+            if path.stat().st_size != size:
+                return None, f"{path} has {path.stat().st_size} bytes where {MARKER} lists {size}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"its {MARKER} is missing or unreadable ({' '.join(str(e).split()) or type(e).__name__})"
+    return marker, ""
+
+
+def read_marker(directory: Path) -> dict[str, Any] | None:
+    """The marker of a complete checkpoint directory, or None (missing, unreadable, or a listed file is
+    missing or has another size: the write never finished)."""
+    return _check_marker(directory)[0]
 
 
 def _usable(directory: Path, state_name: str) -> bool:
@@ -228,27 +236,13 @@ def recover(run_dir: Path, state_name: str) -> str | None:
     return done
 
 
-def _damage(directory: Path) -> str:
-    """What disagrees with the marker of a checkpoint directory that was complete when it was moved in."""
-    try:
-        marker = json.loads((directory / MARKER).read_text())
-        for name, size in marker["files"].items():
-            path = directory / name
-            if not path.is_file():
-                return f"{path} is missing"
-            if path.stat().st_size != size:
-                return f"{path} has {path.stat().st_size} bytes where {MARKER} lists {size}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return f"its {MARKER} is unreadable ({' '.join(str(e).split()) or type(e).__name__})"
-    return "it disagrees with its marker"
-
-
 def checkpoint_info(run_dir: Path, state_name: str) -> dict[str, Any] | None:
     """Where the run's checkpoint stands ({"epoch", "step"}), or None when it has none. A checkpoint whose files
     changed after it was moved in whole (a disk error, an edit) is an error, not a missing checkpoint."""
     final = run_dir / CHECKPOINT_DIR
-    if final.is_dir() and (final / MARKER).exists() and read_marker(final) is None:
-        raise ValueError(f"the checkpoint {final} is damaged: {_damage(final)}. It was complete when written, so "
+    damage = _check_marker(final)[1] if final.is_dir() and (final / MARKER).exists() else ""
+    if damage:
+        raise ValueError(f"the checkpoint {final} is damaged: {damage}. It was complete when written, so "
                          f"the files changed since (a disk error, or an edit); restore them from a backup, or start "
                          f"the run again with --overwrite")
     if not _usable(final, state_name):
@@ -392,7 +386,8 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                     f"--resume: {run_dir} has no checkpoint yet (the run stopped before its first one); start it "
                     f"again with --overwrite")
         else:
-            present = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_NAME)
+            present = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                             if p.name != LOCK_NAME and not _write_leftover(p.name))
             if present and not overwrite:
                 saved = read_saved_config(run_dir)
                 if saved is None:
@@ -410,8 +405,7 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                                           f"--overwrite to start again (deleting its outputs)")
                 raise FileExistsError(f"{run_dir} {what}: choose another --out, or pass --overwrite to write the new "
                                       f"run there (it deletes what a vitkit run writes there; other files stay)")
-            if present:
-                clear_outputs(run_dir)
+            clear_outputs(run_dir)  # with --overwrite, or an empty directory: a killed write's temporary files
             from .config import save_config
 
             save_config(cfg, run_dir / CONFIG_NAME)
@@ -421,13 +415,20 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
     return lock, info
 
 
+def _write_leftover(name: str) -> bool:
+    """A temporary file of an atomic write of a run output (`.NAME.RANDOM.tmp`) that a kill interrupted."""
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, f".{output}.*.tmp") for output in RUN_OUTPUTS)
+
+
 def clear_outputs(run_dir: Path) -> None:
     """`--overwrite`: delete what a vitkit run writes into `run_dir` (other files stay). config.yaml goes last:
     a kill part-way leaves a directory that still reads as a vitkit run, which --overwrite finishes clearing."""
     for path in run_dir.glob("events.out.tfevents.*"):
         path.unlink()
-    for name in RUN_OUTPUTS:  # temporary files of an atomic write that a kill interrupted
-        for path in run_dir.glob(f".{name}.*.tmp"):
+    for path in run_dir.iterdir():
+        if _write_leftover(path.name):
             path.unlink()
     for name in reversed(RUN_OUTPUTS):
         path = run_dir / name
