@@ -86,12 +86,12 @@ class KeptGradients:
     With freed memory kept in the heap (`reuse_freed_memory`), those small long-lived blocks land in
     the holes that the big activation blocks left and split them, so the next big block no longer
     fits and the heap grows: with gradient checkpointing, whose backward pass recomputes and frees
-    each block's activations in turn, a ViT-S training step at batch 64 peaked at 2,764-3,152 MiB
-    of RSS for 885 MiB of live tensors (AdamW, 3 processes; `benchmarks/memory.py --grads fresh`).
-    Allocated once, before the first step, the gradients stay where they are and the heap stays
-    near the live size: 1,464-1,592 MiB for 967 MiB of live tensors (one more set of gradients is
-    alive during the forward pass). Without checkpointing the peak is the same either way (4,663
-    vs 4,766 MiB, inside the process-to-process spread).
+    each block's activations in turn, a ViT-S training step at batch 64 with AdamW peaks at about
+    3 GiB of RSS for 885 MiB of live tensors (`benchmarks/memory.py --grads fresh`). Allocated once,
+    before the first step, the gradients stay where they are and the heap stays near the live size:
+    about 1.5 GiB for 967 MiB of live tensors (one more set of gradients is alive during the forward
+    pass). Without checkpointing the peak is the same either way, inside the process-to-process
+    spread (docs/benchmarks.md#training-memory has the table).
 
     The optimizer sees what it saw with `set_to_none=True`: call `before_step()` between the last
     backward pass and `optimizer.step()`, and every parameter that got no gradient since the last

@@ -464,7 +464,7 @@ class PatchEmbed(nn.Module):
         ph, pw = self.patch_size
         if fx or H % ph or W % pw:  # eager: only when not strict (strict sizes divide, checked at init)
             # F.pad copies even when it pads nothing, and the convolution keeps its input for the backward
-            # pass: an unconditional pad kept a second copy of every training batch (37 MiB at batch 64)
+            # pass: an unconditional pad would keep a second copy of every training batch (37 MiB at batch 64)
             x = F.pad(x, (0, -W % pw, 0, -H % ph))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H/p, W/p, D)
 
