@@ -161,7 +161,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     # On a CPU, a bias that needs a gradient (training: the relative position bias table learns) sends SDPA
     # to its unfused math path over the bias repeated for every image (plus its -inf row checks), slower
     # than the explicit path below, which broadcasts the bias: Swin-T training 1.07x
-    # (docs/performance.md#attention-path-sdpa-or-eager-chosen-by-measurement). CUDA's memory-efficient kernel takes a bias gradient and stays on SDPA.
+    # (docs/performance.md#attention-path-sdpa-or-eager-chosen-by-measurement). CUDA's memory-efficient
+    # kernel takes a bias gradient and stays on SDPA.
     slow_bias = q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
     if fused_attention_enabled() and not slow_bias:
         if nW != 1 and nW != BW:

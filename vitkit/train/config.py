@@ -86,8 +86,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads
     # on CPU, glibc keeps freed memory for the next step instead of faulting it in again (vitkit/allocator.py):
-    # ViT-S training steps 1.2x, Swin-T 1.7x (docs/benchmarks.md#the-allocator); the gradients are allocated once and zeroed in place
-    # (allocator.KeptGradients), so the heap stays near the live tensors; false leaves the C library's defaults
+    # ViT-S training steps 1.2x, Swin-T 1.7x (docs/benchmarks.md#the-allocator); the gradients are allocated once
+    # and zeroed in place (allocator.KeptGradients), so the heap stays near the live tensors; false leaves the C
+    # library's defaults
     reuse_cpu_memory: bool = True
     progress: bool = True  # a progress bar per epoch
     tensorboard: str = "auto"  # auto (when `tensorboard` is installed) | true | false; rank 0, in the run dir
