@@ -236,9 +236,9 @@ def create_model(
     tag when none is given) from the Hugging Face Hub (cached by huggingface_hub; `pip install
     "vitkit[hub]"`); a path: a local checkpoint -- a vitkit directory, a Hugging Face or timm model
     directory, a timm state dict (.safetensors/.pth/.bin) or an official DeiT/DINO/MAE checkpoint.
-    `pretrained_cfg`: a tag, or a whole pretrained cfg dict; `pretrained_cfg_overlay`: fields replacing the
-    cfg's (e.g. `{'file': 'weights.safetensors'}` loads that file with pretrained=True, `{'hf_hub_id':
-    'org/name'}` another Hub repo). `checkpoint_path`: a local checkpoint loaded after everything else.
+    `pretrained_cfg`: a tag, or a whole pretrained cfg (a dict, or timm's `PretrainedCfg`);
+    `pretrained_cfg_overlay`: fields replacing the cfg's (e.g. `{'file': 'weights.safetensors'}` loads that
+    file with pretrained=True, `{'hf_hub_id': 'org/name'}` another Hub repo). `checkpoint_path`: a local checkpoint loaded after everything else.
     `cache_dir`: the Hugging Face cache directory to use instead of HF_HUB_CACHE.
 
     As in timm, the pretrained cfg of named weights (a tag, `pretrained_cfg`, or `pretrained=True`) sets the
@@ -258,6 +258,8 @@ def create_model(
     from .models._base import FAMILIES, config_from_dict
     from .validate import check_model_config
 
+    if not isinstance(pretrained_cfg, (str, dict, type(None))) and hasattr(pretrained_cfg, "to_dict"):
+        pretrained_cfg = pretrained_cfg.to_dict()  # timm's PretrainedCfg (timm.get_pretrained_cfg(name))
     if scriptable:
         raise ValueError(f"create_model({model_name!r}, scriptable=True): vitkit's models are not written for "
                          f"TorchScript; trace them with torch.export.export or torch.fx.symbolic_trace instead")

@@ -522,6 +522,11 @@ def test_timm_factory_switches():
         vitkit.create_model("vit_micro_patch4_28", scriptable=True)
     with pytest.raises(TypeError, match="pretrained must be False, True or the path"):
         vitkit.create_model("vit_micro_patch4_28", pretrained=1)
+    # timm's PretrainedCfg object is a whole cfg, as in timm
+    timm_cfg = timm.models.get_pretrained_cfg("vit_tiny_patch16_224.augreg_in21k")
+    with torch.device("meta"):
+        model = vitkit.create_model("vit_tiny_patch16_224", pretrained_cfg=timm_cfg)
+    assert model.num_classes == 21843 and model.pretrained_cfg["hf_hub_id"] == "timm/vit_tiny_patch16_224.augreg_in21k"
     # a video model's spatio-temporal maps are not timm's 2-D features: said so, with what to use instead
     with pytest.raises(ValueError, match=r"mvit_micro_28 does not support features_only.*forward_intermediates"):
         vitkit.create_model("mvit_micro_28", features_only=True)
