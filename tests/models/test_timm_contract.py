@@ -530,3 +530,21 @@ def test_timm_factory_switches():
     # a video model's spatio-temporal maps are not timm's 2-D features: said so, with what to use instead
     with pytest.raises(ValueError, match=r"mvit_micro_28 does not support features_only.*forward_intermediates"):
         vitkit.create_model("mvit_micro_28", features_only=True)
+
+
+@pytest.mark.parametrize("name", ["mvit_micro_28", "timesformer_micro_space_patch4_28", "vivit_micro_fdp_4x2_28",
+                                  "vivit_micro_fsa_4x2_28"])
+def test_video_models_trace_and_export(name):
+    """The video models (no timm counterpart) trace with torch.fx and export as the image models do; these four
+    regroup tokens by frame, the shape arithmetic fx cannot follow unless written as unflatten/flatten."""
+    torch.manual_seed(0)
+    model = vitkit.create_model(name)
+    _randomise_zero_heads(model)
+    model.eval()
+    c, t = model.config.in_chans, model.config.num_frames
+    x = torch.randn(2, c, t, *to_2tuple(model.config.img_size), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, atol=ATOL, rtol=RTOL)

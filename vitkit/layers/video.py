@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from .tracing import is_fx_tracing
+
 __all__ = ["TubeletEmbed", "inflate_patch_weight", "sincos_pos_embed_1d", "sincos_pos_embed_3d", "to_3tuple"]
 
 
@@ -90,7 +92,8 @@ class TubeletEmbed(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        if not is_fx_tracing():  # shapes are symbolic while torch.fx traces (vitkit.layers.tracing)
+            self.check_input(x)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, t*h*w, D)
 
 

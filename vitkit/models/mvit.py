@@ -107,7 +107,7 @@ class AttentionPool(nn.Module):
         cls, x = x[:, :, :1], x[:, :, 1:]
         x = x.transpose(2, 3).reshape(B * H, d, *thw)
         x = self.pool(x)
-        thw = tuple(x.shape[2:])
+        thw = _pool_out(thw, self.pool.kernel_size, self.pool.stride, self.padding)  # ints, also under torch.fx
         x = x.reshape(B, H, d, -1).transpose(2, 3)
         return self.norm(torch.cat([cls, x], dim=2)), thw
 

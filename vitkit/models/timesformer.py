@@ -212,7 +212,7 @@ class TimeSformer(VitkitModel):
         """Space-only: (B*T, 1 + S, D) -> (B, 1 + S, D), the reference code's average over frames."""
         if self.time_embed is not None:
             return x
-        return x.reshape(-1, self.num_frames, *x.shape[1:]).mean(1)
+        return x.unflatten(0, (-1, self.num_frames)).mean(1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> normalised tokens (B, 1 + S*T, D) ((s, t) order); space-only (B, 1 + S, D)."""

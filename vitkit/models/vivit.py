@@ -121,12 +121,11 @@ class ViViTConfig:
 # sequence; on the way back their outputs are averaged over the sequences.
 def group_tokens(x: torch.Tensor, prefix: int, T: int, S: int, axis: str) -> torch.Tensor:
     """(B, P + T*S, *rest) -> (B*G, P + L, *rest): G, L = T, S for 'space' and S, T for 'time'."""
-    B, rest = x.shape[0], x.shape[2:]
-    tok = x[:, prefix:].reshape(B, T, S, *rest)
+    G = T if axis == "space" else S
+    tok = x[:, prefix:].unflatten(1, (T, S))  # (B, T, S, *rest); no shape arithmetic, so torch.fx traces it
     if axis == "time":
         tok = tok.transpose(1, 2)
-    G, L = tok.shape[1], tok.shape[2]
-    tok = tok.reshape(B * G, L, *rest)
+    tok = tok.flatten(0, 1)
     if prefix:
         tok = torch.cat([x[:, :prefix].repeat_interleave(G, dim=0), tok], dim=1)
     return tok
@@ -134,15 +133,14 @@ def group_tokens(x: torch.Tensor, prefix: int, T: int, S: int, axis: str) -> tor
 
 def ungroup_tokens(y: torch.Tensor, B: int, prefix: int, T: int, S: int, axis: str) -> torch.Tensor:
     """Inverse of `group_tokens`; the P prefix outputs are averaged over the G sequences."""
-    rest = y.shape[2:]
     G, L = (T, S) if axis == "space" else (S, T)
-    tok = y[:, prefix:].reshape(B, G, L, *rest)
+    tok = y[:, prefix:].unflatten(0, (B, G))  # (B, G, L, *rest)
     if axis == "time":
         tok = tok.transpose(1, 2)
-    tok = tok.reshape(B, T * S, *rest)
+    tok = tok.flatten(1, 2)
     if not prefix:
         return tok
-    return torch.cat([y[:, :prefix].reshape(B, G, prefix, *rest).mean(1), tok], dim=1)
+    return torch.cat([y[:, :prefix].unflatten(0, (B, G)).mean(1), tok], dim=1)
 
 
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
