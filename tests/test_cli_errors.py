@@ -60,6 +60,10 @@ def assert_user_error(code, err, *needles):
     ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
     ("--model.overrides.dept=3", "--model.overrides.dept: vit_micro_patch2_8 (ViTConfig) has no field 'dept' (did "
                                  "you mean 'depth'?)"),
+    ("--model.overrides.img_size=16", "--model.overrides.img_size: the image size comes from the dataset"),
+    ("--model.overrides.qkv_bias=maybe", "qkv_bias = 'maybe' must be true or false"),
+    ("--model.overrides.mlp_ratio=[4]", "mlp_ratio = [4] must be a number"),
+    ("--model.overrides.hybrid_layers=3", "hybrid_layers = 3 must be a list of integers or null"),
     ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
     ("--distill.teacher=/no/such/teacher", "--distill.teacher=/no/such/teacher does not exist"),
     ("--optim.name=adam", "--optim.name='adam' is out of range: it must be one of adamw, sgd"),
@@ -444,6 +448,8 @@ def test_a_full_disk_while_saving_names_the_file(tmp_path):
     ("patch_size", 0, "patch_size = 0 must be at least 1"),
     ("depth", -1, "depth = -1 must be at least 1"),
     ("patch_size", 16, "patch_size = 16 is larger than img_size = 8"),
+    ("class_token", 7, "class_token = 7 must be true or false"),
+    ("img_size", [8, 8, 8], r"img_size = \[8, 8, 8\] must be an integer or a list of 2 integers"),
 ])
 def test_create_model_checks_before_building(field, value, needle):
     with pytest.raises(ModelConfigError, match=needle):

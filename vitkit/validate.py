@@ -3,7 +3,8 @@
 A model configuration comes from a registered spec plus overrides (`create_model`), from a vitkit
 `config.json` or from a Hugging Face `config.json` (`from_pretrained`). Either way the sizes are
 checked here before any parameter is allocated: a value that cannot build a model (`depth=-1`,
-`num_heads` not dividing the width, `patch_size=0`) or a size far beyond any real model
+`num_heads` not dividing the width, `patch_size=0`, a value of another type than its field's
+annotation, such as `qkv_bias='maybe'`) or a size far beyond any real model
 (`hidden_size=10**9`, `num_hidden_layers=10**6`, which would try to allocate terabytes) is refused with
 a message naming the field, instead of an allocation that exhausts memory or a ZeroDivisionError deep
 in a layer.
@@ -68,6 +69,68 @@ def _pair(value: Any) -> tuple[Any, Any]:
     return (value[0], value[1]) if isinstance(value, (list, tuple)) and len(value) == 2 else (value, value)
 
 
+def _split_union(annotation: str) -> list[str]:
+    """'int | tuple[int, int]' -> ['int', 'tuple[int, int]'] (a `|` inside brackets stays)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(annotation):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(annotation[start:i].strip())
+            start = i + 1
+    return [*parts, annotation[start:].strip()]
+
+
+def _matches(value: Any, annotation: str) -> bool | None:
+    """Whether `value` (as read from Python or JSON: lists for tuples, ints for floats) fits a config field's
+    annotation (a string, as `from __future__ import annotations` keeps it); None for an annotation not
+    understood here, which is not checked."""
+    results = []
+    for kind in _split_union(annotation):
+        if kind == "None":
+            results.append(value is None)
+        elif kind == "bool":
+            results.append(isinstance(value, bool))
+        elif kind == "int":
+            results.append(_is_int(value))
+        elif kind == "float":
+            results.append(isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif kind == "str":
+            results.append(isinstance(value, str))
+        elif kind.startswith("dict"):
+            results.append(isinstance(value, Mapping))
+        elif kind.startswith("tuple[") and kind.endswith("]"):
+            items = [t.strip() for t in kind[len("tuple["):-1].split(",")]
+            if not isinstance(value, (list, tuple)):
+                results.append(False)
+            elif len(items) == 2 and items[1] == "...":
+                results.append(all(_matches(v, items[0]) is not False for v in value))
+            else:
+                results.append(len(value) == len(items) and all(_matches(v, t) is not False
+                                                                for v, t in zip(value, items)))
+        else:
+            return None
+    return any(results)
+
+
+def _describe(annotation: str) -> str:
+    words = {"None": "null", "bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+    plural = {"bool": "true/false values", "int": "integers", "float": "numbers", "str": "strings"}
+    out = []
+    for kind in _split_union(annotation):
+        if kind.startswith("tuple[") and kind.endswith("]"):
+            items = [t.strip() for t in kind[len("tuple["):-1].split(",")]
+            if len(items) == 2 and items[1] == "...":
+                out.append(f"a list of {plural.get(items[0], items[0])}")
+            else:
+                out.append(f"a list of {len(items)} {plural.get(items[0], items[0])}")
+        elif kind.startswith("dict"):
+            out.append("a mapping")
+        else:
+            out.append(words.get(kind, kind))
+    return " or ".join(out)
+
+
 def estimate_params(values: Mapping[str, Any]) -> int:
     """A rough upper estimate of the parameter count a configuration implies (blocks of width W cost about
     (4 + 2 * mlp_ratio) * W**2 each, plus the classifier), cheap enough to run before building anything."""
@@ -129,6 +192,10 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
             if v > high:
                 fail(field, f"is over vitkit's limit of {high:,} for this field (about ten times the largest "
                             f"published model); check the config")
+    if config_class is not None:  # each field of the type its annotation names (true/false for a flag, ...)
+        for f in dataclasses.fields(config_class):
+            if f.name in values and _matches(values[f.name], str(f.type)) is False:
+                fail(f.name, f"must be {_describe(str(f.type))}")
     for field in _RATES:
         for v in _entries(values.get(field, 0.0)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:

@@ -357,6 +357,13 @@ def check_config(cfg: Any) -> None:
                 raise ValueError(f"--model.overrides.{key}: {model.name} ({cls.config_class.__name__}) has no field "
                                  f"{key!r}{f' (did you mean {close[0]!r}?)' if close else ''}. Its fields: "
                                  f"{', '.join(known)}")
+        from_data = {"num_classes": "the run sets the classifier's size (the dataset's classes; none when "
+                                    "pre-training)",
+                     "in_chans": "the number of channels comes from the dataset",
+                     "img_size": "the image size comes from the dataset (image folders: --data.img_size)"}
+        for key, why in from_data.items():
+            if key in model.overrides:
+                raise ValueError(f"--model.overrides.{key}: {why}; leave it out")
         check_model_config({**spec.config, **model.overrides}, config_class=cls.config_class,
                            source=f"--model.name={model.name} with --model.overrides")
 
