@@ -94,7 +94,7 @@ def test_debug_shows_the_traceback(capsys):
     assert code == 2 and "Traceback" in err
 
 
-def test_a_bug_still_shows_its_traceback(monkeypatch):
+def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     # an error vitkit does not expect is not passed off as the user's mistake: it propagates (Python prints it)
     import vitkit.cli
     from vitkit.cli import user_error_message
@@ -109,6 +109,18 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
     assert user_error_message(ZeroDivisionError("division by zero")) is None
     assert user_error_message(ImportError("cannot import name 'x'", name="vitkit.train.engine")) is None
     assert user_error_message(RuntimeError("a tensor shape mismatch deep in torch")) is None  # not vitkit's raise
+    model = vitkit.create_model(TINY)  # a torch operator failing on a line of vitkit's is a bug too
+    model.pos_embed = torch.nn.Parameter(torch.zeros(1, 3, model.pos_embed.shape[-1]))
+    with pytest.raises(RuntimeError) as info:
+        model(torch.randn(1, model.config.in_chans, 8, 8))
+    assert info.traceback[-1].path.name == "vit.py" and user_error_message(info.value) is None
+    from vitkit.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged) as info:  # raised by vitkit on purpose: a message
+        vitkit.train.train(vitkit.train.apply_overrides(vitkit.train.TrainConfig(), [
+            "--optim.lr=1e30", "--sched.epochs=1", "--data.train_fraction=0.1", "--run.progress=false",
+            "--run.tensorboard=false", f"--run.out={tmp_path / 'run'}"]))
+    assert user_error_message(info.value).startswith("the loss became")
     assert user_error_message(ValueError("bad value")) == "bad value"
     with pytest.raises(RuntimeError) as info:  # more than any address space: torch's CPU allocator refuses
         torch.empty(2**50, dtype=torch.uint8)

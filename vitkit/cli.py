@@ -33,6 +33,16 @@ def add_reuse_cpu_memory_flag(p: argparse.ArgumentParser) -> None:
                         "docs/benchmarks.md#the-allocator)")
 
 
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """--engine, --threads and --no-check of `vitkit predict` and `vitkit eval` (vitkit/predict.py `load_model`)."""
+    p.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                   help="torch (default), or onnxruntime: the model's ONNX export (vitkit export; cached as "
+                        "MODEL_DIR/model.onnx) run by onnxruntime on the CPU (pip install \"vitkit[onnx]\")")
+    p.add_argument("--threads", type=ranged(int, 1), default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--no-check", action="store_true", help="--engine onnxruntime: skip the comparison with "
+                                                           "PyTorch on the first batch")
+
+
 def ranged(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False):
     """An argparse `type` that parses `kind` and checks the range, so a bad flag fails as a usage error (exit 2)."""
@@ -115,8 +125,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_cli import evaluate_dir
 
     reuse_cpu_memory(args)
-    r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split, bf16=args.bf16)
-    print(f"{r['model_dir']} on {r['dataset']} ({r['split']}, {r['images']} images): top-1 {r['acc']:.2f}%, "
+    r = evaluate_dir(args.model, dataset=args.data, data_dir=args.data_dir, split=args.split, bf16=args.bf16,
+                     engine=args.engine, threads=args.threads, check=not args.no_check)
+    engine = f" with onnxruntime ({r['engine']['onnx']})" if "engine" in r else ""
+    print(f"{r['model_dir']} on {r['dataset']} ({r['split']}, {r['images']} images){engine}: top-1 {r['acc']:.2f}%, "
           f"top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}")
     worst = sorted(r["per_class_acc"].items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in worst))
@@ -206,7 +218,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     reuse_cpu_memory(args)
     costs = []
-    for path, top, info in predict_files(args.model, args.images, top_k=args.top_k, bf16=args.bf16, details=True):
+    for path, top, info in predict_files(args.model, args.images, top_k=args.top_k, bf16=args.bf16, details=True,
+                                         engine=args.engine, threads=args.threads, check=not args.no_check):
         extra = f"  [exit {info['exit']}, {info['gmacs']:.5f} GMACs]" if info else ""
         print(f"{path}: " + ", ".join(f"{label} {p:.1%}" for label, p in top) + extra)
         costs += [info["gmacs"]] if info else []
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--bf16", action="store_true", help=BF16_HELP)
+    add_engine_flags(p)
     add_reuse_cpu_memory_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -288,10 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("predict", help="classify image files with a saved model directory")
-    p.add_argument("model", help="a vitkit directory (save_pretrained) or a Hugging Face ViT/DeiT directory")
+    p.add_argument("model", help="a vitkit directory (save_pretrained), a run directory, a Hugging Face ViT/DeiT "
+                                 "directory, or (--engine onnxruntime) an .onnx file written by vitkit export")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top-k", type=ranged(int, 1), default=5, help="classes shown per image (default 5)")
     p.add_argument("--bf16", action="store_true", help=BF16_HELP)
+    add_engine_flags(p)
     add_reuse_cpu_memory_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -372,15 +388,23 @@ def _os_error_message(e: OSError) -> str:
 
 
 def _raised_by_vitkit(e: BaseException) -> bool:
-    """True when the innermost frame of `e` is vitkit's own code: an error vitkit raises on purpose, with a
-    message for the user (e.g. TrainingDiverged), rather than one from deep inside torch (a bug)."""
+    """True when `e` comes from a `raise` statement in vitkit's own code: an error vitkit raises on purpose, with a
+    message for the user (e.g. TrainingDiverged), rather than one from inside torch (a bug), including a torch
+    operator that fails on a line of vitkit's (a shape mismatch in a forward pass)."""
+    import linecache
     import os
 
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
+    if tb is None:
+        return False
     package = os.path.dirname(os.path.abspath(__file__))
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not filename.startswith(package + os.sep):
+        return False
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    return not line or line.startswith("raise")  # no source to read (an installed .pyc only): vitkit's file decides
 
 
 def user_error_message(e: BaseException) -> str | None:
