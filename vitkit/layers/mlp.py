@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .linear import Linear
+
 # Activations by the names configs use. 'gelu_tanh' is the tanh approximation that HF calls
 # gelu_new / gelu_pytorch_tanh / gelu_fast (the last differs only in how the constant is written).
 ACTIVATIONS = {
@@ -33,10 +35,10 @@ class Mlp(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.fc1 = Linear(in_features, hidden_features, bias=bias)
         self.act = make_activation(act)
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+        self.fc2 = Linear(hidden_features, out_features or in_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

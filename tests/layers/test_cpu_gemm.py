@@ -1,0 +1,227 @@
+"""The CPU GEMM path (vitkit/layers/linear.py): oneDNN's packed kernels compute what `F.linear` computes,
+forward and backward, fp32 and bf16 autocast; packed weights follow every in-place update; nothing of it
+reaches state dicts; "off" is `F.linear` itself; torch.fx graphs choose at run time as eager does."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import vitkit
+from vitkit.layers import Linear, Mlp, cpu_gemm, cpu_gemm_mode
+from vitkit.layers import linear as cpu_linear
+
+
+def _grads(out, tensors, g):
+    return torch.autograd.grad(out, [t for t in tensors if t is not None], g)
+
+
+shapes = st.tuples(
+    st.lists(st.integers(1, 9), min_size=1, max_size=2),  # leading dims: 2-D or 3-D inputs
+    st.integers(1, 70),  # in features
+    st.integers(1, 70),  # out features
+    st.booleans(),  # bias
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_onednn_matches_f_linear_fp32(shape, seed):
+    lead, fin, fout, bias = shape
+    gen = torch.Generator().manual_seed(seed)
+    layer = Linear(fin, fout, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(fout, fin, generator=gen))
+    x = torch.randn(*lead, fin, generator=gen, requires_grad=True)
+    g = torch.randn(*lead, fout, generator=gen)
+    with cpu_gemm("onednn"):
+        y = layer(x)
+        grads = _grads(y, (x, layer.weight, layer.bias), g)
+        with torch.no_grad():
+            y_infer = layer(x)
+    ref = F.linear(x, layer.weight, layer.bias)
+    ref_grads = _grads(ref, (x, layer.weight, layer.bias), g)
+    tol = dict(atol=1e-5 * fin, rtol=1e-5)
+    torch.testing.assert_close(y, ref, **tol)
+    torch.testing.assert_close(y_infer, ref, **tol)
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5 * max(fin, fout, x.numel() // fin), rtol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_onednn_matches_f_linear_bf16_autocast(shape, seed):
+    lead, fin, fout, bias = shape
+    gen = torch.Generator().manual_seed(seed)
+    layer = Linear(fin, fout, bias=bias)
+    x = torch.randn(*lead, fin, generator=gen, requires_grad=True)
+    g = torch.randn(*lead, fout, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_gemm("onednn"):
+            y = layer(x)
+        ref = F.linear(x, layer.weight, layer.bias)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    grads = _grads(y, (x, layer.weight, layer.bias), g.bfloat16())
+    ref_grads = _grads(ref, (x, layer.weight, layer.bias), g.bfloat16())
+    torch.testing.assert_close(y.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    for got, want, p in zip(grads, ref_grads, (x, layer.weight, layer.bias)):
+        assert got.dtype == want.dtype == p.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=3e-2 * max(1.0, want.abs().max().item()), rtol=2e-2)
+
+
+def test_bf16_weights_without_autocast():
+    layer = Linear(24, 40).to(torch.bfloat16)
+    x = torch.randn(3, 5, 24, dtype=torch.bfloat16, requires_grad=True)
+    with cpu_gemm("onednn"):
+        y = layer(x)
+        y.sum().backward()
+    ref_layer = nn.Linear(24, 40).to(torch.bfloat16)
+    ref_layer.load_state_dict(layer.state_dict())
+    x_ref = x.detach().clone().requires_grad_()
+    ref = ref_layer(x_ref)
+    ref.sum().backward()
+    torch.testing.assert_close(y, ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(layer.weight.grad, ref_layer.weight.grad, atol=5e-2, rtol=2e-2)
+
+
+def test_off_is_f_linear_and_probes_nothing(monkeypatch):
+    cpu_linear.clear_probe_decisions()
+    layer = Linear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    monkeypatch.setenv("VITKIT_CPU_GEMM", "off")
+    assert cpu_gemm_mode() == "off"
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert cpu_linear.probe_decisions() == {} and not cpu_linear._PACKED
+
+
+def test_auto_probes_once_per_shape_class_and_matches():
+    cpu_linear.clear_probe_decisions()
+    layer = Linear(64, 96)
+    x = torch.randn(2, 50, 64, requires_grad=True)
+    with cpu_gemm("auto"):
+        y = layer(x)
+        y.sum().backward()
+        decisions = cpu_linear.probe_decisions()
+        assert set(decisions) == {("fwd", torch.float32, 64, 96, 128), ("dgrad", torch.float32, 64, 96, 128)}
+        layer(torch.randn(2, 60, 64))  # 120 rows: the same class, no new probe
+        assert cpu_linear.probe_decisions() == decisions
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
+
+
+def test_mode_switches_and_bad_values(monkeypatch):
+    monkeypatch.setenv("VITKIT_CPU_GEMM", "onednn")
+    assert cpu_gemm_mode() == "onednn"
+    with cpu_gemm("off"):  # the context manager overrides the environment
+        assert cpu_gemm_mode() == "off"
+    assert cpu_gemm_mode() == "onednn"
+    monkeypatch.setenv("VITKIT_CPU_GEMM", "fast")
+    with pytest.raises(ValueError, match="'fast'.*'off', 'auto', 'onednn'.*VITKIT_CPU_GEMM"):
+        Linear(4, 4)(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="unknown CPU GEMM mode 'mkl'"):
+        with cpu_gemm("mkl"):
+            pass
+
+
+def test_packed_weights_follow_optimizer_steps_and_loads():
+    torch.manual_seed(0)
+    model = Mlp(32, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    x = torch.randn(2, 10, 32)
+    with cpu_gemm("onednn"):
+        for _ in range(3):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():  # inference right after the step: no stale packed weight
+                torch.testing.assert_close(model(x), _plain_mlp(model, x), atol=1e-5, rtol=1e-5)
+        other = Mlp(32, 64)
+        model.load_state_dict(other.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), _plain_mlp(other, x), atol=1e-5, rtol=1e-5)
+            model.fc1.weight.mul_(2)  # any in-place edit
+            torch.testing.assert_close(model(x), _plain_mlp(model, x), atol=1e-5, rtol=1e-5)
+
+
+def _plain_mlp(m: Mlp, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(m.act(F.linear(x, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
+
+
+def test_state_dict_deepcopy_and_pickle_see_a_plain_linear():
+    layer, ref = Linear(12, 20), nn.Linear(12, 20)
+    with cpu_gemm("onednn"), torch.no_grad():
+        layer(torch.randn(3, 12))  # packs the weight
+    assert list(layer.state_dict()) == list(ref.state_dict()) == ["weight", "bias"]
+    assert isinstance(layer, nn.Linear) and not list(layer.buffers())
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    assert set(torch.load(io.BytesIO(buf.getvalue()))) == {"weight", "bias"}
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        with cpu_gemm("onednn"), torch.no_grad():
+            x = torch.randn(3, 12)
+            torch.testing.assert_close(clone(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_model_state_dict_keys_unchanged():
+    model = vitkit.create_model("vit_micro_patch4_28", pretrained="")
+    keys = list(model.state_dict())
+    with cpu_gemm("onednn"), torch.no_grad():
+        model(torch.randn(1, *model.pretrained_cfg["input_size"]))
+    assert list(model.state_dict()) == keys
+    assert any(isinstance(m, Linear) for m in model.modules())
+
+
+def test_fx_graph_chooses_at_run_time():
+    mlp = Mlp(16, 32).eval()
+    gm = torch.fx.symbolic_trace(mlp)
+    assert any(n.op == "call_function" and n.target is cpu_linear.linear for n in gm.graph.nodes)
+    x = torch.randn(2, 7, 16)
+    for mode in ("off", "onednn"):
+        with cpu_gemm(mode), torch.no_grad():
+            assert torch.equal(gm(x), mlp(x))
+
+
+def test_export_holds_plain_linear():
+    mlp = Mlp(16, 32).eval()
+    x = torch.randn(2, 7, 16)
+    with cpu_gemm("onednn"):
+        ep = torch.export.export(mlp, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "aten.linear.default" in targets and not any("mkldnn" in t for t in targets)
+    torch.testing.assert_close(ep.module()(x), mlp(x))
+
+
+def test_training_step_matches_plain_path():
+    torch.manual_seed(0)
+    base = vitkit.create_model("vit_micro_patch4_28", pretrained="", num_classes=5)
+    x, y = torch.randn(4, *base.pretrained_cfg["input_size"]), torch.randint(0, 5, (4,))
+    after = {}
+    for mode in ("off", "onednn"):
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with cpu_gemm(mode):
+            for _ in range(2):
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+        after[mode] = model.state_dict()
+    for k, v in after["off"].items():
+        torch.testing.assert_close(after["onednn"][k], v, atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_take_f_linear():
+    layer = Linear(8, 8).cuda()
+    x = torch.randn(4, 8, device="cuda")
+    with cpu_gemm("onednn"):
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert not cpu_linear._PACKED or all(e[0]() is not layer.weight for e in cpu_linear._PACKED.values())

@@ -1,0 +1,300 @@
+"""The CPU GEMM path: `Linear` layers whose CPU matmuls may run on oneDNN's packed-weight kernels.
+
+On some CPUs torch's default BLAS (MKL) runs the Linear-layer GEMMs of a ViT well below what the
+hardware does; oneDNN's inner product on a weight reordered ("packed") once into its blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight` + `torch.ops.mkldnn._linear_pointwise`) runs them faster
+there. Elsewhere (e.g. where MKL already runs near peak) it gives nothing, so it is never assumed:
+
+- "auto" (the default) measures both kernels once per process for each shape class -- (GEMM role,
+  dtype, in features, out features, rows rounded up to a power of two) -- on a few-millisecond probe,
+  and takes oneDNN only where it is clearly faster (`PROBE_MARGIN`); otherwise the plain path stays.
+- "onednn" always takes oneDNN (for CPU tensors of fp32/bf16); "off" never does.
+
+The mode comes from `cpu_gemm(mode)` (a context manager, thread/task local), else the environment
+variable `VITKIT_CPU_GEMM` (read at each call), else "auto". CUDA tensors, other dtypes, empty inputs and
+tracing / compiling contexts (torch.jit, torch.export, torch.compile) take `F.linear`, so exports hold
+`nn.Linear`'s graph; a torch.fx graph holds one call of `linear`, which chooses at run time as eager does.
+
+Training: a custom autograd function runs the forward GEMM and the input-gradient GEMM (grad_out @ W,
+on W's transpose packed the same way) each by the probe's choice; the weight gradient (grad_out^T @ x)
+and the bias gradient are computed as autograd computes them for `F.linear`. Packed weights live in a
+process-wide cache keyed by the weight tensor and its `_version` counter, which every in-place update
+(an optimizer step, `load_state_dict`, `torch.no_grad()` edits) bumps, so a changed weight is repacked
+lazily at its next use. Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling
+see a plain `nn.Linear`. Under CPU autocast (bf16) the layer computes in the autocast dtype, as `F.linear`
+does there, and returns fp32 gradients for fp32 parameters. `tests/layers/test_cpu_gemm.py` checks outputs
+and gradients against `F.linear`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("off", "auto", "onednn")
+ENV_VAR = "VITKIT_CPU_GEMM"
+# "auto" takes oneDNN for a shape class only when its probe time is below this share of the plain path's:
+# the probe is short and the machine may be busy, so a tie keeps the default BLAS.
+PROBE_MARGIN = 0.9
+# The probe multiplies at most this many FLOPs per call (rows are cut to fit, never below PROBE_MIN_ROWS):
+# about 1-3 ms per call at 100-400 GFLOP/s, a few calls per kernel.
+PROBE_FLOPS = 4e8
+PROBE_MIN_ROWS = 32
+_DTYPES = (torch.float32, torch.bfloat16)
+
+_MODE = contextvars.ContextVar("vitkit_cpu_gemm", default=None)
+_lock = threading.Lock()
+# (role, dtype, in_features, out_features, rows bucket) -> True when oneDNN wins; role "fwd" is x @ W^T,
+# "dgrad" is grad_out @ W.
+_DECISIONS: dict[tuple, bool] = {}
+# id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (version, data_ptr, packed)})
+_PACKED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown CPU GEMM mode {mode!r}; choose one of {', '.join(map(repr, MODES))} "
+                         f"(in cpu_gemm() or the {ENV_VAR} environment variable)")
+    return mode
+
+
+def cpu_gemm_mode() -> str:
+    """The active mode: the innermost `cpu_gemm(...)` block's, else `$VITKIT_CPU_GEMM`, else "auto"."""
+    mode = _MODE.get()
+    if mode is None:
+        mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        _check_mode(mode)
+    return mode
+
+
+@contextlib.contextmanager
+def cpu_gemm(mode: str) -> Iterator[None]:
+    """Inside this block vitkit's Linear layers run their CPU GEMMs by `mode` (thread/task local):
+    "off" = `F.linear` (torch's default BLAS), "onednn" = oneDNN's packed-weight kernels, "auto" = whichever
+    a short measurement finds faster for each shape class. Overrides `$VITKIT_CPU_GEMM`."""
+    token = _MODE.set(_check_mode(mode))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_AVAILABLE = _available()
+
+
+def _tracing() -> bool:
+    """True under torch.fx, torch.jit tracing/scripting, torch.export and torch.compile."""
+    from .tracing import is_fx_tracing
+
+    return (is_fx_tracing() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.compiler.is_compiling())
+
+
+def _bucket(rows: int) -> int:
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _forget(key: int) -> None:
+    with _lock:
+        _PACKED.pop(key, None)
+
+
+def packed_weight(weight: torch.Tensor, dtype: torch.dtype, transposed: bool, rows: int) -> torch.Tensor:
+    """`weight` (out, in) -- or its transpose (in, out) when `transposed` -- cast to `dtype` and packed by
+    oneDNN for about `rows` input rows; cached until the weight changes in place (its `_version`) or is freed."""
+    key = id(weight)
+    sub = (dtype, transposed, rows)
+    stamp = (weight._version, weight.data_ptr())
+    with _lock:
+        entry = _PACKED.get(key)
+        if entry is not None and entry[0]() is not weight:
+            entry = None  # a freed tensor's id reused
+        if entry is not None:
+            hit = entry[1].get(sub)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+    with torch.no_grad():
+        w = weight.detach().to(dtype)
+        packed = _pack(w.t().contiguous() if transposed else w.contiguous(), rows)
+    with _lock:
+        entry = _PACKED.get(key)
+        if entry is None or entry[0]() is not weight:
+            entry = (weakref.ref(weight, lambda _r, k=key: _forget(k)), {})
+            _PACKED[key] = entry
+        # a stale packing of another shape class is dropped with the change of version
+        for k in [k for k, v in entry[1].items() if v[0] != stamp]:
+            del entry[1][k]
+        entry[1][sub] = (stamp, packed)
+    return packed
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _probe(dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
+    """Whether oneDNN's packed kernel beats `F.linear` for (rows, in) @ (out, in)^T in `dtype`: interleaved
+    timings on random data, best of three each, after one warm-up call of each."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=gen).to(dtype)
+    w = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    with torch.no_grad():
+        packed = _pack(w, rows)
+        plain = lambda: F.linear(x, w)  # noqa: E731
+        onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
+        plain(), onednn()
+        t_plain, t_onednn = float("inf"), float("inf")
+        for i in range(3):
+            for name, fn in ((("plain", plain), ("onednn", onednn)) if i % 2 == 0 else
+                             (("onednn", onednn), ("plain", plain))):
+                t = _timed(fn)
+                if name == "plain":
+                    t_plain = min(t_plain, t)
+                else:
+                    t_onednn = min(t_onednn, t)
+    return t_onednn < PROBE_MARGIN * t_plain
+
+
+def use_onednn(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int,
+               mode: str | None = None) -> bool:
+    """The choice for one GEMM of `role` ("fwd": (rows, in) @ W^T with W (out, in); "dgrad": (rows, out) @ W)
+    under `mode` (default: the active one); "auto" probes each shape class once per process."""
+    mode = cpu_gemm_mode() if mode is None else mode
+    if mode == "off":
+        return False
+    if mode == "onednn":
+        return True
+    bucket = _bucket(rows)
+    key = (role, dtype, in_features, out_features, bucket)
+    choice = _DECISIONS.get(key)
+    if choice is None:
+        # the GEMM as oneDNN sees it: dgrad multiplies (rows, out) by W (out, in)
+        k, n = (in_features, out_features) if role == "fwd" else (out_features, in_features)
+        probe_rows = bucket
+        while probe_rows > PROBE_MIN_ROWS and 2.0 * probe_rows * k * n > PROBE_FLOPS:
+            probe_rows //= 2
+        choice = _probe(dtype, probe_rows, k, n)
+        _DECISIONS[key] = choice
+    return choice
+
+
+def probe_decisions() -> dict[tuple, bool]:
+    """A copy of the "auto" choices made so far in this process: (role, dtype, in, out, rows bucket) -> oneDNN?"""
+    return dict(_DECISIONS)
+
+
+def clear_probe_decisions() -> None:
+    """Forget the "auto" choices and the packed weights (the next calls measure again)."""
+    with _lock:
+        _DECISIONS.clear()
+        _PACKED.clear()
+
+
+class _PackedLinear(torch.autograd.Function):
+    """y = x @ W^T + b in `dtype`, forward and input gradient by the kernels chosen for them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype, fwd_packed, dgrad_packed):
+        xc = x.to(dtype)
+        bc = None if bias is None else bias.to(dtype)
+        if fwd_packed is not None:
+            y = _onednn_linear(xc, fwd_packed, bc)
+        else:
+            y = F.linear(xc, weight.to(dtype), bc)
+        # the views autograd saves for F.linear (addmm / mm): x as (rows, in), W as W^T -- the same storages
+        ctx.save_for_backward(xc.reshape(-1, xc.shape[-1]) if weight.requires_grad else None, weight.t())
+        ctx.dtype, ctx.x_dtype, ctx.has_bias = dtype, x.dtype, bias is not None
+        ctx.dgrad_packed = dgrad_packed  # W^T packed (cached by `packed_weight`), or None: plain matmul
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x2, weight_t = ctx.saved_tensors
+        weight = weight_t.t()
+        grad_out = grad_out.to(ctx.dtype)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if ctx.dgrad_packed is not None:
+                grad_x = _onednn_linear(grad_out, ctx.dgrad_packed, None)
+            else:
+                grad_x = grad_out.matmul(weight.to(ctx.dtype))
+            grad_x = grad_x.to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = g2.t().mm(x2).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+@torch.fx.wrap  # one call in a torch.fx graph, which then chooses at run time as eager mode does
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, with its CPU GEMMs on oneDNN's packed kernels where the active
+    `cpu_gemm` mode chooses them (see this module's docstring); otherwise exactly `F.linear`."""
+    if (not _AVAILABLE or _tracing() or x.device.type != "cpu" or weight.device.type != "cpu"
+            or x.dim() < 2 or x.numel() == 0 or type(x) is not torch.Tensor
+            or not isinstance(weight, torch.Tensor) or type(weight.data) is not torch.Tensor):
+        return F.linear(x, weight, bias)
+    mode = cpu_gemm_mode()
+    if mode == "off":
+        return F.linear(x, weight, bias)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if dtype not in _DTYPES or weight.dtype not in _DTYPES or x.dtype not in _DTYPES:
+        return F.linear(x, weight, bias)
+    if not torch.is_autocast_enabled("cpu") and (weight.dtype != dtype
+                                                 or (bias is not None and bias.dtype != dtype)):
+        return F.linear(x, weight, bias)  # mixed dtypes: let F.linear raise its own error
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features if in_features else 0
+    bucket = _bucket(rows)
+    fwd = use_onednn("fwd", dtype, rows, in_features, out_features, mode)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if not needs_grad:
+        if not fwd:
+            return F.linear(x, weight, bias)
+        bc = None if bias is None else bias.to(dtype)
+        return _onednn_linear(x.to(dtype), packed_weight(weight, dtype, False, bucket), bc)
+    dgrad = x.requires_grad and use_onednn("dgrad", dtype, rows, in_features, out_features, mode)
+    if not fwd and not dgrad:
+        return F.linear(x, weight, bias)
+    fwd_packed = packed_weight(weight, dtype, False, bucket) if fwd else None
+    dgrad_packed = packed_weight(weight, dtype, True, bucket) if dgrad else None
+    return _PackedLinear.apply(x, weight, bias, dtype, fwd_packed, dgrad_packed)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, state-dict keys and initialisation) whose CPU GEMMs follow the active
+    `cpu_gemm` mode: oneDNN's packed kernels where they are measured faster, `F.linear` otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+__all__ = ["ENV_VAR", "Linear", "MODES", "clear_probe_decisions", "cpu_gemm", "cpu_gemm_mode", "linear",
+           "packed_weight", "probe_decisions", "use_onednn"]
