@@ -1,13 +1,12 @@
 """Runs that never lose work (docs/reliability.md, "Guarantees"), on the real scikit-learn digits at tiny size:
-a kill at every file operation of a run, a torn write, a full disk, SIGKILL of a real process, two runs
-into one directory, --overwrite, resuming with changed settings, NaN weights on the last step of an
-epoch, and checkpoints inside an epoch that resume to the same weights (torch.equal) as an
-uninterrupted run.
+a kill at every file operation of a run, of the checkpoint swap and of its recovery, and of --overwrite's
+deletion, a torn write, a full disk, SIGKILL of a real process, two runs into one directory, --overwrite,
+resuming with changed settings, NaN weights on the last step of an epoch, and checkpoints inside an epoch
+that resume to the same weights (torch.equal) as an uninterrupted run.
 
 A simulated kill raises `Killed`, a BaseException that no code catches: the checkpoint write has no
 clean-up step, so the files on disk are what a real kill at that instant leaves (the lock, which the
-kernel drops on a real kill, is released on the way out). Real kills (SIGKILL, os._exit) run in
-subprocesses."""
+kernel drops on a real kill, is released on the way out). A real SIGKILL runs in a subprocess."""
 
 import contextlib
 import errno
