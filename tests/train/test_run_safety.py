@@ -422,6 +422,11 @@ def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys)
         pretrain(pretrain_config("mae", overrides=args(done)))
     (tmp_path / "empty").mkdir()
     run(tmp_path / "empty")  # an empty directory is fine
+    (tmp_path / "a-file").write_text("mine")
+    for resume in ("false", "true"):
+        with pytest.raises(NotADirectoryError, match="is a file, not a directory: choose another --out"):
+            run(tmp_path / "a-file", f"--run.resume={resume}")
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_a_kill_during_overwrite_is_finished_by_the_next_overwrite(tmp_path, monkeypatch):

@@ -353,6 +353,9 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
     resume, overwrite = cfg.run.resume, getattr(cfg.run, "overwrite", False)
     if resume and not cfg.run.out:
         raise ValueError("--resume continues the run in a directory: name it with --out DIR")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the run directory (--out) is a file, not a directory: choose "
+                                                "another --out", str(run_dir))
     if resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: {run_dir} does not exist; start the run without --resume")
     if not main:
