@@ -11,31 +11,41 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .hub import from_pretrained
-
 logger = logging.getLogger("vitkit")
 
 
 def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 split: str = "test", bf16: bool = False) -> dict[str, Any]:
-    """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`)."""
-    from .data.transforms import load_dataset_for_model, model_data_config
+                 split: str = "test", bf16: bool = False, engine: str = "torch", threads: int | None = None,
+                 check: bool = True) -> dict[str, Any]:
+    """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`).
+
+    `engine='onnxruntime'` runs the model's ONNX export (`path` may be an `.onnx` file written by `vitkit
+    export`) with onnxruntime, compared with PyTorch on the first batch unless `check` is False
+    (vitkit/predict.py `load_model`); `threads`: intra-op threads of either engine."""
+    from .data.datasets import load_dataset
+    from .data.transforms import apply_data_config, model_data_config
     from .precision import resolve_bf16
+    from .predict import OnnxRuntimeModel, load_model, model_directory
     from .train.engine import Normalise, evaluate
 
+    if engine == "onnxruntime" and bf16:
+        raise ValueError("--bf16 applies to --engine torch; onnxruntime runs the exported graph in fp32")
     path = Path(path)
-    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
-    model = from_pretrained(model_dir)
+    model = load_model(path, engine, threads, check)
+    onnx = isinstance(model, OnnxRuntimeModel)
+    model_dir = model.path if onnx and path.suffix.lower() == ".onnx" else model_directory(path)
+    out_dir = path.parent if path.is_file() else path  # the confusion matrix goes next to the model
     name = dataset or model.pretrained_cfg.get("dataset")
     if not name:
         raise ValueError(f"{model_dir} does not say which dataset it was trained on: pass --data NAME")
-    splits = load_dataset_for_model(model, name, data_dir)
+    config = model.data_config if onnx else model_data_config(model)
+    splits = load_dataset(name, data_dir, img_size=tuple(config["input_size"][1:]))
+    apply_data_config(splits, config)  # image folders: resized and cropped as the model's data config says
     data = getattr(splits, split)
     if data is None:
         raise ValueError(f"dataset {name} has no {split} split")
     from .eval import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
 
-    config = model_data_config(model)
     norm = Normalise(config["mean"], config["std"])
     result = evaluate(model, data, norm, "cpu", bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
     logits, labels = result.pop("logits"), result.pop("labels")
@@ -47,12 +57,14 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
 
         result["exits"] = exit_statistics(model, data, norm)
     try:
-        figure = plot_confusion_matrix(cm, splits.classes, path / f"confusion_{split}.png",
+        figure = plot_confusion_matrix(cm, splits.classes, out_dir / f"confusion_{split}.png",
                                        title=f"{name} {split}: top-1 {result['acc']:.2f}%")
         result["figure"] = str(figure)
     except ImportError:  # matplotlib is optional
         pass
     except OSError as e:  # a read-only or full model directory: the numbers stand without the figure
         logger.warning("could not write the confusion matrix into %s (%s); the results are complete without it",
-                       path, e.strerror or e)
+                       out_dir, e.strerror or e)
+    if onnx:
+        result["engine"] = {"name": "onnxruntime", "onnx": str(model.path), "check_max_abs_diff": model.checked}
     return {**result, "model_dir": str(model_dir), "dataset": name, "split": split, "images": len(data)}

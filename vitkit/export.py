@@ -19,7 +19,9 @@ The graph takes normalised images; the preprocessing they need travels in the fi
 (`metadata_props`): `vitkit.data_config` holds the model's data config as JSON -- `input_size`,
 `interpolation`, `crop_pct`, `crop_mode`, `mean`, `std`, as `vitkit.data.resolve_data_config(model=model)`
 gives them and `vitkit predict` uses them -- so `create_transform(**json.loads(...))` prepares
-an image for the ONNX model exactly as for the PyTorch one.
+an image for the ONNX model exactly as for the PyTorch one. `vitkit.model` holds the model's name,
+class names and dataset, and a fingerprint of its weights (`weights_fingerprint`), by which
+`vitkit predict --engine onnxruntime` knows an existing file is the export of the model it was given.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ logger = logging.getLogger("vitkit")
 
 FORMATS = ("onnx",)
 DATA_CONFIG_KEY = "vitkit.data_config"  # ONNX metadata: the preprocessing the graph's input expects (JSON)
+MODEL_INFO_KEY = "vitkit.model"  # ONNX metadata: model name, class names, dataset, weights fingerprint (JSON)
 DEFAULT_OPSET = 18
 NATIVE_OPSET = 18  # torch's exporter builds opset-18 graphs; other opsets by conversion, which may fail
 INPUT_NAME = "pixel_values"
@@ -135,6 +138,37 @@ def preprocessing_metadata(model: nn.Module) -> str:
     if not hasattr(model, "config"):  # a plain nn.Module: no pretrained cfg to describe it
         return json.dumps({})
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in model_data_config(model).items()})
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's architecture (its config), preprocessing and fp32 weights: an ONNX file whose
+    metadata holds the same fingerprint was exported from these very weights (`vitkit predict --engine
+    onnxruntime` reuses such a file instead of exporting again)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config):
+        h.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    h.update(preprocessing_metadata(model).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu()
+        t = t.float() if t.is_floating_point() else t
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_metadata(model: nn.Module) -> str:
+    """What a program running the ONNX file needs besides the graph (JSON, under MODEL_INFO_KEY): the model's
+    name, its class names and training dataset (where its pretrained cfg has them) and `weights_fingerprint`."""
+    import json
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return json.dumps({"model_name": getattr(model, "model_name", None), "label_names": cfg.get("label_names"),
+                       "dataset": cfg.get("dataset"), "fingerprint": weights_fingerprint(model)})
 
 
 @contextlib.contextmanager
@@ -244,6 +278,7 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
                                         verbose=False)
         _check_opset(program, opset)
         program.model.metadata_props[DATA_CONFIG_KEY] = preprocessing_metadata(model)
+        program.model.metadata_props[MODEL_INFO_KEY] = model_metadata(model)
         with _quiet_exporter():
             program.save(tmp, external_data=False)
             diff = check_onnx(tmp, model, (batch, batch + 1), atol) if check else None
