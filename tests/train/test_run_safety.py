@@ -536,15 +536,17 @@ def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(t
     out = tmp_path / "run"
     _lr_inf_at(monkeypatch, 2)
     with pytest.raises(TrainingDiverged, match=r"NaN or infinite during epoch 2 .* the last good checkpoint is "
-                                               r".*checkpoint \(after epoch 1\)"):
+                                               r".*checkpoint \(after epoch 1\).*start a run in another --out "
+                                               r"from them with --model.pretrained=.*checkpoint"):
         run(out)
     assert read_marker(out / "checkpoint")["epoch"] == 1
     saved = load_file(str(out / "checkpoint" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in saved.values())
 
     _lr_inf_at(monkeypatch, 1)
-    with pytest.raises(TrainingDiverged, match="no checkpoint was written before it"):
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written before it") as info:
         run(tmp_path / "first")
+    assert "--model.pretrained" not in str(info.value)  # no weights to start from
     assert not (tmp_path / "first" / "checkpoint").exists()
     with pytest.raises(TrainingDiverged, match=r"loss became .*no checkpoint was written"):
         run(tmp_path / "huge", "--optim.lr=1e30")

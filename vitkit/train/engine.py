@@ -260,10 +260,13 @@ def last_good(run_dir: Path, position: tuple[int, int] | None) -> str:
     return f"the last good checkpoint is {run_dir / CHECKPOINT_DIR} ({where})"
 
 
-def diverged_advice(run_dir: Path, lr: float) -> str:
+def diverged_advice(run_dir: Path, lr: float, position: tuple[int, int] | None) -> str:
+    """What to do after a divergence; with a good checkpoint (`position` not None), how to start from its weights
+    (in another directory: --overwrite would delete them first)."""
+    keep = (f"; to keep the good weights, start a run in another --out from them with "
+            f"--model.pretrained={run_dir / CHECKPOINT_DIR}") if position is not None else ""
     return (f"Lower --optim.lr (now {lr}) or set --optim.clip_grad=1.0 and start the run again (--overwrite, or "
-            f"another --out); to keep the good weights, start it from them with "
-            f"--model.pretrained={run_dir / CHECKPOINT_DIR}")
+            f"another --out){keep}")
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -451,7 +454,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
         if bad:
             raise TrainingDiverged(
                 f"the weights became NaN or infinite {where} ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); "
-                f"they are not checkpointed: {last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr)}")
+                f"they are not checkpointed: {last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}")
 
     def gathered(loss_sum, correct, count, seconds) -> dict[str, Any]:
         """This epoch's running sums, over all processes (the main one resumes with them, the others with 0)."""
@@ -505,7 +508,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                     bar.close()
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr)}")
+                        f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}")
                 if last_micro:
                     for group in optimizer.param_groups:
                         group["lr"] = lrs[step] * group["lr_scale"]
