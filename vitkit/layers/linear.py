@@ -155,15 +155,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _probe(dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
-    """Whether oneDNN's packed kernel beats `F.linear` for (rows, in) @ (out, in)^T in `dtype`: interleaved
-    timings on random data, best of three each, after one warm-up call of each."""
+def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
+    """Whether oneDNN's packed kernel beats the plain path for one GEMM of `role` in `dtype` -- "fwd":
+    `F.linear((rows, in), W)`; "dgrad": `(rows, out) @ W` as autograd computes it -- with W (out, in):
+    interleaved timings on random data, best of three each, after one warm-up call of each."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, in_features, generator=gen).to(dtype)
     w = torch.randn(out_features, in_features, generator=gen).to(dtype)
     with torch.no_grad():
-        packed = _pack(w, rows)
-        plain = lambda: F.linear(x, w)  # noqa: E731
+        if role == "fwd":
+            x = torch.randn(rows, in_features, generator=gen).to(dtype)
+            packed = _pack(w, rows)
+            plain = lambda: F.linear(x, w)  # noqa: E731
+        else:
+            x = torch.randn(rows, out_features, generator=gen).to(dtype)
+            packed = _pack(w.t().contiguous(), rows)
+            plain = lambda: x.matmul(w)  # noqa: E731
         onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
         plain(), onednn()
         t_plain, t_onednn = float("inf"), float("inf")
@@ -191,12 +197,10 @@ def use_onednn(role: str, dtype: torch.dtype, rows: int, in_features: int, out_f
     key = (role, dtype, in_features, out_features, bucket)
     choice = _DECISIONS.get(key)
     if choice is None:
-        # the GEMM as oneDNN sees it: dgrad multiplies (rows, out) by W (out, in)
-        k, n = (in_features, out_features) if role == "fwd" else (out_features, in_features)
         probe_rows = bucket
-        while probe_rows > PROBE_MIN_ROWS and 2.0 * probe_rows * k * n > PROBE_FLOPS:
+        while probe_rows > PROBE_MIN_ROWS and 2.0 * probe_rows * in_features * out_features > PROBE_FLOPS:
             probe_rows //= 2
-        choice = _probe(dtype, probe_rows, k, n)
+        choice = _probe(role, dtype, probe_rows, in_features, out_features)
         _DECISIONS[key] = choice
     return choice
 
