@@ -106,14 +106,18 @@ def test_off_is_f_linear_and_probes_nothing(monkeypatch):
 
 def test_auto_probes_once_per_shape_class_and_matches():
     cpu_linear.clear_probe_decisions()
-    layer = Linear(64, 96)
-    x = torch.randn(2, 50, 64, requires_grad=True)
+    layer = Linear(128, 160)
+    x = torch.randn(2, 50, 128, requires_grad=True)
     with cpu_gemm("auto"):
         y = layer(x)
         y.sum().backward()
         decisions = cpu_linear.probe_decisions()
-        assert set(decisions) == {("fwd", torch.float32, 64, 96, 128), ("dgrad", torch.float32, 64, 96, 128)}
-        layer(torch.randn(2, 60, 64))  # 120 rows: the same class, no new probe
+        assert set(decisions) == {("fwd", torch.float32, 128, 160, 128), ("dgrad", torch.float32, 128, 160, 128)}
+        layer(torch.randn(2, 60, 128))  # 120 rows: the same class, no new probe
+        assert cpu_linear.probe_decisions() == decisions
+        small = Linear(16, 16)  # below AUTO_MIN_MACS: F.linear itself, no probe
+        xs = torch.randn(3, 16)
+        assert torch.equal(small(xs), F.linear(xs, small.weight, small.bias))
         assert cpu_linear.probe_decisions() == decisions
     torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
 

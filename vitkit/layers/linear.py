@@ -49,6 +49,9 @@ PROBE_MARGIN = 0.9
 # about 1-3 ms per call at 100-400 GFLOP/s, a few calls per kernel.
 PROBE_FLOPS = 4e8
 PROBE_MIN_ROWS = 32
+# "auto" leaves GEMMs of fewer multiply-adds than this to F.linear without a probe: there the kernels' run
+# times are a few microseconds, of the order of the choice's own cost (the layers of micro ViTs, heads).
+AUTO_MIN_MACS = 1 << 20
 _DTYPES = (torch.float32, torch.bfloat16)
 
 _MODE = contextvars.ContextVar("vitkit_cpu_gemm", default=None)
@@ -67,13 +70,19 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+_ENV_SEEN: list = [None, "auto"]  # the last value of $VITKIT_CPU_GEMM read, and its mode
+
+
 def cpu_gemm_mode() -> str:
     """The active mode: the innermost `cpu_gemm(...)` block's, else `$VITKIT_CPU_GEMM`, else "auto"."""
     mode = _MODE.get()
-    if mode is None:
-        mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-        _check_mode(mode)
-    return mode
+    if mode is not None:
+        return mode
+    raw = os.environ.get(ENV_VAR)
+    if raw != _ENV_SEEN[0]:
+        mode = _check_mode((raw or "auto").strip().lower() or "auto")
+        _ENV_SEEN[:] = [raw, mode]
+    return _ENV_SEEN[1]
 
 
 @contextlib.contextmanager
@@ -93,14 +102,6 @@ def _available() -> bool:
 
 
 _AVAILABLE = _available()
-
-
-def _tracing() -> bool:
-    """True under torch.fx, torch.jit tracing/scripting, torch.export and torch.compile."""
-    from .tracing import is_fx_tracing
-
-    return (is_fx_tracing() or torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling())
 
 
 def _bucket(rows: int) -> int:
@@ -260,18 +261,19 @@ class _PackedLinear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, with its CPU GEMMs on oneDNN's packed kernels where the active
     `cpu_gemm` mode chooses them (see this module's docstring); otherwise exactly `F.linear`."""
-    if (not _AVAILABLE or _tracing() or x.device.type != "cpu" or weight.device.type != "cpu"
-            or x.dim() < 2 or x.numel() == 0 or type(x) is not torch.Tensor
-            or not isinstance(weight, torch.Tensor) or type(weight.data) is not torch.Tensor):
-        return F.linear(x, weight, bias)
     mode = cpu_gemm_mode()
-    if mode == "off":
+    # plain tensors only: torch.fx proxies, the fake tensors of torch.export, subclasses take F.linear, as do
+    # torch.jit tracing and torch.compile (whose graphs then hold aten.linear)
+    if (mode == "off" or not _AVAILABLE or type(x) is not torch.Tensor or not x.is_cpu or not weight.is_cpu
+            or x.dim() < 2 or x.numel() == 0 or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return F.linear(x, weight, bias)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if mode == "auto" and x.numel() * weight.shape[0] < AUTO_MIN_MACS:
+        return F.linear(x, weight, bias)
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     if dtype not in _DTYPES or weight.dtype not in _DTYPES or x.dtype not in _DTYPES:
         return F.linear(x, weight, bias)
-    if not torch.is_autocast_enabled("cpu") and (weight.dtype != dtype
-                                                 or (bias is not None and bias.dtype != dtype)):
+    if not autocast and (weight.dtype != dtype or (bias is not None and bias.dtype != dtype)):
         return F.linear(x, weight, bias)  # mixed dtypes: let F.linear raise its own error
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
