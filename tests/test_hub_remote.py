@@ -17,14 +17,13 @@ Hub still answers so, and that the full-size files of the tags load (that needs 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import vitkit
+from hub_helpers import offline_hub_cache, put_in_cache, randomise, timm_saved
 from vitkit import CheckpointError, create_model, from_pretrained
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
@@ -37,46 +36,10 @@ HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inter
 TIMM_TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
 
 
-# ------------------------------------------------------------------------------------ a Hub cache
+# ------------------------------------------------------------------------------------ a Hub cache (tests/hub_helpers.py)
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """An empty Hub cache, offline; huggingface_hub reads both settings from its constants module."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def put_in_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main", commit: str | None = None) -> str:
-    """Store the files of `folder` as commit `commit` of `repo_id`, with refs/`revision` pointing at it,
-    the way huggingface_hub lays out a download: content-addressed blobs, relative symlinks."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    commit = commit or hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo / "blobs").mkdir(exist_ok=True)
-    for path in files:
-        data = path.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / revision).write_text(commit)
-    return commit
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere, heads included (zero-initialised heads would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.2 * noise if "norm" in name and name.endswith("weight") else 0.1 * noise)
-    return model.eval()
+    return offline_hub_cache(tmp_path, monkeypatch)
 
 
 def images(c: int = 3, hw: int = 32) -> torch.Tensor:
@@ -88,14 +51,6 @@ def hf_saved(tmp_path, cls_name: str, config_cls, seed: int = 0, **config):
     folder = tmp_path / f"{cls_name}-{seed}"
     hf.save_pretrained(folder)
     return hf, folder
-
-
-def timm_saved(tmp_path, name: str, seed: int = 0, safe_serialization="both", **kw):
-    torch.manual_seed(seed)
-    ref = randomise(timm.create_model(name, pretrained=False, **kw), seed)
-    folder = tmp_path / f"timm-{seed}-{safe_serialization}"
-    timm.models.save_for_hf(ref, str(folder), safe_serialization=safe_serialization)
-    return ref, folder
 
 
 def hf_logits(hf, x):

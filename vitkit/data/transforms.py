@@ -401,11 +401,13 @@ def load_dataset_for_model(model: Any, name: str, data_dir: str | Path | None = 
     return splits
 
 
-def checkpoint_data_config(pretrained: str | Path, model: Any) -> dict[str, Any]:
+def checkpoint_data_config(pretrained: bool | str | Path, model: Any) -> dict[str, Any]:
     """The preprocessing the weights `pretrained` were trained with: a model directory's own pretrained cfg
-    (vitkit, timm or Hugging Face config), else (a state-dict file) the model's, i.e. its registered
-    architecture's or named weights'."""
+    (vitkit, timm or Hugging Face config), else (a state-dict file, or True: the Hub weights of the model's
+    name, tag or hf-hub repo) the model's, i.e. its named weights' or its registered architecture's."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if pretrained is True:  # create_model(..., pretrained=True) set the weights' cfg: mean, std, crop
+        return cfg
     path = Path(pretrained).expanduser()
     if path.is_dir():
         from ..hub import describe_directory
@@ -421,13 +423,14 @@ def checkpoint_data_config(pretrained: str | Path, model: Any) -> dict[str, Any]
     return cfg
 
 
-def training_data_config(splits: Any, model: Any, pretrained: str | Path | None = None,
+def training_data_config(splits: Any, model: Any, pretrained: bool | str | Path | None = None,
                          args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The data config of a training run on `splits` with `model`: what its loaders and its normalisation
     use, and what it saves in the model's `pretrained_cfg`.
 
-    - mean/std: fine-tuning (`pretrained`: the checkpoint given to `--model.pretrained`) keeps the
-      statistics the checkpoint was trained with; training from scratch takes the dataset's.
+    - mean/std: fine-tuning (`pretrained`: the checkpoint given to `--model.pretrained`, or True for the Hub
+      weights of the model's name.tag or hf-hub repo) keeps the statistics the checkpoint was trained with;
+      training from scratch takes the dataset's.
     - interpolation, crop_pct, crop_mode: datasets decoded from files (image folders) resize and crop by
       the checkpoint's when fine-tuning, else by the folder's own (bicubic, crop_pct 1.0, 'center': the
       whole image). In-memory datasets are held at the image size already (bilinear resampling where the

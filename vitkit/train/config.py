@@ -41,8 +41,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_micro_patch2_8"  # a registered model name (`vitkit models` lists them)
-    pretrained: str | None = None  # fine-tune from a checkpoint (resampled to the data's image size)
+    # a registered model name (`vitkit models` lists them), NAME.TAG (`vitkit models --pretrained`) or hf-hub:ORG/NAME
+    name: str = "vit_micro_patch2_8"
+    # fine-tune from weights (resampled to the data's image size): true = the name's Hub weights (its tag, else
+    # its default tag), or the path of a checkpoint (a model or run directory, a weights file); false/null: none
+    pretrained: bool | str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # model config fields, e.g. drop_path_rate
 
 
@@ -173,6 +176,14 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{key} expects a mapping such as {{drop_path_rate: 0.1}}, got {value!r}")
         return value
+    if annotation == "bool | str | None":  # true | false | a path (model.pretrained)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # a quoted 'true' (YAML: a str)
+            return value.strip().lower() == "true"
+        if isinstance(value, str):
+            return value or None
+        raise ValueError(f"{key} expects true, false or the path of a checkpoint, got {value!r}")
     if annotation == "bool | str":  # true | false | auto (run.bf16)
         from ..precision import parse_bf16
 
@@ -334,8 +345,10 @@ def check_config(cfg: Any) -> None:
     if data is not None:
         from ..data.datasets import DATASETS
 
-        if data.name.lower().replace("-", "_") not in DATASETS:
-            raise ValueError(f"--data.name={data.name!r} is not a dataset vitkit reads; known: {', '.join(DATASETS)}")
+        kind = "hf" if data.name.lower().startswith("hf:") else data.name  # hf:ORG/NAME: the Hub id is the source's
+        if kind.lower().replace("-", "_") not in DATASETS:
+            raise ValueError(f"--data.name={data.name!r} is not a dataset vitkit reads; known: {', '.join(DATASETS)} "
+                             f"(and hf:ORG/NAME)")
     teacher = getattr(getattr(cfg, "distill", None), "teacher", None)
     if teacher is not None and not Path(teacher).expanduser().exists():
         raise FileNotFoundError(f"--distill.teacher={teacher} does not exist: give a model directory, a run directory "
@@ -345,11 +358,10 @@ def check_config(cfg: Any) -> None:
         import difflib
 
         from ..models import FAMILIES
-        from ..registry import get_model_spec
         from ..validate import check_model_config
 
-        spec = get_model_spec(model.name)
-        cls = FAMILIES[spec.family]
+        family, values = model_family_values(model.name, model.pretrained)
+        cls = FAMILIES[family]
         known = sorted(f.name for f in dataclasses.fields(cls.config_class))
         for key in model.overrides:
             if key not in known:
@@ -364,8 +376,43 @@ def check_config(cfg: Any) -> None:
         for key, why in from_data.items():
             if key in model.overrides:
                 raise ValueError(f"--model.overrides.{key}: {why}; leave it out")
-        check_model_config({**spec.config, **model.overrides}, config_class=cls.config_class,
+        check_model_config({**values, **model.overrides}, config_class=cls.config_class,
                            source=f"--model.name={model.name} with --model.overrides")
+
+
+def model_family_values(name: str, pretrained: bool | str | None = None) -> tuple[str, dict[str, Any]]:
+    """(family, config values) of `--model.name` -- a registered name, NAME.TAG, hf-hub:ORG/NAME (its
+    config.json, read through the Hub cache) or local-dir:PATH, as `create_model` takes them -- with the weights `--model.pretrained` asks for checked to
+    exist: a path on disk, or (true) Hub weights the name's tag points to."""
+    from ..registry import get_model_spec, resolve_pretrained_cfg, split_model_name_tag
+
+    if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists():
+        raise FileNotFoundError(f"--model.pretrained={pretrained} does not exist: give a model or run directory, a "
+                                f"weights file, or true for the Hub weights of --model.name's tag")
+    source, sep, repo = name.partition(":")
+    if sep:
+        from ..hub import describe_directory, download_model, split_revision
+
+        source = source.lower().replace("_", "-")
+        if source == "local-dir":
+            directory = Path(repo).expanduser()
+            if not directory.is_dir():
+                raise FileNotFoundError(f"--model.name={name}: {directory} is not a model directory")
+        elif source == "hf-hub":
+            repo_id, revision = split_revision(repo)
+            directory = download_model(repo_id, revision=revision, weights=False)
+        else:
+            raise ValueError(f"--model.name={name!r}: unknown source {source!r}; a Hub model is hf-hub:ORG/NAME, a "
+                             f"local one local-dir:PATH")
+        _, family, values, _, _ = describe_directory(directory, weights=False)
+        return family, values
+    base, tag = split_model_name_tag(name)
+    spec = get_model_spec(base)
+    cfg = resolve_pretrained_cfg(base, tag or None)  # an unknown tag is an error naming the known ones
+    if pretrained is True and not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
+        raise ValueError(f"--model.pretrained=true: vitkit knows no weights for {name!r}; `vitkit models --pretrained "
+                         f"'{base}*'` lists the NAME.TAG that have them, or give the path of a checkpoint")
+    return spec.family, dict(spec.config)
 
 
 # ------------------------------------------------------------------------------------ help
