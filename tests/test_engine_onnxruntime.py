@@ -5,7 +5,6 @@ reused only while it matches them; unsupported models and a missing onnxruntime 
 
 import json
 import logging
-import os
 import shutil
 import sys
 
