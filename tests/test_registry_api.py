@@ -266,3 +266,17 @@ def test_cli_models_pretrained(capsys):
     assert "mvit_v1_b-dbeb1030.pth (torchvision)" in capsys.readouterr().out
     assert main(["models", "--pretrained", "nosuch*"]) == 1
     assert "no pretrained weights match" in capsys.readouterr().err
+
+
+def test_is_model_and_list_pretrained_as_timm():
+    import timm
+
+    for name in ("vit_small_patch16_224", "vit_small_patch16_224.augreg_in21k_ft_in1k", "swin_tiny_patch4_window7_224"):
+        assert vitkit.is_model(name) and timm.is_model(name)
+    assert not vitkit.is_model("not_a_model") and not vitkit.is_model("not_a_model.tag")
+    tags = vitkit.list_pretrained("vit_small_patch16_224.*")
+    assert tags and all(t.startswith("vit_small_patch16_224.") for t in tags)
+    assert set(tags) == set(vitkit.list_models("vit_small_patch16_224.*", pretrained=True))
+    # every timm tag of this architecture is known; the default tag comes first, as in timm's registry
+    assert set(timm.list_pretrained("vit_small_patch16_224.*")) <= set(tags)
+    assert tags[0] == "vit_small_patch16_224." + timm.models.get_pretrained_cfg("vit_small_patch16_224").tag

@@ -85,6 +85,19 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
+def is_model(model_name: str) -> bool:
+    """Whether `model_name` (with or without a '.tag') names a registered architecture, as timm's `is_model`."""
+    return split_model_name_tag(model_name)[0] in _MODELS
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+    """'<name>.<tag>' for every known pretrained weight, as timm's `list_pretrained`; `pattern` is a shell-style
+    wildcard matched against the whole string."""
+    from .pretrained import list_pretrained as _list
+
+    return _list(pattern)
+
+
 def get_model_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
