@@ -74,7 +74,7 @@ SMOKE = dict(data="digits", img_size=28, small=0.1, large=0.3, small_epochs=1, l
              distill_fraction=0.2, distill_epochs=1, teacher_epochs=1,
              pe_fraction=0.2, pe_epochs=1, ft_size=32, ft_fraction=0.2, ft_epochs=1,
              attn_fraction=0.1, attn_epochs=1, dvt_fraction=0.2, dvt_epochs=1,
-             ssl_fraction=0.2, ssl_epochs=1, probe_train=0, probe_iter=20,
+             ssl_fraction=0.2, ssl_epochs=1, probe_train=1000, probe_iter=20,
              video_train=64, video_test=64, video_epochs=1, seeds=(0,))
 
 

@@ -83,3 +83,15 @@ def test_study_smoke_outputs_and_resume(tmp_path):
 
     with pytest.raises(SystemExit):  # other settings in the same folder are refused, not mixed in
         s.main(["--smoke", "--out", str(out), "--claims", "vit_cnn_small", "--seeds", "0"])
+
+
+def test_claim_without_its_data_is_skipped(tmp_path):
+    """A claim whose data is not installed is reported as skipped, with the loader's reason, and runs nothing
+    (CIFAR-10 ships with no package: it is missing unless a folder is given)."""
+    s = study()
+    ctx = s.Ctx(tmp_path, dict(s.SMOKE, data="cifar10"), True, 1, {})
+    claim = next(c for c in s.build_claims() if c.id == "vit_cnn_small")
+    r = s.run_claim(ctx, claim)
+    assert r["verdict"].startswith("skipped: cifar10: pass data_dir=")
+    assert all(a["n"] == 0 for a in r["arms"].values())
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "train").exists()
