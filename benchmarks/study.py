@@ -479,13 +479,17 @@ def result(ctx: Ctx, arm: Arm, seed: int) -> dict:
     """The arm-seed's result: read back when finished, else run now and written atomically."""
     path = ctx.out / "runs" / arm.key / f"seed{seed}.json"
     if path.is_file():
-        return json.loads(path.read_text())["result"]
+        saved = json.loads(path.read_text())
+        ctx.cache.setdefault("seconds", {})[arm.key, seed] = saved["seconds"]
+        return saved["result"]
     if ctx.cache.get("max_runs") is not None and ctx.cache.setdefault("ran", 0) >= ctx.cache["max_runs"]:
         raise StopStudy
     t0 = time.perf_counter()
     print(f"  {arm.key} seed {seed} ...", file=sys.stderr, flush=True)
     r = arm.run(ctx, seed)
-    atomic_json(path, {"arm": arm.key, "seed": seed, "seconds": round(time.perf_counter() - t0, 1), "result": r})
+    seconds = round(time.perf_counter() - t0, 1)  # a teacher or source model trained inside counts here too
+    atomic_json(path, {"arm": arm.key, "seed": seed, "seconds": seconds, "result": r})
+    ctx.cache.setdefault("seconds", {})[arm.key, seed] = seconds
     ctx.cache["ran"] = ctx.cache.get("ran", 0) + 1
     return r
 
@@ -508,9 +512,12 @@ def summarise(claim: Claim, values: dict[str, list[float]], ctx: Ctx, status: st
     out = {"id": claim.id, "family": claim.family, "paper": claim.paper, "claim": claim.claim,
            "metric": claim.metric, "budget": budget, "rule": rule_text(claim), "note": claim.note, "arms": {}}
     for label, vals in values.items():
-        out["arms"][label] = {"arm": claim.arms[label][0].key, "n": len(vals), "values": vals,
+        key = claim.arms[label][0].key
+        out["arms"][label] = {"arm": key, "n": len(vals), "values": vals,
                               "mean": statistics.fmean(vals) if vals else None,
-                              "sd": statistics.stdev(vals) if len(vals) > 1 else None}
+                              "sd": statistics.stdev(vals) if len(vals) > 1 else None,
+                              "seconds": [ctx.cache.get("seconds", {}).get((key, seed)) for seed in
+                                          ctx.p["seeds"][:len(vals)]]}
     if status:
         out["verdict"] = status
         return out
@@ -635,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"vitkit study{' -- SMOKE RUN (digits, tiny budgets, verdicts meaningless)' if args.smoke else ''}: "
               f"data {params['data']}, seeds {list(params['seeds'])}, {args.threads} thread(s), {cpu_model()} "
               f"({cores} usable cores), torch {torch.__version__}, Python {platform.python_version()}")
-    atomic_json(out / "results.json", {"header": header, "settings": settings, "claims": results})
+    total = sum(ctx.cache.get("seconds", {}).values())  # the arm-seeds these claims used, however many invocations
+    header += f"; the arm-seed runs took {total / 60:.1f} min"
+    atomic_json(out / "results.json", {"header": header, "settings": settings, "seconds": total, "claims": results})
     table = markdown(results, header)
     figs = figures([r for r in results if any(a["n"] for a in r["arms"].values())], out)
     fig_md = "\n".join(f"![{f.stem}]({f.name})" for f in figs)
