@@ -37,7 +37,9 @@ Outputs (`--out DIR`): DIR/runs/<arm>/seed<N>.json, one per arm-seed, written at
 finishes, so a killed study resumes where it stopped (finished arm-seeds are read back, not rerun);
 DIR/results.json (per claim: id, paper, claim, metric, arms with mean, sd, n and values, the
 difference with its interval, the verdict, the budget); DIR/results.md (one table) and DIR/<family>.png
-(one figure per family). `--max-runs K` stops after K newly trained arm-seeds (then the unfinished
+(one figure per family). `--claims` runs only the claims named, and the table shows every claim as its
+finished arm-seeds stand ("not run", "incomplete", or a verdict), so a study run in parts fills one table.
+`--max-runs K` stops after K newly trained arm-seeds (then the unfinished
 claims read "incomplete"): a deliberate kill, for testing the resume.
 """
 
@@ -472,7 +474,7 @@ def atomic_json(path: Path, obj) -> None:
 
 
 class StopStudy(Exception):
-    """--max-runs reached."""
+    """--max-runs reached, or (for a claim not selected by --claims) an arm-seed that has not run."""
 
 
 def result(ctx: Ctx, arm: Arm, seed: int) -> dict:
@@ -482,7 +484,8 @@ def result(ctx: Ctx, arm: Arm, seed: int) -> dict:
         saved = json.loads(path.read_text())
         ctx.cache.setdefault("seconds", {})[arm.key, seed] = saved["seconds"]
         return saved["result"]
-    if ctx.cache.get("max_runs") is not None and ctx.cache.setdefault("ran", 0) >= ctx.cache["max_runs"]:
+    if ctx.cache.get("read_only") or (ctx.cache.get("max_runs") is not None
+                                      and ctx.cache.setdefault("ran", 0) >= ctx.cache["max_runs"]):
         raise StopStudy
     t0 = time.perf_counter()
     print(f"  {arm.key} seed {seed} ...", file=sys.stderr, flush=True)
@@ -539,17 +542,23 @@ def rule_text(claim: Claim) -> str:
     return f"({a}) > ({b})" if claim.kind == "greater" else f"({a}) >= ({b}) - {claim.margin:g}"
 
 
-def run_claim(ctx: Ctx, claim: Claim) -> dict:
+def run_claim(ctx: Ctx, claim: Claim, selected: bool = True) -> dict:
+    """Run the claim's missing arm-seeds and summarise it; not `selected` (outside --claims): summarise what
+    earlier invocations finished, running nothing, so a study run in parts fills one table."""
     if (why := data_missing(ctx, claim.needs)) is not None:
         return summarise(claim, {label: [] for label in claim.arms}, ctx, f"skipped: {why}")
     values: dict[str, list[float]] = {label: [] for label in claim.arms}
-    print(f"{claim.id}:", file=sys.stderr, flush=True)
+    if selected:
+        print(f"{claim.id}:", file=sys.stderr, flush=True)
+    ctx.cache["read_only"] = not selected
     try:
         for label, (arm, metric) in claim.arms.items():
             for seed in ctx.p["seeds"]:
                 values[label].append(float(result(ctx, arm, seed)[metric]))
     except StopStudy:
-        return summarise(claim, values, ctx, "incomplete")
+        return summarise(claim, values, ctx, "incomplete" if any(values.values()) else "not run")
+    finally:
+        ctx.cache["read_only"] = False
     return summarise(claim, values, ctx, None)
 
 
@@ -612,14 +621,16 @@ def main(argv: list[str] | None = None) -> int:
         params["seeds"] = tuple(args.seeds)
     claims = build_claims()
     known = [c.id for c in claims]
+    wanted = known
     if args.claims:
         wanted = [c.strip() for c in args.claims.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in known]
         if unknown:
             p.error(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        claims = [c for c in claims if c.id in wanted]
     if args.list:
         for c in claims:
+            if c.id not in wanted:
+                continue
             print(f"{c.id} [{c.family}] {c.claim}\n    rule: {rule_text(c)}; budget: {c.budget.format(**params)}")
         return 0
     out = Path(args.out)
@@ -635,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the library's progress bars; the study prints one line per run
     torch.set_num_threads(args.threads)
     ctx = Ctx(out, params, args.smoke, args.threads, {"max_runs": args.max_runs})
-    results = [run_claim(ctx, c) for c in claims]
+    done = {c.id: run_claim(ctx, c) for c in claims if c.id in wanted}
+    results = [done.get(c.id) or run_claim(ctx, c, selected=False) for c in claims]  # the others: as they stand
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from _common import cpu_model
 

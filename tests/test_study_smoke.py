@@ -52,8 +52,12 @@ def test_study_smoke_outputs_and_resume(tmp_path):
     assert s.main([*argv, "--max-runs", "3"]) == 0
     runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("seed*.json"))
     assert runs == ["cnn_small/seed0.json", "cnn_small/seed1.json", "vit_small/seed0.json"]
-    partial = json.loads((out / "results.json").read_text())["claims"][0]
+    by_id = {c["id"]: c for c in json.loads((out / "results.json").read_text())["claims"]}
+    partial = by_id["vit_cnn_small"]
     assert partial["verdict"] == "incomplete" and partial["arms"]["ViT"]["n"] == 1
+    # the claims not named are listed as they stand, and nothing of theirs is run
+    assert by_id["vit_cnn_gap"]["verdict"] == "incomplete" and by_id["vit_cnn_gap"]["arms"]["ViT large"]["n"] == 0
+    assert by_id["deit_hard_vs_soft"]["verdict"] == "not run"
     first = {p: (out / "runs" / p).read_bytes() for p in runs}
     stamps = {p: (out / "runs" / p).stat().st_mtime_ns for p in runs}
 
@@ -62,7 +66,7 @@ def test_study_smoke_outputs_and_resume(tmp_path):
     assert {p: (out / "runs" / p).read_bytes() for p in runs} == first
     assert (out / "runs" / "vit_small" / "seed1.json").is_file()
     done = (out / "results.json").read_text()
-    claim = json.loads(done)["claims"][0]
+    claim = next(c for c in json.loads(done)["claims"] if c["id"] == "vit_cnn_small")
     for key in ("id", "paper", "claim", "metric", "arms", "verdict", "budget", "test", "rule"):
         assert key in claim
     assert claim["id"] == "vit_cnn_small"
