@@ -191,7 +191,8 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
     return state
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict; an unreadable or malformed file is a CheckpointError naming it."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -213,7 +214,7 @@ def directory_kind(directory: Path) -> str:
             f"{directory} has no {CONFIG_NAME}: expected a vitkit directory (written by save_pretrained) or a "
             f"Hugging Face model directory"
         )
-    cfg = vitkit_config(_read_json(cfg_path))
+    cfg = vitkit_config(read_json(cfg_path))
     if "architecture" in cfg and "config" in cfg:
         return "vitkit"
     if "model_type" in cfg:
@@ -263,7 +264,7 @@ def read_checkpoint(path: str | Path, model=None) -> dict[str, torch.Tensor]:
             return _hf_weights(path)
         from .convert.hf import convert_hf_state_dict
 
-        return convert_hf_state_dict(_hf_weights(path), _read_json(path / CONFIG_NAME), source=str(path))
+        return convert_hf_state_dict(_hf_weights(path), read_json(path / CONFIG_NAME), source=str(path))
     state = read_state_dict_file(path)
     from .convert.hf import convert_hf_state_dict, looks_like_hf
 
@@ -339,19 +340,19 @@ def describe_directory(directory: Path, weights: bool = True) -> tuple[str, str,
     are then decided by its `architectures` entry instead of its weights' key names)."""
     kind = directory_kind(directory)
     if kind == "vitkit":
-        meta = vitkit_config(_read_json(directory / CONFIG_NAME))
+        meta = vitkit_config(read_json(directory / CONFIG_NAME))
         family, values = meta["architecture"], dict(meta["config"])
         model_name, pretrained_cfg = meta.get("model_name"), dict(meta.get("pretrained_cfg") or {})
     elif kind == "timm":
         from .convert.timm import config_from_timm
 
         model_name, family, values, pretrained_cfg = config_from_timm(
-            _read_json(directory / CONFIG_NAME), source=str(directory / CONFIG_NAME))
+            read_json(directory / CONFIG_NAME), source=str(directory / CONFIG_NAME))
     else:
         from .convert.hf import config_from_hf
 
         family, values, pretrained_cfg = config_from_hf(
-            _read_json(directory / CONFIG_NAME), source=str(directory),
+            read_json(directory / CONFIG_NAME), source=str(directory),
             state_keys=_hf_weight_keys(directory) if weights else None,
         )
         model_name = None

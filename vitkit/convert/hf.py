@@ -273,9 +273,9 @@ def _preprocessing(model_type: str, directory: Path | None) -> dict[str, Any]:
     path = directory / "preprocessor_config.json" if directory is not None else None
     if path is None or not path.is_file():
         return cfg
-    from ..hub import _read_json
+    from ..hub import read_json
 
-    proc = _read_json(path)
+    proc = read_json(path)
     if proc.get("image_mean") is not None:
         cfg["mean"] = tuple(float(v) for v in proc["image_mean"])
     if proc.get("image_std") is not None:

@@ -427,7 +427,7 @@ def finetune_settings(cfg, path: str | Path) -> None:
     `--model.name`; anything but the default), the model is
     the one saved there; unless `--optim.layer_decay` is given it is 0.75 (layer-wise LR decay,
     BEiT/MAE fine-tuning: block i of L learns at lr * 0.75^(L + 1 - i)). The head is new."""
-    from ..hub import CONFIG_NAME, _read_json, vitkit_config
+    from ..hub import CONFIG_NAME, read_json, vitkit_config
 
     path = Path(path)
     if (path / "backbone" / CONFIG_NAME).is_file():
@@ -436,7 +436,7 @@ def finetune_settings(cfg, path: str | Path) -> None:
         raise FileNotFoundError(f"--finetune {path} does not exist: give a pre-training run directory "
                                 f"(vitkit pretrain --out) or its backbone/ directory")
     if path.is_dir() and cfg.model.name == ModelConfig.name:
-        meta = vitkit_config(_read_json(path / CONFIG_NAME)) if (path / CONFIG_NAME).is_file() else {}
+        meta = vitkit_config(read_json(path / CONFIG_NAME)) if (path / CONFIG_NAME).is_file() else {}
         if meta.get("model_name"):
             cfg.model.name = meta["model_name"]
             saved = meta.get("config") or {}
