@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 import vitkit
 from vitkit.data import load_dataset
-from vitkit.hub import _atomic_write
+from vitkit.hub import atomic_write
 from vitkit.models.dvt import calibrate_thresholds, collect_exit_logits, simulate_exits
 from vitkit.profile import model_gmacs
 from vitkit.train.config import OptimConfig
@@ -225,7 +225,7 @@ def load_or_train(model, splits, norm, args, dataset: str, label: str) -> float 
 def write_outputs(result: dict, out: Path) -> None:
     name = result["dataset"]
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / f"results_{name}.json", lambda t: Path(t).write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(out / f"results_{name}.json", lambda t: Path(t).write_text(json.dumps(result, indent=2) + "\n"))
     lines = [(f"### {name}: {result['train_images']} training images, {result['epochs']} epochs, "
               f"{result['test_images']} test images"
               + (", bf16 autocast in training" if result.get("bf16_training") else "")), "",
@@ -255,7 +255,7 @@ def write_outputs(result: dict, out: Path) -> None:
         lines.append(f"Wall clock ({tm['threads']} threads, batch {tm['batch']}): DVT {tm['dvt_ms_per_image']:.3f} "
                      f"ms/image, 14x14 ViT {tm['single_14x14_ms_per_image']:.3f} ms/image.")
     text = "\n".join(lines) + "\n"
-    _atomic_write(out / f"results_{name}.md", lambda t: Path(t).write_text(text))
+    atomic_write(out / f"results_{name}.md", lambda t: Path(t).write_text(text))
     print(text)
     try:
         import matplotlib
@@ -279,7 +279,7 @@ def write_outputs(result: dict, out: Path) -> None:
     ax.set_title(f"DVT budgeted classification, {name} ({result['train_images']} train images, "
                  f"{result['epochs']} epochs)")
     ax.legend(fontsize=8)
-    _atomic_write(out / f"curve_{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(out / f"curve_{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

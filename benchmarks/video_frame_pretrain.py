@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import vitkit
 from vitkit.data.moving_digits import _mnist_digits, load_moving_digits, make_moving_digits
-from vitkit.hub import _atomic_write
+from vitkit.hub import atomic_write
 from vitkit.train.config import OptimConfig
 from vitkit.train.engine import Normalise
 from vitkit.train.optim import build_optimizer
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda tmp: torch.save(state, tmp))
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
     print(f"{a.model}: digit accuracy {acc:.1f}% on 2,000 test frames after {total} steps ({seconds:.0f} s); "
           f"wrote {a.out}")
     return {"digit_acc": acc, "steps": total, "seconds": seconds}

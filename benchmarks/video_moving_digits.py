@@ -199,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in paper:
         print(f"| {r['model']} | {r['params']:,} | {r['gmacs']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
-    from vitkit.hub import _atomic_write
+    from vitkit.hub import atomic_write
 
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "micro": rows, "paper": paper}
-    _atomic_write(args.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(args.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     print(f"\nresults: {args.out / 'results.json'}")
     return 0
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -171,25 +169,6 @@ def model_metadata(model: nn.Module) -> str:
                        "dataset": cfg.get("dataset"), "fingerprint": weights_fingerprint(model)})
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[str]:
-    """A temporary path in `path`'s directory, renamed onto `path` only if the block succeeds."""
-    from .hub import _umask
-
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:  # name the file asked for, not the temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and the writer may re-create it): open()'s mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session for `path` (intra-op threads = `threads`, default torch's)."""
     ort = _require("onnxruntime", "running an ONNX model")
@@ -271,7 +250,9 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
     x = example_input(model, batch)
     t0 = time.perf_counter()
     dims = ({0: torch.export.Dim("batch", min=1, max=4096)},)  # per positional input: the images' batch axis
-    with _atomic_path(out) as tmp:  # first: an unwritable --out fails before the export
+    from .hub import atomic_path
+
+    with atomic_path(out) as tmp:  # first: an unwritable --out fails before the export
         with eager_attention(), _quiet_exporter(converting=opset != NATIVE_OPSET), torch.no_grad():
             program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=dims, opset_version=opset,

@@ -29,7 +29,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,17 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half file."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary path in `path`'s directory, renamed onto `path` only if the block succeeds: never a half
+    file. The file gets the mode `open()` would give it; a full disk is an OSError naming `path`."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # name the file asked for, not the temporary one
         raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and a writer may re-create it): open()'s mode
         os.replace(tmp, path)
     except BaseException as e:
@@ -81,6 +84,12 @@ def _atomic_write(path: Path, write) -> None:
         if code:  # safetensors' SafetensorError on a full disk: an OSError naming the file
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
         raise
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp)` on a temporary path, then rename it onto `path` (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_pretrained(model, directory: str | Path) -> Path:
@@ -99,12 +108,12 @@ def save_pretrained(model, directory: str | Path) -> Path:
     }
     # safetensors refuses shared storage; clone so tied or expanded views save as plain tensors.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
     def write_config(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(config, indent=2) + "\n")
 
-    _atomic_write(directory / CONFIG_NAME, write_config)
+    atomic_write(directory / CONFIG_NAME, write_config)
     return directory
 
 

@@ -77,7 +77,7 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
             logger.info("%s: resampled position embeddings from a %dx%d to a %dx%d grid (%s)",
                         source, *old, *new, model.config.pos_embed_interp)
 
-    _fit_heads(model, state, expected, source)
+    fit_heads(model, state, expected, source)
     return state
 
 
@@ -113,7 +113,7 @@ def adapt_input_convs(model, state: dict[str, torch.Tensor], source: str = "chec
                     source, name, w.shape[1], target.shape[1])
 
 
-def _fit_heads(model, state, expected, source) -> None:
+def fit_heads(model, state, expected, source) -> None:
     """Per head (`head`, `head_dist`): keep the checkpoint's if it fits, else keep the model's fresh one."""
     for prefix in _HEAD_PREFIXES:
         model_head = {k: v for k, v in expected.items() if k.startswith(prefix)}

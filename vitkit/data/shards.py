@@ -614,7 +614,7 @@ def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: b
     Samples are shuffled (seeded) before writing, as WebDataset recommends: a stream can only
     shuffle within a buffer. Every shard is written atomically (temporary file, then rename).
     """
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
     Image, _ = _pil()
     out = Path(out_dir)
@@ -647,14 +647,14 @@ def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: b
                             tar.addfile(info, io.BytesIO(payload))
                         bar.update(1)
 
-            _atomic_write(path, write)
+            atomic_write(path, write)
             paths.append(path)
         bar.close()
         written[split], counts[split] = paths, n
     meta = {"classes": list(splits.classes), "in_chans": splits.in_chans, "img_size": list(splits.img_size),
             "source": splits.name, "counts": counts,
             "shards": {split: [p.name for p in paths] for split, paths in written.items()}}  # for URL readers
-    _atomic_write(out / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(out / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return written
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..hub import _atomic_write
+from ..hub import atomic_write
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, what: str = "labels") -> None:
@@ -129,5 +129,5 @@ def plot_confusion_matrix(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path

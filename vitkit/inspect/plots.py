@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..hub import _atomic_write
+from ..hub import atomic_write
 from .analysis import PatchPCA
 
 
@@ -27,7 +27,7 @@ def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
         _plt().close(fig)
     return path

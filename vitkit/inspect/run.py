@@ -214,9 +214,9 @@ def run_inspect(model_spec: str | Path, out: str | Path, images: list[str] | Non
             pca, out / "patch_embed_pca.png", f"{name}: principal components of the patch filters"))
 
     path = out / "summary.json"
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
     summary["summary"] = str(path)
     return summary
 

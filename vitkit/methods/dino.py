@@ -331,7 +331,7 @@ def plot_cls_attention(backbone: nn.Module, images: Tensor, path: str | Path, me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
     was_training = backbone.training
     backbone.eval()
@@ -354,6 +354,6 @@ def plot_cls_attention(backbone: nn.Module, images: Tensor, path: str | Path, me
     fig.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path

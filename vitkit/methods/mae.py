@@ -357,7 +357,7 @@ def plot_reconstruction(model: MaskedAutoencoder, images: Tensor, path: str | Pa
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("the reconstruction figure needs matplotlib: pip install matplotlib") from None
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
     path = Path(path)
     images = images[:max_images]
@@ -392,7 +392,7 @@ def plot_reconstruction(model: MaskedAutoencoder, images: Tensor, path: str | Pa
             if i == 0:
                 ax.set_ylabel(title, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 

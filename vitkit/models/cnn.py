@@ -262,10 +262,10 @@ class ConvNet(VitkitModel):
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Identity map except the head: another number of classes keeps the model's fresh head (with a warning)."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
 
         state = dict(state)
-        _fit_heads(self, state, self.state_dict(), source)
+        fit_heads(self, state, self.state_dict(), source)
         return state
 
     # ----------------------------------------------------------------- forward

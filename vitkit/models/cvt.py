@@ -374,10 +374,10 @@ class ConvolutionalVisionTransformer(VitkitModel):
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Official keys are ours: only the classifier is fitted (another number of classes, or a
         feature checkpoint, keeps the model's fresh zero head; the loader logs it)."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
 
         state = dict(state)
-        _fit_heads(self, state, self.state_dict(), source)
+        fit_heads(self, state, self.state_dict(), source)
         return state
 
     # ----------------------------------------------------------------- forward

@@ -198,7 +198,7 @@ class MlpMixer(VitkitModel):
         classes (or no head) keeps the model's fresh zero head, with a warning. A checkpoint for
         another input size is refused with the reason: token-mixing weights are per position and
         cannot be resampled the way ViT position embeddings can."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
         from ..hub import CheckpointError
 
         state = dict(state)
@@ -218,7 +218,7 @@ class MlpMixer(VitkitModel):
                 f"per patch position and do not transfer to another input size; create the model with the "
                 f"checkpoint's img_size and resize the images to it"
             )
-        _fit_heads(self, state, expected, source)
+        fit_heads(self, state, expected, source)
         return state
 
     # ----------------------------------------------------------------- forward

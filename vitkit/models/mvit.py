@@ -339,13 +339,13 @@ class MViT(VitkitModel):
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Rename a torchvision `mvit_v1_b` state dict to vitkit's keys (logged), then fit the head."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
 
         state = dict(state)
         if "conv_proj.weight" in state:
             state = convert_torchvision_mvit(state)
             logger.info("%s: torchvision MViT keys renamed to vitkit's", source)
-        _fit_heads(self, state, self.state_dict(), source)
+        fit_heads(self, state, self.state_dict(), source)
         return state
 
 

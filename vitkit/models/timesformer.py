@@ -275,7 +275,7 @@ class TimeSformer(VitkitModel):
         initialises the spatial part, as the paper does from ImageNet ViTs, the temporal parameters
         keeping their initialisation (zero `temporal_fc` after the first block, zero time
         embeddings); a head of another size is left freshly initialised."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
 
         state = dict(state)
         expected = self.state_dict()
@@ -288,7 +288,7 @@ class TimeSformer(VitkitModel):
                 state[k] = torch.zeros_like(expected[k]) if k == "time_embed" else expected[k].clone()
             logger.info("%s: an image checkpoint: %d temporal parameter(s) keep their initialisation",
                         source, len(added))
-        _fit_heads(self, state, expected, source)
+        fit_heads(self, state, expected, source)
         return state
 
 

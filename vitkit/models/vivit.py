@@ -442,14 +442,14 @@ class ViViT(VitkitModel):
         initialisation. On a static clip (one frame repeated) Model 3, and Model 1 without [CLS],
         then compute exactly the image model (Model 1 with [CLS] approximately: its one [CLS] key
         faces n_t copies of every patch key). A head of another size is left freshly initialised."""
-        from ..convert.timm import _fit_heads
+        from ..convert.timm import fit_heads
 
         state = dict(state)
         expected = self.state_dict()
         w = state.get("patch_embed.proj.weight")
         if w is not None and w.ndim == 4:
             state = self._inflate_image_state(state, expected, source)
-        _fit_heads(self, state, expected, source)
+        fit_heads(self, state, expected, source)
         return state
 
     def _inflate_image_state(self, state, expected, source):

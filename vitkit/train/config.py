@@ -249,10 +249,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
     text = _yaml().safe_dump(cfg.to_dict(), sort_keys=False)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ------------------------------------------------------------------------------------ ranges

@@ -40,7 +40,7 @@ from ..data.transforms import (
     data_args,
     training_data_config,
 )
-from ..hub import _atomic_write, save_pretrained
+from ..hub import atomic_write, save_pretrained
 from ..precision import resolve_bf16
 from ..registry import create_model
 from .checkpoint import (
@@ -271,12 +271,12 @@ def diverged_advice(run_dir: Path, lr: float, position: tuple[int, int] | None) 
 
 # ------------------------------------------------------------------------------------ outputs
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(h) + "\n" for h in history)
-    _atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
 
 
 def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
@@ -299,7 +299,7 @@ def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
         b.plot(epochs, [h["val_acc"] for h in history], label="val")
     b.set_xlabel("epoch"), b.set_ylabel("top-1 accuracy (%)"), b.legend(), b.set_title("accuracy")
     fig.suptitle(title)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 

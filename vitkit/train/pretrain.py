@@ -205,7 +205,7 @@ def plot_pretrain_history(path: Path, history: list[dict], title: str) -> Path |
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from ..hub import _atomic_write
+    from ..hub import atomic_write
 
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
@@ -216,7 +216,7 @@ def plot_pretrain_history(path: Path, history: list[dict], title: str) -> Path |
     b.set_xlabel("epoch"), b.set_ylabel("std of normalised features")
     b.set_title("collapse monitor (0 = collapsed)")
     fig.suptitle(title)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 
