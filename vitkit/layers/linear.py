@@ -6,8 +6,9 @@ hardware does; oneDNN's inner product on a weight reordered ("packed") once into
 there. Elsewhere (e.g. where MKL already runs near peak) it gives nothing, so it is never assumed:
 
 - "auto" (the default) measures both kernels once per process for each shape class -- (GEMM role,
-  dtype, in features, out features, rows rounded up to a power of two) -- on a few-millisecond probe,
-  and takes oneDNN only where it is clearly faster (`PROBE_MARGIN`); otherwise the plain path stays.
+  dtype, in features, out features, rows rounded up to a power of two) -- on a probe of a few milliseconds,
+  and takes oneDNN only where it wins every paired round clearly (`PROBE_MARGIN`, `PROBE_ROUNDS`);
+  otherwise the plain path stays. GEMMs under `AUTO_MIN_MACS` multiply-adds stay plain unprobed.
 - "onednn" always takes oneDNN (for CPU tensors of fp32/bf16); "off" never does.
 
 The mode comes from `cpu_gemm(mode)` (a context manager, thread/task local), else the environment
@@ -42,9 +43,11 @@ from torch import nn
 
 MODES = ("off", "auto", "onednn")
 ENV_VAR = "VITKIT_CPU_GEMM"
-# "auto" takes oneDNN for a shape class only when its probe time is below this share of the plain path's:
-# the probe is short and the machine may be busy, so a tie keeps the default BLAS.
+# "auto" takes oneDNN for a shape class only when it takes less than PROBE_MARGIN of the plain path's time in
+# every one of PROBE_ROUNDS paired rounds: the probe is short and the machine may be busy, so a tie, or a win
+# that noise alone could give, keeps the default BLAS.
 PROBE_MARGIN = 0.9
+PROBE_ROUNDS = 5
 # The probe multiplies at most this many FLOPs per call (rows are cut to fit, never below PROBE_MIN_ROWS):
 # about 1-3 ms per call at 100-400 GFLOP/s, a few calls per kernel.
 PROBE_FLOPS = 4e8
@@ -159,7 +162,8 @@ def _timed(fn) -> float:
 def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
     """Whether oneDNN's packed kernel beats the plain path for one GEMM of `role` in `dtype` -- "fwd":
     `F.linear((rows, in), W)`; "dgrad": `(rows, out) @ W` as autograd computes it -- with W (out, in):
-    interleaved timings on random data, best of three each, after one warm-up call of each."""
+    one warm-up call of each, then `PROBE_ROUNDS` paired rounds in alternating order on random data, oneDNN
+    taken only if it wins every round by `PROBE_MARGIN` (the probe stops at the first round it does not)."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(out_features, in_features, generator=gen).to(dtype)
     with torch.no_grad():
@@ -173,16 +177,14 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
             plain = lambda: x.matmul(w)  # noqa: E731
         onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
         plain(), onednn()
-        t_plain, t_onednn = float("inf"), float("inf")
-        for i in range(3):
-            for name, fn in ((("plain", plain), ("onednn", onednn)) if i % 2 == 0 else
-                             (("onednn", onednn), ("plain", plain))):
-                t = _timed(fn)
-                if name == "plain":
-                    t_plain = min(t_plain, t)
-                else:
-                    t_onednn = min(t_onednn, t)
-    return t_onednn < PROBE_MARGIN * t_plain
+        for i in range(PROBE_ROUNDS):
+            if i % 2 == 0:
+                t_plain, t_onednn = _timed(plain), _timed(onednn)
+            else:
+                t_onednn, t_plain = _timed(onednn), _timed(plain)
+            if t_onednn >= PROBE_MARGIN * t_plain:
+                return False  # one round without a clear win keeps the default BLAS
+    return True
 
 
 def use_onednn(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int,
