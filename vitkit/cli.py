@@ -229,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .models.dvt import calibrate_dir
+    from .eval.early_exit import calibrate_dir
 
     r = calibrate_dir(args.model, budget=args.budget, target_gmacs=args.gmacs, dataset=args.data,
                       data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed)

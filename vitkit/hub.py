@@ -385,7 +385,7 @@ def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
     `overrides` change config fields before the weights are loaded (for example `num_classes=10`,
     which re-initialises the head, or `img_size=384`, which resamples the position embeddings); an
     unknown field raises TypeError."""
-    from .models._base import FAMILIES, config_from_dict
+    from .models import FAMILIES, config_from_dict
 
     directory, hub_id = _resolve_location(name_or_path, revision, cache_dir)
     if not directory.is_dir():

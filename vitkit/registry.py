@@ -117,7 +117,7 @@ def split_model_name_tag(model_name: str) -> tuple[str, str]:
 
 def _config_values(spec: ModelSpec) -> dict[str, Any]:
     """The registered config with the family's defaults filled in."""
-    from .models._base import FAMILIES
+    from .models import FAMILIES
 
     cls = FAMILIES[spec.family].config_class
     values = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -211,7 +211,7 @@ def resolve_pretrained_cfg(name: str, tag: str | None = None,
 
 def _check_kwargs(family: str, kwargs: dict[str, Any], what: str) -> None:
     """timm raises TypeError for an argument the model does not take: name it and the known ones."""
-    from .models._base import FAMILIES
+    from .models import FAMILIES
 
     cls = FAMILIES[family].config_class
     known = {f.name for f in dataclasses.fields(cls)}
@@ -268,7 +268,7 @@ def create_model(
     PyTorch layers that `torch.export`, `torch.fx` and ONNX export take as they are, and none is scripted);
     `scriptable=True` is refused, as vitkit's models are not written for TorchScript.
     """
-    from .models._base import FAMILIES, config_from_dict
+    from .models import FAMILIES, config_from_dict
     from .validate import check_model_config
 
     if not isinstance(pretrained_cfg, (str, dict, type(None))) and hasattr(pretrained_cfg, "to_dict"):

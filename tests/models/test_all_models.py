@@ -119,7 +119,7 @@ def _video(name: str, cfg: dict) -> Tiny:
 
 
 def _mae(name: str, cfg: dict) -> Tiny:
-    """The MAE pre-training model (vitkit/methods/mae.py): forward returns a loss dict, not logits, and
+    """The MAE pre-training model (vitkit/models/mae.py): forward returns a loss dict, not logits, and
     masks at random, so only the build and the keys are checked here; tests/methods/test_mae.py covers
     gradients, save/load with fixed masking noise and the HF parity."""
     p = cfg.get("patch_size", 16)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit import create_model, from_pretrained
+from vitkit.eval.early_exit import calibrate_dir
 from vitkit.layers import eager_attention
 from vitkit.models import dvt as dvt_mod
 from vitkit.models.dvt import (
@@ -313,7 +314,7 @@ def test_tiny_training_calibrate_eval_predict(tmp_path, capsys):
     vit_dir = tmp_path / "vit"
     create_model("vit_micro_patch2_8", embed_dim=16, depth=1, num_heads=2).save_pretrained(vit_dir)
     with pytest.raises(ValueError, match="DVT"):
-        dvt_mod.calibrate_dir(vit_dir, budget=0.5)
+        calibrate_dir(vit_dir, budget=0.5)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Hugging Face `transformers` ViTMAE checkpoints (model_type "vit_mae") -> vitkit.
 
 Source: `transformers` (checked against 5.23) `models/vit_mae/modeling_vit_mae.py`.
-    - `ViTMAEForPreTraining` -> vitkit's MAE model (`vitkit.methods.mae.MaskedAutoencoder`, family
+    - `ViTMAEForPreTraining` -> vitkit's MAE model (`vitkit.models.mae.MaskedAutoencoder`, family
       "mae"): given the same masking `noise`, its reconstruction and loss equal HF's
       (tests/methods/test_mae.py);
     - `ViTMAEModel` (the encoder alone) -> a vitkit ViT with no head (`num_classes=0`). Note that

@@ -169,7 +169,7 @@ def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tup
     from dataclasses import fields
 
     from ..hub import CheckpointError
-    from ..models._base import FAMILIES
+    from ..models import FAMILIES
     from ..registry import base_pretrained_cfg, get_model_spec
 
     cfg = dict(cfg)

@@ -1,5 +1,6 @@
 """One file per architecture family. Importing this package registers every family and model name."""
 
+from ._base import FAMILIES, VitkitModel, config_from_dict, register_family  # first: the families register here
 from . import cnn  # noqa: F401
 from . import cvt  # noqa: F401
 from . import dvt  # noqa: F401
@@ -9,10 +10,9 @@ from . import swin  # noqa: F401
 from . import vivit  # noqa: F401
 from . import timesformer  # noqa: F401
 from . import mvit  # noqa: F401
-from ..methods import mae as _mae  # noqa: F401,E402  (registers the MAE pre-training family, mae_vit_*)
-from ._base import FAMILIES, VitkitModel
+from . import mae  # noqa: F401  (the MAE pre-training model, mae_vit_*)
 from .features import FeatureGetterNet, FeatureInfo, features_model
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = ["FAMILIES", "FeatureGetterNet", "FeatureInfo", "VisionTransformer", "ViTConfig", "VitkitModel",
-           "features_model"]
+           "config_from_dict", "features_model", "register_family"]

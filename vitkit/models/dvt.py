@@ -676,20 +676,28 @@ def calibrate_thresholds(exit_logits: list[torch.Tensor], labels: torch.Tensor, 
     }
 
 
+def split_batches(data, batch_size: int):
+    """(images, labels) batches of a dataset split in order: `data.batch(indices)` where the split has it
+    (vitkit's in-memory splits), else a `torch.utils.data.DataLoader` over any map-style dataset."""
+    if hasattr(data, "batch"):
+        for i in range(0, len(data), batch_size):
+            yield data.batch(torch.arange(i, min(i + batch_size, len(data))))
+    else:
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=0)
+
+
 @torch.no_grad()
 def collect_exit_logits(model: DynamicVisionTransformer, data, norm: nn.Module, batch_size: int = 128,
                         desc: str = "exits") -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every exit's logits on a dataset split (all stages on every image): ([(N, K)] * S, labels (N,))."""
     from tqdm.auto import tqdm
 
-    from ..train.engine import eval_batches
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     per_exit: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
     labels = []
-    for x, y in tqdm(eval_batches(data, batch_size), total=math.ceil(len(data) / batch_size), desc=desc,
+    for x, y in tqdm(split_batches(data, batch_size), total=math.ceil(len(data) / batch_size), desc=desc,
                      leave=False, unit="batch"):
         for k, lg in enumerate(model.forward_exits(norm(x.to(device)))):
             per_exit[k].append(lg.float().cpu())
@@ -701,13 +709,11 @@ def collect_exit_logits(model: DynamicVisionTransformer, data, norm: nn.Module, 
 @torch.no_grad()
 def exit_statistics(model: DynamicVisionTransformer, data, norm: nn.Module, batch_size: int = 128) -> dict[str, Any]:
     """Early-exit evaluation with the model's thresholds: accuracy, exit counts, mean GMACs per image."""
-    from ..train.engine import eval_batches
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     exits, correct = [], 0
-    for x, y in eval_batches(data, batch_size):
+    for x, y in split_batches(data, batch_size):
         logits, e = model.forward_dynamic(norm(x.to(device)))
         correct += int((logits.argmax(-1).cpu() == y).sum())
         exits.append(e.cpu())
@@ -719,49 +725,6 @@ def exit_statistics(model: DynamicVisionTransformer, data, norm: nn.Module, batc
             "exit_fractions": [c / len(all_exits) for c in counts], "exit_gmacs": list(costs),
             "mean_gmacs": float(torch.tensor(costs, dtype=torch.float64)[all_exits].mean()),
             "thresholds": list(model.config.exit_thresholds) if model.config.exit_thresholds else None}
-
-
-def calibrate_dir(path, budget: float | None = None, target_gmacs: float | None = None, dataset: str | None = None,
-                  data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, Any]:
-    """`vitkit calibrate`: set a saved DVT's thresholds on held-out training data for an average cost
-    (`budget` x the last exit's GMACs, or `target_gmacs`), and store them with each exit's GMACs in its
-    config.json. The held-out data is the validation split `vitkit train` carved (same fraction and seed)."""
-    from pathlib import Path
-
-    from ..data import load_dataset
-    from ..hub import from_pretrained, save_pretrained
-    from ..train.engine import Normalise
-
-    path = Path(path)
-    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
-    model = from_pretrained(model_dir)
-    if not isinstance(model, DynamicVisionTransformer):
-        raise ValueError(f"{model_dir} holds a {model.family!r} model; calibration sets the exit thresholds of a "  # noqa: TRY004
-                         f"DVT (dvt_*) model")
-    if (budget is None) == (target_gmacs is None):
-        raise ValueError("give exactly one of --budget (a fraction of the last exit's GMACs, e.g. 0.6) or --gmacs")
-    if budget is not None and not 0 < budget <= 1:
-        raise ValueError(f"--budget is a fraction of the last exit's GMACs in (0, 1], got {budget}")
-    name = dataset or model.pretrained_cfg.get("dataset")
-    if not name:
-        raise ValueError(f"{model_dir} does not say which dataset it was trained on: pass --data NAME")
-    splits = load_dataset(name, data_dir, val_fraction=val_fraction, seed=seed)
-    if splits.val is None:
-        raise ValueError(f"dataset {name} has no held-out split to calibrate on: use --val-fraction > 0")
-    cfg = model.pretrained_cfg
-    norm = Normalise(cfg.get("mean", splits.mean), cfg.get("std", splits.std))
-    costs = model.measure_exit_gmacs()
-    target = target_gmacs if target_gmacs is not None else budget * costs[-1]
-    exit_logits, labels = collect_exit_logits(model, splits.val, norm, desc="calibrating")
-    result = calibrate_thresholds(exit_logits, labels, costs, target)
-    model.set_exit_thresholds(result["thresholds"])
-    model.config.exit_gmacs = tuple(costs)
-    model.config.calibration = {
-        "dataset": name, "split": f"val (val_fraction={val_fraction}, seed={seed})",
-        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k != "thresholds"},
-    }
-    save_pretrained(model, model_dir)
-    return {**result, "exit_gmacs": list(costs), "model_dir": str(model_dir), "dataset": name}
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -780,4 +743,5 @@ def _register_all() -> None:
 
 _register_all()
 
-__all__ = ["DVTConfig", "DynamicVisionTransformer", "calibrate_thresholds", "simulate_exits"]
+__all__ = ["DVTConfig", "DynamicVisionTransformer", "calibrate_thresholds", "collect_exit_logits", "exit_statistics",
+           "simulate_exits"]

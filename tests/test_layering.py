@@ -1,0 +1,121 @@
+"""The import boundaries of the package, checked on the source with `ast` (every import statement,
+including those inside functions and `if TYPE_CHECKING:` blocks; relative imports are resolved to
+absolute module names):
+
+1. `vitkit.models` and `vitkit.layers` import nothing from the training side: `vitkit.train`,
+   `vitkit.methods`, `vitkit.data`, `vitkit.eval`, `vitkit.inspect` or the command line
+   (`vitkit.cli`, `vitkit.eval_cli`), so a model builds, loads and runs without them.
+2. No private name crosses a package: a module does not import `_name` (or anything from a private
+   module such as `vitkit.models._base`) from another subpackage. Each folder under vitkit/ is a
+   package; the top-level modules (`vitkit.hub`, `vitkit.registry`, ...) together are the package
+   `vitkit`. Within one package private names are fine.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "vitkit"
+LOWER = ("vitkit.models", "vitkit.layers")
+TRAINING_SIDE = ("vitkit.train", "vitkit.methods", "vitkit.data", "vitkit.eval", "vitkit.inspect", "vitkit.cli",
+                 "vitkit.eval_cli")
+
+
+def module_name(path: Path, root: Path) -> tuple[str, bool]:
+    """vitkit/models/vit.py -> ("vitkit.models.vit", False); vitkit/models/__init__.py -> ("vitkit.models", True)."""
+    parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+    is_package = parts[-1] == "__init__"
+    return ".".join(parts[:-1] if is_package else parts), is_package
+
+
+def package_of(module: str, root: Path) -> str:
+    """The package a module belongs to: "vitkit.<folder>" for modules in a folder of vitkit/, else "vitkit"."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (root / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def imports(path: Path, root: Path):
+    """(line, imported module, imported name or None) for every import in the file, relative ones resolved."""
+    module, is_package = module_name(path, root)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                yield node.lineno, target, alias.name
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    """Every import that breaks a rule, as "file:line: rule: what"."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module, _ = module_name(path, root)
+        package = package_of(module, root)
+        where = path.relative_to(root.parent)
+        for line, target, name in imports(path, root):
+            if not under(target, (root.name,)):
+                continue  # the standard library and third-party packages
+            full = f"{target}.{name}" if name and name != "*" else target  # `from pkg import submodule`
+            if under(module, LOWER) and (under(target, TRAINING_SIDE) or under(full, TRAINING_SIDE)):
+                found.append(f"{where}:{line}: models/layers import the training side: {full} "
+                             f"(vitkit.models and vitkit.layers never import {', '.join(TRAINING_SIDE)})")
+            if package_of(target, root) != package:
+                private = [p for p in target.split(".")[1:] if is_private(p)]
+                if name and is_private(name):
+                    private.append(name)
+                message = (f"{where}:{line}: private name imported across packages: {private} from "
+                           f"{target} into {module} (make it public where another package needs it)")
+                if private and message not in found:  # once per statement, not per imported name
+                    found.append(message)
+    return found
+
+
+def test_import_boundaries():
+    found = violations()
+    assert not found, "import boundaries broken:\n" + "\n".join(found)
+
+
+def test_the_check_finds_crossings(tmp_path):
+    """The checker on a scratch package: it reports a lazy training import in a model file, a relative
+    import of a data module from a layer, and private names from another package, with file:line."""
+    pkg = tmp_path / "vitkit"
+    for folder in ("models", "layers", "train", "data", "methods"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "hub.py").write_text("def _atomic_write():\n    pass\n")
+    (pkg / "registry.py").write_text("from .hub import _atomic_write\n")  # same package (vitkit): fine
+    (pkg / "models" / "_base.py").write_text("X = 1\n")
+    (pkg / "models" / "vit.py").write_text(
+        "from ._base import X\n"  # private module, same package: fine
+        "from ..layers import norm\n"  # models may import layers
+        "def f():\n    from ..train.engine import eval_batches\n    return eval_batches\n")
+    (pkg / "layers" / "norm.py").write_text("from .. import data\nimport vitkit.methods.mae\n")
+    (pkg / "methods" / "mae.py").write_text("from ..models._base import X\nfrom vitkit.hub import _atomic_write\n")
+    found = violations(pkg)
+    assert len(found) == 5, found
+    assert found[0].startswith("vitkit/layers/norm.py:1: models/layers import the training side: vitkit.data")
+    assert found[1].startswith("vitkit/layers/norm.py:2: models/layers import the training side: vitkit.methods.mae")
+    assert found[2].startswith("vitkit/methods/mae.py:1: private name imported across packages: ['_base']")
+    assert found[3].startswith("vitkit/methods/mae.py:2: private name imported across packages: ['_atomic_write']")
+    assert found[4].startswith("vitkit/models/vit.py:4: models/layers import the training side: "
+                               "vitkit.train.engine.eval_batches")
