@@ -160,6 +160,13 @@ def _plain_mlp(m: Mlp, x: torch.Tensor) -> torch.Tensor:
     return F.linear(m.act(F.linear(x, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
 
 
+def test_weights_made_in_inference_mode():
+    with torch.inference_mode(), cpu_gemm("onednn"):
+        layer = Linear(12, 20)
+        x = torch.randn(3, 12)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
 def test_state_dict_deepcopy_and_pickle_see_a_plain_linear():
     layer, ref = Linear(12, 20), nn.Linear(12, 20)
     with cpu_gemm("onednn"), torch.no_grad():
