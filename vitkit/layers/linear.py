@@ -58,7 +58,7 @@ AUTO_MIN_MACS = 1 << 20
 _DTYPES = (torch.float32, torch.bfloat16)
 
 _MODE = contextvars.ContextVar("vitkit_cpu_gemm", default=None)
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a weakref callback (`_forget`) may run while it is held
 # (role, dtype, in_features, out_features, rows bucket) -> True when oneDNN wins; role "fwd" is x @ W^T,
 # "dgrad" is grad_out @ W.
 _DECISIONS: dict[tuple, bool] = {}
