@@ -236,3 +236,20 @@ def test_cuda_tensors_take_f_linear():
     with cpu_gemm("onednn"):
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
     assert not cpu_linear._PACKED or all(e[0]() is not layer.weight for e in cpu_linear._PACKED.values())
+
+
+def test_flop_counter_sees_aten_linear_whatever_the_mode():
+    """A dispatch mode such as FlopCounterMode gets F.linear's aten ops, so FLOP counts (vitkit.profile.gmacs)
+    do not depend on which GEMM path the probe chose."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitkit.layers import Linear, cpu_gemm
+
+    layer = Linear(256, 512)
+    x = torch.randn(4096, 256)
+    counts = []
+    for mode in ("off", "onednn"):
+        with cpu_gemm(mode), FlopCounterMode(display=False) as counter, torch.no_grad():
+            layer(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 2 * 4096 * 256 * 512

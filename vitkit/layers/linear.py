@@ -265,9 +265,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `cpu_gemm` mode chooses them (see this module's docstring); otherwise exactly `F.linear`."""
     mode = cpu_gemm_mode()
     # plain tensors only: torch.fx proxies, the fake tensors of torch.export, subclasses take F.linear, as do
-    # torch.jit tracing and torch.compile (whose graphs then hold aten.linear)
+    # torch.jit tracing and torch.compile (whose graphs then hold aten.linear), and any active dispatch mode
+    # (FlopCounterMode, profilers, debug modes), which then sees the aten.linear a user expects to count
     if (mode == "off" or not _AVAILABLE or type(x) is not torch.Tensor or not x.is_cpu or not weight.is_cpu
             or x.dim() < 2 or x.numel() == 0 or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch._C._len_torch_dispatch_stack() > 0
             or weight.is_inference()):  # an inference tensor has no version counter to key its packing on
         return F.linear(x, weight, bias)
     if mode == "auto" and x.numel() * weight.shape[0] < AUTO_MIN_MACS:
