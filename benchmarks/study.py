@@ -132,6 +132,7 @@ class Claim:
     budget: str = ""
     needs: str = "images"  # images | video: the data the claim needs
     note: str = ""
+    arm_metric: str = ""  # what each arm's values are, where the sides combine them (default: metric)
 
 
 @dataclass
@@ -393,7 +394,8 @@ def build_claims() -> list[Claim]:
               "The ResNet's lead over ViT shrinks as the training set grows.", "ResNet - ViT accuracy gap (points)",
               {"ResNet small": (cnn_s, "test_acc"), "ViT small": (vit_s, "test_acc"),
                "ResNet large": (cnn_l, "test_acc"), "ViT large": (vit_l, "test_acc")},
-              {"ResNet small": 1, "ViT small": -1}, {"ResNet large": 1, "ViT large": -1}, budget=sizes),
+              {"ResNet small": 1, "ViT small": -1}, {"ResNet large": 1, "ViT large": -1}, budget=sizes,
+              arm_metric=acc),
         Claim("swin_vs_vit", "Swin / CvT", "Liu et al. 2021 (Swin), table 1a",
               "Swin beats a ViT (DeiT) of similar size trained on the same data.", acc,
               {"Swin": (swin_l, "test_acc"), "ViT": (vit_l, "test_acc"), "Swin (small data)": (swin_s, "test_acc"),
@@ -513,7 +515,7 @@ def data_missing(ctx: Ctx, needs: str) -> str | None:
 def summarise(claim: Claim, values: dict[str, list[float]], ctx: Ctx, status: str | None) -> dict:
     budget = claim.budget.format(**ctx.p)
     out = {"id": claim.id, "family": claim.family, "paper": claim.paper, "claim": claim.claim,
-           "metric": claim.metric, "budget": budget, "rule": rule_text(claim), "note": claim.note, "arms": {}}
+           "metric": claim.metric, "arm_metric": claim.arm_metric or claim.metric, "budget": budget, "rule": rule_text(claim), "note": claim.note, "arms": {}}
     for label, vals in values.items():
         key = claim.arms[label][0].key
         out["arms"][label] = {"arm": key, "n": len(vals), "values": vals,
@@ -596,7 +598,7 @@ def figures(results: list[dict], out: Path) -> list[Path]:
                 ax.plot([i] * r["arms"][k]["n"], r["arms"][k]["values"], "k.", ms=4)
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
             ax.set_title(f"{r['id']}\n{r['verdict']}", fontsize=8)
-            ax.set_ylabel(r["metric"], fontsize=7)
+            ax.set_ylabel(r["arm_metric"], fontsize=7)
         fig.tight_layout()
         path = out / f"{family.lower().replace(' / ', '_').replace(' ', '_').replace('-', '_')}.png"
         fig.savefig(path, dpi=90)
