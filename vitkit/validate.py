@@ -193,9 +193,13 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
                 fail(field, f"is over vitkit's limit of {high:,} for this field (about ten times the largest "
                             f"published model); check the config")
     if config_class is not None:  # each field of the type its annotation names (true/false for a flag, ...)
+        per_stage = getattr(config_class, "per_stage_fields", ())
         for f in dataclasses.fields(config_class):
-            if f.name in values and _matches(values[f.name], str(f.type)) is False:
-                fail(f.name, f"must be {_describe(str(f.type))}")
+            annotation = str(f.type)
+            if f.name in per_stage and annotation.startswith("tuple[") and annotation.endswith(", ...]"):
+                annotation += f" | {annotation[len('tuple['):-len(', ...]')]}"  # one value for every stage
+            if f.name in values and _matches(values[f.name], annotation) is False:
+                fail(f.name, f"must be {_describe(annotation)}")
     for field in _RATES:
         for v in _entries(values.get(field, 0.0)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:

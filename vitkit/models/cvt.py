@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,9 @@ class CvtConfig:
     drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)  # after the token embedding, attention projection, MLP
     attn_drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)
     drop_path_rate: tuple[float, ...] = (0.0, 0.0, 0.0)  # per stage, linear from 0 over its blocks
+
+    # a scalar given for one of these applies to every stage (read by vitkit.validate's type check too)
+    per_stage_fields: ClassVar[tuple[str, ...]] = _PER_STAGE
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, list):
