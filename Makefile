@@ -29,4 +29,5 @@ docs:
 
 lint:
 	bash scripts/setup.sh docs
-	.venv/bin/ruff check vitkit
+	.venv/bin/ruff check vitkit tests
+	.venv/bin/ruff format --check vitkit tests

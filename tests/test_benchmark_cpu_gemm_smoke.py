@@ -25,8 +25,9 @@ def test_cpu_gemm_smoke(tmp_path):
     assert {("fp32", "torch.mm (default BLAS)"), ("fp32", "oneDNN packed"), ("bf16", "oneDNN packed")} <= kernels
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         assert ("fp32", "onnxruntime MatMul (MLAS)") in kernels
-    assert {(r["dtype"], r["GEMM"]) for r in result["gemm"]} == {(d, g) for d in ("fp32", "bf16")
-                                                                for g in ("fwd", "dgrad")}
+    assert {(r["dtype"], r["GEMM"]) for r in result["gemm"]} == {
+        (d, g) for d in ("fp32", "bf16") for g in ("fwd", "dgrad")
+    }
     assert all(r["F.linear GFLOP/s"] > 0 and r["oneDNN GFLOP/s"] > 0 for r in result["gemm"])
     assert [r["what"] for r in result["models"]] == ["inference", "training step"]
     for r in result["models"]:

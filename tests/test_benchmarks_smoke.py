@@ -60,7 +60,8 @@ def test_bench_vs_timm_smoke(tmp_path, capsys):
     rows = bench.main(["--smoke", "--threads", "1", "--markdown", str(out)])
     # every architecture at batches 1 and 2 (inference) and one training step, timm's weights loaded strictly
     assert [(r.model, r.mode, r.batch) for r in rows] == [
-        (m, mode, b) for m in bench.SMOKE for mode, b in (("infer", 1), ("infer", 2), ("train", 2))]
+        (m, mode, b) for m in bench.SMOKE for mode, b in (("infer", 1), ("infer", 2), ("train", 2))
+    ]
     for r in rows:
         assert r.timm_ips > 0 and r.vitkit_ips > 0 and len(r.paired) == 1 and r.gflop_per_img > 0
     text = out.read_text()
@@ -165,8 +166,9 @@ def test_live_tensor_peak_counts_tensors_not_the_heap():
 
 def test_allocator_smoke(tmp_path):  # three fresh Python processes
     bench = script("allocator")
-    rows = bench.main(["--smoke", "--threads", "1", "--settings", "glibc", "reuse", "kept",
-                       "--markdown", str(tmp_path / "a.md")])
+    rows = bench.main(
+        ["--smoke", "--threads", "1", "--settings", "glibc", "reuse", "kept", "--markdown", str(tmp_path / "a.md")]
+    )
     assert [r["setting"] for r in rows] == ["glibc", "reuse", "kept"] and all(r["img/s"] > 0 for r in rows)
     assert rows[0]["vs glibc"] == 1.0 and "| reuse |" in (tmp_path / "a.md").read_text()
 
@@ -196,8 +198,20 @@ def test_ssl_eval_smoke_with_a_recipe(tmp_path):
     smoke's data, model and epochs on top): every evaluation of both backbones and both fine-tunings are there."""
     ssl_eval = script("ssl_eval")
     recipe = BENCH.parent / "recipes" / "pretrain_dino_mnist.yaml"
-    r = ssl_eval.main(["--smoke", "--method", "dino", "--recipe", str(recipe), "--out", str(tmp_path),
-                       "--", "--method.options.out_dim=256", "--method.options.num_local=2"])
+    r = ssl_eval.main(
+        [
+            "--smoke",
+            "--method",
+            "dino",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(tmp_path),
+            "--",
+            "--method.options.out_dim=256",
+            "--method.options.num_local=2",
+        ]
+    )
     assert r["args"]["epochs"] == 1 and r["args"]["recipe"] == str(recipe)
     for backbone in ("pretrained", "random_init"):
         assert set(r["frozen"][backbone]) == {"knn20", "linear_probe", "few_shot_1", "few_shot_5", "few_shot_10"}

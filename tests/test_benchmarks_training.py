@@ -24,7 +24,9 @@ def script(name: str):
 def test_time_to_accuracy_smoke(tmp_path):
     pytest.importorskip("vit_pytorch")
     tta = script("time_to_accuracy")
-    rows = tta.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "t.md")])
+    rows = tta.main(
+        ["--smoke", "--threads", "1", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "t.md")]
+    )
     assert [r["model"] for r in rows] == ["vitkit vit_micro_patch2_8", "vit_pytorch"]
     vitkit_row, vp_row = rows
     assert abs(vitkit_row["params"] - vp_row["params"]) / vitkit_row["params"] < 0.01  # matched size
@@ -54,8 +56,12 @@ def test_vit_pytorch_wrapper_matches_vitkit_size_and_trains():
 def test_family_compare_smoke(tmp_path):
     fc = script("family_compare")
     rows = fc.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "f.md")])
-    assert [r["model"] for r in rows] == ["vit_micro_patch4_28", "swin_micro_patch2_window7_28", "cvt_micro_28",
-                                          "mixer_micro_patch4_28"]
+    assert [r["model"] for r in rows] == [
+        "vit_micro_patch4_28",
+        "swin_micro_patch2_window7_28",
+        "cvt_micro_28",
+        "mixer_micro_patch4_28",
+    ]
     for r in rows:
         assert r["epochs"] >= 1 and len(r["test_accs"]) == 1 and r["params"] > 50_000 and r["gmacs"] > 0
     assert "SMOKE RUN" in (tmp_path / "f.md").read_text()
@@ -64,8 +70,10 @@ def test_family_compare_smoke(tmp_path):
 def test_family_recipes_differ_only_in_the_model():
     from vitkit.train import load_recipe
 
-    cfgs = {f: load_recipe(BENCH.parent / "recipes" / f"fmnist_{f}_micro.yaml").to_dict() for f in
-            ("vit", "swin", "cvt", "mixer")}
+    cfgs = {
+        f: load_recipe(BENCH.parent / "recipes" / f"fmnist_{f}_micro.yaml").to_dict()
+        for f in ("vit", "swin", "cvt", "mixer")
+    }
     names = {f: c.pop("model")["name"] for f, c in cfgs.items()}
     assert len(set(names.values())) == 4 and all(f in n for f, n in names.items())
     first = cfgs["vit"]
@@ -111,8 +119,13 @@ def test_video_moving_digits_smoke_from_scratch_and_from_an_image_vit(tmp_path, 
     models = ["vivit_micro_4x2_28", "timesformer_micro_patch4_28"]
     for init in (None, tmp_path / "frame_vit.pt"):
         out = tmp_path / ("init" if init else "scratch")
-        assert vmd.main(["--smoke", "--models", *models, "--out", str(out), "--no-progress"]
-                        + (["--init", str(init)] if init else [])) == 0
+        assert (
+            vmd.main(
+                ["--smoke", "--models", *models, "--out", str(out), "--no-progress"]
+                + (["--init", str(init)] if init else [])
+            )
+            == 0
+        )
         rows = json.loads((out / "results.json").read_text())["micro"]
         assert [r["model"] for r in rows] == models
         assert all(r["init"] == (str(init) if init else "scratch") for r in rows)

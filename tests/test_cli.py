@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import vitkit
 from vitkit.cli import main
 from vitkit.data import load_digits
 from vitkit.train.schedule import cosine_schedule

@@ -25,8 +25,13 @@ from vitkit.hub import CheckpointError, from_pretrained
 from vitkit.validate import ModelConfigError
 
 TINY = "vit_micro_patch2_8"
-TRAIN_FAST = ["--sched.epochs=1", "--data.train_fraction=0.02", "--run.batch_size=16", "--run.progress=false",
-              "--run.tensorboard=false"]
+TRAIN_FAST = [
+    "--sched.epochs=1",
+    "--data.train_fraction=0.02",
+    "--run.batch_size=16",
+    "--run.progress=false",
+    "--run.tensorboard=false",
+]
 
 
 def run_cli(capsys, *argv):
@@ -44,30 +49,35 @@ def assert_user_error(code, err, *needles):
 
 
 # ------------------------------------------------------------------------------------ settings
-@pytest.mark.parametrize("setting, needle", [
-    ("--sched.epochs=0", "--sched.epochs=0 is out of range: it must be at least 1"),
-    ("--sched.warmup_epochs=-1", "--sched.warmup_epochs=-1.0 is out of range"),
-    ("--run.batch_size=0", "--run.batch_size=0 is out of range"),
-    ("--optim.accum_steps=0", "--optim.accum_steps=0 is out of range"),
-    ("--run.ema_decay=2", "--run.ema_decay=2.0 is out of range: it must be in [0, 1)"),
-    ("--optim.lr=.nan", "--optim.lr=nan is out of range"),
-    ("--optim.lr=-1e-3", "--optim.lr=-0.001 is out of range"),
-    ("--optim.lr=[", "is not plain YAML"),
-    ("--model.overrides.depth=-1", "depth = -1 must be at least 1"),
-    ("--model.overrides.num_heads=0", "num_heads = 0 must be at least 1"),
-    ("--model.overrides.num_heads=3", "num_heads = 3 with embed_dim = 64: embed_dim is not divisible by num_heads"),
-    ("--model.overrides.patch_size=0", "patch_size = 0 must be at least 1"),
-    ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
-    ("--model.overrides.dept=3", "--model.overrides.dept: vit_micro_patch2_8 (ViTConfig) has no field 'dept' (did "
-                                 "you mean 'depth'?)"),
-    ("--model.overrides.img_size=16", "--model.overrides.img_size: the image size comes from the dataset"),
-    ("--model.overrides.qkv_bias=maybe", "qkv_bias = 'maybe' must be true or false"),
-    ("--model.overrides.mlp_ratio=[4]", "mlp_ratio = [4] must be a number"),
-    ("--model.overrides.hybrid_layers=3", "hybrid_layers = 3 must be a list of integers or null"),
-    ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
-    ("--distill.teacher=/no/such/teacher", "--distill.teacher=/no/such/teacher does not exist"),
-    ("--optim.name=adam", "--optim.name='adam' is out of range: it must be one of adamw, sgd"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("--sched.epochs=0", "--sched.epochs=0 is out of range: it must be at least 1"),
+        ("--sched.warmup_epochs=-1", "--sched.warmup_epochs=-1.0 is out of range"),
+        ("--run.batch_size=0", "--run.batch_size=0 is out of range"),
+        ("--optim.accum_steps=0", "--optim.accum_steps=0 is out of range"),
+        ("--run.ema_decay=2", "--run.ema_decay=2.0 is out of range: it must be in [0, 1)"),
+        ("--optim.lr=.nan", "--optim.lr=nan is out of range"),
+        ("--optim.lr=-1e-3", "--optim.lr=-0.001 is out of range"),
+        ("--optim.lr=[", "is not plain YAML"),
+        ("--model.overrides.depth=-1", "depth = -1 must be at least 1"),
+        ("--model.overrides.num_heads=0", "num_heads = 0 must be at least 1"),
+        ("--model.overrides.num_heads=3", "num_heads = 3 with embed_dim = 64: embed_dim is not divisible by num_heads"),
+        ("--model.overrides.patch_size=0", "patch_size = 0 must be at least 1"),
+        ("--model.overrides.embed_dim=1000000000", "embed_dim = 1000000000 is over vitkit's limit"),
+        (
+            "--model.overrides.dept=3",
+            "--model.overrides.dept: vit_micro_patch2_8 (ViTConfig) has no field 'dept' (did you mean 'depth'?)",
+        ),
+        ("--model.overrides.img_size=16", "--model.overrides.img_size: the image size comes from the dataset"),
+        ("--model.overrides.qkv_bias=maybe", "qkv_bias = 'maybe' must be true or false"),
+        ("--model.overrides.mlp_ratio=[4]", "mlp_ratio = [4] must be a number"),
+        ("--model.overrides.hybrid_layers=3", "hybrid_layers = 3 must be a list of integers or null"),
+        ("--data.name=mnsit", "--data.name='mnsit' is not a dataset vitkit reads; known: digits, mnist"),
+        ("--distill.teacher=/no/such/teacher", "--distill.teacher=/no/such/teacher does not exist"),
+        ("--optim.name=adam", "--optim.name='adam' is out of range: it must be one of adamw, sgd"),
+    ],
+)
 def test_bad_settings_fail_before_any_data_is_read(capsys, tmp_path, setting, needle):
     # data_dir names a folder that does not exist: reaching the data would be a different error
     code, err = run_cli(capsys, "train", "--data.name=folder", f"--data.data_dir={tmp_path / 'none'}", setting)
@@ -75,11 +85,14 @@ def test_bad_settings_fail_before_any_data_is_read(capsys, tmp_path, setting, ne
     assert err.count("error:") == 1
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["predict", "m", "a.png", "--top-k", "0"], "argument --top-k: 0 is out of range: it must be >= 1"),
-    (["calibrate", "m", "--budget", "2"], "argument --budget: 2 is out of range: it must be in (0, 1]"),
-    (["inspect", "m", "--out", "o", "--discard-ratio", "1"], "argument --discard-ratio: 1 is out of range"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["predict", "m", "a.png", "--top-k", "0"], "argument --top-k: 0 is out of range: it must be >= 1"),
+        (["calibrate", "m", "--budget", "2"], "argument --budget: 2 is out of range: it must be in (0, 1]"),
+        (["inspect", "m", "--out", "o", "--discard-ratio", "1"], "argument --discard-ratio: 1 is out of range"),
+    ],
+)
 def test_bad_flags_are_usage_errors(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -117,9 +130,19 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     from vitkit.train import TrainingDiverged
 
     with pytest.raises(TrainingDiverged) as info:  # raised by vitkit on purpose: a message
-        vitkit.train.train(vitkit.train.apply_overrides(vitkit.train.TrainConfig(), [
-            "--optim.lr=1e30", "--sched.epochs=1", "--data.train_fraction=0.1", "--run.progress=false",
-            "--run.tensorboard=false", f"--run.out={tmp_path / 'run'}"]))
+        vitkit.train.train(
+            vitkit.train.apply_overrides(
+                vitkit.train.TrainConfig(),
+                [
+                    "--optim.lr=1e30",
+                    "--sched.epochs=1",
+                    "--data.train_fraction=0.1",
+                    "--run.progress=false",
+                    "--run.tensorboard=false",
+                    f"--run.out={tmp_path / 'run'}",
+                ],
+            )
+        )
     assert user_error_message(info.value).startswith("the loss became")
     assert user_error_message(ValueError("bad value")) == "bad value"
     with pytest.raises(RuntimeError) as info:  # more than any address space: torch's CPU allocator refuses
@@ -189,10 +212,16 @@ def test_malicious_and_truncated_data_pickles(capsys, tmp_path):
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels (Pillow reads the size before decoding any pixel)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -279,9 +308,11 @@ def test_damaged_state_on_resume(capsys, tmp_path, trained_run, damage):
         (state.parent / "complete.json").write_text(json.dumps(listed))
     capsys.readouterr()
     code, err = run_cli(capsys, "train", "--out", run, "--resume", *TRAIN_FAST)
-    needle = {"malicious": "refusing to load", "truncated": "truncated, corrupt",
-              "truncated behind the marker's back": f"state.pt has {state.stat().st_size} bytes where complete.json "
-                                                    f"lists"}[damage]
+    needle = {
+        "malicious": "refusing to load",
+        "truncated": "truncated, corrupt",
+        "truncated behind the marker's back": f"state.pt has {state.stat().st_size} bytes where complete.json lists",
+    }[damage]
     assert_user_error(code, err, str(state), needle)
     assert not marker.exists()
 
@@ -289,8 +320,15 @@ def test_damaged_state_on_resume(capsys, tmp_path, trained_run, damage):
 # ------------------------------------------------------------------------------------ model configs
 def _hf_vit_dir(tmp_path, **config):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 image_size=16, patch_size=8, num_labels=5)
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+        num_labels=5,
+    )
     model = transformers.ViTForImageClassification(cfg)
     model.save_pretrained(tmp_path / "hf")
     path = tmp_path / "hf" / "config.json"
@@ -300,13 +338,16 @@ def _hf_vit_dir(tmp_path, **config):
     return tmp_path / "hf"
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("hidden_size", 10**9, "hidden_size = 1000000000 must be at most 65,536"),
-    ("num_hidden_layers", 10**6, "num_hidden_layers = 1000000 must be at most 1,024"),
-    ("num_attention_heads", 0, "num_attention_heads = 0 must be at least 1"),
-    ("patch_size", 0, "patch_size = 0 must be at least 1"),
-    ("hidden_size", "768", "hidden_size = '768' must be an integer"),
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("hidden_size", 10**9, "hidden_size = 1000000000 must be at most 65,536"),
+        ("num_hidden_layers", 10**6, "num_hidden_layers = 1000000 must be at most 1,024"),
+        ("num_attention_heads", 0, "num_attention_heads = 0 must be at least 1"),
+        ("patch_size", 0, "patch_size = 0 must be at least 1"),
+        ("hidden_size", "768", "hidden_size = '768' must be an integer"),
+    ],
+)
 def test_hf_config_sizes_are_checked_before_building(capsys, tmp_path, field, value, needle):
     directory = _hf_vit_dir(tmp_path, **{field: value})
     with pytest.raises(ModelConfigError, match=needle.replace("(", r"\(")) as info:
@@ -343,8 +384,9 @@ def test_every_registered_model_passes_the_checks():
 
 
 def test_hf_labels_disagreeing_with_the_weights_are_refused(capsys, tmp_path):
-    directory = _hf_vit_dir(tmp_path, id2label={str(i): c for i, c in enumerate("abc")},
-                            label2id={c: i for i, c in enumerate("abc")})
+    directory = _hf_vit_dir(
+        tmp_path, id2label={str(i): c for i, c in enumerate("abc")}, label2id={c: i for i, c in enumerate("abc")}
+    )
     with pytest.raises(ModelConfigError, match="describes 3 classes .* has 5 outputs: the weights are the truth"):
         from_pretrained(directory)
     assert from_pretrained(directory, num_classes=3).head.out_features == 3  # asked for: a new head
@@ -455,14 +497,17 @@ def test_a_full_disk_while_saving_names_the_file(tmp_path):
     assert list((tmp_path / "m").iterdir()) == []  # no half file
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("num_heads", 0, "num_heads = 0 must be at least 1"),
-    ("patch_size", 0, "patch_size = 0 must be at least 1"),
-    ("depth", -1, "depth = -1 must be at least 1"),
-    ("patch_size", 16, "patch_size = 16 is larger than img_size = 8"),
-    ("class_token", 7, "class_token = 7 must be true or false"),
-    ("img_size", [8, 8, 8], r"img_size = \[8, 8, 8\] must be an integer or a list of 2 integers"),
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("num_heads", 0, "num_heads = 0 must be at least 1"),
+        ("patch_size", 0, "patch_size = 0 must be at least 1"),
+        ("depth", -1, "depth = -1 must be at least 1"),
+        ("patch_size", 16, "patch_size = 16 is larger than img_size = 8"),
+        ("class_token", 7, "class_token = 7 must be true or false"),
+        ("img_size", [8, 8, 8], r"img_size = \[8, 8, 8\] must be an integer or a list of 2 integers"),
+    ],
+)
 def test_create_model_checks_before_building(field, value, needle):
     with pytest.raises(ModelConfigError, match=needle):
         vitkit.create_model(TINY, **{field: value})

@@ -20,9 +20,18 @@ from vitkit.predict import OnnxRuntimeModel, load_model, predict_files
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch.export internals
 
-TRAIN = ["--sched.epochs=6", "--sched.warmup_epochs=0", "--run.batch_size=32", "--run.progress=false",
-         "--run.tensorboard=false", "--model.overrides.depth=1", "--model.overrides.embed_dim=32",
-         "--model.overrides.num_heads=2", "--run.threads=1", "--data.num_workers=0"]
+TRAIN = [
+    "--sched.epochs=6",
+    "--sched.warmup_epochs=0",
+    "--run.batch_size=32",
+    "--run.progress=false",
+    "--run.tensorboard=false",
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--run.threads=1",
+    "--data.num_workers=0",
+]
 
 
 def needs_onnx():
@@ -66,8 +75,9 @@ def test_both_engines_agree_on_the_test_split(run, caplog):
     data = load_dataset("digits").test
     x = torch.stack([data[i][0] for i in range(len(data))])
     mean, std = (torch.tensor(ort_model.data_config[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
-    assert ort_model.data_config == {k: tuple(v) if isinstance(v, list) else v for k, v in
-                                     vitkit.data.resolve_model_data_config(torch_model).items()}
+    assert ort_model.data_config == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vitkit.data.resolve_model_data_config(torch_model).items()
+    }
     x = (x - mean) / std
     with torch.inference_mode():
         ref = torch_model(x).softmax(-1)

@@ -20,8 +20,12 @@ from vitkit.export import (
 )
 
 # Mixer goes through the command line in test_cli_exports_a_saved_model_with_dynamic_batch (one export each).
-FAMILY_MODELS = ["vit_micro_patch4_28", "deit_micro_distilled_patch4_28", "swin_micro_patch2_window7_28",
-                 "cvt_micro_28"]
+FAMILY_MODELS = [
+    "vit_micro_patch4_28",
+    "deit_micro_distilled_patch4_28",
+    "swin_micro_patch2_window7_28",
+    "cvt_micro_28",
+]
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch.export internals
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,7 +91,9 @@ def test_wrong_channel_count(name):
 @pytest.mark.parametrize("name", [BASE, DISTILLED, HYBRID])
 def test_wrong_input_size_without_dynamic_img_size(name):
     model = tiny(name)
-    with pytest.raises(ValueError, match=r"(?s)input size \(64x32\) does not match.*img_size 32x32.*dynamic_img_size=True"):
+    with pytest.raises(
+        ValueError, match=r"(?s)input size \(64x32\) does not match.*img_size 32x32.*dynamic_img_size=True"
+    ):
         model(torch.randn(B, 3, 64, 32))
 
 
@@ -124,7 +127,7 @@ def test_damaged_files_always_give_checkpoint_error(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_checkpoint(tmp_path, suffix):
     full = save(state_of(tiny()), tmp_path / f"full{suffix}")
-    data = open(full, "rb").read()
+    data = Path(full).read_bytes()
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"truncated"):
@@ -166,8 +169,14 @@ def test_checkpoint_for_another_architecture(tmp_path):
             state[p + "attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
             state[p + "attn.qkv.weight"] = torch.randn(288, 96)
             state[p + "norm1.weight"] = torch.ones(96)
-    state.update({"norm.weight": torch.ones(768), "norm.bias": torch.zeros(768),
-                  "head.weight": torch.randn(1000, 768), "head.bias": torch.zeros(1000)})
+    state.update(
+        {
+            "norm.weight": torch.ones(768),
+            "norm.bias": torch.zeros(768),
+            "head.weight": torch.randn(1000, 768),
+            "head.bias": torch.zeros(1000),
+        }
+    )
     path = save(state, tmp_path / "swin.safetensors")
     with pytest.raises(CheckpointError, match=r"another architecture") as e:
         create_model(BASE, pretrained=path, **TINY)
@@ -328,14 +337,16 @@ def test_deit_checkpoint_with_argparse_namespace(tmp_path):
 def test_mae_decoder_keys_are_dropped(tmp_path, caplog):
     src = tiny(seed=5, num_classes=0, global_pool="avg")
     sd = state_of(src)
-    sd.update({
-        "mask_token": torch.zeros(1, 1, 16),
-        "decoder_embed.weight": torch.randn(16, 32),
-        "decoder_pos_embed": torch.zeros(1, 5, 16),
-        "decoder_blocks.0.norm1.weight": torch.ones(16),
-        "decoder_norm.weight": torch.ones(16),
-        "decoder_pred.weight": torch.randn(768, 16),
-    })
+    sd.update(
+        {
+            "mask_token": torch.zeros(1, 1, 16),
+            "decoder_embed.weight": torch.randn(16, 32),
+            "decoder_pos_embed": torch.zeros(1, 5, 16),
+            "decoder_blocks.0.norm1.weight": torch.ones(16),
+            "decoder_norm.weight": torch.ones(16),
+            "decoder_pred.weight": torch.randn(768, 16),
+        }
+    )
     path = save({"model": sd}, tmp_path / "mae.pth")
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         model = create_model(BASE, pretrained=path, **{**TINY, "num_classes": 0, "global_pool": "avg"}).eval()
@@ -378,8 +389,9 @@ def test_other_img_size_resamples_pos_embed(tmp_path, caplog, name, new_size):
 
     expected = tiny(name, seed=99, img_size=new_size)
     manual = dict(sd)
-    manual["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], expected.patch_embed.grid_size,
-                                                 num_prefix_tokens=expected.num_prefix_tokens)
+    manual["pos_embed"] = resample_abs_pos_embed(
+        sd["pos_embed"], expected.patch_embed.grid_size, num_prefix_tokens=expected.num_prefix_tokens
+    )
     expected.load_state_dict(manual)
     torch.testing.assert_close(model.pos_embed, expected.pos_embed, atol=0, rtol=0)
     assert_same_outputs(model, expected, images(expected))

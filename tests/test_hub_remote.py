@@ -31,8 +31,15 @@ transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
 ATOL = dict(atol=1e-5, rtol=1e-5)
-HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-               image_size=32, patch_size=8, num_labels=5)
+HF_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
 TIMM_TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
 
 
@@ -59,16 +66,25 @@ def hf_logits(hf, x):
 
 
 # ------------------------------------------------------------------------------------ transformers repos
-SWIN_TINY = dict(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
-                 num_labels=5)
+SWIN_TINY = dict(
+    image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=5
+)
 
 
-@pytest.mark.parametrize("cls_name, config_cls, config, repo", [
-    ("ViTForImageClassification", "ViTConfig", HF_TINY, "google/vit-base-patch16-224"),
-    ("DeiTForImageClassificationWithTeacher", "DeiTConfig", HF_TINY, "facebook/deit-base-distilled-patch16-224"),
-    ("SwinForImageClassification", "SwinConfig", SWIN_TINY, "microsoft/swin-tiny-patch4-window7-224"),
-    ("ViTMSNModel", "ViTMSNConfig", {k: v for k, v in HF_TINY.items() if k != "num_labels"}, "facebook/vit-msn-small"),
-])
+@pytest.mark.parametrize(
+    "cls_name, config_cls, config, repo",
+    [
+        ("ViTForImageClassification", "ViTConfig", HF_TINY, "google/vit-base-patch16-224"),
+        ("DeiTForImageClassificationWithTeacher", "DeiTConfig", HF_TINY, "facebook/deit-base-distilled-patch16-224"),
+        ("SwinForImageClassification", "SwinConfig", SWIN_TINY, "microsoft/swin-tiny-patch4-window7-224"),
+        (
+            "ViTMSNModel",
+            "ViTMSNConfig",
+            {k: v for k, v in HF_TINY.items() if k != "num_labels"},
+            "facebook/vit-msn-small",
+        ),
+    ],
+)
 def test_from_pretrained_transformers_repo(hub_cache, tmp_path, cls_name, config_cls, config, repo):
     hf, folder = hf_saved(tmp_path, cls_name, getattr(transformers, config_cls), **config)
     put_in_cache(hub_cache, repo, folder)
@@ -102,10 +118,14 @@ def test_transformers_tag_builds_the_repos_network(hub_cache, tmp_path):
     # a repo's preprocessor_config.json has the last word on preprocessing
     (folder / "preprocessor_config.json").write_text(
         '{"image_processor_type": "ViTImageProcessor", "image_mean": [0.485, 0.456, 0.406], '
-        '"image_std": [0.229, 0.224, 0.225], "resample": 3, "do_resize": true, "size": {"height": 32, "width": 32}}')
+        '"image_std": [0.229, 0.224, 0.225], "resample": 3, "do_resize": true, "size": {"height": 32, "width": 32}}'
+    )
     put_in_cache(hub_cache, "google/vit-base-patch16-224", folder, revision="with-processor")
-    cfg = create_model("vit_base_patch16_224.hf_goog_in21k_ft_in1k", pretrained=True, pretrained_cfg_overlay=dict(
-        hf_hub_id="google/vit-base-patch16-224@with-processor")).pretrained_cfg
+    cfg = create_model(
+        "vit_base_patch16_224.hf_goog_in21k_ft_in1k",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(hf_hub_id="google/vit-base-patch16-224@with-processor"),
+    ).pretrained_cfg
     assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["interpolation"] == "bicubic"
 
 
@@ -115,8 +135,9 @@ def test_hf_hub_timm_repo(hub_cache, tmp_path, safe_serialization):
     """A repo written by timm's save_for_hf (config.json: architecture = the timm name, model_args,
     pretrained_cfg): create_model('hf-hub:...', pretrained=True) and from_pretrained give timm's outputs;
     pretrained=False builds the same network with random weights, as timm does."""
-    ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=safe_serialization,
-                             num_classes=7, **TIMM_TINY)
+    ref, folder = timm_saved(
+        tmp_path, "vit_base_patch16_224", safe_serialization=safe_serialization, num_classes=7, **TIMM_TINY
+    )
     put_in_cache(hub_cache, "someone/tiny-vit", folder)
     x = images()
     with torch.no_grad():
@@ -133,8 +154,17 @@ def test_hf_hub_timm_repo(hub_cache, tmp_path, safe_serialization):
 
 
 def test_hf_hub_timm_swin_repo(hub_cache, tmp_path):
-    ref, folder = timm_saved(tmp_path, "swin_tiny_patch4_window7_224", num_classes=4, img_size=32, patch_size=2,
-                             embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4)
+    ref, folder = timm_saved(
+        tmp_path,
+        "swin_tiny_patch4_window7_224",
+        num_classes=4,
+        img_size=32,
+        patch_size=2,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(2, 2),
+        window_size=4,
+    )
     put_in_cache(hub_cache, "someone/tiny-swin", folder)
     x = images()
     with torch.no_grad():
@@ -166,8 +196,23 @@ def test_name_with_tag_loads_timms_repo(hub_cache, tmp_path):
         # without a tag, pretrained=True takes timm's default tag: the same repo
         default = create_model("vit_base_patch16_224", pretrained=True, **TIMM_TINY).eval()
         torch.testing.assert_close(default(x), ref(x), **ATOL)
-    for key in ("hf_hub_id", "architecture", "tag", "input_size", "fixed_input_size", "interpolation", "crop_pct",
-                "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "license"):
+    for key in (
+        "hf_hub_id",
+        "architecture",
+        "tag",
+        "input_size",
+        "fixed_input_size",
+        "interpolation",
+        "crop_pct",
+        "crop_mode",
+        "mean",
+        "std",
+        "num_classes",
+        "pool_size",
+        "first_conv",
+        "classifier",
+        "license",
+    ):
         assert model.pretrained_cfg[key] == ref.pretrained_cfg[key], key
     assert model.default_cfg is model.pretrained_cfg
 
@@ -175,8 +220,12 @@ def test_name_with_tag_loads_timms_repo(hub_cache, tmp_path):
 def test_pretrained_cfg_overlay_file(tmp_path):
     """timm's idiom for local weights: pretrained=True with pretrained_cfg_overlay=dict(file=...)."""
     ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=True, **TIMM_TINY)
-    model = create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(
-        file=str(folder / "model.safetensors")), **TIMM_TINY).eval()
+    model = create_model(
+        "vit_base_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+        **TIMM_TINY,
+    ).eval()
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), **ATOL)
@@ -200,9 +249,16 @@ def test_other_in_chans_adapt_the_first_conv_as_timm(tmp_path, in_chans):
         with torch.no_grad():
             torch.testing.assert_close(ours(x), ref(x), **ATOL)
     with pytest.raises(CheckpointError, match=r"patch_embed.proj.weight \(32, 3, 16, 16\) vs \(32, 1, 8, 8\)"):
-        create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(
-            file=str(tmp_path / "vit_base_patch16_224" / "timm-0-True" / "model.safetensors")), in_chans=1,
-            patch_size=8, **TIMM_TINY)  # another kernel too: not a channel count to adapt, reported
+        create_model(
+            "vit_base_patch16_224",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(
+                file=str(tmp_path / "vit_base_patch16_224" / "timm-0-True" / "model.safetensors")
+            ),
+            in_chans=1,
+            patch_size=8,
+            **TIMM_TINY,
+        )  # another kernel too: not a channel count to adapt, reported
 
 
 # ------------------------------------------------------------------------------------ revisions and formats
@@ -263,8 +319,13 @@ def test_offline_and_not_cached(hub_cache):
     with pytest.raises(CheckpointError) as e:
         from_pretrained("google/vit-base-patch16-224")
     msg = str(e.value)
-    for part in ("google/vit-base-patch16-224", "config.json", "HF_HUB_OFFLINE", "huggingface-cli download",
-                 str(hub_cache)):
+    for part in (
+        "google/vit-base-patch16-224",
+        "config.json",
+        "HF_HUB_OFFLINE",
+        "huggingface-cli download",
+        str(hub_cache),
+    ):
         assert part in msg, part
     with pytest.raises(CheckpointError, match=r"timm/vit_base_patch16_224\.augreg2_in21k_ft_in1k.*HF_HUB_OFFLINE"):
         create_model("vit_base_patch16_224", pretrained=True, **TIMM_TINY)
@@ -296,7 +357,9 @@ def test_not_a_path_nor_a_repo_id(tmp_path):
 
 
 def test_no_weights_for_the_name():
-    with pytest.raises(CheckpointError, match=r"no pretrained weights exist for 'vit_micro_patch4_28'.*pretrained=False"):
+    with pytest.raises(
+        CheckpointError, match=r"no pretrained weights exist for 'vit_micro_patch4_28'.*pretrained=False"
+    ):
         create_model("vit_micro_patch4_28", pretrained=True)
     with pytest.raises(ValueError, match=r"unknown pretrained tag 'nope'.*augreg2_in21k_ft_in1k"):
         create_model("vit_base_patch16_224.nope")
@@ -319,12 +382,23 @@ def test_torchvision_weights_from_torch_hub_cache(tmp_path, monkeypatch):
     micro sizes: this proves the lookup, the key conversion and the outputs, not the real file."""
     mvit_tv = pytest.importorskip("torchvision.models.video.mvit")
     cfg = mvit_tv.MSBlockConfig
-    blocks = [cfg(1, 32, 64, [], [3, 3, 3], [], [1, 4, 4]), cfg(2, 64, 64, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 2, 2]),
-              cfg(2, 64, 128, [], [3, 3, 3], [], [1, 2, 2]),
-              cfg(4, 128, 128, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1])]
+    blocks = [
+        cfg(1, 32, 64, [], [3, 3, 3], [], [1, 4, 4]),
+        cfg(2, 64, 64, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 2, 2]),
+        cfg(2, 64, 128, [], [3, 3, 3], [], [1, 2, 2]),
+        cfg(4, 128, 128, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1]),
+    ]
     torch.manual_seed(0)
-    ref = mvit_tv.MViT((28, 28), 8, blocks, residual_pool=False, residual_with_cls_embed=False, rel_pos_embed=False,
-                       proj_after_attn=False, num_classes=4).eval()
+    ref = mvit_tv.MViT(
+        (28, 28),
+        8,
+        blocks,
+        residual_pool=False,
+        residual_with_cls_embed=False,
+        rel_pos_embed=False,
+        proj_after_attn=False,
+        num_classes=4,
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -332,8 +406,16 @@ def test_torchvision_weights_from_torch_hub_cache(tmp_path, monkeypatch):
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.save(ref.state_dict(), checkpoints / "mvit_v1_b-dbeb1030.pth")
-    micro = dict(img_size=28, num_frames=8, num_classes=4, embed_dim=32, depths=(1, 2, 1), stride_kv=(1, 4, 4),
-                 drop_rate=0.0, drop_path_rate=0.0)
+    micro = dict(
+        img_size=28,
+        num_frames=8,
+        num_classes=4,
+        embed_dim=32,
+        depths=(1, 2, 1),
+        stride_kv=(1, 4, 4),
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+    )
     x = torch.randn(2, 3, 8, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = create_model("mvit_base_16x4", pretrained=True, **micro).eval()
@@ -362,19 +444,32 @@ def test_vitkit_repo(hub_cache, tmp_path):
 
 
 def test_mistyped_local_path_says_both(hub_cache):
-    with pytest.raises(CheckpointError, match=r"runs/model is not a local path, and as a Hugging Face Hub repo id: "
-                                              r"config.json of runs/model is not in the Hugging Face cache"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"runs/model is not a local path, and as a Hugging Face Hub repo id: "
+        r"config.json of runs/model is not in the Hugging Face cache",
+    ):
         from_pretrained("runs/model")
 
 
 def test_features_only_through_the_factory(tmp_path):
     """features_only=True wraps the (loaded) model for feature extraction, as timm's factory does."""
     ref, folder = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=True, **TIMM_TINY)
-    feats = create_model("vit_base_patch16_224", pretrained=folder / "model.safetensors", features_only=True,
-                         out_indices=(0, 1), **TIMM_TINY).eval()
-    timm_feats = timm.create_model("vit_base_patch16_224", features_only=True, out_indices=(0, 1),
-                                   pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
-                                   pretrained=True, **TIMM_TINY).eval()
+    feats = create_model(
+        "vit_base_patch16_224",
+        pretrained=folder / "model.safetensors",
+        features_only=True,
+        out_indices=(0, 1),
+        **TIMM_TINY,
+    ).eval()
+    timm_feats = timm.create_model(
+        "vit_base_patch16_224",
+        features_only=True,
+        out_indices=(0, 1),
+        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+        pretrained=True,
+        **TIMM_TINY,
+    ).eval()
     x = images()
     with torch.no_grad():
         ours, theirs = feats(x), timm_feats(x)
@@ -464,8 +559,10 @@ def test_download_into_the_cache_then_offline(fake_hub, hub_cache, tmp_path, mon
         expected = ref(x)
         torch.testing.assert_close(create_model("hf-hub:someone/tiny-vit", pretrained=True).eval()(x), expected, **ATOL)
     fetched = [r for r in fake_hub.requests if r.startswith("GET /someone/")]
-    assert fetched == ["GET /someone/tiny-vit/resolve/main/config.json",
-                       "GET /someone/tiny-vit/resolve/main/model.safetensors"]
+    assert fetched == [
+        "GET /someone/tiny-vit/resolve/main/config.json",
+        "GET /someone/tiny-vit/resolve/main/model.safetensors",
+    ]
     assert (hub_cache / "models--someone--tiny-vit" / "refs" / "main").is_file()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     fake_hub.requests.clear()
@@ -483,13 +580,20 @@ def test_pytorch_model_bin_when_no_safetensors(fake_hub, tmp_path):
     assert "HEAD /someone/bin-only/resolve/main/model.safetensors" in fake_hub.requests
 
 
-@pytest.mark.parametrize("status, code, match", [
-    (401, "GatedRepo", r"org/repo is a gated repo: accept its conditions at https://huggingface.co/org/repo and log in"),
-    (401, "RepoNotFound", r"org/repo is not a model repo on the Hugging Face Hub \(or it is private: log in"),
-    (404, "RevisionNotFound", r"org/repo has no revision 'v9'"),
-    # any other refusal: huggingface_hub falls back to its (empty) cache; the message carries the Hub's answer
-    (403, "", r"could not download config.json of org/repo \(HfHubHTTPError: 403 Forbidden.*not in the cache"),
-])
+@pytest.mark.parametrize(
+    "status, code, match",
+    [
+        (
+            401,
+            "GatedRepo",
+            r"org/repo is a gated repo: accept its conditions at https://huggingface.co/org/repo and log in",
+        ),
+        (401, "RepoNotFound", r"org/repo is not a model repo on the Hugging Face Hub \(or it is private: log in"),
+        (404, "RevisionNotFound", r"org/repo has no revision 'v9'"),
+        # any other refusal: huggingface_hub falls back to its (empty) cache; the message carries the Hub's answer
+        (403, "", r"could not download config.json of org/repo \(HfHubHTTPError: 403 Forbidden.*not in the cache"),
+    ],
+)
 def test_hub_errors(fake_hub, status, code, match):
     fake_hub.errors["org/repo"] = (status, code)
     with pytest.raises(CheckpointError, match=match):

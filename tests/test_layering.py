@@ -18,8 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "vitkit"
 LOWER = ("vitkit.models", "vitkit.layers")
-TRAINING_SIDE = ("vitkit.train", "vitkit.methods", "vitkit.data", "vitkit.eval", "vitkit.inspect", "vitkit.cli",
-                 "vitkit.eval_cli")
+TRAINING_SIDE = (
+    "vitkit.train",
+    "vitkit.methods",
+    "vitkit.data",
+    "vitkit.eval",
+    "vitkit.inspect",
+    "vitkit.cli",
+    "vitkit.eval_cli",
+)
 
 
 def module_name(path: Path, root: Path) -> tuple[str, bool]:
@@ -76,14 +83,18 @@ def violations(root: Path = ROOT) -> list[str]:
                 continue  # the standard library and third-party packages
             full = f"{target}.{name}" if name and name != "*" else target  # `from pkg import submodule`
             if under(module, LOWER) and (under(target, TRAINING_SIDE) or under(full, TRAINING_SIDE)):
-                found.append(f"{where}:{line}: models/layers import the training side: {full} "
-                             f"(vitkit.models and vitkit.layers never import {', '.join(TRAINING_SIDE)})")
+                found.append(
+                    f"{where}:{line}: models/layers import the training side: {full} "
+                    f"(vitkit.models and vitkit.layers never import {', '.join(TRAINING_SIDE)})"
+                )
             if package_of(target, root) != package:
                 private = [p for p in target.split(".")[1:] if is_private(p)]
                 if name and is_private(name):
                     private.append(name)
-                message = (f"{where}:{line}: private name imported across packages: {private} from "
-                           f"{target} into {module} (make it public where another package needs it)")
+                message = (
+                    f"{where}:{line}: private name imported across packages: {private} from "
+                    f"{target} into {module} (make it public where another package needs it)"
+                )
                 if private and message not in found:  # once per statement, not per imported name
                     found.append(message)
     return found
@@ -108,7 +119,8 @@ def test_the_check_finds_crossings(tmp_path):
     (pkg / "models" / "vit.py").write_text(
         "from ._base import X\n"  # private module, same package: fine
         "from ..layers import norm\n"  # models may import layers
-        "def f():\n    from ..train.engine import eval_batches\n    return eval_batches\n")
+        "def f():\n    from ..train.engine import eval_batches\n    return eval_batches\n"
+    )
     (pkg / "layers" / "norm.py").write_text("from .. import data\nimport vitkit.methods.mae\n")
     (pkg / "methods" / "mae.py").write_text("from ..models._base import X\nfrom vitkit.hub import _atomic_write\n")
     found = violations(pkg)
@@ -117,5 +129,6 @@ def test_the_check_finds_crossings(tmp_path):
     assert found[1].startswith("vitkit/layers/norm.py:2: models/layers import the training side: vitkit.methods.mae")
     assert found[2].startswith("vitkit/methods/mae.py:1: private name imported across packages: ['_base']")
     assert found[3].startswith("vitkit/methods/mae.py:2: private name imported across packages: ['_atomic_write']")
-    assert found[4].startswith("vitkit/models/vit.py:4: models/layers import the training side: "
-                               "vitkit.train.engine.eval_batches")
+    assert found[4].startswith(
+        "vitkit/models/vit.py:4: models/layers import the training side: vitkit.train.engine.eval_batches"
+    )

@@ -10,8 +10,10 @@ from vitkit.precision import bf16_is_native, parse_bf16, resolve_bf16
 from vitkit.train import TrainConfig, apply_overrides, train
 
 
-@pytest.mark.parametrize("given, parsed", [(True, True), (False, False), ("auto", "auto"), ("AUTO", "auto"),
-                                           ("true", True), ("false", False)])
+@pytest.mark.parametrize(
+    "given, parsed",
+    [(True, True), (False, False), ("auto", "auto"), ("AUTO", "auto"), ("true", True), ("false", False)],
+)
 def test_parse(given, parsed):
     assert parse_bf16(given) == parsed
 
@@ -36,8 +38,9 @@ def test_auto_follows_the_hardware_and_true_warns_when_emulated(monkeypatch, cap
 
 
 def test_native_query_is_torchs():
-    expected = any(bool(getattr(torch.cpu, q, lambda: False)())
-                   for q in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    expected = any(
+        bool(getattr(torch.cpu, q, lambda: False)()) for q in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
     assert bf16_is_native("cpu") is expected
     if not torch.cuda.is_available():
         assert bf16_is_native("cuda") is False
@@ -47,8 +50,18 @@ def test_native_query_is_torchs():
 def test_training_records_what_auto_chose(tmp_path, monkeypatch, native):
     pytest.importorskip("sklearn")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-    cfg = apply_overrides(TrainConfig(), [f"--run.out={tmp_path / 'run'}", "--run.bf16=auto", "--sched.epochs=1",
-                                          "--model.overrides.depth=1", "--model.overrides.embed_dim=32",
-                                          "--model.overrides.num_heads=2", "--run.progress=false",
-                                          "--run.threads=1", "--data.num_workers=0"])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"--run.out={tmp_path / 'run'}",
+            "--run.bf16=auto",
+            "--sched.epochs=1",
+            "--model.overrides.depth=1",
+            "--model.overrides.embed_dim=32",
+            "--model.overrides.num_heads=2",
+            "--run.progress=false",
+            "--run.threads=1",
+            "--data.num_workers=0",
+        ],
+    )
     assert train(cfg)["bf16"] is native

@@ -32,9 +32,18 @@ def run_dir(tmp_path_factory) -> Path:
     """One epoch of the default `vitkit train` run (a ViT on the digits), on a third of the train split."""
     out = tmp_path_factory.mktemp("run") / "digits"
     cfg = TrainConfig()
-    apply_overrides(cfg, ["--sched.epochs=1", "--sched.warmup_epochs=0", "--data.train_fraction=0.3",
-                          "--run.progress=false", "--run.tensorboard=false", "--run.threads=1",
-                          "--model.overrides.drop_path_rate=0.1"])
+    apply_overrides(
+        cfg,
+        [
+            "--sched.epochs=1",
+            "--sched.warmup_epochs=0",
+            "--data.train_fraction=0.3",
+            "--run.progress=false",
+            "--run.tensorboard=false",
+            "--run.threads=1",
+            "--model.overrides.drop_path_rate=0.1",
+        ],
+    )
     cfg.run.out = str(out)
     train(cfg)
     return out
@@ -99,8 +108,17 @@ def test_card_training_command_reproduces_the_run_config(hub_dir, run_dir):
 
 def test_training_command_round_trips_awkward_values():
     cfg = TrainConfig()
-    apply_overrides(cfg, ["--optim.betas=[0.9, 0.95]", "--data.data_dir=/data/my images", "--run.bf16=auto",
-                          "--optim.clip_grad=1.0", "--model.name=deit_tiny_patch16_224", "--optim.lr=1e-3"])
+    apply_overrides(
+        cfg,
+        [
+            "--optim.betas=[0.9, 0.95]",
+            "--data.data_dir=/data/my images",
+            "--run.bf16=auto",
+            "--optim.clip_grad=1.0",
+            "--model.name=deit_tiny_patch16_224",
+            "--optim.lr=1e-3",
+        ],
+    )
     command = training_command(cfg.to_dict())
     assert apply_overrides(TrainConfig(), shlex.split(command)[2:]).to_dict() == cfg.to_dict()
     assert training_command(TrainConfig().to_dict()) == "vitkit train"
@@ -130,11 +148,14 @@ def test_folder_loads_in_timm_to_the_same_outputs(hub_dir, run_dir):
 
 
 # ============================================================================ other models
-@pytest.mark.parametrize("name, overrides", [
-    ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2, num_classes=5, global_pool="avg")),
-    ("deit_tiny_distilled_patch16_224", dict(img_size=32, depth=2, num_classes=5)),
-    ("mixer_s32_224", dict(img_size=64, num_classes=5)),  # timm's factory fixes the depth (num_blocks)
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2, num_classes=5, global_pool="avg")),
+        ("deit_tiny_distilled_patch16_224", dict(img_size=32, depth=2, num_classes=5)),
+        ("mixer_s32_224", dict(img_size=64, num_classes=5)),  # timm's factory fixes the depth (num_blocks)
+    ],
+)
 def test_timm_named_models_load_in_timm_and_vitkit(name, overrides, tmp_path):
     model = randomised(vitkit.create_model(name, **overrides))
     folder = save_for_hub(model, tmp_path / "hub")
@@ -150,8 +171,7 @@ def test_timm_named_models_load_in_timm_and_vitkit(name, overrides, tmp_path):
 
 def test_settings_timm_lacks_give_a_vitkit_only_folder(tmp_path):
     """A LayerNorm eps timm's ViT cannot take: config.json is save_pretrained's, and the card says vitkit only."""
-    model = randomised(vitkit.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5,
-                                           norm_eps=1e-3))
+    model = randomised(vitkit.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5, norm_eps=1e-3))
     folder = save_for_hub(model, tmp_path / "hub")
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["architecture"] == "vit" and "vitkit" not in cfg and "model_args" not in cfg
@@ -201,11 +221,19 @@ def test_push_to_hub_offline_raises_before_uploading(run_dir, monkeypatch):
 
 def test_push_without_a_token_exits_2_with_one_line(run_dir, tmp_path):
     """No offline switch and no token anywhere (a fresh HF_HOME): the token check stops it, no request made."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN",
-                                                            "HUGGING_FACE_HUB_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    }
     env.update(HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "vitkit.cli", "push", str(run_dir), REPO], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "vitkit.cli", "push", str(run_dir), REPO],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Hugging Face token" in lines[0] and "hf auth login" in lines[0], r.stderr
@@ -223,8 +251,10 @@ def test_cli_dry_run_writes_the_folder(run_dir, tmp_path, capsys):
     # RUN/model also finds its run: same card metrics
     assert main(["push", str(run_dir / "model"), REPO, "--local-dir", str(out), "--no-timm"]) == 0
     assert json.loads((out / "config.json").read_text())["architecture"] == "vit"
-    assert hf.ModelCard.load(out / "README.md").data.eval_results[0].metric_value == \
-        json.loads((run_dir / "metrics.json").read_text())["test_acc"]
+    assert (
+        hf.ModelCard.load(out / "README.md").data.eval_results[0].metric_value
+        == json.loads((run_dir / "metrics.json").read_text())["test_acc"]
+    )
 
 
 def test_cli_not_a_run_directory_exits_2_with_one_line(tmp_path, capsys):
@@ -266,8 +296,11 @@ def test_finetune_reads_a_pushed_backbone(tmp_path):
     """`vitkit train --finetune FOLDER` on a folder downloaded from the Hub takes its model, as from RUN/backbone."""
     from vitkit.train.pretrain import finetune_settings
 
-    backbone = randomised(vitkit.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=0,
-                                              global_pool="avg", class_token=False))
+    backbone = randomised(
+        vitkit.create_model(
+            "vit_tiny_patch16_224", img_size=32, depth=2, num_classes=0, global_pool="avg", class_token=False
+        )
+    )
     folder = save_for_hub(backbone, tmp_path / "hub")
     assert "vitkit" in json.loads((folder / "config.json").read_text())  # timm's keys at the top level
     cfg = TrainConfig()

@@ -18,16 +18,28 @@ def test_list_models_sorted_and_unique():
     names = list_models()
     assert names == sorted(names) and len(names) == len(set(names))
     assert len(names) >= 50
-    for expected in ("vit_base_patch16_224", "vit_base_r50_s16_384", "deit_tiny_distilled_patch16_224",
-                     "vit_micro_patch4_28"):
+    for expected in (
+        "vit_base_patch16_224",
+        "vit_base_r50_s16_384",
+        "deit_tiny_distilled_patch16_224",
+        "vit_micro_patch4_28",
+    ):
         assert expected in names
 
 
 @pytest.mark.parametrize(
     "pattern, must, must_not",
     [
-        ("vit_*_224", ["vit_base_patch16_224", "vit_base_r50_s16_224"], ["vit_base_patch16_384", "deit_tiny_patch16_224"]),
-        ("deit_*distilled*", ["deit_tiny_distilled_patch16_224", "deit_base_distilled_patch16_384"], ["deit_tiny_patch16_224"]),
+        (
+            "vit_*_224",
+            ["vit_base_patch16_224", "vit_base_r50_s16_224"],
+            ["vit_base_patch16_384", "deit_tiny_patch16_224"],
+        ),
+        (
+            "deit_*distilled*",
+            ["deit_tiny_distilled_patch16_224", "deit_base_distilled_patch16_384"],
+            ["deit_tiny_patch16_224"],
+        ),
         ("*patch8*", ["vit_small_patch8_224"], ["vit_small_patch16_224"]),
         ("vit_base_patch16_224", ["vit_base_patch16_224"], ["vit_base_patch16_384"]),
     ],
@@ -47,8 +59,7 @@ def test_list_models_no_match():
 
 
 def test_create_model_overrides():
-    model = create_model("vit_tiny_patch16_224", num_classes=7, img_size=48, in_chans=1,
-                         drop_path_rate=0.2, **TINY)
+    model = create_model("vit_tiny_patch16_224", num_classes=7, img_size=48, in_chans=1, drop_path_rate=0.2, **TINY)
     c = model.config
     assert (c.num_classes, c.img_size, c.in_chans, c.drop_path_rate) == (7, 48, 1, 0.2)
     assert (c.embed_dim, c.depth, c.num_heads, c.patch_size) == (32, 2, 2, 16)
@@ -74,8 +85,11 @@ def test_unknown_override_names_known_fields():
     """timm raises TypeError for a keyword argument the model does not take; so does vitkit (an error that
     is also a ValueError, as vitkit's other configuration errors), naming it, the closest field and every
     known one."""
-    with pytest.raises(TypeError, match=r"(?s)unexpected keyword argument\(s\) \['drop_path'\].*did you mean "
-                                        r"'drop_path_rate'.*known fields.*'weight_init'"):
+    with pytest.raises(
+        TypeError,
+        match=r"(?s)unexpected keyword argument\(s\) \['drop_path'\].*did you mean "
+        r"'drop_path_rate'.*known fields.*'weight_init'",
+    ):
         create_model("vit_tiny_patch16_224", drop_path=0.1, **TINY)
     with pytest.raises(TypeError, match=r"\['depth'\].*did you mean 'depths'"):
         create_model("swin_micro_patch2_window4_32", depth=2)
@@ -117,9 +131,24 @@ def test_public_api():
 
 
 # ------------------------------------------------------------------------------------ timm's pretrained cfgs
-TIMM_FIELDS = ("input_size", "fixed_input_size", "min_input_size", "interpolation", "crop_pct", "crop_mode", "mean",
-               "std", "num_classes", "pool_size", "first_conv", "classifier", "license", "hf_hub_id", "tag",
-               "architecture")
+TIMM_FIELDS = (
+    "input_size",
+    "fixed_input_size",
+    "min_input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "pool_size",
+    "first_conv",
+    "classifier",
+    "license",
+    "hf_hub_id",
+    "tag",
+    "architecture",
+)
 
 
 def _timm():
@@ -136,8 +165,23 @@ def test_every_model_has_timms_cfg_fields(name):
     """Every name's pretrained cfg has timm's fields, and its layer names are the model's own modules."""
     spec = get_model_spec(name)
     cfg = spec.pretrained_cfg
-    for key in ("input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
-                "num_classes", "pool_size", "first_conv", "classifier", "license", "hf_hub_id", "tag", "architecture"):
+    for key in (
+        "input_size",
+        "fixed_input_size",
+        "interpolation",
+        "crop_pct",
+        "crop_mode",
+        "mean",
+        "std",
+        "num_classes",
+        "pool_size",
+        "first_conv",
+        "classifier",
+        "license",
+        "hf_hub_id",
+        "tag",
+        "architecture",
+    ):
         assert key in cfg, key
     assert cfg["architecture"] == name and len(cfg["input_size"]) == 3
     with torch.device("meta"):
@@ -186,8 +230,11 @@ def test_pretrained_cfg_is_timms(name):
 def test_tag_sets_num_classes_as_timm():
     """A tag's classes are the default (timm's `_update_default_model_kwargs`); an argument wins."""
     timm = _timm()
-    for full, classes in (("vit_tiny_patch16_224.augreg_in21k", 21843), ("vit_small_patch16_224.dino", 0),
-                          ("swin_tiny_patch4_window7_224.ms_in22k", 21841)):
+    for full, classes in (
+        ("vit_tiny_patch16_224.augreg_in21k", 21843),
+        ("vit_small_patch16_224.dino", 0),
+        ("swin_tiny_patch4_window7_224.ms_in22k", 21841),
+    ):
         with torch.device("meta"):
             model = create_model(full)
             assert model.num_classes == classes == timm.create_model(full).num_classes
@@ -241,10 +288,12 @@ def test_list_pretrained():
     names = list_models(pretrained=True)
     assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in names and "cvt_13.hf_ms_in1k" in names
     assert "mvit_base_16x4.tv_k400" in names
-    assert list_models("deit_tiny_*", pretrained=True) == ["deit_tiny_distilled_patch16_224.fb_in1k",
-                                                          "deit_tiny_distilled_patch16_224.hf_fb_in1k",
-                                                          "deit_tiny_patch16_224.fb_in1k",
-                                                          "deit_tiny_patch16_224.hf_fb_in1k"]
+    assert list_models("deit_tiny_*", pretrained=True) == [
+        "deit_tiny_distilled_patch16_224.fb_in1k",
+        "deit_tiny_distilled_patch16_224.hf_fb_in1k",
+        "deit_tiny_patch16_224.fb_in1k",
+        "deit_tiny_patch16_224.hf_fb_in1k",
+    ]
     for full in names:
         name, tag = full.split(".")
         assert name in list_models()
@@ -259,7 +308,10 @@ def test_cli_models_pretrained(capsys):
     assert main(["models", "--pretrained", "deit_tiny_patch16_224"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["model.tag", "classes"]
-    assert [line.split()[0] for line in out[1:]] == ["deit_tiny_patch16_224.fb_in1k", "deit_tiny_patch16_224.hf_fb_in1k"]
+    assert [line.split()[0] for line in out[1:]] == [
+        "deit_tiny_patch16_224.fb_in1k",
+        "deit_tiny_patch16_224.hf_fb_in1k",
+    ]
     assert "hf://timm/deit_tiny_patch16_224.fb_in1k (timm)" in out[1] and "224x224" in out[1] and "0.9" in out[1]
     assert "hf://facebook/deit-tiny-patch16-224 (transformers)" in out[2]
     assert main(["models", "--pretrained", "mvit_base_16x4.*"]) == 0

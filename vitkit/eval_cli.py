@@ -14,9 +14,16 @@ from typing import Any
 logger = logging.getLogger("vitkit")
 
 
-def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 split: str = "test", bf16: bool = False, engine: str = "torch", threads: int | None = None,
-                 check: bool = True) -> dict[str, Any]:
+def evaluate_dir(
+    path: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    bf16: bool = False,
+    engine: str = "torch",
+    threads: int | None = None,
+    check: bool = True,
+) -> dict[str, Any]:
     """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`).
 
     `engine='onnxruntime'` runs the model's ONNX export (`path` may be an `.onnx` file written by `vitkit
@@ -57,14 +64,18 @@ def evaluate_dir(path: str | Path, dataset: str | None = None, data_dir: str | N
 
         result["exits"] = exit_statistics(model, data, norm)
     try:
-        figure = plot_confusion_matrix(cm, splits.classes, out_dir / f"confusion_{split}.png",
-                                       title=f"{name} {split}: top-1 {result['acc']:.2f}%")
+        figure = plot_confusion_matrix(
+            cm, splits.classes, out_dir / f"confusion_{split}.png", title=f"{name} {split}: top-1 {result['acc']:.2f}%"
+        )
         result["figure"] = str(figure)
     except ImportError:  # matplotlib is optional
         pass
     except OSError as e:  # a read-only or full model directory: the numbers stand without the figure
-        logger.warning("could not write the confusion matrix into %s (%s); the results are complete without it",
-                       out_dir, e.strerror or e)
+        logger.warning(
+            "could not write the confusion matrix into %s (%s); the results are complete without it",
+            out_dir,
+            e.strerror or e,
+        )
     if onnx:
         result["engine"] = {"name": "onnxruntime", "onnx": str(model.path), "check_max_abs_diff": model.checked}
     return {**result, "model_dir": str(model_dir), "dataset": name, "split": split, "images": len(data)}

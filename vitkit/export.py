@@ -69,8 +69,10 @@ class ExportResult:
         line = f"wrote {self.path} (ONNX opset {self.opset}, input {INPUT_NAME} {shape}, dynamic batch N)"
         if self.max_abs_diff is not None:
             batches = " and ".join(map(str, self.checked_batches))
-            line += (f"\nonnxruntime check: max |onnxruntime - PyTorch| = {self.max_abs_diff:.2e} at batch "
-                     f"{batches} (tolerance {self.atol:g}): OK")
+            line += (
+                f"\nonnxruntime check: max |onnxruntime - PyTorch| = {self.max_abs_diff:.2e} at batch "
+                f"{batches} (tolerance {self.atol:g}): OK"
+            )
         return line
 
 
@@ -83,8 +85,10 @@ def _require(module: str, purpose: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"{purpose} needs the {module!r} package: pip install 'vitkit[onnx]' "
-                          f"(or pip install onnx onnxruntime onnxscript)") from None
+        raise ImportError(
+            f"{purpose} needs the {module!r} package: pip install 'vitkit[onnx]' "
+            f"(or pip install onnx onnxruntime onnxscript)"
+        ) from None
 
 
 def load_for_export(source: str | Path) -> nn.Module:
@@ -97,13 +101,18 @@ def load_for_export(source: str | Path) -> nn.Module:
         model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
         return from_pretrained(model_dir)
     if str(source) in list_models():
-        logger.warning("%s is a registered model name, not a checkpoint: exporting random weights (the head "
-                       "too, so that the onnxruntime check compares non-zero logits)", source)
+        logger.warning(
+            "%s is a registered model name, not a checkpoint: exporting random weights (the head "
+            "too, so that the onnxruntime check compares non-zero logits)",
+            source,
+        )
         model = create_model(str(source))
         randomise_heads(model)
         return model
-    raise FileNotFoundError(f"{source} is neither a checkpoint directory (a run directory, a vitkit or Hugging Face "
-                            f"model directory) nor a registered model name (`vitkit models` lists them)")
+    raise FileNotFoundError(
+        f"{source} is neither a checkpoint directory (a run directory, a vitkit or Hugging Face "
+        f"model directory) nor a registered model name (`vitkit models` lists them)"
+    )
 
 
 def randomise_heads(model: nn.Module) -> None:
@@ -165,8 +174,14 @@ def model_metadata(model: nn.Module) -> str:
     import json
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return json.dumps({"model_name": getattr(model, "model_name", None), "label_names": cfg.get("label_names"),
-                       "dataset": cfg.get("dataset"), "fingerprint": weights_fingerprint(model)})
+    return json.dumps(
+        {
+            "model_name": getattr(model, "model_name", None),
+            "label_names": cfg.get("label_names"),
+            "dataset": cfg.get("dataset"),
+            "fingerprint": weights_fingerprint(model),
+        }
+    )
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -178,8 +193,9 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def check_onnx(path: str | Path, model: nn.Module, batches: tuple[int, ...] = (2, 3), atol: float = 1e-4,
-               seed: int = 0) -> float:
+def check_onnx(
+    path: str | Path, model: nn.Module, batches: tuple[int, ...] = (2, 3), atol: float = 1e-4, seed: int = 0
+) -> float:
     """Max |onnxruntime - PyTorch| on random inputs at each batch size; raises if above `atol`."""
     session = onnx_session(path)
     generator_state = torch.random.get_rng_state()
@@ -192,14 +208,17 @@ def check_onnx(path: str | Path, model: nn.Module, batches: tuple[int, ...] = (2
                 ref = model(x)
             got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
             if got.shape != ref.shape:
-                raise RuntimeError(f"{path}: onnxruntime returned shape {tuple(got.shape)} at batch {b}, "
-                                   f"PyTorch {tuple(ref.shape)}")
+                raise RuntimeError(
+                    f"{path}: onnxruntime returned shape {tuple(got.shape)} at batch {b}, PyTorch {tuple(ref.shape)}"
+                )
             worst = max(worst, (got - ref).abs().max().item())
     finally:
         torch.random.set_rng_state(generator_state)
     if worst > atol:
-        raise RuntimeError(f"{path}: onnxruntime and PyTorch differ by up to {worst:.3g} (> {atol}); the export is "
-                           f"not faithful, please report it with the model name and opset")
+        raise RuntimeError(
+            f"{path}: onnxruntime and PyTorch differ by up to {worst:.3g} (> {atol}); the export is "
+            f"not faithful, please report it with the model name and opset"
+        )
     return worst
 
 
@@ -221,8 +240,14 @@ def _quiet_exporter(converting: bool = False) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, batch: int = 2,
-                check: bool = True, atol: float = 1e-4) -> ExportResult:
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    batch: int = 2,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> ExportResult:
     """Write `model` as ONNX to `out` with a dynamic batch axis (the model is moved to the CPU in fp32).
 
     The export traces at `batch` (>= 2: torch.export specialises a size-1 dimension); with `check`,
@@ -236,15 +261,19 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
         raise ValueError(f"export batch must be >= 2 (torch.export specialises a batch of 1), got {batch}")
     newest = max_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 1 <= opset <= newest:
-        raise ValueError(f"ONNX opset {opset!r} does not exist for the installed onnx package (opsets 1 to "
-                         f"{newest}); choose another --opset ({DEFAULT_OPSET}, the default, is the exporter's own)")
+        raise ValueError(
+            f"ONNX opset {opset!r} does not exist for the installed onnx package (opsets 1 to "
+            f"{newest}); choose another --opset ({DEFAULT_OPSET}, the default, is the exporter's own)"
+        )
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the output directory {out.parent} does not exist")
     n_bytes = sum(p.numel() * 4 for p in model.parameters()) + sum(b.numel() * 4 for b in model.buffers())
     if n_bytes >= _PROTOBUF_LIMIT:
-        raise ValueError(f"the weights take {n_bytes / 2**30:.1f} GiB in fp32, over ONNX's 2 GiB single-file "
-                         f"limit; export a smaller model")
+        raise ValueError(
+            f"the weights take {n_bytes / 2**30:.1f} GiB in fp32, over ONNX's 2 GiB single-file "
+            f"limit; export a smaller model"
+        )
     was_training = model.training
     model = model.float().cpu().eval()
     x = example_input(model, batch)
@@ -254,9 +283,16 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
 
     with atomic_path(out) as tmp:  # first: an unwritable --out fails before the export
         with eager_attention(), _quiet_exporter(converting=opset != NATIVE_OPSET), torch.no_grad():
-            program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=dims, opset_version=opset,
-                                        verbose=False)
+            program = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dims,
+                opset_version=opset,
+                verbose=False,
+            )
         _check_opset(program, opset)
         program.model.metadata_props[DATA_CONFIG_KEY] = preprocessing_metadata(model)
         program.model.metadata_props[MODEL_INFO_KEY] = model_metadata(model)
@@ -264,23 +300,35 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET, b
             program.save(tmp, external_data=False)
             diff = check_onnx(tmp, model, (batch, batch + 1), atol) if check else None
     model.train(was_training)
-    return ExportResult(out, opset, tuple(x.shape), diff, (batch, batch + 1) if check else (),
-                        time.perf_counter() - t0, atol)
+    return ExportResult(
+        out, opset, tuple(x.shape), diff, (batch, batch + 1) if check else (), time.perf_counter() - t0, atol
+    )
 
 
 def _check_opset(program, opset: int) -> None:
     """The exporter converts its graph to the requested opset and keeps its own where that fails: refuse then."""
     written = program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
     if written != opset:
-        why = ("an operator of the graph has no version that old; LayerNormalization, for one, starts at opset 17"
-               if written is not None and opset < written else "the ONNX version converter does not reach it")
-        raise ValueError(f"torch's ONNX exporter cannot write this model in opset {opset}: it builds an opset "
-                         f"{written} graph and converting it to {opset} failed ({why}), so nothing was written. "
-                         f"Choose another --opset; {DEFAULT_OPSET}, the default, is the exporter's own")
+        why = (
+            "an operator of the graph has no version that old; LayerNormalization, for one, starts at opset 17"
+            if written is not None and opset < written
+            else "the ONNX version converter does not reach it"
+        )
+        raise ValueError(
+            f"torch's ONNX exporter cannot write this model in opset {opset}: it builds an opset "
+            f"{written} graph and converting it to {opset} failed ({why}), so nothing was written. "
+            f"Choose another --opset; {DEFAULT_OPSET}, the default, is the exporter's own"
+        )
 
 
-def export(source: str | Path | nn.Module, fmt: str = "onnx", out: str | Path | None = None,
-           opset: int = DEFAULT_OPSET, check: bool = True, atol: float = 1e-4) -> ExportResult:
+def export(
+    source: str | Path | nn.Module,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> ExportResult:
     """`vitkit export`: load a checkpoint (or take a model) and export it in format `fmt`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")

@@ -189,14 +189,18 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
     state = dict(obj)
     for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
         # DINO/MSN wrap the ViT as `backbone` next to their projection head (`head.mlp...`).
         dropped = sorted(k for k in state if not k.startswith("backbone."))
         if dropped:
-            logger.warning("%s: keeping the backbone, ignoring %d other key(s) such as %s (the method's "
-                           "projection head)", source, len(dropped), dropped[0])
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+            logger.warning(
+                "%s: keeping the backbone, ignoring %d other key(s) such as %s (the method's projection head)",
+                source,
+                len(dropped),
+                dropped[0],
+            )
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
@@ -255,8 +259,10 @@ def _hf_weight_keys(directory: Path) -> list[str]:
             with safe_open(str(path), framework="pt") as f:
                 return list(f.keys())
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"could not read {path} as safetensors: the file is truncated, corrupt, or "
-                                  f"not a safetensors file ({type(e).__name__}: {e})") from None
+            raise CheckpointError(
+                f"could not read {path} as safetensors: the file is truncated, corrupt, or "
+                f"not a safetensors file ({type(e).__name__}: {e})"
+            ) from None
     return list(_hf_weights(directory))
 
 
@@ -306,7 +312,8 @@ def load_state_dict_checked(model, state: Mapping[str, torch.Tensor], source: st
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         (k, tuple(state[k].shape), tuple(expected[k].shape))
-        for k in expected if k in state and state[k].shape != expected[k].shape
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
     ]
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(_mismatch_message(model, source, missing, unexpected, mismatched))
@@ -327,23 +334,33 @@ def _mismatch_message(model, source, missing, unexpected, mismatched) -> str:
     if unexpected:
         lines.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if mismatched:
-        lines.append(f"  {len(mismatched)} key(s) of the wrong shape (checkpoint vs model): "
-                     + _listing([f"{k} {a} vs {b}" for k, a, b in mismatched]))
+        lines.append(
+            f"  {len(mismatched)} key(s) of the wrong shape (checkpoint vs model): "
+            + _listing([f"{k} {a} vs {b}" for k, a, b in mismatched])
+        )
     n_model = len(model.state_dict())
     if missing and unexpected and len(missing) > n_model // 2:
-        lines.append("Likely cause: the checkpoint is for another architecture (or in a format vitkit does not "
-                     "recognise); check the model name and the file.")
+        lines.append(
+            "Likely cause: the checkpoint is for another architecture (or in a format vitkit does not "
+            "recognise); check the model name and the file."
+        )
     elif mismatched:
-        lines.append("Likely cause: the checkpoint is for another size of this architecture (embedding width, "
-                     "depth, patch size or number of classes); check the model name.")
+        lines.append(
+            "Likely cause: the checkpoint is for another size of this architecture (embedding width, "
+            "depth, patch size or number of classes); check the model name."
+        )
     elif missing or unexpected:
-        lines.append("Likely cause: a different variant (class token, distillation token, pooling, LayerScale, "
-                     "pre-logits head) or another depth; check the model name and overrides.")
+        lines.append(
+            "Likely cause: a different variant (class token, distillation token, pooling, LayerScale, "
+            "pre-logits head) or another depth; check the model name and overrides."
+        )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ from_pretrained
-def describe_directory(directory: Path, weights: bool = True) -> tuple[str, str, dict[str, Any], str | None, dict[str, Any]]:
+def describe_directory(
+    directory: Path, weights: bool = True
+) -> tuple[str, str, dict[str, Any], str | None, dict[str, Any]]:
     """(kind, family, config values, model name, pretrained cfg) of a vitkit, Hugging Face or timm model
     directory. `weights=False` reads config.json alone (a Hugging Face model's pooler and classifier
     are then decided by its `architectures` entry instead of its weights' key names)."""
@@ -356,20 +373,23 @@ def describe_directory(directory: Path, weights: bool = True) -> tuple[str, str,
         from .convert.timm import config_from_timm
 
         model_name, family, values, pretrained_cfg = config_from_timm(
-            read_json(directory / CONFIG_NAME), source=str(directory / CONFIG_NAME))
+            read_json(directory / CONFIG_NAME), source=str(directory / CONFIG_NAME)
+        )
     else:
         from .convert.hf import config_from_hf
 
         family, values, pretrained_cfg = config_from_hf(
-            read_json(directory / CONFIG_NAME), source=str(directory),
+            read_json(directory / CONFIG_NAME),
+            source=str(directory),
             state_keys=_hf_weight_keys(directory) if weights else None,
         )
         model_name = None
     return kind, family, values, model_name, pretrained_cfg
 
 
-def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
-                    **overrides: Any):
+def from_pretrained(
+    name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None, **overrides: Any
+):
     """Rebuild a model from a local model directory or a Hugging Face Hub repo.
 
     `name_or_path`: a local directory -- vitkit's (`save_pretrained`, `push_to_hub`), a Hugging Face
@@ -395,8 +415,9 @@ def from_pretrained(name_or_path: str | Path, *, revision: str | None = None, ca
         )
     kind, family, values, model_name, pretrained_cfg = describe_directory(directory)
     if family not in FAMILIES:
-        raise CheckpointError(f"{directory} is a {family!r} model, which this vitkit does not know "
-                              f"(known: {sorted(FAMILIES)})")
+        raise CheckpointError(
+            f"{directory} is a {family!r} model, which this vitkit does not know (known: {sorted(FAMILIES)})"
+        )
     cls = FAMILIES[family]
     from .registry import _check_kwargs
 
@@ -426,7 +447,7 @@ def _resolve_location(name_or_path: str | Path, revision: str | None, cache_dir)
     """(local directory, Hub repo id or None): an existing path, else a Hub repo downloaded into the cache."""
     text = str(name_or_path)
     if isinstance(name_or_path, str) and text.lower().startswith(("hf-hub:", "hf_hub:")):
-        repo_id, at_revision = split_revision(text[len("hf-hub:"):])
+        repo_id, at_revision = split_revision(text[len("hf-hub:") :])
     else:
         path = Path(name_or_path)
         if path.exists():
@@ -476,13 +497,21 @@ def _huggingface_hub(repo_id: str):
     try:
         import huggingface_hub
     except ImportError:
-        raise HubError(f"loading {repo_id!r} from the Hugging Face Hub needs the huggingface_hub package: "
-                       f"{INSTALL_HUB} (or pip install huggingface_hub)") from None
+        raise HubError(
+            f"loading {repo_id!r} from the Hugging Face Hub needs the huggingface_hub package: "
+            f"{INSTALL_HUB} (or pip install huggingface_hub)"
+        ) from None
     return huggingface_hub
 
 
-def hub_download(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-                 required: bool = True) -> Path | None:
+def hub_download(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    required: bool = True,
+) -> Path | None:
     """`huggingface_hub.hf_hub_download`, with its cache, offline mode and authentication, and errors that say
     what to do. A file the repo does not have (or, offline, that is not cached) gives None when not `required`."""
     from . import __version__
@@ -493,15 +522,27 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, ca
 
     where = f"{repo_id}" + (f" (revision {revision!r})" if revision else "")
     try:
-        return Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                       library_name="vitkit", library_version=__version__))
+        return Path(
+            hf.hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                library_name="vitkit",
+                library_version=__version__,
+            )
+        )
     except errors.GatedRepoError:
-        raise HubError(f"{repo_id} is a gated repo: accept its conditions at https://huggingface.co/{repo_id} and "
-                       f"log in (`huggingface-cli login`, or set HF_TOKEN)") from None
+        raise HubError(
+            f"{repo_id} is a gated repo: accept its conditions at https://huggingface.co/{repo_id} and "
+            f"log in (`huggingface-cli login`, or set HF_TOKEN)"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise HubError(f"{repo_id} is not a model repo on the Hugging Face Hub (or it is private: log in with "
-                       f"`huggingface-cli login` or set HF_TOKEN); check the name, e.g. "
-                       f"'google/vit-base-patch16-224'") from None
+        raise HubError(
+            f"{repo_id} is not a model repo on the Hugging Face Hub (or it is private: log in with "
+            f"`huggingface-cli login` or set HF_TOKEN); check the name, e.g. "
+            f"'google/vit-base-patch16-224'"
+        ) from None
     except errors.RevisionNotFoundError:
         raise HubError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit hash)") from None
     except errors.LocalEntryNotFoundError as e:
@@ -520,7 +561,8 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, ca
         why = f"{type(cause).__name__}: {first}" if cause is not None else "no connection to the Hugging Face Hub?"
         raise HubError(
             f"could not download {filename} of {where} ({why}) and it is not in the cache ({cache}): retry online, "
-            f"or fetch it with `huggingface-cli download {repo_id}`") from None
+            f"or fetch it with `huggingface-cli download {repo_id}`"
+        ) from None
     except errors.EntryNotFoundError:
         if not required:
             return None
@@ -540,8 +582,9 @@ def download_weights(repo_id: str, *, revision: str | None = None, cache_dir: st
     return path
 
 
-def download_model(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-                   weights: bool = True) -> Path:
+def download_model(
+    repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None, weights: bool = True
+) -> Path:
     """Fetch a model repo's config.json, preprocessor_config.json (if any) and weights into the Hub cache and
     return their snapshot directory (`<cache>/models--ORG--NAME/snapshots/<commit>`), which the local loaders
     read like any model directory."""

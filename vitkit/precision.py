@@ -63,5 +63,7 @@ def resolve_bf16(value: Any, device: str, warn: bool = True) -> bool:
         logger.warning(
             "bf16 autocast on this %s is emulated (no AMX or AVX512-BF16 instructions): it computes in bf16 but "
             "runs several times slower than fp32 (about 10x for a small ViT on an AVX2 CPU). Use --run.bf16=auto "
-            "(bf16 only where it is native) or --run.bf16=false.", "GPU" if device.startswith("cuda") else "CPU")
+            "(bf16 only where it is native) or --run.bf16=false.",
+            "GPU" if device.startswith("cuda") else "CPU",
+        )
     return bool(mode)

@@ -51,21 +51,25 @@ class OnnxRuntimeModel(nn.Module):
     from; the first call then also runs it and raises if the outputs differ by more than `CHECK_ATOL`
     relative to max(1, the largest |logit|), and logs the difference (`checked` holds it)."""
 
-    def __init__(self, session, path: str | Path, reference: nn.Module | None = None,
-                 label: str | None = None) -> None:
+    def __init__(self, session, path: str | Path, reference: nn.Module | None = None, label: str | None = None) -> None:
         from .export import DATA_CONFIG_KEY, MODEL_INFO_KEY
 
         super().__init__()
         self.session, self.path, self.label = session, Path(path), label or str(path)
         meta = session.get_modelmeta().custom_metadata_map
         if DATA_CONFIG_KEY not in meta:
-            raise ValueError(f"{path} holds no preprocessing ({DATA_CONFIG_KEY!r} metadata): it was not written by "
-                             f"`vitkit export`; export the model with vitkit export, or give its model directory")
-        self.data_config = {k: tuple(v) if isinstance(v, list) else v
-                            for k, v in json.loads(meta[DATA_CONFIG_KEY]).items()}
+            raise ValueError(
+                f"{path} holds no preprocessing ({DATA_CONFIG_KEY!r} metadata): it was not written by "
+                f"`vitkit export`; export the model with vitkit export, or give its model directory"
+            )
+        self.data_config = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta[DATA_CONFIG_KEY]).items()
+        }
         self.info = json.loads(meta.get(MODEL_INFO_KEY, "{}"))
-        self.pretrained_cfg = {**self.data_config, **{k: self.info[k] for k in ("label_names", "dataset")
-                                                       if self.info.get(k) is not None}}
+        self.pretrained_cfg = {
+            **self.data_config,
+            **{k: self.info[k] for k in ("label_names", "dataset") if self.info.get(k) is not None},
+        }
         self.model_name = self.info.get("model_name")
         self._reference = [reference] if reference is not None else []  # not a submodule: no parameters here
         self.checked: float | None = None
@@ -91,17 +95,26 @@ class OnnxRuntimeModel(nn.Module):
         ref = model.eval()(x).float()
         model.train(was_training)
         if out.shape != ref.shape:
-            raise RuntimeError(f"{self.label}: onnxruntime returned shape {tuple(out.shape)}, PyTorch "
-                               f"{tuple(ref.shape)}: the ONNX file is not this model's export; delete {self.path}")
+            raise RuntimeError(
+                f"{self.label}: onnxruntime returned shape {tuple(out.shape)}, PyTorch "
+                f"{tuple(ref.shape)}: the ONNX file is not this model's export; delete {self.path}"
+            )
         diff = (out - ref).abs().max().item()
         scale = max(1.0, ref.abs().max().item())
         if not diff <= CHECK_ATOL * scale:
-            raise RuntimeError(f"{self.label}: onnxruntime and PyTorch differ by up to {diff:.3g} on the first batch "
-                               f"(tolerance {CHECK_ATOL * scale:.3g}); the export is not faithful: use --engine torch "
-                               f"and please report it with the model name")
+            raise RuntimeError(
+                f"{self.label}: onnxruntime and PyTorch differ by up to {diff:.3g} on the first batch "
+                f"(tolerance {CHECK_ATOL * scale:.3g}); the export is not faithful: use --engine torch "
+                f"and please report it with the model name"
+            )
         self.checked = diff
-        logger.info("onnxruntime check on the first batch (%d image(s)): max |onnxruntime - PyTorch| = %.2e "
-                    "(tolerance %.2g): OK", len(x), diff, CHECK_ATOL * scale)
+        logger.info(
+            "onnxruntime check on the first batch (%d image(s)): max |onnxruntime - PyTorch| = %.2e "
+            "(tolerance %.2g): OK",
+            len(x),
+            diff,
+            CHECK_ATOL * scale,
+        )
         return diff
 
 
@@ -109,11 +122,15 @@ def check_onnxruntime_model(model: nn.Module, source: str | Path) -> None:
     """Refuse the models whose ONNX graph would not compute what the PyTorch model does."""
     name = getattr(model, "model_name", None) or str(source)
     if getattr(getattr(model, "config", None), "num_frames", None):
-        raise ValueError(f"--engine onnxruntime runs image classifiers; {name} is a video model, which `vitkit "
-                         f"export` does not export: use --engine torch")
+        raise ValueError(
+            f"--engine onnxruntime runs image classifiers; {name} is a video model, which `vitkit "
+            f"export` does not export: use --engine torch"
+        )
     if hasattr(model, "forward_dynamic"):
-        raise ValueError(f"--engine onnxruntime cannot run {name}: an early-exit model (DVT) chooses its exit per "
-                         f"image from its confidence, which an exported graph does not: use --engine torch")
+        raise ValueError(
+            f"--engine onnxruntime cannot run {name}: an early-exit model (DVT) chooses its exit per "
+            f"image from its confidence, which an exported graph does not: use --engine torch"
+        )
 
 
 def _session_if_current(path: Path, fingerprint: str, threads: int | None):
@@ -155,8 +172,11 @@ def load_onnxruntime_model(source: str | Path, threads: int | None = None, check
             if ort_model.info.get("fingerprint") == weights_fingerprint(model):
                 ort_model._reference.append(model)
             else:
-                logger.warning("%s is not the export of the weights in %s: onnxruntime's outputs are not checked "
-                               "against PyTorch", path, path.parent)
+                logger.warning(
+                    "%s is not the export of the weights in %s: onnxruntime's outputs are not checked against PyTorch",
+                    path,
+                    path.parent,
+                )
         elif check:
             logger.info("%s: no PyTorch model beside it (config.json) to check onnxruntime's outputs against", path)
         return ort_model
@@ -179,8 +199,12 @@ def load_onnxruntime_model(source: str | Path, threads: int | None = None, check
             logger.info("onnxruntime: exported %s to %s", source, cached)
             return OnnxRuntimeModel(onnx_session(cached, threads), cached, reference, label=str(source))
     elif cached is not None:
-        logger.warning("%s is not the export of the weights in %s (other weights, or not written by vitkit): "
-                       "exporting to a temporary file; delete it to keep the new export there", cached, model_dir)
+        logger.warning(
+            "%s is not the export of the weights in %s (other weights, or not written by vitkit): "
+            "exporting to a temporary file; delete it to keep the new export there",
+            cached,
+            model_dir,
+        )
     tmp = Path(tempfile.mkdtemp(prefix="vitkit-onnx-"))
     try:
         export_onnx(model, tmp / "model.onnx", check=False)
@@ -216,8 +240,14 @@ def load_video(path: str | Path, model) -> torch.Tensor:
     from .data.video import load_clip
 
     cfg, c = model.pretrained_cfg, model.config
-    clip = load_clip(path, c.num_frames, to_2tuple(c.img_size), stride=cfg.get("frame_stride"),
-                     crop_pct=cfg.get("crop_pct", 1.0), in_chans=c.in_chans)
+    clip = load_clip(
+        path,
+        c.num_frames,
+        to_2tuple(c.img_size),
+        stride=cfg.get("frame_stride"),
+        crop_pct=cfg.get("crop_pct", 1.0),
+        in_chans=c.in_chans,
+    )
     mean = torch.tensor(cfg.get("mean", (0.5,) * c.in_chans)).view(-1, 1, 1, 1)
     std = torch.tensor(cfg.get("std", (0.5,) * c.in_chans)).view(-1, 1, 1, 1)
     return (clip - mean) / std
@@ -242,8 +272,16 @@ def load_image(path: str | Path, model, transform=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_files(model_dir: str | Path, images: Sequence[str | Path], top_k: int = 3, bf16: bool = False,
-                  details: bool = False, engine: str = "torch", threads: int | None = None, check: bool = True):
+def predict_files(
+    model_dir: str | Path,
+    images: Sequence[str | Path],
+    top_k: int = 3,
+    bf16: bool = False,
+    details: bool = False,
+    engine: str = "torch",
+    threads: int | None = None,
+    check: bool = True,
+):
     """Yield (path, [(label, probability), ...]) for each image, best first.
 
     `bf16` runs the model under bf16 autocast on the CPU (matmuls in bf16, softmax in fp32).

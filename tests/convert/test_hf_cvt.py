@@ -58,14 +58,23 @@ def _hf_logits_without_cls(hf, x):
     return hf.classifier(hf.layernorm(tokens).mean(dim=1))
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    dict(qkv_bias=[True, False, True]),
-    dict(num_channels=1),
-    dict(cls_token=[False, False, False]),  # no [CLS]: LayerNorm on every token, then the mean
-    dict(patch_sizes=[3, 3, 3], patch_stride=[2, 2, 2], patch_padding=[1, 1, 1], stride_kv=[1, 2, 2],
-         mlp_ratio=[2.0, 3.0, 4.0]),
-], ids=["default", "qkv_bias", "grayscale", "no_cls_token", "strides"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        dict(qkv_bias=[True, False, True]),
+        dict(num_channels=1),
+        dict(cls_token=[False, False, False]),  # no [CLS]: LayerNorm on every token, then the mean
+        dict(
+            patch_sizes=[3, 3, 3],
+            patch_stride=[2, 2, 2],
+            patch_padding=[1, 1, 1],
+            stride_kv=[1, 2, 2],
+            mlp_ratio=[2.0, 3.0, 4.0],
+        ),
+    ],
+    ids=["default", "qkv_bias", "grayscale", "no_cls_token", "strides"],
+)
 def test_cvt_for_image_classification(tmp_path, config):
     hf, directory = _hf_model("CvtForImageClassification", tmp_path, **config)
     model = vitkit.from_pretrained(directory)
@@ -99,8 +108,15 @@ def test_cvt_model_features_and_stages(tmp_path):
 
 def test_create_model_with_hf_directory_and_files(tmp_path):
     # cvt_micro_32's architecture, with depths HF can build
-    micro = dict(embed_dim=[32, 64, 96], num_heads=[1, 2, 3], mlp_ratio=[2.0] * 3, patch_sizes=[3] * 3,
-                 patch_stride=[2] * 3, patch_padding=[1] * 3, num_labels=10)
+    micro = dict(
+        embed_dim=[32, 64, 96],
+        num_heads=[1, 2, 3],
+        mlp_ratio=[2.0] * 3,
+        patch_sizes=[3] * 3,
+        patch_stride=[2] * 3,
+        patch_padding=[1] * 3,
+        num_labels=10,
+    )
     hf, directory = _hf_model("CvtForImageClassification", tmp_path, **micro)
     torch.save(hf.state_dict(), tmp_path / "in_memory.bin")
     x = _images(hf, (32, 32))
@@ -126,28 +142,46 @@ def test_key_mapping():
         "cvt.encoder.stages.2.layers.3.output.dense.weight": t,
         "cvt.encoder.stages.2.layers.3.intermediate.dense.bias": t,
         "cvt.encoder.stages.2.layers.3.layernorm_before.weight": t,
-        "layernorm.weight": t, "classifier.bias": t,
+        "layernorm.weight": t,
+        "classifier.bias": t,
         "cvt.encoder.stages.0.mystery.weight": t,
     }
     assert looks_like_hf(state) and looks_like_hf({"encoder.stages.0.cls_token": t})
     out = convert_hf_state_dict(state, {"model_type": "cvt"})
     assert set(out) == {
-        "stage2.cls_token", "stage0.patch_embed.proj.weight", "stage1.patch_embed.norm.bias",
-        "stage2.blocks.3.attn.conv_proj_k.bn.running_var", "stage2.blocks.3.attn.conv_proj_q.conv.weight",
-        "stage2.blocks.3.attn.proj_v.bias", "stage2.blocks.3.attn.proj.weight", "stage2.blocks.3.mlp.fc2.weight",
-        "stage2.blocks.3.mlp.fc1.bias", "stage2.blocks.3.norm1.weight", "norm.weight", "head.bias",
+        "stage2.cls_token",
+        "stage0.patch_embed.proj.weight",
+        "stage1.patch_embed.norm.bias",
+        "stage2.blocks.3.attn.conv_proj_k.bn.running_var",
+        "stage2.blocks.3.attn.conv_proj_q.conv.weight",
+        "stage2.blocks.3.attn.proj_v.bias",
+        "stage2.blocks.3.attn.proj.weight",
+        "stage2.blocks.3.mlp.fc2.weight",
+        "stage2.blocks.3.mlp.fc1.bias",
+        "stage2.blocks.3.norm1.weight",
+        "norm.weight",
+        "head.bias",
         "cvt.encoder.stages.0.mystery.weight",  # unknown: left for the strict loader to report
     }
     assert set(convert_hf_state_dict(state, None)) == set(out)  # recognised from the keys alone
 
 
 def test_config_and_preprocessing(tmp_path):
-    hf, directory = _hf_model("CvtForImageClassification", tmp_path, id2label={0: "a", 1: "b", 2: "c"}, num_labels=3,
-                              layer_norm_eps=1e-12)
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "resample": 3,
-        "size": {"shortest_edge": 224}, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-    }))
+    hf, directory = _hf_model(
+        "CvtForImageClassification", tmp_path, id2label={0: "a", 1: "b", 2: "c"}, num_labels=3, layer_norm_eps=1e-12
+    )
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ConvNextImageProcessor",
+                "crop_pct": 0.875,
+                "resample": 3,
+                "size": {"shortest_edge": 224},
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+            }
+        )
+    )
     model = vitkit.from_pretrained(directory)
     cfg = model.pretrained_cfg
     assert cfg["label_names"] == ["a", "b", "c"] and cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
@@ -162,13 +196,16 @@ def test_config_and_preprocessing(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 19_997_480
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(architectures=["CvtForSomething"]), "architecture 'CvtForSomething'"),
-    (dict(qkv_projection_method=["dw_bn", "avg", "dw_bn"]), "qkv_projection_method"),
-    (dict(cls_token=[True, False, True]), "last stage only"),
-    (dict(embed_dim=[64, 192]), "2 values for 3 stages"),
-    (dict(num_heads=[1, 5, 6]), "not divisible"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(architectures=["CvtForSomething"]), "architecture 'CvtForSomething'"),
+        (dict(qkv_projection_method=["dw_bn", "avg", "dw_bn"]), "qkv_projection_method"),
+        (dict(cls_token=[True, False, True]), "last stage only"),
+        (dict(embed_dim=[64, 192]), "2 values for 3 stages"),
+        (dict(num_heads=[1, 5, 6]), "not divisible"),
+    ],
+)
 def test_config_errors(config, match):
     with pytest.raises(CheckpointError, match=match):
         config_from_hf(dict({"model_type": "cvt"}, **config), source="test")

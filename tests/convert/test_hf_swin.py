@@ -16,8 +16,17 @@ import vitkit
 transformers = pytest.importorskip("transformers")
 
 ATOL = RTOL = 1e-4
-CFG = dict(image_size=32, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-           window_size=4, num_labels=5, drop_path_rate=0.0)
+CFG = dict(
+    image_size=32,
+    patch_size=2,
+    num_channels=3,
+    embed_dim=16,
+    depths=[2, 2],
+    num_heads=[2, 4],
+    window_size=4,
+    num_labels=5,
+    drop_path_rate=0.0,
+)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -55,13 +64,15 @@ def test_hf_base_model_and_transformers4_key_names(tmp_path):
     (`attention.self.query`, `intermediate.dense`, persistent `relative_position_index`)."""
     ref = hf_model("SwinModel")
     state = {}
+    names = {"q": "query", "k": "key", "v": "value"}
     for k, v in ref.state_dict().items():
-        names = {"q": "query", "k": "key", "v": "value"}
         k = re.sub(r"attention\.([qkv])_proj", lambda m: "attention.self." + names[m.group(1)], k)
         k = k.replace("attention.o_proj", "attention.output.dense").replace("mlp.fc1", "intermediate.dense")
         k = k.replace("mlp.fc2", "output.dense")
-        k = k.replace("attention.relative_position_bias.relative_position_bias_table",
-                      "attention.self.relative_position_bias_table")
+        k = k.replace(
+            "attention.relative_position_bias.relative_position_bias_table",
+            "attention.self.relative_position_bias_table",
+        )
         state[k] = v
     state["encoder.layers.0.blocks.0.attention.self.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
     torch.save(state, tmp_path / "pytorch_model.bin")
@@ -108,8 +119,7 @@ def test_hf_window_rule_follows_each_input(tmp_path):
     with torch.no_grad():
         for hw in WINDOW_RULE_SIZES:
             x = torch.randn(2, 3, *hw)
-            torch.testing.assert_close(ours(x), hf_out(fresh_hf(state, **DEEP), x), atol=1e-5, rtol=1e-5,
-                                       msg=str(hw))
+            torch.testing.assert_close(ours(x), hf_out(fresh_hf(state, **DEEP), x), atol=1e-5, rtol=1e-5, msg=str(hw))
 
 
 def test_timm_window_rule_differs_from_hf_above_the_configured_size(tmp_path):

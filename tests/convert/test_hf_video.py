@@ -14,10 +14,28 @@ import vitkit
 transformers = pytest.importorskip("transformers")
 
 ATOL = RTOL = 1e-4
-VIVIT = dict(image_size=16, num_frames=4, tubelet_size=[2, 4, 4], num_channels=3, hidden_size=32,
-             num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=5)
-TIMESFORMER = dict(image_size=16, num_frames=4, patch_size=4, num_channels=3, hidden_size=32,
-                   num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=5)
+VIVIT = dict(
+    image_size=16,
+    num_frames=4,
+    tubelet_size=[2, 4, 4],
+    num_channels=3,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    num_labels=5,
+)
+TIMESFORMER = dict(
+    image_size=16,
+    num_frames=4,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    num_labels=5,
+)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -58,8 +76,9 @@ def test_vivit_transformers5_names_and_bare_model(tmp_path):
     assert ours.num_classes == 0
     x = clips()
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_features(x.transpose(1, 2)), ref(pixel_values=x).last_hidden_state,
-                                   atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            ours.forward_features(x.transpose(1, 2)), ref(pixel_values=x).last_hidden_state, atol=ATOL, rtol=RTOL
+        )
 
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])

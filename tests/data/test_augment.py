@@ -9,8 +9,9 @@ import torch
 from vitkit.data import augment as A
 from vitkit.data.augment import AugmentConfig, BatchAugment, parse_randaugment
 
-ALL = AugmentConfig(random_resized_crop=True, hflip=0.5, randaugment="rand-m9-n2-mstd0.5", mixup=0.8, cutmix=1.0,
-                    random_erasing=0.25)
+ALL = AugmentConfig(
+    random_resized_crop=True, hflip=0.5, randaugment="rand-m9-n2-mstd0.5", mixup=0.8, cutmix=1.0, random_erasing=0.25
+)
 CONFIGS = {
     "crop": AugmentConfig(random_resized_crop=True),
     "flip": AugmentConfig(hflip=0.5),
@@ -228,12 +229,28 @@ def test_bad_randaugment_string(bad):
 
 def test_parse_randaugment():
     s = parse_randaugment("rand-m9-n3-mstd0.5-mmax10-inc1-p0.7")
-    assert (s.magnitude, s.num_ops, s.magnitude_std, s.magnitude_max, s.increasing, s.prob) == (9, 3, 0.5, 10, True, 0.7)
+    assert (s.magnitude, s.num_ops, s.magnitude_std, s.magnitude_max, s.increasing, s.prob) == (
+        9,
+        3,
+        0.5,
+        10,
+        True,
+        0.7,
+    )
     assert parse_randaugment("rand-mstd101").magnitude_std == float("inf")
 
 
-@pytest.mark.parametrize("kw", [dict(hflip=1.5), dict(random_erasing=-0.1), dict(mixup=-1.0), dict(scale=(0.5, 0.1)),
-                                dict(ratio=(0.0, 1.0)), dict(mix_prob=2.0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(hflip=1.5),
+        dict(random_erasing=-0.1),
+        dict(mixup=-1.0),
+        dict(scale=(0.5, 0.1)),
+        dict(ratio=(0.0, 1.0)),
+        dict(mix_prob=2.0),
+    ],
+)
 def test_bad_config(kw):
     with pytest.raises(ValueError):
         BatchAugment(AugmentConfig(**kw), 10)

@@ -80,7 +80,13 @@ def test_a_link_to_another_class_folder_is_not_entered(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         samples, classes = scan_image_folder(tmp_path)
     assert [(os.path.relpath(p, tmp_path), y) for p, y in samples] == [
-        ("a/00.png", 0), ("a/01.png", 0), ("b/00.png", 1), ("b/01.png", 1), ("c/00.png", 2), ("c/01.png", 2)]
+        ("a/00.png", 0),
+        ("a/01.png", 0),
+        ("b/00.png", 1),
+        ("b/01.png", 1),
+        ("c/00.png", 2),
+        ("c/01.png", 2),
+    ]
     assert "a/more: a link back to" in caplog.text and "b/x.jpg: a broken link" in caplog.text
 
 
@@ -129,8 +135,9 @@ def test_statistics_come_from_a_seeded_sample(tmp_path, monkeypatch):
         pick = torch.randperm(len(s.train), generator=torch.Generator().manual_seed(seed))[:5].sort().values
         expected = channel_stats(torch.stack([s.train.load_uint8(i) for i in pick.tolist()]))
         assert (s.mean, s.std) == expected
-        assert load_dataset("folder", tmp_path, img_size=6, val_fraction=0.0, test_fraction=0.25, seed=seed).mean \
-            == s.mean  # the same sample for the same listing and seed
+        assert (
+            load_dataset("folder", tmp_path, img_size=6, val_fraction=0.0, test_fraction=0.25, seed=seed).mean == s.mean
+        )  # the same sample for the same listing and seed
 
 
 def test_video_folders_are_listed_the_same_way(tmp_path):

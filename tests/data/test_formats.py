@@ -61,8 +61,12 @@ def _write_mnist_idx(d, n_train=60, n_test=20, gz=True, seed=0):
     ya = (np.arange(n_train) % 10).astype(np.uint8)
     xt = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
     yt = (np.arange(n_test) % 10).astype(np.uint8)
-    for stem, arr in (("train-images-idx3-ubyte", xa), ("train-labels-idx1-ubyte", ya),
-                      ("t10k-images-idx3-ubyte", xt), ("t10k-labels-idx1-ubyte", yt)):
+    for stem, arr in (
+        ("train-images-idx3-ubyte", xa),
+        ("train-labels-idx1-ubyte", ya),
+        ("t10k-images-idx3-ubyte", xt),
+        ("t10k-labels-idx1-ubyte", yt),
+    ):
         write_idx(d / (stem + sfx), arr)
     return xa, ya, xt, yt
 
@@ -94,9 +98,15 @@ def test_idx_dataset_missing_files_says_what(tmp_path):
 
 def _cifar_batch(n, label_key, n_classes, seed, protocol):
     rng = np.random.default_rng(seed)
-    return pickle.dumps({b"batch_label": b"test batch", label_key: [int(i) % n_classes for i in range(n)],
-                         b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"filenames": [b"x.png"] * n}, protocol=protocol)
+    return pickle.dumps(
+        {
+            b"batch_label": b"test batch",
+            label_key: [int(i) % n_classes for i in range(n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * n,
+        },
+        protocol=protocol,
+    )
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -163,9 +173,11 @@ def test_cifar10_from_the_official_tar_gz(tmp_path, as_file):
 
 
 def test_cifar100_tar_gz_and_bad_archives(tmp_path):
-    members = {"cifar-100-python/train": _cifar_batch(200, b"fine_labels", 100, 0, 2),
-               "cifar-100-python/test": _cifar_batch(100, b"fine_labels", 100, 1, 2),
-               "cifar-100-python/meta": pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]})}
+    members = {
+        "cifar-100-python/train": _cifar_batch(200, b"fine_labels", 100, 0, 2),
+        "cifar-100-python/test": _cifar_batch(100, b"fine_labels", 100, 1, 2),
+        "cifar-100-python/meta": pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}),
+    }
     _write_tar_gz(tmp_path / "cifar-100-python.tar.gz", members)
     s = load_dataset("cifar100", tmp_path, val_fraction=0.0)
     assert (len(s.train), len(s.test), s.classes[7]) == (200, 100, "f7")
@@ -219,8 +231,14 @@ def test_malicious_cifar_pickle_refused_and_not_run(tmp_path):
 
 
 def test_safe_pickle_admits_numpy_and_builtins():
-    obj = {"a": np.arange(5, dtype=np.int16), "b": [1, 2.5, "s", b"x", (None, True)], "c": np.float32(1.5),
-           "d": {1, 2}, "e": bytearray(b"ab"), "f": np.zeros((2, 2), dtype=">f8")}
+    obj = {
+        "a": np.arange(5, dtype=np.int16),
+        "b": [1, 2.5, "s", b"x", (None, True)],
+        "c": np.float32(1.5),
+        "d": {1, 2},
+        "e": bytearray(b"ab"),
+        "f": np.zeros((2, 2), dtype=">f8"),
+    }
     for proto in range(0, pickle.HIGHEST_PROTOCOL + 1):
         out = safe_loads(pickle.dumps(obj, protocol=proto))
         np.testing.assert_array_equal(out["a"], obj["a"])

@@ -35,8 +35,12 @@ def _dict(n_train=12, n_test=6, mode="RGB"):
 
     def part(offset, n):
         return datasets.Dataset.from_dict(
-            {"image": [{"bytes": _png(offset + i, mode), "path": None} for i in range(n)],
-             "label": [i % 3 for i in range(n)]}, features=features)
+            {
+                "image": [{"bytes": _png(offset + i, mode), "path": None} for i in range(n)],
+                "label": [i % 3 for i in range(n)],
+            },
+            features=features,
+        )
 
     return datasets.DatasetDict({"train": part(0, n_train), "test": part(100, n_test)})
 
@@ -89,9 +93,17 @@ def test_an_imagefolder_and_unreadable_images(tmp_path, caplog):
             (c / f"{i}.png").write_bytes(_png(i))
     s = load_dataset("hf", tmp_path / "imf", img_size=8, val_fraction=0.0)
     assert s.classes == CLASSES and (len(s.train), len(s.test)) == (6, 3)
-    broken = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"image": [{"bytes": b"\x89PNG broken", "path": None}, {"bytes": _png(1), "path": None}], "label": [0, 1]},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}))})
+    broken = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {
+                    "image": [{"bytes": b"\x89PNG broken", "path": None}, {"bytes": _png(1), "path": None}],
+                    "label": [0, 1],
+                },
+                features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}),
+            )
+        }
+    )
     broken.save_to_disk(str(tmp_path / "broken"))
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         b = load_dataset("hf", tmp_path / "broken", img_size=8, val_fraction=0.0, test_fraction=0.5)

@@ -36,17 +36,26 @@ def test_a_100_byte_pickle_declaring_a_huge_array_is_refused(tmp_path):
     raw = pickle.dumps({"data": _Reduce(_reconstruct, (np.ndarray, (10**9, 3072), b"b")), "labels": []}, protocol=2)
     assert len(raw) < 200
     (tmp_path / "data_batch_1").write_bytes(raw)
-    with pytest.raises(UnsafePickleError, match=r"an array of 3,072,000,000,000 bytes \(shape \(1000000000, 3072\)\) "
-                                                r"declared by a pickle of \d+ bytes"):
+    with pytest.raises(
+        UnsafePickleError,
+        match=r"an array of 3,072,000,000,000 bytes \(shape \(1000000000, 3072\)\) "
+        r"declared by a pickle of \d+ bytes",
+    ):
         read_cifar_batch(tmp_path / "data_batch_1")
 
 
-@pytest.mark.parametrize("state, needle", [
-    ((1, (10**9,), np.dtype("O"), False, [1]), "object arrays are not data"),
-    ((1, (10**9,), np.dtype("u1"), False, b"abc"), r"shape \(1000000000,\) uint8 needs 1,000,000,000 bytes, the pickle "
-                                                     r"holds 3 bytes"),
-    ((1, (-1,), np.dtype("u1"), False, b""), "negative dimension"),
-])
+@pytest.mark.parametrize(
+    "state, needle",
+    [
+        ((1, (10**9,), np.dtype("O"), False, [1]), "object arrays are not data"),
+        (
+            (1, (10**9,), np.dtype("u1"), False, b"abc"),
+            r"shape \(1000000000,\) uint8 needs 1,000,000,000 bytes, the pickle "
+            r"holds 3 bytes",
+        ),
+        ((1, (-1,), np.dtype("u1"), False, b""), "negative dimension"),
+    ],
+)
 def test_array_states_are_checked_before_numpy_allocates(state, needle):
     raw = pickle.dumps(_Reduce(_reconstruct, (np.ndarray, (0,), b"b"), state), protocol=2)
     with pytest.raises(UnsafePickleError, match=needle):
@@ -105,8 +114,11 @@ def test_a_gzip_bomb_is_stopped_by_the_decompressed_size_cap(tmp_path):
     _gzip_zeros(path, struct.pack(">BBBBIII", 0, 0, 8, 3, 200_000, 10, 10), 20 << 20)  # 20 MB of zeros
     size = path.stat().st_size
     assert size < 40_000  # ~1000x
-    with pytest.raises(DataFormatError, match=rf"decompresses to more than {100 * size:,} bytes \(100x its {size:,} "
-                                              r"bytes\): a gzip bomb"):
+    with pytest.raises(
+        DataFormatError,
+        match=rf"decompresses to more than {100 * size:,} bytes \(100x its {size:,} "
+        r"bytes\): a gzip bomb",
+    ):
         read_idx(path)
     # a genuine gzip file (several members, zero padding after them) still reads
     a = np.arange(600, dtype=np.uint8).reshape(6, 10, 10)
@@ -127,8 +139,11 @@ def _tar_header(name: str, size: int) -> bytes:
 def test_an_archive_member_declaring_3gib_is_refused_before_reading(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
     path.write_bytes(gzip.compress(_tar_header("cifar-10-batches-py/data_batch_1", 3 << 30) + bytes(4096)))
-    with pytest.raises(DataFormatError, match=r"member cifar-10-batches-py/data_batch_1 declares 3,221,225,472 bytes, "
-                                              r"more than this \d+-byte archive can hold"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"member cifar-10-batches-py/data_batch_1 declares 3,221,225,472 bytes, "
+        r"more than this \d+-byte archive can hold",
+    ):
         read_cifar_archive(path, ["data_batch_1"])
 
 
@@ -148,12 +163,18 @@ def _mnist_dir(d, labels=None, test_hw=(28, 28)):
 
 def test_idx_labels_out_of_range_and_test_images_of_another_size_fail_at_load(tmp_path):
     bad = _mnist_dir(tmp_path / "labels", labels=[0] * 19 + [12])
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte holds labels 0\.\.12 \(uint8\), but mnist has 10 "
-                                         r"classes \(0\.\.9\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train-labels-idx1-ubyte holds labels 0\.\.12 \(uint8\), but mnist has 10 "
+        r"classes \(0\.\.9\)",
+    ):
         load_dataset("mnist", bad)
     other = _mnist_dir(tmp_path / "size", test_hw=(32, 32))
-    with pytest.raises(ValueError, match=r"the test images \S+t10k-images-idx3-ubyte are 32x32, the train images "
-                                         r"\S+ 28x28"):
+    with pytest.raises(
+        ValueError,
+        match=r"the test images \S+t10k-images-idx3-ubyte are 32x32, the train images "
+        r"\S+ 28x28",
+    ):
         load_dataset("mnist", other)
     assert load_dataset("mnist", _mnist_dir(tmp_path / "fine"), val_fraction=0.0).num_classes == 10
 
@@ -178,13 +199,19 @@ def _shard(path, samples, mode="w"):
 def test_a_shard_member_declaring_3gib_is_refused_before_reading(tmp_path):
     local = tmp_path / "train-000000.tar"
     local.write_bytes(_tar_header("k0.png", 3 << 30) + bytes(2048))
-    with pytest.raises(ShardFormatError, match=r"train-000000\.tar is truncated: member k0\.png declares "
-                                               r"3,221,225,472 bytes from offset 512, the file ends at 2,560"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"train-000000\.tar is truncated: member k0\.png declares "
+        r"3,221,225,472 bytes from offset 512, the file ends at 2,560",
+    ):
         index_shards([str(local)])
     streamed = tmp_path / "train-000001.tar.gz"  # compressed: the size cannot be checked against the file
     streamed.write_bytes(gzip.compress(_tar_header("k0.png", 3 << 30) + bytes(2048)))
-    with pytest.raises(ShardFormatError, match=r"member k0\.png declares 3,221,225,472 bytes, more than 268,435,456 "
-                                               r"\(vitkit\.data\.shards\.MAX_MEMBER_BYTES\)"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"member k0\.png declares 3,221,225,472 bytes, more than 268,435,456 "
+        r"\(vitkit\.data\.shards\.MAX_MEMBER_BYTES\)",
+    ):
         list(iter_tar_samples(streamed))
 
 
@@ -201,16 +228,22 @@ def test_a_huge_label_without_dataset_json_and_a_huge_pattern_are_refused(tmp_pa
 def test_labels_of_given_test_shards_are_range_checked(tmp_path):
     _shard(tmp_path / "train-000000.tar", [(f"t{i}", i % 3) for i in range(9)])
     _shard(tmp_path / "test-000000.tar", [("s0", 0), ("s1", 7)])
-    with pytest.raises(ShardFormatError, match=r"sample 's1' of \S+test-000000\.tar\.\.\. has label 7, but the train "
-                                               r"shards have 3 classes"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"sample 's1' of \S+test-000000\.tar\.\.\. has label 7, but the train "
+        r"shards have 3 classes",
+    ):
         load_dataset("shards", tmp_path / "train-000000.tar", img_size=4)
 
 
-@pytest.mark.parametrize("cut, needle", [
-    ("boundary", "ends without tar's end-of-archive block"),  # cut cleanly between two members
-    ("header", "ends inside a header"),
-    ("data", r"is truncated: member k1\.png declares"),
-])
+@pytest.mark.parametrize(
+    "cut, needle",
+    [
+        ("boundary", "ends without tar's end-of-archive block"),  # cut cleanly between two members
+        ("header", "ends inside a header"),
+        ("data", r"is truncated: member k1\.png declares"),
+    ],
+)
 def test_truncated_shards_are_refused_naming_the_shard(tmp_path, cut, needle):
     full = _shard(tmp_path / "whole.tar", [("k0", 0), ("k1", 1)]).read_bytes()
     with tarfile.open(tmp_path / "whole.tar") as tar:
@@ -228,8 +261,11 @@ def test_truncated_shards_are_refused_naming_the_shard(tmp_path, cut, needle):
 def test_duplicate_keys_with_conflicting_labels_are_refused(tmp_path, caplog):
     a = _shard(tmp_path / "train-000000.tar", [("k0", 0), ("k1", 1)])
     b = _shard(tmp_path / "train-000001.tar", [("k2", 0), ("k1", 2)])
-    with pytest.raises(ShardFormatError, match=r"train-000001\.tar: sample 'k1' has label 2, but the same key has "
-                                               r"label 1 in \S+train-000000\.tar"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"train-000001\.tar: sample 'k1' has label 2, but the same key has "
+        r"label 1 in \S+train-000000\.tar",
+    ):
         index_shards([str(a), str(b)])
     same = _shard(tmp_path / "train-000002.tar", [("k3", 0), ("k1", 1)])
     with caplog.at_level(logging.WARNING, logger="vitkit"):

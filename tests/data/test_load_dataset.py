@@ -80,8 +80,16 @@ def test_unknown_name_lists_names():
         load_dataset("imagenet-21k")
     for name in list_datasets():
         assert name in str(e.value)
-    assert set(list_datasets()) >= {"digits", "mnist", "mnist5k", "fashion_mnist", "cifar10", "cifar100", "folder",
-                                    "shards"}
+    assert set(list_datasets()) >= {
+        "digits",
+        "mnist",
+        "mnist5k",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+        "folder",
+        "shards",
+    }
 
 
 def test_bad_fractions():

@@ -109,8 +109,9 @@ def test_shard_batches_equal_steps_per_rank(tmp_path):
             runs[rank] = [int(v) for _, y in batches for v in y]
             again = [int(v) for _, y in ShardBatches(data, 4, rank, 2, 0, workers, 0).epoch(1) for v in y]
             assert again == runs[rank]
-            shuffled = [[int(v) for _, y in ShardBatches(data, 4, rank, 2, 0, workers).epoch(1) for v in y]
-                        for _ in range(2)]
+            shuffled = [
+                [int(v) for _, y in ShardBatches(data, 4, rank, 2, 0, workers).epoch(1) for v in y] for _ in range(2)
+            ]
             assert shuffled[0] == shuffled[1]  # the shuffle buffer is seeded too
         if workers == 0:  # 6 samples per rank fit in its first pass: the ranks read different shards
             assert not set(runs[0]) & set(runs[1]) and len(set(runs[0])) == len(set(runs[1])) == 6
@@ -144,8 +145,10 @@ def test_write_shards_round_trip_and_load_dataset(tmp_path):
     assert len(s.train) + len(s.val) == n_train and 0.15 < len(s.val) / n_train < 0.25
     ours = sorted((x.mul(255).round().to(torch.uint8).flatten().tolist(), y) for x, y in s.test)
     # digits are 17 grey levels (k/16): PNG holds them as round(255 k/16), losslessly
-    ref = sorted((src.test.images[i].mul(255).round().to(torch.uint8).flatten().tolist(), int(src.test.labels[i]))
-                 for i in range(n_test))
+    ref = sorted(
+        (src.test.images[i].mul(255).round().to(torch.uint8).flatten().tolist(), int(src.test.labels[i]))
+        for i in range(n_test)
+    )
     assert ours == ref
     # val and train are disjoint and together the train shards, split by a seeded key hash
     train_keys = [k for p in written["train"] for k, _ in shards_mod.index_shards([str(p)])]
@@ -176,11 +179,22 @@ def test_make_shards_cli_then_train_on_them(tmp_path, capsys):
     assert main(["make-shards", "digits", str(tmp_path / "shards"), "--maxcount", "200"]) == 0
     printed = capsys.readouterr().out
     assert "train: 8 shard(s)" in printed and "--data.name=shards" in printed
-    cfg = apply_overrides(TrainConfig(), [
-        "--data.name=shards", f"--data.data_dir={tmp_path}/shards/train-{{000000..000007}}.tar", "--data.num_workers=2",
-        "--model.name=vit_micro_patch2_8", "--model.overrides.depth=1", "--sched.epochs=2", "--sched.warmup_epochs=0",
-        "--run.batch_size=64", f"--run.out={tmp_path}/run", "--run.progress=false", "--run.tensorboard=false",
-    ])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            "--data.name=shards",
+            f"--data.data_dir={tmp_path}/shards/train-{{000000..000007}}.tar",
+            "--data.num_workers=2",
+            "--model.name=vit_micro_patch2_8",
+            "--model.overrides.depth=1",
+            "--sched.epochs=2",
+            "--sched.warmup_epochs=0",
+            "--run.batch_size=64",
+            f"--run.out={tmp_path}/run",
+            "--run.progress=false",
+            "--run.tensorboard=false",
+        ],
+    )
     m = train(cfg)
     assert m["dataset"] == "shards" and m["epochs"] == 2 and m["test_acc"] > 20  # chance is 10%
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -191,10 +205,14 @@ def test_interop_with_the_webdataset_package(tmp_path):
     wds = pytest.importorskip("webdataset")
     src = load_dataset("digits", val_fraction=0.0)
     ours = write_shards(src, tmp_path / "ours", maxcount=1000, progress=False)["test"]
-    theirs = [(s["__key__"], int(s["cls"]), np.asarray(Image.open(io.BytesIO(s["png"]))))
-              for s in wds.WebDataset([str(p) for p in ours], shardshuffle=False)]
-    mine = [(x.mul(255).round().to(torch.uint8)[0].numpy(), y) for x, y in
-            TarShardDataset(ours, in_chans=1, rank=0, world_size=1)]
+    theirs = [
+        (s["__key__"], int(s["cls"]), np.asarray(Image.open(io.BytesIO(s["png"]))))
+        for s in wds.WebDataset([str(p) for p in ours], shardshuffle=False)
+    ]
+    mine = [
+        (x.mul(255).round().to(torch.uint8)[0].numpy(), y)
+        for x, y in TarShardDataset(ours, in_chans=1, rank=0, world_size=1)
+    ]
     assert len(theirs) == len(mine) == len(src.test)
     assert all(np.array_equal(a, x) and b == y for (_, b, a), (x, y) in zip(theirs, mine))
     # shards written by webdataset's own writer read here
@@ -232,8 +250,9 @@ def test_shards_over_http_and_pipe_through_webdataset(tmp_path):
         got, want = list(remote.test), list(local.test)
         assert [y for _, y in got] == [y for _, y in want]
         assert all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
-        piped = TarShardDataset([f"pipe:cat {tmp_path / 'test-000000.tar'}"], in_chans=1, img_size=8, rank=0,
-                                world_size=1)
+        piped = TarShardDataset(
+            [f"pipe:cat {tmp_path / 'test-000000.tar'}"], in_chans=1, img_size=8, rank=0, world_size=1
+        )
         assert [y for _, y in piped] == [y for _, y in want]
         with pytest.raises(ValueError, match=r"shard http://127\.0\.0\.1:\d+/nope\.tar: cannot read it"):
             list(TarShardDataset([base + "/nope.tar"], rank=0, world_size=1))

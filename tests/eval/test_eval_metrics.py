@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from vitkit.eval import (
-    class_ranks, confusion_matrix, per_class_accuracy, per_class_accuracy_from_cm, plot_confusion_matrix,
+    class_ranks,
+    confusion_matrix,
+    per_class_accuracy,
+    per_class_accuracy_from_cm,
+    plot_confusion_matrix,
     topk_accuracy,
 )
 
@@ -12,13 +16,15 @@ from vitkit.eval import (
 #   row 0: y=2 ties with class 1 at 0.5 -> rank 1      row 1: all tied, y=0 -> rank 0
 #   row 2: all tied, y=3 -> rank 3                      row 3: y=0 is the max -> rank 0
 #   row 4: y=0 is the minimum -> rank 3
-LOGITS = torch.tensor([
-    [0.1, 0.5, 0.5, 0.2],
-    [0.3, 0.3, 0.3, 0.3],
-    [0.3, 0.3, 0.3, 0.3],
-    [0.9, 0.0, 0.1, 0.2],
-    [0.0, 0.1, 0.2, 0.9],
-])
+LOGITS = torch.tensor(
+    [
+        [0.1, 0.5, 0.5, 0.2],
+        [0.3, 0.3, 0.3, 0.3],
+        [0.3, 0.3, 0.3, 0.3],
+        [0.9, 0.0, 0.1, 0.2],
+        [0.0, 0.1, 0.2, 0.9],
+    ]
+)
 LABELS = torch.tensor([2, 0, 3, 0, 0])
 
 
@@ -47,12 +53,14 @@ def test_confusion_matrix_and_per_class():
     preds = torch.tensor([0, 1, 1, 2, 2, 2])
     labels = torch.tensor([0, 0, 1, 2, 2, 1])
     cm = confusion_matrix(preds, labels, num_classes=4)
-    expected = torch.tensor([
-        [1, 1, 0, 0],  # true 0: once right, once taken for 1
-        [0, 1, 1, 0],
-        [0, 0, 2, 0],
-        [0, 0, 0, 0],  # class 3 never occurs
-    ])
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0],  # true 0: once right, once taken for 1
+            [0, 1, 1, 0],
+            [0, 0, 2, 0],
+            [0, 0, 0, 0],  # class 3 never occurs
+        ]
+    )
     assert cm.dtype == torch.int64 and torch.equal(cm, expected)
     assert cm.sum() == len(labels)
     # logits are reduced with argmax

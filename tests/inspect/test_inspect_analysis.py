@@ -169,6 +169,8 @@ def test_uniform_reference_distance():
     dists = {}
     for shift in ((0, 0), (2, 2)):
         lay = WindowLayout(batch=2, size=(8, 8), padded=(8, 8), window=(4, 4), shift=shift)
-        dists[shift] = uniform_attention_distance(AttentionRecord("w", softmax_attn(8, 3, 16, 16), (16, 16), window=lay))
+        dists[shift] = uniform_attention_distance(
+            AttentionRecord("w", softmax_attn(8, 3, 16, 16), (16, 16), window=lay)
+        )
     assert dists[(0, 0)] == pytest.approx(one)
     assert 0 < dists[(2, 2)] < one

@@ -55,7 +55,11 @@ def test_record_metadata_vit_deit_cvt():
     _, recs = get_attention(*model_and_input("cvt_micro_28"))
     # CvT: keys/values come from a stride-2 conv (14x14 queries, 7x7 keys); [CLS] only in the last stage
     assert [(r.num_prefix_tokens, r.query_grid, r.key_grid) for r in recs] == [
-        (0, (14, 14), (7, 7)), (0, (7, 7), (4, 4)), (1, (4, 4), (2, 2)), (1, (4, 4), (2, 2))]
+        (0, (14, 14), (7, 7)),
+        (0, (7, 7), (4, 4)),
+        (1, (4, 4), (2, 2)),
+        (1, (4, 4), (2, 2)),
+    ]
 
 
 def test_swin_windows_map_back_onto_the_image():

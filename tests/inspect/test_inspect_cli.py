@@ -45,8 +45,25 @@ def test_cli_inspect_trained_dir_on_its_dataset(tmp_path, capsys):
     model.pretrained_cfg["dataset"] = "digits"
     model.save_pretrained(tmp_path / "m")
     out = tmp_path / "figs"
-    assert main(["inspect", str(tmp_path / "m"), "--out", str(out), "--num-images", "20", "--show", "3",
-                 "--head-fusion", "max", "--discard-ratio", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                str(tmp_path / "m"),
+                "--out",
+                str(out),
+                "--num-images",
+                "20",
+                "--show",
+                "3",
+                "--head-fusion",
+                "max",
+                "--discard-ratio",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert "figures in" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_images"] == 20 and summary["images"] == "digits test[:20]"

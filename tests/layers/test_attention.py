@@ -149,10 +149,10 @@ def test_split_heads_cuts_q_k_v_and_their_heads_from_the_fused_projection():
     qkv = rand(B, N, 3 * D, seed=4).requires_grad_(True)
     parts = split_heads(qkv, H)
     for i, t in enumerate(parts):
-        expected = qkv[..., i * D:(i + 1) * D].reshape(B, N, H, hd).transpose(1, 2)
+        expected = qkv[..., i * D : (i + 1) * D].reshape(B, N, H, hd).transpose(1, 2)
         assert t.shape == (B, H, N, hd) and torch.equal(t, expected)
         assert t.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()  # a view, no copy
     weights = [rand(B, H, N, hd, seed=10 + i) for i in range(3)]
     sum((t * w).sum() for t, w in zip(parts, weights)).backward()
     for i, w in enumerate(weights):
-        torch.testing.assert_close(qkv.grad[..., i * D:(i + 1) * D], w.transpose(1, 2).reshape(B, N, D))
+        torch.testing.assert_close(qkv.grad[..., i * D : (i + 1) * D], w.transpose(1, 2).reshape(B, N, D))

@@ -44,10 +44,14 @@ def test_measured_tables_per_cpu():
     amx = cpu_attention_table(amx=True, avx512=True)  # AMX tiles: eager for short bf16 sequences
     assert amx == {("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "train"): 513}
     zen4 = cpu_attention_table(amx=False, avx512=True)  # AVX-512, no AMX (Zen 4): short sequences eager in both dtypes
-    assert zen4 == {("cpu", torch.float32, "infer"): 65, ("cpu", torch.float32, "train"): 145,
-                    ("cpu", torch.float32, "train", 64): 197,
-                    ("cpu", torch.bfloat16, "infer"): 145, ("cpu", torch.bfloat16, "infer", 64): 577,
-                    ("cpu", torch.bfloat16, "train"): 785}
+    assert zen4 == {
+        ("cpu", torch.float32, "infer"): 65,
+        ("cpu", torch.float32, "train"): 145,
+        ("cpu", torch.float32, "train", 64): 197,
+        ("cpu", torch.bfloat16, "infer"): 145,
+        ("cpu", torch.bfloat16, "infer", 64): 577,
+        ("cpu", torch.bfloat16, "train"): 785,
+    }
     avx2 = cpu_attention_table(amx=False, avx512=False)  # AVX2 only: short fp32 sequences eager too
     assert avx2[("cpu", torch.float32, "infer")] == 65 and avx2[("cpu", torch.float32, "train")] == 145
     assert avx2[("cpu", torch.bfloat16, "infer")] == 393

@@ -43,7 +43,14 @@ def test_keeps_dtype(dtype):
 
 @pytest.mark.parametrize(
     "old, new",
-    [((14, 14), (24, 24)), ((24, 24), (14, 14)), ((7, 7), (4, 9)), ((4, 6), (8, 3)), ((5, 5), (5, 5)), ((3, 8), (6, 16))],
+    [
+        ((14, 14), (24, 24)),
+        ((24, 24), (14, 14)),
+        ((7, 7), (4, 9)),
+        ((4, 6), (8, 3)),
+        ((5, 5), (5, 5)),
+        ((3, 8), (6, 16)),
+    ],
 )
 @pytest.mark.parametrize("prefix", [0, 1, 2])
 @pytest.mark.parametrize("interpolation, antialias", [("bicubic", True), ("bilinear", False)])
@@ -52,10 +59,12 @@ def test_matches_timm(old, new, prefix, interpolation, antialias):
     from timm.layers import resample_abs_pos_embed as timm_resample
 
     pe = posemb(prefix, *old, seed=sum(old) + prefix)
-    ours = resample_abs_pos_embed(pe, new, old_size=old, num_prefix_tokens=prefix,
-                                  interpolation=interpolation, antialias=antialias)
-    ref = timm_resample(pe, list(new), old_size=list(old), num_prefix_tokens=prefix,
-                        interpolation=interpolation, antialias=antialias)
+    ours = resample_abs_pos_embed(
+        pe, new, old_size=old, num_prefix_tokens=prefix, interpolation=interpolation, antialias=antialias
+    )
+    ref = timm_resample(
+        pe, list(new), old_size=list(old), num_prefix_tokens=prefix, interpolation=interpolation, antialias=antialias
+    )
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
 

@@ -26,8 +26,15 @@ MEAN, STD = (0.1307,), (0.3081,)
 def tiny_dino(**kw) -> DINO:
     torch.manual_seed(0)
     backbone = vitkit.create_model("vit_micro_patch4_28", num_classes=0, dynamic_img_size=True)
-    opts = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2, "mean": MEAN, "std": STD,
-            "generator": torch.Generator().manual_seed(0)}
+    opts = {
+        "out_dim": 64,
+        "hidden_dim": 32,
+        "bottleneck_dim": 16,
+        "num_local": 2,
+        "mean": MEAN,
+        "std": STD,
+        "generator": torch.Generator().manual_seed(0),
+    }
     opts.update(kw)
     return create_method("dino", backbone, **opts)
 
@@ -62,8 +69,12 @@ def test_dino_loss_and_centring_by_hand():
     loss, entropy = loss_fn([torch.tensor([v]) for v in s], [torch.tensor([v]) for v in t], tt)
 
     q = [[math.exp(a) for a in _log_softmax([(ti - ci) / tt for ti, ci in zip(row, c)])] for row in t]
-    terms = [-sum(qi * li for qi, li in zip(q[iq], _log_softmax([a / st for a in s[v]])))
-             for iq in range(2) for v in range(3) if v != iq]
+    terms = [
+        -sum(qi * li for qi, li in zip(q[iq], _log_softmax([a / st for a in s[v]])))
+        for iq in range(2)
+        for v in range(3)
+        if v != iq
+    ]
     assert len(terms) == 4
     assert loss.item() == pytest.approx(sum(terms) / 4, rel=1e-5)
     h = [-sum(p * math.log(p) for p in row) for row in q]
@@ -154,4 +165,6 @@ def test_bad_options_are_named():
     backbone = vitkit.create_model("vit_micro_patch4_28", num_classes=0)
     backbone.pretrained_cfg = {}  # no normalisation known: the views cannot be made
     with pytest.raises(ValueError, match="mean"):
-        create_method("dino", backbone, out_dim=8, hidden_dim=8, bottleneck_dim=4, num_local=0)(torch.randn(2, 1, 28, 28))
+        create_method("dino", backbone, out_dim=8, hidden_dim=8, bottleneck_dim=4, num_local=0)(
+            torch.randn(2, 1, 28, 28)
+        )

@@ -54,7 +54,7 @@ def test_soft_term_normalisations_against_timm_and_deit_formulas():
     s, t = torch.randn(6, 7, generator=g), torch.randn(6, 7, generator=g)
     tau = 3.0
     ls, lt = F.log_softmax(s / tau, dim=-1), F.log_softmax(t / tau, dim=-1)
-    timm = F.kl_div(ls, lt, reduction="batchmean", log_target=True) * tau ** 2
+    timm = F.kl_div(ls, lt, reduction="batchmean", log_target=True) * tau**2
     deit = F.kl_div(ls, lt, reduction="sum", log_target=True) * (tau * tau) / s.numel()
     torch.testing.assert_close(soft_distillation_loss(s, t, tau), timm)
     torch.testing.assert_close(soft_distillation_loss(s, t, tau, "deit"), deit)
@@ -148,8 +148,9 @@ def test_gradients_reach_the_distillation_token(kind):
 # ------------------------------------------------------------------------------------ the teacher
 def fake_splits(num_classes=10, in_chans=1, size=(28, 28), classes=None, name="fashion_mnist"):
     classes = classes or [str(i) for i in range(num_classes)]
-    return SimpleNamespace(classes=classes, in_chans=in_chans, img_size=size, name=name, mean=(0.5,) * in_chans,
-                           std=(0.25,) * in_chans)
+    return SimpleNamespace(
+        classes=classes, in_chans=in_chans, img_size=size, name=name, mean=(0.5,) * in_chans, std=(0.25,) * in_chans
+    )
 
 
 def test_teacher_mismatches_are_clear_errors():
@@ -259,22 +260,63 @@ def test_vitkit_train_end_to_end(tmp_path, capsys):
     common = ["--run.progress=false", "--run.threads=1", "--sched.epochs=2", "--sched.warmup_epochs=0"]
     assert main(["train", "--model.name=resnet_micro_28", "--out", str(tmp_path / "teacher"), *common]) == 0
     tiny = ["--model.overrides.embed_dim=32", "--model.overrides.depth=1", "--model.overrides.num_heads=2"]
-    assert main(["train", "--model.name=vit_micro_patch2_8", "--model.overrides.distilled=true", *tiny,
-                 f"--distill.teacher={tmp_path / 'teacher'}", "--distill.type=hard", "--distill.token=true",
-                 "--out", str(tmp_path / "student"), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model.name=vit_micro_patch2_8",
+                "--model.overrides.distilled=true",
+                *tiny,
+                f"--distill.teacher={tmp_path / 'teacher'}",
+                "--distill.type=hard",
+                "--distill.token=true",
+                "--out",
+                str(tmp_path / "student"),
+                *common,
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "student" / "metrics.json").read_text())
     teacher_m = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
     assert m["teacher_test_acc"] == teacher_m["test_acc"] and m["distill_type"] == "hard"
     assert set(m["test_acc_heads"]) == {"cls", "dist", "mean"} and m["test_acc_heads"]["mean"] == m["test_acc"]
     # a soft student without a token, with cached teacher logits (no augmentation: valid)
-    assert main(["train", "--model.name=vit_micro_patch2_8", *tiny, f"--distill.teacher={tmp_path / 'teacher'}",
-                 "--distill.type=soft", "--distill.cache_logits=true", "--data.train_fraction=0.5",
-                 "--out", str(tmp_path / "soft"), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model.name=vit_micro_patch2_8",
+                *tiny,
+                f"--distill.teacher={tmp_path / 'teacher'}",
+                "--distill.type=soft",
+                "--distill.cache_logits=true",
+                "--data.train_fraction=0.5",
+                "--out",
+                str(tmp_path / "soft"),
+                *common,
+            ]
+        )
+        == 0
+    )
     # a teacher for another number of classes: one clear line, exit code 2
     vitkit.create_model("resnet_micro_28", num_classes=4, img_size=8).save_pretrained(tmp_path / "t4")
     capsys.readouterr()
-    assert main(["train", "--model.name=vit_micro_patch2_8", *tiny, f"--distill.teacher={tmp_path / 't4'}",
-                 "--distill.type=soft", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model.name=vit_micro_patch2_8",
+                *tiny,
+                f"--distill.teacher={tmp_path / 't4'}",
+                "--distill.type=soft",
+                "--out",
+                str(tmp_path / "bad"),
+                *common,
+            ]
+        )
+        == 2
+    )
     assert "predicts 4 classes but digits has 10" in capsys.readouterr().err
 
 

@@ -93,7 +93,9 @@ def test_train_step_no_nan_all_parameters_get_gradients():
 def test_mae_base_parameter_count():
     with torch.device("meta"):
         model = vitkit.create_model("mae_vit_base_patch16")
-    assert sum(p.numel() for p in model.parameters()) == 111_907_840  # HF ViTMAEForPreTraining (ViT-B/16, 8x512 decoder)
+    assert (
+        sum(p.numel() for p in model.parameters()) == 111_907_840
+    )  # HF ViTMAEForPreTraining (ViT-B/16, 8x512 decoder)
     frozen = 197 * 768 + 197 * 512  # the two sin-cos tables
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 111_907_840 - frozen
 
@@ -103,9 +105,20 @@ def test_hf_vitmae_parity(tmp_path, norm_pix):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.ViTMAEConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
-        decoder_intermediate_size=48, mask_ratio=0.75, norm_pix_loss=norm_pix)
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=48,
+        mask_ratio=0.75,
+        norm_pix_loss=norm_pix,
+    )
     hf = transformers.ViTMAEForPreTraining(cfg).eval()
     with torch.no_grad():  # HF zero-initialises biases: randomise everything so the comparison can fail
         for p in hf.parameters():

@@ -30,8 +30,15 @@ MEAN, STD = (0.1307,), (0.3081,)
 def tiny_msn(**kw) -> MSN:
     torch.manual_seed(0)
     backbone = vitkit.create_model("vit_micro_patch4_28", num_classes=0, dynamic_img_size=True)
-    opts = {"num_prototypes": 16, "hidden_dim": 32, "out_dim": 8, "num_focal": 2, "mean": MEAN, "std": STD,
-            "generator": torch.Generator().manual_seed(0)}
+    opts = {
+        "num_prototypes": 16,
+        "hidden_dim": 32,
+        "out_dim": 8,
+        "num_focal": 2,
+        "mean": MEAN,
+        "std": STD,
+        "generator": torch.Generator().manual_seed(0),
+    }
     opts.update(kw)
     return create_method("msn", backbone, **opts)
 
@@ -109,11 +116,11 @@ def test_the_encoder_sees_only_the_kept_patches():
     y = x.clone()
     for idx in dropped:  # change every dropped patch of image 0: nothing changes
         r, c = divmod(idx, 7)
-        y[0, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 5.0
+        y[0, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = 5.0
     m._views["generator"] = torch.Generator().manual_seed(5)
     torch.testing.assert_close(m.encode_masked(y), base)
     r, c = divmod(int(keep[0, 0]), 7)  # change one kept patch: the [CLS] output changes
-    y[0, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 5.0
+    y[0, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = 5.0
     m._views["generator"] = torch.Generator().manual_seed(5)
     assert not torch.allclose(m.encode_masked(y)[0], base[0])
 
@@ -149,12 +156,24 @@ def test_bad_options_are_named():
 
 
 # ------------------------------------------------------------------------------------ through the loop
-TINY = ["--model.name=vit_micro_patch2_8", "--model.overrides.depth=1", "--model.overrides.embed_dim=32",
-        "--model.overrides.num_heads=2", "--model.overrides.dynamic_img_size=true", "--sched.epochs=1",
-        "--sched.warmup_epochs=0", "--run.batch_size=32", "--data.train_fraction=0.06", "--run.progress=false",
-        "--run.threads=1", "--data.num_workers=0"]
-OPTIONS = {"dino": '--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2}',
-           "msn": '--method.options={"num_prototypes": 16, "hidden_dim": 32, "out_dim": 8, "num_focal": 2}'}
+TINY = [
+    "--model.name=vit_micro_patch2_8",
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--model.overrides.dynamic_img_size=true",
+    "--sched.epochs=1",
+    "--sched.warmup_epochs=0",
+    "--run.batch_size=32",
+    "--data.train_fraction=0.06",
+    "--run.progress=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+]
+OPTIONS = {
+    "dino": '--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2}',
+    "msn": '--method.options={"num_prototypes": 16, "hidden_dim": 32, "out_dim": 8, "num_focal": 2}',
+}
 # one process group for both runs (the loop leaves a group it did not create alone)
 ENTRY = """import sys
 import torch
@@ -195,8 +214,18 @@ def test_pretrain_loop_two_processes_under_torchrun(tmp_path):
     pytest.importorskip("sklearn")
     (tmp_path / "entry.py").write_text(ENTRY)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "entry.py",
-           str(tmp_path), OPTIONS["dino"], OPTIONS["msn"], *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "entry.py",
+        str(tmp_path),
+        OPTIONS["dino"],
+        OPTIONS["msn"],
+        *TINY,
+    ]
     res = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     for method in ("dino", "msn"):

@@ -28,7 +28,11 @@ def test_view_sizes_follow_the_papers_ratio_rounded_to_the_patch():
     assert specs[0].scale == (0.4, 1.0) and specs[2].scale == (0.05, 0.4)
     m = msn_view_specs(224, num_focal=10, patch_size=16)
     assert len(m) == 12 and m[0].scale == (0.3, 1.0) and m[2].scale == (0.05, 0.3) and m[2].size == 96
-    assert m[0].brightness == pytest.approx(0.4) and m[0].saturation == pytest.approx(0.4) and m[0].hue == pytest.approx(0.1)
+    assert (
+        m[0].brightness == pytest.approx(0.4)
+        and m[0].saturation == pytest.approx(0.4)
+        and m[0].hue == pytest.approx(0.1)
+    )
 
 
 def test_crop_boxes_respect_scale_ratio_and_bounds():

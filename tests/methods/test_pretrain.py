@@ -16,8 +16,15 @@ from vitkit.train import TrainConfig, apply_overrides, train
 from vitkit.train.pretrain import finetune_settings, pretrain, pretrain_config
 
 pytest.importorskip("sklearn")
-TINY = ["--model.overrides.depth=1", "--model.overrides.embed_dim=32", "--model.overrides.num_heads=2",
-        "--run.progress=false", "--run.threads=1", "--data.num_workers=0", "--run.batch_size=256"]
+TINY = [
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--run.progress=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+    "--run.batch_size=256",
+]
 
 
 def run(method, out, *overrides):
@@ -63,11 +70,16 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
 
 
-SMALL_DINO = ['--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2}',
-              "--data.train_fraction=0.1", "--run.batch_size=32"]
+SMALL_DINO = [
+    '--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2}',
+    "--data.train_fraction=0.1",
+    "--run.batch_size=32",
+]
 
 
-@pytest.mark.parametrize(("method", "extra"), [("mae", []), ("mpp", []), ("dino", SMALL_DINO)], ids=["mae", "mpp", "dino"])
+@pytest.mark.parametrize(
+    ("method", "extra"), [("mae", []), ("mpp", []), ("dino", SMALL_DINO)], ids=["mae", "mpp", "dino"]
+)
 def test_kept_gradients_pretrain_as_set_to_none(tmp_path, method, extra):
     """On CPU the loop keeps the gradients from step to step (allocator.KeptGradients): the same weights as
     setting them to None (DINO: with its frozen teacher and its last layer's gradient cancelled for the first
@@ -82,8 +94,20 @@ def test_kept_gradients_pretrain_as_set_to_none(tmp_path, method, extra):
 @pytest.mark.parametrize("method", ["mae", "mpp"])  # DINO and MSN: tests/methods/test_msn.py
 def test_torchrun_two_processes(tmp_path, method):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "vitkit.cli", "pretrain", method, f"--run.out={tmp_path / 'ddp'}", *TINY, "--sched.epochs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "vitkit.cli",
+        "pretrain",
+        method,
+        f"--run.out={tmp_path / 'ddp'}",
+        *TINY,
+        "--sched.epochs=1",
+    ]
     res = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -93,25 +117,52 @@ def test_torchrun_two_processes(tmp_path, method):
 
 def test_finetune_from_the_pretrained_backbone(tmp_path):
     run("mpp", tmp_path / "pre", "--sched.epochs=1")
-    cfg = apply_overrides(TrainConfig(), [f"--run.out={tmp_path / 'ft'}", "--sched.epochs=1", "--run.progress=false",
-                                          "--run.threads=1", "--data.num_workers=0",
-                                          "--model.overrides.depth=1", "--model.overrides.embed_dim=32",
-                                          "--model.overrides.num_heads=2"])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"--run.out={tmp_path / 'ft'}",
+            "--sched.epochs=1",
+            "--run.progress=false",
+            "--run.threads=1",
+            "--data.num_workers=0",
+            "--model.overrides.depth=1",
+            "--model.overrides.embed_dim=32",
+            "--model.overrides.num_heads=2",
+        ],
+    )
     finetune_settings(cfg, tmp_path / "pre")
     assert cfg.model.pretrained.endswith("backbone") and cfg.optim.layer_decay == 0.75
     m = train(cfg)
     assert m["test_acc"] > 10
     pre = load_file(str(tmp_path / "pre" / "backbone" / "model.safetensors"))
-    ft = vitkit.create_model("vit_micro_patch2_8", num_classes=10, depth=1, embed_dim=32, num_heads=2,
-                             pretrained=tmp_path / "pre" / "backbone")
+    ft = vitkit.create_model(
+        "vit_micro_patch2_8",
+        num_classes=10,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        pretrained=tmp_path / "pre" / "backbone",
+    )
     torch.testing.assert_close(ft.state_dict()["blocks.0.mlp.fc1.weight"], pre["blocks.0.mlp.fc1.weight"])
 
 
 def test_cli_and_config_errors(tmp_path):
     from vitkit.cli import main
 
-    assert main(["pretrain", "mae", "--out", str(tmp_path / "c"), *TINY, "--sched.epochs=1",
-                 "--method.options.mask_ratio=0.5"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "mae",
+                "--out",
+                str(tmp_path / "c"),
+                *TINY,
+                "--sched.epochs=1",
+                "--method.options.mask_ratio=0.5",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((tmp_path / "c" / "backbone" / "config.json").read_text())
     assert cfg["model_name"] == "vit_micro_patch2_8"
     assert main(["pretrain", "nosuch", "--out", str(tmp_path / "d"), *TINY]) == 2

@@ -27,8 +27,9 @@ def _as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
 
-def check_grad_checkpointing(model, x, family_module, monkeypatch, expected_calls: int,
-                             loss_fn: Callable[[object], torch.Tensor]) -> None:
+def check_grad_checkpointing(
+    model, x, family_module, monkeypatch, expected_calls: int, loss_fn: Callable[[object], torch.Tensor]
+) -> None:
     """Checkpointing on gives the same outputs (exactly) and gradients as off, runs
     `expected_calls` checkpointed segments per forward pass, and none without autograd."""
     calls = []

@@ -75,14 +75,22 @@ def _swin(name: str, cfg: dict) -> Tiny:
     from vitkit.models.swin import SwinConfig
 
     p, m = cfg.get("patch_size", SwinConfig.patch_size), cfg.get("window_size", SwinConfig.window_size)
-    return Tiny(dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=NUM_CLASSES,
-                     img_size=(2 * m * p, 4 * m * p)))  # shifted windows along both axes in stage 1
+    return Tiny(
+        dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=NUM_CLASSES, img_size=(2 * m * p, 4 * m * p))
+    )  # shifted windows along both axes in stage 1
 
 
 def _cvt(name: str, cfg: dict) -> Tiny:
     r = math.prod(cfg.get("patch_strides", (4, 2, 2)))
-    return Tiny(dict(embed_dims=(8, 16, 32), depths=(1, 1, 2), num_heads=(1, 2, 2), num_classes=NUM_CLASSES,
-                     img_size=(3 * r, 2 * r)))
+    return Tiny(
+        dict(
+            embed_dims=(8, 16, 32),
+            depths=(1, 1, 2),
+            num_heads=(1, 2, 2),
+            num_classes=NUM_CLASSES,
+            img_size=(3 * r, 2 * r),
+        )
+    )
 
 
 def _mixer(name: str, cfg: dict) -> Tiny:
@@ -93,8 +101,7 @@ def _mixer(name: str, cfg: dict) -> Tiny:
 
 
 def _dvt(name: str, cfg: dict) -> Tiny:
-    kw = dict(embed_dim=16, depth=1, num_heads=2, feature_reuse_dim=8, relation_reuse_hidden=8,
-              num_classes=NUM_CLASSES)
+    kw = dict(embed_dim=16, depth=1, num_heads=2, feature_reuse_dim=8, relation_reuse_hidden=8, num_classes=NUM_CLASSES)
     if cfg.get("stage_img_sizes"):  # DVT-DeiT: one patch size, the input resized per stage -> 2x2, 3x3, 4x4 tokens
         return Tiny(dict(kw, img_size=64, stage_img_sizes=(32, 48, 64)))
     return Tiny(dict(kw, img_size=(56, 28)))  # patches 7, 4, 2 -> 8x4, 14x7, 28x14 tokens (non-square)
@@ -124,9 +131,18 @@ def _mae(name: str, cfg: dict) -> Tiny:
     gradients, save/load with fixed masking noise and the HF parity."""
     p = cfg.get("patch_size", 16)
     why = "a pre-training model (loss dict, random masking): tests/methods/test_mae.py"
-    return Tiny(dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-                     img_size=(3 * p, 2 * p)),
-                skip={c: why for c in CHECKS if c != "keys"})
+    return Tiny(
+        dict(
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            decoder_embed_dim=16,
+            decoder_depth=1,
+            decoder_num_heads=2,
+            img_size=(3 * p, 2 * p),
+        ),
+        skip={c: why for c in CHECKS if c != "keys"},
+    )
 
 
 # family -> tiny builder (see the module docstring: the extension point)
@@ -140,8 +156,9 @@ TINY: dict[str, Callable[[str, dict], Tiny]] = {
     "timesformer": _video,
     "mvit": _video,
     "mae": _mae,
-    "cnn": lambda name, cfg: Tiny(dict(stem_width=8, widths=(16, 16, 32), group_width=8, num_classes=NUM_CLASSES,
-                                       img_size=(24, 16))),  # vitkit/models/cnn.py; 3x2 feature map
+    "cnn": lambda name, cfg: Tiny(
+        dict(stem_width=8, widths=(16, 16, 32), group_width=8, num_classes=NUM_CLASSES, img_size=(24, 16))
+    ),  # vitkit/models/cnn.py; 3x2 feature map
 }
 
 NAMES = list_models()
@@ -159,7 +176,8 @@ def test_every_family_has_a_tiny_entry():
     assert not missing, "\n".join(
         f"model family {f!r} ({sum(v == f for v in FAMILY_OF.values())} names, e.g. "
         f"{next(n for n in NAMES if FAMILY_OF[n] == f)}) has no tiny configuration: " + HOW_TO_ADD.format(family=f)
-        for f in missing)
+        for f in missing
+    )
 
 
 def _tiny(name: str) -> Tiny:

@@ -58,8 +58,16 @@ def test_regnety_param_count_by_hand():
         n = conv_bn(a, b, 1) + conv_bn(b, b, 3, groups=b // 16) + (b * se + se) + (se * b + b) + conv_bn(b, b, 1)
         return n + (conv_bn(a, b, 1) if projection else 0)  # first block of a stage (stride 2): projection
 
-    expected = (conv_bn(1, 32, 3) + block(32, 32, True) + block(32, 64, True) + block(64, 64, False)
-                + block(64, 128, True) + block(128, 128, False) + 128 * 10 + 10)
+    expected = (
+        conv_bn(1, 32, 3)
+        + block(32, 32, True)
+        + block(32, 64, True)
+        + block(64, 64, False)
+        + block(64, 128, True)
+        + block(128, 128, False)
+        + 128 * 10
+        + 10
+    )
     assert sum(p.numel() for p in create_model("regnety_micro_28").parameters()) == expected
 
 
@@ -137,9 +145,17 @@ def test_trains_on_digits(tmp_path):
     pytest.importorskip("sklearn")
     from vitkit.train import TrainConfig, apply_overrides, train
 
-    cfg = apply_overrides(TrainConfig(), [f"--run.out={tmp_path / 'run'}", "--model.name=resnet_micro_28",
-                                          "--sched.epochs=3", "--sched.warmup_epochs=0", "--run.progress=false",
-                                          "--run.threads=1"])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"--run.out={tmp_path / 'run'}",
+            "--model.name=resnet_micro_28",
+            "--sched.epochs=3",
+            "--sched.warmup_epochs=0",
+            "--run.progress=false",
+            "--run.threads=1",
+        ],
+    )
     m = train(cfg)
     assert m["test_acc"] > 80.0  # 95.5% measured
     loaded = vitkit.from_pretrained(tmp_path / "run" / "model")

@@ -31,9 +31,12 @@ DEPTHS = (1, 1, 2)
 
 # name -> parameters with the 1000-class head (transformers' CvtForImageClassification of the paper's configuration)
 REFERENCE = {
-    "cvt_13": 19_997_480, "cvt_13_384": 19_997_480,
-    "cvt_21": 31_622_696, "cvt_21_384": 31_622_696,
-    "cvt_w24": 277_196_392, "cvt_w24_384": 277_196_392,
+    "cvt_13": 19_997_480,
+    "cvt_13_384": 19_997_480,
+    "cvt_21": 31_622_696,
+    "cvt_21_384": 31_622_696,
+    "cvt_w24": 277_196_392,
+    "cvt_w24_384": 277_196_392,
 }
 
 
@@ -209,16 +212,19 @@ def test_forward_intermediates(name):
             model.forward_intermediates(x, output_fmt="NHWC")
 
         # NLC, prefix tokens, norm: the normalised last stage is forward_features
-        pairs = model.forward_intermediates(x, norm=True, output_fmt="NLC", return_prefix_tokens=True,
-                                            intermediates_only=True)
+        pairs = model.forward_intermediates(
+            x, norm=True, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True
+        )
         assert [p.shape[1] for _, p in pairs] == [0, 0, 1]
         spatial, prefix = pairs[-1]
         torch.testing.assert_close(torch.cat([prefix, spatial], 1), feats)
         torch.testing.assert_close(pairs[0][0], inter[0].flatten(2).transpose(1, 2))
 
         ran = []
-        hooks = [s.register_forward_hook(lambda m, i, o, j=j: ran.append(j))
-                 for j, s in enumerate(model.stages[k].patch_embed for k in range(3))]
+        hooks = [
+            s.register_forward_hook(lambda m, i, o, j=j: ran.append(j))
+            for j, s in enumerate(model.stages[k].patch_embed for k in range(3))
+        ]
         early_final, early = model.forward_intermediates(x, indices=[1], stop_early=True)
         for h in hooks:
             h.remove()
@@ -270,8 +276,14 @@ def test_group_matcher_with_timm_grouping():
 
     model = build("cvt_13")
     layer_of = group_with_matcher(model.named_parameters(), model.group_matcher(), reverse=True)
-    order = ["stage0.patch_embed.proj.weight", "stage0.blocks.0.norm1.weight", "stage1.patch_embed.proj.weight",
-             "stage2.blocks.0.norm1.weight", "stage2.blocks.1.norm1.weight", "head.weight"]
+    order = [
+        "stage0.patch_embed.proj.weight",
+        "stage0.blocks.0.norm1.weight",
+        "stage1.patch_embed.proj.weight",
+        "stage2.blocks.0.norm1.weight",
+        "stage2.blocks.1.norm1.weight",
+        "head.weight",
+    ]
     ids = [layer_of[n] for n in order]
     assert ids[0] == 0 and ids == sorted(ids) and len(set(ids)) == len(ids)
     assert layer_of["stage1.patch_embed.proj.weight"] == layer_of["stage1.blocks.0.norm1.weight"]  # downsampling
@@ -311,13 +323,16 @@ def test_final_norm_off_and_per_stage_scalars():
     assert model.stage2.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)  # linear per stage, as microsoft/CvT
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(depths=(1, 2)), "3 values for 2 stages|has 3 entries but depths has 2"),
-    (dict(cls_token=(True, False, True)), "only the last stage"),
-    (dict(stride_q=(2, 1, 1)), "query projection"),
-    (dict(num_heads=(3, 3, 6)), "not divisible"),
-    (dict(global_pool="max"), "global_pool"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(depths=(1, 2)), "3 values for 2 stages|has 3 entries but depths has 2"),
+        (dict(cls_token=(True, False, True)), "only the last stage"),
+        (dict(stride_q=(2, 1, 1)), "query projection"),
+        (dict(num_heads=(3, 3, 6)), "not divisible"),
+        (dict(global_pool="max"), "global_pool"),
+    ],
+)
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         create_model("cvt_13", **kw)
@@ -337,11 +352,14 @@ def test_state_dict_file_and_head_refit(tmp_path, caplog):
     model = build("cvt_micro_32")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
     x = images(model)
-    loaded = create_model("cvt_micro_32", pretrained=tmp_path / "w.safetensors", **tiny_overrides("cvt_micro_32")).eval()
+    loaded = create_model(
+        "cvt_micro_32", pretrained=tmp_path / "w.safetensors", **tiny_overrides("cvt_micro_32")
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
     with caplog.at_level("WARNING", logger="vitkit"):
-        other = create_model("cvt_micro_32", pretrained=tmp_path / "w.safetensors",
-                             **dict(tiny_overrides("cvt_micro_32"), num_classes=7))
+        other = create_model(
+            "cvt_micro_32", pretrained=tmp_path / "w.safetensors", **dict(tiny_overrides("cvt_micro_32"), num_classes=7)
+        )
     assert "re-initialised" in caplog.text and torch.count_nonzero(other.head.weight) == 0
     torch.testing.assert_close(other.stage2.cls_token, model.stage2.cls_token)

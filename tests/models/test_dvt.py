@@ -97,7 +97,7 @@ def test_batch_with_mixed_exits_equals_per_sample_and_saves_compute():
     assert seen == [B, B - counts[0], B - counts[0] - counts[1]]  # only the remaining images run on
     with torch.no_grad():
         for i in range(B):
-            one, k = model.forward_dynamic(x[i:i + 1], thresholds)
+            one, k = model.forward_dynamic(x[i : i + 1], thresholds)
             assert k.item() == taken[i].item()
             torch.testing.assert_close(one[0], logits[i], atol=1e-5, rtol=1e-5)
         sim_exits, sim_logits = simulate_exits(model.forward_exits(x), thresholds)
@@ -157,8 +157,11 @@ def test_reuse_shapes_and_effect():
         model.stages[0].blocks[-1].mlp.fc2.bias.add_(torch.randn(16))
         assert not torch.allclose(model.forward_exits(x)[1], before)
 
-    for kw, feat, rel in ((dict(feature_reuse=False), False, True), (dict(relation_reuse=False), True, False),
-                          (dict(feature_reuse=False, relation_reuse=False), False, False)):
+    for kw, feat, rel in (
+        (dict(feature_reuse=False), False, True),
+        (dict(relation_reuse=False), True, False),
+        (dict(feature_reuse=False, relation_reuse=False), False, False),
+    ):
         m = build(**kw)
         assert (m.stages[1].reuse_dim > 0) == feat and hasattr(m.stages[1], "feature_reuse") == feat
         assert (m.stages[1].relation_reuse is not None) == rel
@@ -181,8 +184,14 @@ def test_every_parameter_gets_a_gradient_from_the_summed_loss():
 
 def test_grad_checkpointing(monkeypatch):
     model = build().train()
-    check_grad_checkpointing(model, images(4), dvt_mod, monkeypatch, expected_calls=3 * TINY["depth"],
-                             loss_fn=lambda out: sum((o ** 2).mean() for o in out))
+    check_grad_checkpointing(
+        model,
+        images(4),
+        dvt_mod,
+        monkeypatch,
+        expected_calls=3 * TINY["depth"],
+        loss_fn=lambda out: sum((o**2).mean() for o in out),
+    )
 
 
 # ----------------------------------------------------------------------------- cost
@@ -197,8 +206,14 @@ def test_gmacs_per_exit():
     model = create_model("dvt_micro_28")
     costs = model.measure_exit_gmacs()
     c = model.config
-    D, L, H, r, hid, h_rel = c.embed_dim, c.depth, c.num_heads, c.feature_reuse_dim, int(c.embed_dim * c.mlp_ratio), \
-        c.relation_reuse_hidden
+    D, L, H, r, hid, h_rel = (
+        c.embed_dim,
+        c.depth,
+        c.num_heads,
+        c.feature_reuse_dim,
+        int(c.embed_dim * c.mlp_ratio),
+        c.relation_reuse_hidden,
+    )
     overhead = 0
     for n_up, n in ((17, 50), (50, 197)):  # tokens (with [CLS]) of the upstream and the downstream stage
         overhead += n_up * (D * hid + hid * r) + n_up * r * L * r  # f = LN -> MLP, then h_l of every layer
@@ -282,12 +297,25 @@ def test_tiny_training_calibrate_eval_predict(tmp_path, capsys):
     from vitkit.train import TrainConfig, apply_overrides, train
 
     run = tmp_path / "run"
-    cfg = apply_overrides(TrainConfig(), [
-        f"--run.out={run}", "--model.name=dvt_micro_28", "--model.overrides.patch_sizes=[4, 2, 1]",
-        "--model.overrides.embed_dim=16", "--model.overrides.depth=1", "--model.overrides.num_heads=2",
-        "--sched.epochs=3", "--sched.warmup_epochs=0", "--run.progress=false", "--run.threads=1",
-        "--data.num_workers=0", "--run.batch_size=32", "--optim.lr=0.005", "--optim.label_smoothing=0",
-    ])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"--run.out={run}",
+            "--model.name=dvt_micro_28",
+            "--model.overrides.patch_sizes=[4, 2, 1]",
+            "--model.overrides.embed_dim=16",
+            "--model.overrides.depth=1",
+            "--model.overrides.num_heads=2",
+            "--sched.epochs=3",
+            "--sched.warmup_epochs=0",
+            "--run.progress=false",
+            "--run.threads=1",
+            "--data.num_workers=0",
+            "--run.batch_size=32",
+            "--optim.lr=0.005",
+            "--optim.label_smoothing=0",
+        ],
+    )
     metrics = train(cfg)
     assert metrics["test_acc"] > 15  # 10 classes, 360 test images: chance is 10 +- 1.6%
     trained = from_pretrained(run / "model")
@@ -306,7 +334,7 @@ def test_tiny_training_calibrate_eval_predict(tmp_path, capsys):
 
     png = tmp_path / "digit.png"
     Image.fromarray((torch.rand(8, 8) * 255).to(torch.uint8).numpy()).save(png)
-    (_, _, info), = predict_files(run / "model", [png], details=True)
+    ((_, _, info),) = predict_files(run / "model", [png], details=True)
     assert set(info) == {"exit", "gmacs"} and info["gmacs"] == saved["exit_gmacs"][info["exit"]]
     assert main(["predict", str(run / "model"), str(png)]) == 0
     assert "mean GMACs per image" in capsys.readouterr().out
@@ -340,9 +368,25 @@ def test_benchmark_smoke(tmp_path):
     spec = importlib.util.spec_from_file_location("dvt_timing", path.with_name("dvt_timing.py"))
     timing = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(timing)
-    t = timing.main(["--models", str(tmp_path / "models"), "--results", str(tmp_path), "--images", "64",
-                     "--batch", "32", "--rounds", "1", "--out", str(tmp_path / "timing.json"), "--target", "0",
-                     *(["--bf16"] if cpu_has_native_bf16() else [])])
+    t = timing.main(
+        [
+            "--models",
+            str(tmp_path / "models"),
+            "--results",
+            str(tmp_path),
+            "--images",
+            "64",
+            "--batch",
+            "32",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "timing.json"),
+            "--target",
+            "0",
+            *(["--bf16"] if cpu_has_native_bf16() else []),
+        ]
+    )
     assert sum(t["exit_fractions"]) == pytest.approx(1.0) and len(t["seconds_per_pass"]["dvt"]) == 1
     assert t["target_gmacs"] == r["cascades"]["DVT"]["curve"][0]["target_gmacs"]  # --target: the nearest point
     assert (tmp_path / "timing.json").is_file()
@@ -390,8 +434,9 @@ def test_relation_bias_attend_equals_sdpa_with_the_dense_map(src, dst):
     groups, inverse = dvt_mod.query_groups(src, bias.factor(), q.device)
     assert sorted(torch.cat(groups).tolist()) == list(range(N)) and groups[0][0] == 0  # a partition, [CLS] first
     got = bias.attend(q, k, v)
-    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense()),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got, F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense()), atol=1e-5, rtol=1e-5
+    )
     logits = (q @ k.transpose(-2, -1)) / 16**0.5 + resize_attention(maps, src, dst)
     torch.testing.assert_close(got, logits.softmax(-1) @ v, atol=1e-5, rtol=1e-5)  # and the definition
     with pytest.raises(ValueError, match="integer grid ratio"):
@@ -417,8 +462,9 @@ def test_inference_takes_the_grouped_path_and_equals_training_mode_math(monkeypa
     model, x = build(), images(4)
     calls = []
     attend = dvt_mod.RelationBias.attend
-    monkeypatch.setattr(dvt_mod.RelationBias, "attend",
-                        lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw))
+    monkeypatch.setattr(
+        dvt_mod.RelationBias, "attend", lambda self, *a, **kw: calls.append(1) or attend(self, *a, **kw)
+    )
     from vitkit.layers.attention import attention_policy
 
     with attention_policy("fused"), torch.no_grad():

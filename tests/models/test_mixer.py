@@ -172,12 +172,17 @@ def test_timm_parity(case, fmt, tmp_path):
 def test_forward_intermediates_parity(tmp_path):
     kw = dict(TINY, depth=3, img_size=(32, 48), patch_size=8)
     ref = randomise(timm_tiny(**kw))
-    ours = create_model("mixer_s16_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"),
-                        **kw).eval()
+    ours = create_model(
+        "mixer_s16_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"), **kw
+    ).eval()
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
-        for kwargs in (dict(indices=2), dict(indices=[0, -1], norm=True), dict(indices=None, output_fmt="NLC"),
-                       dict(indices=[1], stop_early=True)):
+        for kwargs in (
+            dict(indices=2),
+            dict(indices=[0, -1], norm=True),
+            dict(indices=None, output_fmt="NLC"),
+            dict(indices=[1], stop_early=True),
+        ):
             final_ref, inter_ref = ref.forward_intermediates(x, **kwargs)
             final, inter = ours.forward_intermediates(x, **kwargs)
             torch.testing.assert_close(final, final_ref, atol=ATOL, rtol=RTOL)
@@ -191,7 +196,9 @@ def test_named_model_parity_s32(tmp_path):
     """A full-size named model: timm's and vitkit's mixer_s32_224 take the same weights."""
     timm = pytest.importorskip("timm")
     ref = randomise(timm.create_model("mixer_s32_224", pretrained=False))
-    ours = create_model("mixer_s32_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors"))
+    ours = create_model(
+        "mixer_s32_224", pretrained=save_state(ref.state_dict(), tmp_path / "w.safetensors", "safetensors")
+    )
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), ref(x), atol=ATOL, rtol=RTOL)
@@ -291,8 +298,9 @@ def test_forward_intermediates_contract(name):
         torch.testing.assert_close(nlc[1], ref[-1])
         normed = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)
         torch.testing.assert_close(normed[0], model.forward_features(x))
-        (spatial, prefix), = model.forward_intermediates(x, indices=1, return_prefix_tokens=True,
-                                                         intermediates_only=True)
+        ((spatial, prefix),) = model.forward_intermediates(
+            x, indices=1, return_prefix_tokens=True, intermediates_only=True
+        )
         assert spatial.shape == (B, EMBED_DIM, h, w) and prefix.shape == (B, 0, EMBED_DIM)
         for bad in (DEPTH + 1, 0, [DEPTH], [-DEPTH - 1], []):
             with pytest.raises(ValueError, match="blocks"):
@@ -387,17 +395,22 @@ def test_num_classes_mismatch_reinitialises_head(tmp_path, caplog):
     path = save_state(src.state_dict(), tmp_path / "w.safetensors", "safetensors")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vitkit"):
-        create_model("mixer_micro_patch4_28", pretrained=path, embed_dim=EMBED_DIM, depth=DEPTH,
-                     num_classes=7, img_size=(12, 8))
+        create_model(
+            "mixer_micro_patch4_28", pretrained=path, embed_dim=EMBED_DIM, depth=DEPTH, num_classes=7, img_size=(12, 8)
+        )
     assert any("re-initialised" in r.getMessage() for r in caplog.records)
-    no_head = save_state({k: v for k, v in src.state_dict().items() if not k.startswith("head.")},
-                   tmp_path / "f.safetensors", "safetensors")
+    no_head = save_state(
+        {k: v for k, v in src.state_dict().items() if not k.startswith("head.")},
+        tmp_path / "f.safetensors",
+        "safetensors",
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vitkit"):
         create_model("mixer_micro_patch4_28", pretrained=no_head, **tiny_overrides("mixer_micro_patch4_28"))
     assert any("has no head" in r.getMessage() for r in caplog.records)
-    feats = create_model("mixer_micro_patch4_28", pretrained=path, **{**tiny_overrides("mixer_micro_patch4_28"),
-                                                                      "num_classes": 0})
+    feats = create_model(
+        "mixer_micro_patch4_28", pretrained=path, **{**tiny_overrides("mixer_micro_patch4_28"), "num_classes": 0}
+    )
     assert isinstance(feats.head, nn.Identity)
 
 

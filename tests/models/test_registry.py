@@ -356,7 +356,9 @@ def test_no_class_token_with_avg_pool(tmp_path):
     loss_of(out).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     with torch.no_grad():
-        (spatial, prefix), = model.forward_intermediates(x, indices=1, return_prefix_tokens=True, intermediates_only=True)
+        ((spatial, prefix),) = model.forward_intermediates(
+            x, indices=1, return_prefix_tokens=True, intermediates_only=True
+        )
     assert spatial.shape == (B, EMBED_DIM, 3, 2) and prefix.shape == (B, 0, EMBED_DIM)
     model.save_pretrained(tmp_path)
     with torch.no_grad():
@@ -443,8 +445,9 @@ def test_dynamic_img_size(name, scale):
             at_size = build(name, img_size=size)
             sd = dict(model.state_dict())
             new_grid = grid_of(at_size)
-            sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_grid, old_size=(gh, gw),
-                                                     num_prefix_tokens=model.num_prefix_tokens)
+            sd["pos_embed"] = resample_abs_pos_embed(
+                sd["pos_embed"], new_grid, old_size=(gh, gw), num_prefix_tokens=model.num_prefix_tokens
+            )
             at_size.load_state_dict(sd)
             torch.testing.assert_close(out, at_size(x), atol=1e-5, rtol=1e-5)
         inter = model.forward_intermediates(x, indices=1, intermediates_only=True)[0]

@@ -145,8 +145,9 @@ def test_other_input_sizes_match_timm(hw, tmp_path):
 def test_padded_input_sizes():
     """Sizes the windows do not divide run padded (pad, then shift, as the official detection code;
     tests/convert/test_hf_swin.py checks these sizes against Hugging Face, which pads the same way)."""
-    model = create_model("swin_tiny_patch4_window7_224", **dict(TINY, img_size=32, patch_size=2, window_size=4,
-                                                                 strict_img_size=False)).eval()
+    model = create_model(
+        "swin_tiny_patch4_window7_224", **dict(TINY, img_size=32, patch_size=2, window_size=4, strict_img_size=False)
+    ).eval()
     with torch.no_grad():
         for hw in [(30, 30), (36, 44), (18, 50), (33, 31)]:
             x = torch.randn(2, 3, *hw)
@@ -156,8 +157,10 @@ def test_padded_input_sizes():
             with eager_attention():
                 torch.testing.assert_close(model.forward_features(x), fused, atol=1e-5, rtol=1e-5)
             inter = model.forward_intermediates(x, intermediates_only=True)
-            assert [t.shape[-2:] for t in inter] == [((hw[0] + 1) // 2, (hw[1] + 1) // 2),
-                                                     ((hw[0] + 3) // 4, (hw[1] + 3) // 4)]
+            assert [t.shape[-2:] for t in inter] == [
+                ((hw[0] + 1) // 2, (hw[1] + 1) // 2),
+                ((hw[0] + 3) // 4, (hw[1] + 3) // 4),
+            ]
 
 
 def test_training_keeps_no_copy_of_the_input(monkeypatch):
@@ -255,16 +258,18 @@ def test_head_mismatch_reinitialises_with_warning(tmp_path, caplog):
     assert "no classifier" in caplog.text
     with torch.no_grad():
         x = torch.randn(2, 3, 32, 32)
-        torch.testing.assert_close(feats(x), ref.forward_head(ref.forward_features(x), pre_logits=True),
-                                   atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            feats(x), ref.forward_head(ref.forward_features(x), pre_logits=True), atol=ATOL, rtol=RTOL
+        )
 
 
 def test_wrong_architecture_is_reported(tmp_path):
     vit = create_model("vit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2, img_size=32)
     path = save_state(vit.state_dict(), tmp_path / "vit.safetensors")
     with pytest.raises(vitkit.CheckpointError, match="another architecture"):
-        create_model("swin_tiny_patch4_window7_224", pretrained=path, **dict(TINY, img_size=32, patch_size=2,
-                                                                              window_size=4))
+        create_model(
+            "swin_tiny_patch4_window7_224", pretrained=path, **dict(TINY, img_size=32, patch_size=2, window_size=4)
+        )
 
 
 # ----------------------------------------------------------------------------- every name
@@ -282,8 +287,9 @@ def tiny_overrides(name: str) -> dict:
     cfg = get_model_spec(name).config
     p = cfg.get("patch_size", SwinConfig.patch_size)
     m = cfg.get("window_size", SwinConfig.window_size)
-    return dict(embed_dim=EMBED_DIM, depths=DEPTHS, num_heads=(2, 4), num_classes=NUM_CLASSES,
-                img_size=(2 * m * p, 4 * m * p))
+    return dict(
+        embed_dim=EMBED_DIM, depths=DEPTHS, num_heads=(2, 4), num_classes=NUM_CLASSES, img_size=(2 * m * p, 4 * m * p)
+    )
 
 
 def build(name: str, seed: int = 0, **kw) -> nn.Module:
@@ -388,15 +394,18 @@ def test_grad_checkpointing_same_outputs_and_gradients(name, monkeypatch):
     import vitkit.models.swin as swin_mod
 
     model = build(name).train()
-    check_grad_checkpointing(model, images(model), swin_mod, monkeypatch, expected_calls=sum(DEPTHS),
-                             loss_fn=lambda out: (out**2).mean())
+    check_grad_checkpointing(
+        model, images(model), swin_mod, monkeypatch, expected_calls=sum(DEPTHS), loss_fn=lambda out: (out**2).mean()
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_pretrained_roundtrip(name, tmp_path):
     model = build(name)
     loaded = check_save_roundtrip(model, images(model), tmp_path, name)
-    assert not any(k.endswith(("relative_position_index", "attn_mask")) for k in loaded.state_dict())  # buffers not saved
+    assert not any(
+        k.endswith(("relative_position_index", "attn_mask")) for k in loaded.state_dict()
+    )  # buffers not saved
 
 
 @pytest.mark.parametrize("name", NAMES)

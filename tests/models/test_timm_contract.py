@@ -45,13 +45,20 @@ CASES = {
     # the R50 hybrid's ResNetV2 stem with fewer blocks per stage (timm's `_resnetv2(layers)`, see timm_model):
     # every block kind, at a fifth of the trace and export time; "hybrid_r50" below is the full stem (timm's
     # default cfg for this name has no classifier)
-    "hybrid": Case("vit_base_r50_s16_224", dict(VIT, num_classes=10, hybrid_layers=(1, 2, 1)),
-                   dict(VIT, num_classes=10), extra=dict(layers=(1, 2, 1))),
+    "hybrid": Case(
+        "vit_base_r50_s16_224",
+        dict(VIT, num_classes=10, hybrid_layers=(1, 2, 1)),
+        dict(VIT, num_classes=10),
+        extra=dict(layers=(1, 2, 1)),
+    ),
     "hybrid_r50": Case("vit_base_r50_s16_224", dict(VIT, num_classes=10), dict(VIT, num_classes=10)),
     "swin": Case("swin_tiny_patch4_window7_224", SWIN, SWIN, std=True),
     # timm's mixer_s16_224 fixes embed_dim and num_blocks: its builder takes the tiny sizes (see timm_model)
-    "mixer": Case("mixer_s16_224", dict(embed_dim=32, depth=4, img_size=64),
-                  dict(patch_size=16, embed_dim=32, num_blocks=4, img_size=64)),
+    "mixer": Case(
+        "mixer_s16_224",
+        dict(embed_dim=32, depth=4, img_size=64),
+        dict(patch_size=16, embed_dim=32, num_blocks=4, img_size=64),
+    ),
     "cvt": Case("cvt_13", dict(embed_dims=(16, 32, 48), depths=(1, 1, 1), num_heads=(1, 2, 3), img_size=64)),
 }
 FAMILIES = sorted(set(CASES) - {"hybrid_r50"})
@@ -187,7 +194,9 @@ def test_model_forward_intermediates_features(family):
     model = vitkit.create_model(case.name, features_only=True, feature_cls="getter", **case.kw).eval()
     assert model.output_fmt == "NCHW"
     # timm's feature models keep the model's cfg less its classifier fields (pretrained_cfg_for_features)
-    assert model.default_cfg is model.pretrained_cfg and model.pretrained_cfg["mean"] == model.model.pretrained_cfg["mean"]
+    assert (
+        model.default_cfg is model.pretrained_cfg and model.pretrained_cfg["mean"] == model.model.pretrained_cfg["mean"]
+    )
     assert not {"num_classes", "classifier", "global_pool"} & set(model.pretrained_cfg)
     assert timm.data.resolve_data_config(model=model)["input_size"] == model.model.pretrained_cfg["input_size"]
     x = torch.randn(1, 3, *to_2tuple(case.kw["img_size"]))
@@ -223,8 +232,9 @@ def _fx_model(model: nn.Module, train: bool = False) -> nn.Module:
         get_graph_node_names,
     )
 
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-                         param_shapes_constant=True)
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
     eval_return_nodes, train_return_nodes = [eval_nodes[-1]], [train_nodes[-1]]
     if train:
@@ -234,8 +244,9 @@ def _fx_model(model: nn.Module, train: bool = False) -> nn.Module:
         graph_node_names = [n.name for n in graph_nodes]
         output_node_indices = [-graph_node_names.index(node_name) for node_name in output_node_names]
         train_return_nodes = [train_nodes[ix] for ix in output_node_indices]
-    return create_feature_extractor(model, train_return_nodes=train_return_nodes,
-                                    eval_return_nodes=eval_return_nodes, tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(
+        model, train_return_nodes=train_return_nodes, eval_return_nodes=eval_return_nodes, tracer_kwargs=tracer_kwargs
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -309,8 +320,9 @@ def timm_model(family: str, **kw) -> nn.Module:
     if "layers" in case.extra:  # timm's hybrid builder with a ResNetV2 of other stage depths
         from timm.models.vision_transformer_hybrid import _create_vision_transformer_hybrid, _resnetv2
 
-        return _create_vision_transformer_hybrid(case.name, backbone=_resnetv2(case.extra["layers"]), pretrained=False,
-                                                 **case.timm_kw, **kw)
+        return _create_vision_transformer_hybrid(
+            case.name, backbone=_resnetv2(case.extra["layers"]), pretrained=False, **case.timm_kw, **kw
+        )
     return timm.create_model(case.name, pretrained=False, **case.timm_kw, **kw)
 
 
@@ -336,8 +348,9 @@ def test_same_as_timm(family):
     x = torch.randn(2, *input_size(ours))
     assert (ours.num_features, ours.head_hidden_size) == (ref.num_features, ref.head_hidden_size)
     assert getattr(ours, "output_fmt", None) == getattr(ref, "output_fmt", None)
-    assert [{k: d[k] for k in ("num_chs", "reduction", "module")} for d in ours.feature_info] == \
-        [{k: d[k] for k in ("num_chs", "reduction", "module")} for d in ref.feature_info]
+    assert [{k: d[k] for k in ("num_chs", "reduction", "module")} for d in ours.feature_info] == [
+        {k: d[k] for k in ("num_chs", "reduction", "module")} for d in ref.feature_info
+    ]
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=ATOL, rtol=RTOL)
@@ -383,7 +396,7 @@ def _feature_state(feature_model: nn.Module, full: nn.Module) -> dict:
     state = full.state_dict()
     out = {}
     for k in feature_model.state_dict():
-        src = k[len("model."):] if k.startswith("model.") else k
+        src = k[len("model.") :] if k.startswith("model.") else k
         if src not in state:
             head, _, rest = src.partition(".")
             src = head.replace("_", ".", 1) + "." + rest if "_" in head else src
@@ -401,12 +414,17 @@ def test_prune_same_as_timm(family):
         kept_ref = ref_p.prune_intermediate_layers(indices, prune_norm=False)
         kept = ours_p.prune_intermediate_layers(indices, prune_norm=False)
         assert kept == list(kept_ref) and max(kept) < n
-        assert (ours_p.num_classes, ours_p.num_features, ours_p.head_hidden_size) == \
-            (ref_p.num_classes, ref_p.num_features, ref_p.head_hidden_size)
+        assert (ours_p.num_classes, ours_p.num_features, ours_p.head_hidden_size) == (
+            ref_p.num_classes,
+            ref_p.num_features,
+            ref_p.head_hidden_size,
+        )
         with torch.no_grad():
             torch.testing.assert_close(ours_p(x), ref_p(x), atol=ATOL, rtol=RTOL)
-            for a, b in zip(ours_p.forward_intermediates(x, indices=kept, intermediates_only=True),
-                            ref_p.forward_intermediates(x, indices=kept, intermediates_only=True)):
+            for a, b in zip(
+                ours_p.forward_intermediates(x, indices=kept, intermediates_only=True),
+                ref_p.forward_intermediates(x, indices=kept, intermediates_only=True),
+            ):
                 torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
 
 
@@ -433,8 +451,7 @@ def test_set_input_size_same_as_timm(family, tmp_path):
         ours.set_input_size(img_size=(64, 64), patch_size=8)
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
-            torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight, atol=1e-6,
-                                       rtol=1e-5)
+            torch.testing.assert_close(ours.patch_embed.proj.weight, ref.patch_embed.proj.weight, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
         assert ours.config.patch_size == 8 and ours.feature_info[0]["reduction"] == 8
     # the new size is the model's: it survives save_pretrained / from_pretrained
@@ -476,8 +493,11 @@ def test_features_model_arguments():
 def test_resnet_micro_features_prune_and_tracing():
     """The small CNN teachers (not timm names) follow the same interface: every stage as features."""
     model = vitkit.create_model("resnet_micro_32", features_only=True).eval()
-    assert model.feature_info.channels() == [32, 64, 128] and model.feature_info.module_name() == \
-        ["stages.0", "stages.1", "stages.2"]
+    assert model.feature_info.channels() == [32, 64, 128] and model.feature_info.module_name() == [
+        "stages.0",
+        "stages.1",
+        "stages.2",
+    ]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = model(x)
@@ -532,8 +552,9 @@ def test_timm_factory_switches():
         vitkit.create_model("mvit_micro_28", features_only=True)
 
 
-@pytest.mark.parametrize("name", ["mvit_micro_28", "timesformer_micro_space_patch4_28", "vivit_micro_fdp_4x2_28",
-                                  "vivit_micro_fsa_4x2_28"])
+@pytest.mark.parametrize(
+    "name", ["mvit_micro_28", "timesformer_micro_space_patch4_28", "vivit_micro_fdp_4x2_28", "vivit_micro_fsa_4x2_28"]
+)
 def test_video_models_trace_and_export(name):
     """The video models (no timm counterpart) trace with torch.fx and export as the image models do; these four
     regroup tokens by frame, the shape arithmetic fx cannot follow unless written as unflatten/flatten."""

@@ -38,14 +38,17 @@ def clips(model, batch: int = B, seed: int = 1) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- parameter counts
-@pytest.mark.parametrize("name,expected", [
-    ("vivit_base_16x2_224", 88_954_000),  # Model 1 (= HF VivitForVideoClassification, 32 frames, 400 classes)
-    ("vivit_base_fe_16x2_224", 115_062_928),  # Model 2, L_s 12 + L_t 4
-    ("vivit_base_fsa_16x2_224", 117_320_848),  # Model 3
-    ("vivit_base_fdp_16x2_224", 88_954_000),  # Model 4: Model 1's parameters
-    ("timesformer_base_patch16_224", 121_566_352),  # divided space-time, 8 x 224
-    ("mvit_base_16x4", 36_610_672),  # torchvision mvit_v1_b
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("vivit_base_16x2_224", 88_954_000),  # Model 1 (= HF VivitForVideoClassification, 32 frames, 400 classes)
+        ("vivit_base_fe_16x2_224", 115_062_928),  # Model 2, L_s 12 + L_t 4
+        ("vivit_base_fsa_16x2_224", 117_320_848),  # Model 3
+        ("vivit_base_fdp_16x2_224", 88_954_000),  # Model 4: Model 1's parameters
+        ("timesformer_base_patch16_224", 121_566_352),  # divided space-time, 8 x 224
+        ("mvit_base_16x4", 36_610_672),  # torchvision mvit_v1_b
+    ],
+)
 def test_param_counts(name, expected):
     with torch.device("meta"):
         assert count_params(create_model(name)) == expected
@@ -58,14 +61,27 @@ def test_gmacs_and_the_cost_ordering_of_the_vivit_models():
     (276 vs 283): the paper's 372.3 for it is not what its definition costs (docs/video.md)."""
     from vitkit.profile import model_gmacs
 
-    cost = {n: model_gmacs(n) for n in ("vivit_base_16x2_224", "vivit_base_fe_16x2_224", "vivit_base_fsa_16x2_224",
-                                         "vivit_base_fdp_16x2_224", "timesformer_base_patch16_224", "mvit_base_16x4")}
+    cost = {
+        n: model_gmacs(n)
+        for n in (
+            "vivit_base_16x2_224",
+            "vivit_base_fe_16x2_224",
+            "vivit_base_fsa_16x2_224",
+            "vivit_base_fdp_16x2_224",
+            "timesformer_base_patch16_224",
+            "mvit_base_16x4",
+        )
+    }
     assert cost["vivit_base_16x2_224"] == pytest.approx(451.5, abs=0.1)
     assert cost["timesformer_base_patch16_224"] == pytest.approx(195.8, abs=0.1)
     assert cost["mvit_base_16x4"] == pytest.approx(70.6, abs=0.1)
     assert cost["vivit_base_fe_16x2_224"] == pytest.approx(283.3, abs=0.1)  # paper: 284.4
-    assert cost["vivit_base_fdp_16x2_224"] < cost["vivit_base_fe_16x2_224"] < cost["vivit_base_fsa_16x2_224"] \
+    assert (
+        cost["vivit_base_fdp_16x2_224"]
+        < cost["vivit_base_fe_16x2_224"]
+        < cost["vivit_base_fsa_16x2_224"]
         < cost["vivit_base_16x2_224"]
+    )
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -104,8 +120,9 @@ def test_save_load_roundtrip_and_checkpointing(name, tmp_path, monkeypatch):
     check_save_roundtrip(model, x, tmp_path, name)
     family = importlib.import_module(type(model).__module__)
     calls = len(model.blocks) + len(getattr(model, "temporal_blocks", []))
-    check_grad_checkpointing(model.train(), x, family, monkeypatch, expected_calls=calls,
-                             loss_fn=lambda out: out.square().mean())
+    check_grad_checkpointing(
+        model.train(), x, family, monkeypatch, expected_calls=calls, loss_fn=lambda out: out.square().mean()
+    )
 
 
 def test_clear_errors_on_wrong_input():
@@ -180,10 +197,10 @@ def test_model4_class_token_joins_both_head_groups():
         idx = 1 + 2 * S + 5
         keys = [0] + [1 + 2 * S + s for s in range(S)]
         q, k, v = attn.qkv(x).reshape(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4).unbind(0)
-        w = F.softmax(q[:, :2, idx:idx + 1] @ k[:, :2, keys].transpose(-2, -1) / 4.0, dim=-1)
+        w = F.softmax(q[:, :2, idx : idx + 1] @ k[:, :2, keys].transpose(-2, -1) / 4.0, dim=-1)
         ys = (w @ v[:, :2, keys]).reshape(1, 32)
         keys_t = [0] + [1 + t * S + 5 for t in range(T)]
-        w = F.softmax(q[:, 2:, idx:idx + 1] @ k[:, 2:, keys_t].transpose(-2, -1) / 4.0, dim=-1)
+        w = F.softmax(q[:, 2:, idx : idx + 1] @ k[:, 2:, keys_t].transpose(-2, -1) / 4.0, dim=-1)
         yt = (w @ v[:, 2:, keys_t]).reshape(1, 32)
         torch.testing.assert_close(out[0, idx], attn.proj(torch.cat([ys, yt], dim=-1))[0], atol=1e-5, rtol=1e-5)
 
@@ -279,10 +296,13 @@ def test_inflate_patch_weight():
         inflate_patch_weight(w, 3, "middle")
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("vivit_micro_fsa_4x2_28", {}),  # Model 3: spatial attention per frame, temporal residual zero
-    ("vivit_micro_4x2_28", dict(class_token=False, global_pool="avg")),  # Model 1: every key repeated n_t times
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("vivit_micro_fsa_4x2_28", {}),  # Model 3: spatial attention per frame, temporal residual zero
+        ("vivit_micro_4x2_28", dict(class_token=False, global_pool="avg")),  # Model 1: every key repeated n_t times
+    ],
+)
 @pytest.mark.parametrize("inflation", ["average", "central"])
 def test_image_checkpoint_inflation_gives_the_image_model_on_a_static_clip(name, kw, inflation, tmp_path):
     """ViViT section 3.4: a ViT checkpoint initialises the video model (tubelet filter inflated,
@@ -316,12 +336,23 @@ def test_mvit_matches_torchvision(tmp_path):
     vitkit's checkpoint path gives the same logits."""
     mvit_tv = pytest.importorskip("torchvision.models.video.mvit")
     cfg = mvit_tv.MSBlockConfig
-    blocks = [cfg(1, 32, 64, [], [3, 3, 3], [], [1, 4, 4]), cfg(2, 64, 64, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 2, 2]),
-              cfg(2, 64, 128, [], [3, 3, 3], [], [1, 2, 2]),
-              cfg(4, 128, 128, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1])]
+    blocks = [
+        cfg(1, 32, 64, [], [3, 3, 3], [], [1, 4, 4]),
+        cfg(2, 64, 64, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 2, 2]),
+        cfg(2, 64, 128, [], [3, 3, 3], [], [1, 2, 2]),
+        cfg(4, 128, 128, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1]),
+    ]
     torch.manual_seed(0)
-    ref = mvit_tv.MViT((28, 28), 8, blocks, residual_pool=False, residual_with_cls_embed=False, rel_pos_embed=False,
-                       proj_after_attn=False, num_classes=4).eval()
+    ref = mvit_tv.MViT(
+        (28, 28),
+        8,
+        blocks,
+        residual_pool=False,
+        residual_with_cls_embed=False,
+        rel_pos_embed=False,
+        proj_after_attn=False,
+        num_classes=4,
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised tensor hides a wrong mapping

@@ -23,7 +23,9 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.shape == model.embed_dim else 0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.shape == model.embed_dim else 0)
+            )
     return model.eval()
 
 
@@ -110,15 +112,17 @@ def _timm_hybrid(img_size, layers=(1, 1, 1), **kw):
     from timm.models.vision_transformer_hybrid import HybridEmbed, _resnetv2
 
     backbone = _resnetv2(layers=layers, in_chans=3)
-    return TimmViT(img_size=img_size, patch_size=1, embed_layer=lambda **a: HybridEmbed(backbone=backbone, **a),
-                   **dict(TINY, **kw))
+    return TimmViT(
+        img_size=img_size, patch_size=1, embed_layer=lambda **a: HybridEmbed(backbone=backbone, **a), **dict(TINY, **kw)
+    )
 
 
 @pytest.mark.parametrize("img_size", [64, 96])
 def test_hybrid_parity(img_size, tmp_path):
     ref = randomise(_timm_hybrid(img_size))
-    ours = vitkit_from_timm(ref, tmp_path, name="vit_base_r50_s16_224", img_size=img_size,
-                            hybrid_layers=(1, 1, 1), **TINY)
+    ours = vitkit_from_timm(
+        ref, tmp_path, name="vit_base_r50_s16_224", img_size=img_size, hybrid_layers=(1, 1, 1), **TINY
+    )
     x = torch.randn(2, 3, img_size, img_size)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=ATOL, rtol=RTOL)

@@ -14,10 +14,21 @@ def _events(run_dir):
 
 
 def _tiny_run(tmp_path, *extra):
-    cfg = apply_overrides(TrainConfig(), [
-        "--model.name=vit_micro_patch2_8", "--model.overrides.depth=1", "--model.overrides.embed_dim=16",
-        "--model.overrides.num_heads=2", "--sched.epochs=2", "--sched.warmup_epochs=0", "--run.batch_size=128",
-        f"--run.out={tmp_path / 'run'}", "--run.progress=false", *extra])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            "--model.name=vit_micro_patch2_8",
+            "--model.overrides.depth=1",
+            "--model.overrides.embed_dim=16",
+            "--model.overrides.num_heads=2",
+            "--sched.epochs=2",
+            "--sched.warmup_epochs=0",
+            "--run.batch_size=128",
+            f"--run.out={tmp_path / 'run'}",
+            "--run.progress=false",
+            *extra,
+        ],
+    )
     return train(cfg), tmp_path / "run"
 
 

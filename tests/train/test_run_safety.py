@@ -30,9 +30,17 @@ from vitkit.train.checkpoint import CheckpointWriteError, RunInUse, RunLock, rea
 
 pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--model.overrides.depth=1", "--model.overrides.embed_dim=32", "--model.overrides.num_heads=2",
-        "--run.progress=false", "--run.threads=1", "--data.num_workers=0", "--run.tensorboard=false",
-        "--run.batch_size=128", "--sched.epochs=2"]
+TINY = [
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--run.progress=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+    "--run.tensorboard=false",
+    "--run.batch_size=128",
+    "--sched.epochs=2",
+]
 
 
 class Killed(BaseException):
@@ -146,8 +154,7 @@ def test_a_kill_at_every_file_operation_resumes_to_the_same_weights(tmp_path, mo
         assert not (out / ".checkpoint.tmp").exists() and not (out / ".checkpoint.old").exists()
 
 
-def test_the_newest_checkpoint_is_found_after_a_kill_between_the_two_renames(tmp_path, monkeypatch, straight,
-                                                                              capsys):
+def test_the_newest_checkpoint_is_found_after_a_kill_between_the_two_renames(tmp_path, monkeypatch, straight, capsys):
     """Killed right after `checkpoint` was moved aside to `.checkpoint.old` and before `.checkpoint.tmp` (the
     newest, complete) was moved in: a restart without --resume deletes nothing (it finishes the swap and
     refuses, pointing at --resume), and the README's `vitkit train --out DIR --resume` continues from the
@@ -206,6 +213,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, straig
     intact, the partial one is gone, and --resume (after freeing space) ends with the same weights."""
     out = tmp_path / "run"
     real = torch.save
+
     def full(obj, path, *a, **kw):
         if obj["epoch"] == 2:
             with open(path, "wb") as f:
@@ -240,10 +248,13 @@ def test_a_real_full_disk(tmp_path, straight):
     mnt, keep = tmp_path / "mnt", tmp_path / "kept"
     mnt.mkdir()
     cli = f"{sys.executable} -m vitkit.cli train --out {mnt / 'run'} {' '.join(TINY)}"
-    script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 77; {cli} 2> {tmp_path / 'err'}; echo $? > "
-              f"{tmp_path / 'rc'}; cp -r {mnt / 'run'} {keep}")
-    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=240)
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 77; {cli} 2> {tmp_path / 'err'}; echo $? > "
+        f"{tmp_path / 'rc'}; cp -r {mnt / 'run'} {keep}"
+    )
+    res = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
     if res.returncode == 77:
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {res.stderr.strip()}")
     err = (tmp_path / "err").read_text()
@@ -260,8 +271,12 @@ def test_sigkill_a_real_run_then_resume_and_the_lock(tmp_path, straight):
     `vitkit train --out DIR --resume` ends with the weights of an uninterrupted run."""
     extra = ["--sched.epochs=3", "--run.batch_size=64", "--run.checkpoint_every=3", "--aug.random_erasing=0.5"]
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit.cli", "train", *args(out, *extra)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli", "train", *args(out, *extra)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and read_marker(out / "checkpoint") is None:
@@ -298,12 +313,16 @@ def _checkpoint_writer(tag: bytes):
         (directory / "ema").mkdir()
         (directory / "state.pt").write_bytes(tag * 3000)
         (directory / "ema" / "model.safetensors").write_bytes(tag * 700)
+
     return write
 
 
 def _contents(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != "complete.json"}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "complete.json"
+    }
 
 
 SWAP_OPS = ("replace", "rename", "fsync", "mkdir", "unlink", "rmdir")  # rmtree deletes with unlink and rmdir
@@ -348,6 +367,7 @@ def test_a_kill_at_every_step_of_the_swap_and_of_its_recovery(tmp_path, monkeypa
 
     cases = 0
     for first in (True, False):
+
         def start(run_dir: Path, first: bool = first) -> None:
             run_dir.mkdir()
             if not first:
@@ -437,8 +457,14 @@ def test_a_kill_during_overwrite_is_finished_by_the_next_overwrite(tmp_path, mon
     def finished_run(run_dir: Path) -> None:
         run_dir.mkdir()
         (run_dir / "notes.txt").write_text("mine")
-        for name in ("config.yaml", "metrics.json", "metrics.jsonl", "model/model.safetensors",
-                     "checkpoint/state.pt", "checkpoint/ema/model.safetensors"):
+        for name in (
+            "config.yaml",
+            "metrics.json",
+            "metrics.jsonl",
+            "model/model.safetensors",
+            "checkpoint/state.pt",
+            "checkpoint/ema/model.safetensors",
+        ):
             (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (run_dir / name).write_text("x")
         (run_dir / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
@@ -490,10 +516,12 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkey
             assert main(["train", "--out", str(out), *TINY, *started])
     saved = (out / "config.yaml").read_bytes()
 
-    for change, key, old, new in [("--optim.lr=0.003", "optim.lr", "0.001", "0.003"),
-                                  ("--sched.epochs=100", "sched.epochs", "2", "100"),
-                                  ("--model.overrides.depth=2", "model.overrides.depth", "1", "2"),
-                                  ("--run.seed=1", "run.seed", "0", "1")]:
+    for change, key, old, new in [
+        ("--optim.lr=0.003", "optim.lr", "0.001", "0.003"),
+        ("--sched.epochs=100", "sched.epochs", "2", "100"),
+        ("--model.overrides.depth=2", "model.overrides.depth", "1", "2"),
+        ("--run.seed=1", "run.seed", "0", "1"),
+    ]:
         assert main(["train", "--out", str(out), "--resume", change]) == 2
         err = capsys.readouterr().err
         assert f"{key}: the run has {old}, given {new}" in err and "Traceback" not in err, err
@@ -535,9 +563,12 @@ def _lr_inf_at(monkeypatch, last_step_of_epoch: int, module=engine):
 def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _lr_inf_at(monkeypatch, 2)
-    with pytest.raises(TrainingDiverged, match=r"NaN or infinite during epoch 2 .* the last good checkpoint is "
-                                               r".*checkpoint \(after epoch 1\).*start a run in another --out "
-                                               r"from them with --model.pretrained=.*checkpoint"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"NaN or infinite during epoch 2 .* the last good checkpoint is "
+        r".*checkpoint \(after epoch 1\).*start a run in another --out "
+        r"from them with --model.pretrained=.*checkpoint",
+    ):
         run(out)
     assert read_marker(out / "checkpoint")["epoch"] == 1
     saved = load_file(str(out / "checkpoint" / "model.safetensors"))
@@ -554,8 +585,11 @@ def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(t
     import vitkit.train.pretrain as pre  # the same in `vitkit pretrain`
 
     _lr_inf_at(monkeypatch, 2, pre)
-    with pytest.raises(TrainingDiverged, match=r"mae weights became NaN or infinite during epoch 2 .*checkpoint "
-                                               r"\(after epoch 1\)"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"mae weights became NaN or infinite during epoch 2 .*checkpoint "
+        r"\(after epoch 1\)",
+    ):
         pre.pretrain(pre.pretrain_config("mae", overrides=args(tmp_path / "pre")))
     assert read_marker(tmp_path / "pre" / "checkpoint")["epoch"] == 1
 
@@ -565,8 +599,13 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
     """Checkpoints every 3 batches with augmentation, EMA and gradient accumulation (2 batches per step):
     stopped right after each step checkpoint of the run in turn, resumed, the weights and the history
     equal an uninterrupted run's (which takes no step checkpoints)."""
-    extra = ("--run.batch_size=64", "--aug.random_resized_crop=true", "--aug.random_erasing=0.5",
-             "--run.ema_decay=0.9", "--optim.accum_steps=2")
+    extra = (
+        "--run.batch_size=64",
+        "--aug.random_resized_crop=true",
+        "--aug.random_erasing=0.5",
+        "--run.ema_decay=0.9",
+        "--optim.accum_steps=2",
+    )
     ref = straight(*extra)
     real = engine.save_checkpoint
     positions = []
@@ -600,8 +639,9 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
         ema = (load_file(str(d / "checkpoint" / "ema" / "model.safetensors")) for d in (out, ref))
         assert all(torch.equal(a, b) for a, b in zip(*(v.values() for v in ema)))
         rows = [[json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, ref)]
-        assert [(r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[0]] == \
-            [(r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[1]]
+        assert [(r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[0]] == [
+            (r["train_loss"], r["train_acc"], r["val_acc"]) for r in rows[1]
+        ]
 
 
 @pytest.mark.parametrize("method", ["mae", "dino"])
@@ -613,8 +653,10 @@ def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypat
 
     extra = ["--run.batch_size=32", "--data.train_fraction=0.2"]
     if method == "dino":
-        extra.append('--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2, '
-                     '"teacher_temp_warmup": 0.8}')  # the temperature changes at every step of the run
+        extra.append(
+            '--method.options={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local": 2, '
+            '"teacher_temp_warmup": 0.8}'
+        )  # the temperature changes at every step of the run
 
     def go(out, *more):
         return pre.pretrain(pre.pretrain_config(method, overrides=[*args(out, *extra), *more]))
@@ -648,8 +690,13 @@ def test_a_stream_of_tar_shards_resumes_inside_an_epoch_exactly(tmp_path, monkey
     from vitkit.cli import main as cli
 
     assert cli(["make-shards", "digits", str(tmp_path / "shards"), "--maxcount", "100"]) == 0
-    extra = ["--data.name=shards", f"--data.data_dir={tmp_path}/shards/train-{{000000..000003}}.tar",
-             "--run.batch_size=64", "--aug.random_erasing=0.5", "--run.checkpoint_every=4"]
+    extra = [
+        "--data.name=shards",
+        f"--data.data_dir={tmp_path}/shards/train-{{000000..000003}}.tar",
+        "--run.batch_size=64",
+        "--aug.random_erasing=0.5",
+        "--run.checkpoint_every=4",
+    ]
     run(tmp_path / "straight", *extra)
     real = engine.save_checkpoint
     calls = []

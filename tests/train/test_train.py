@@ -20,8 +20,14 @@ from vitkit.train.optim import layer_ids, param_groups
 
 pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--model.overrides.depth=1", "--model.overrides.embed_dim=32", "--model.overrides.num_heads=2",
-        "--run.progress=false", "--run.threads=1", "--data.num_workers=0"]
+TINY = [
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--run.progress=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+]
 
 
 def config(out, *overrides) -> TrainConfig:
@@ -33,8 +39,16 @@ def weights(run_dir) -> dict:
 
 
 def test_overrides_and_recipes(tmp_path):
-    cfg = apply_overrides(TrainConfig(), ["--optim.lr=1e-3", "--optim.betas=[0.9, 0.95]", "--run.bf16=true",
-                                          "--optim.clip_grad=null", "--model.overrides.drop_path_rate=0.1"])
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            "--optim.lr=1e-3",
+            "--optim.betas=[0.9, 0.95]",
+            "--run.bf16=true",
+            "--optim.clip_grad=null",
+            "--model.overrides.drop_path_rate=0.1",
+        ],
+    )
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95) and cfg.run.bf16 is True
     assert cfg.model.overrides == {"drop_path_rate": 0.1}
     with pytest.raises(ValueError, match="optim has: .*lr"):
@@ -66,8 +80,8 @@ def test_param_groups_weight_decay_and_layer_decay():
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert scale_of[id(named["head.weight"])] == 1.0
-    assert scale_of[id(named["blocks.0.attn.qkv.weight"])] == 0.5 ** 4
-    assert scale_of[id(named["patch_embed.proj.weight"])] == 0.5 ** 5
+    assert scale_of[id(named["blocks.0.attn.qkv.weight"])] == 0.5**4
+    assert scale_of[id(named["patch_embed.proj.weight"])] == 0.5**5
     assert decay_of[id(named["pos_embed"])] == 0.0 and decay_of[id(named["blocks.0.norm1.weight"])] == 0.0
     assert decay_of[id(named["blocks.0.attn.qkv.weight"])] == cfg.weight_decay
     assert sum(len(g["params"]) for g in groups) == len(named)
@@ -124,8 +138,12 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     Augmentation is on: its randomness must replay from the checkpointed RNG state too."""
     aug = ["--aug.random_resized_crop=true", "--aug.scale=[0.6, 1.0]", "--aug.random_erasing=0.5"]
     args = [f"--run.out={tmp_path / 'killed'}", *TINY, *aug, "--sched.epochs=8"]
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit.cli", "train", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli", "train", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     history = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -145,8 +163,10 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["test_acc"] == \
-        json.loads((tmp_path / "straight" / "metrics.json").read_text())["test_acc"]
+    assert (
+        json.loads((tmp_path / "killed" / "metrics.json").read_text())["test_acc"]
+        == json.loads((tmp_path / "straight" / "metrics.json").read_text())["test_acc"]
+    )
 
 
 def test_torchrun_two_processes_equal_one(tmp_path):
@@ -154,8 +174,18 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     the gradients (Adam's first steps divide by ~|g|, which amplifies rounding on near-zero gradients)."""
     common = [*TINY, "--sched.epochs=2", "--optim.name=sgd", "--optim.lr=0.1", "--run.batch_size=64"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "vitkit.cli", "train", f"--run.out={tmp_path / 'ddp'}", *common]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "vitkit.cli",
+        "train",
+        f"--run.out={tmp_path / 'ddp'}",
+        *common,
+    ]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     train(apply_overrides(TrainConfig(), [f"--run.out={tmp_path / 'one'}", *common]))
@@ -177,11 +207,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     def exploding(base_lr, total_steps, warmup_steps, min_lr=0.0):
         lrs = real(base_lr, total_steps, warmup_steps, min_lr)
         second_epoch = total_steps // 3
-        return lrs[:second_epoch + 1] + [1e30] * (total_steps - second_epoch - 1)
+        return lrs[: second_epoch + 1] + [1e30] * (total_steps - second_epoch - 1)
 
     monkeypatch.setattr(engine, "cosine_schedule", exploding)
-    with pytest.raises(TrainingDiverged, match=r"the loss became .* at epoch 2, step \d+; the last good checkpoint is "
-                                               r".*checkpoint \(after epoch 1\)"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"the loss became .* at epoch 2, step \d+; the last good checkpoint is "
+        r".*checkpoint \(after epoch 1\)",
+    ):
         train(config(tmp_path / "run", "--sched.epochs=3"))
     after = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in after.values())
@@ -189,10 +222,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path):
-    m = train(config(tmp_path / "run", "--sched.epochs=1", "--run.bf16=true", "--optim.accum_steps=2",
-                     "--optim.clip_grad=1.0", "--run.ema_decay=0.9", "--run.grad_checkpointing=true",
-                     "--optim.layer_decay=0.75", "--aug.mixup=0.8", "--aug.cutmix=1.0",
-                     "--aug.randaugment=rand-m9-n2", "--aug.random_erasing=0.25"))
+    m = train(
+        config(
+            tmp_path / "run",
+            "--sched.epochs=1",
+            "--run.bf16=true",
+            "--optim.accum_steps=2",
+            "--optim.clip_grad=1.0",
+            "--run.ema_decay=0.9",
+            "--run.grad_checkpointing=true",
+            "--optim.layer_decay=0.75",
+            "--aug.mixup=0.8",
+            "--aug.cutmix=1.0",
+            "--aug.randaugment=rand-m9-n2",
+            "--aug.random_erasing=0.25",
+        )
+    )
     assert 0.0 <= m["test_acc"] <= 100.0 and (tmp_path / "run" / "checkpoint" / "ema" / "model.safetensors").is_file()
 
 

@@ -22,9 +22,18 @@ pytest.importorskip("timm")
 
 TAG = "vit_small_patch16_224.augreg_in21k"
 TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32)
-RUN = ["--sched.epochs=1", "--optim.lr=1e-12", "--run.batch_size=8", "--run.progress=false",
-       "--run.tensorboard=false", "--run.threads=1", "--data.num_workers=0", "--data.val_fraction=0",
-       "--data.name=folder", "--data.img_size=32"]
+RUN = [
+    "--sched.epochs=1",
+    "--optim.lr=1e-12",
+    "--run.batch_size=8",
+    "--run.progress=false",
+    "--run.tensorboard=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+    "--data.val_fraction=0",
+    "--data.name=folder",
+    "--data.img_size=32",
+]
 
 
 @pytest.fixture
@@ -66,9 +75,23 @@ def test_finetune_a_tag_from_the_hub(hub_cache, tmp_path, folder, capsys):
     ref, saved = timm_saved(tmp_path, TAG, safe_serialization=True, **TINY)
     put_in_cache(hub_cache, f"timm/{TAG}", saved)
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), f"--model.name={TAG}", "--model.pretrained=true",
-                 "--model.overrides.embed_dim=32", "--model.overrides.depth=1", "--model.overrides.num_heads=2",
-                 f"--data.data_dir={folder}", *RUN]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                f"--model.name={TAG}",
+                "--model.pretrained=true",
+                "--model.overrides.embed_dim=32",
+                "--model.overrides.depth=1",
+                "--model.overrides.num_heads=2",
+                f"--data.data_dir={folder}",
+                *RUN,
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert_backbone_is(run, ref)
     model = vitkit.from_pretrained(run / "model")
     cfg, theirs = model.pretrained_cfg, ref.pretrained_cfg
@@ -80,12 +103,25 @@ def test_finetune_a_tag_from_the_hub(hub_cache, tmp_path, folder, capsys):
 
 def test_finetune_an_hf_hub_repo(hub_cache, tmp_path, folder, capsys):
     stats = dict(mean=(0.4, 0.3, 0.2), std=(0.2, 0.25, 0.3), crop_pct=0.8)
-    ref, saved = timm_saved(tmp_path, "vit_base_patch16_224", safe_serialization=True,
-                            pretrained_cfg_overlay=stats, **TINY)
+    ref, saved = timm_saved(
+        tmp_path, "vit_base_patch16_224", safe_serialization=True, pretrained_cfg_overlay=stats, **TINY
+    )
     put_in_cache(hub_cache, "someone/tiny-vit", saved)
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--model.name=hf-hub:someone/tiny-vit", "--model.pretrained=true",
-                 f"--data.data_dir={folder}", *RUN]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--model.name=hf-hub:someone/tiny-vit",
+                "--model.pretrained=true",
+                f"--data.data_dir={folder}",
+                *RUN,
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert_backbone_is(run, ref)
     cfg = vitkit.from_pretrained(run / "model").pretrained_cfg
     assert (tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"]) == (stats["mean"], stats["std"], 0.8)
@@ -97,9 +133,24 @@ def test_pretrain_from_a_tag(hub_cache, tmp_path, folder, capsys):
     ref, saved = timm_saved(tmp_path, TAG, safe_serialization=True, **TINY)
     put_in_cache(hub_cache, f"timm/{TAG}", saved)
     run = tmp_path / "pre"
-    assert main(["pretrain", "dino", "--out", str(run), f"--model.name={TAG}", "--model.pretrained=true",
-                 "--model.overrides.embed_dim=32", "--model.overrides.depth=1", "--model.overrides.num_heads=2",
-                 f"--data.data_dir={folder}", *RUN]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "pretrain",
+                "dino",
+                "--out",
+                str(run),
+                f"--model.name={TAG}",
+                "--model.pretrained=true",
+                "--model.overrides.embed_dim=32",
+                "--model.overrides.depth=1",
+                "--model.overrides.num_heads=2",
+                f"--data.data_dir={folder}",
+                *RUN,
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     cfg = vitkit.from_pretrained(run / "backbone").pretrained_cfg
     assert tuple(cfg["mean"]) == (0.5, 0.5, 0.5) and tuple(cfg["std"]) == (0.5, 0.5, 0.5)
 

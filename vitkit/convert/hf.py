@@ -80,8 +80,12 @@ logger = logging.getLogger("vitkit")
 SUPPORTED_MODEL_TYPES = ("vit", "deit", "vit_msn", "cvt", "swin", "vit_mae", "vivit", "timesformer")
 _ARCHITECTURES = {
     "vit": ("ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling"),
-    "deit": ("DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
-             "DeiTForMaskedImageModeling"),
+    "deit": (
+        "DeiTModel",
+        "DeiTForImageClassification",
+        "DeiTForImageClassificationWithTeacher",
+        "DeiTForMaskedImageModeling",
+    ),
     "vit_msn": ("ViTMSNModel", "ViTMSNForImageClassification"),
     "cvt": ("CvtModel", "CvtForImageClassification"),
     "swin": ("SwinModel", "SwinForImageClassification"),
@@ -89,16 +93,25 @@ _ARCHITECTURES = {
     "vivit": ("VivitModel", "VivitForVideoClassification"),
     "timesformer": ("TimesformerModel", "TimesformerForVideoClassification"),
 }
-_CLASSIFIER_ARCHS = {"ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher",
-                     "ViTMSNForImageClassification"}
+_CLASSIFIER_ARCHS = {
+    "ViTForImageClassification",
+    "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher",
+    "ViTMSNForImageClassification",
+}
 _POOLER_ARCHS = {"ViTModel", "DeiTModel"}  # add_pooling_layer defaults to True there
 
 # HF hidden_act -> vitkit act; all are exact equivalents.
 _ACTIVATIONS = {
-    "gelu": "gelu", "gelu_python": "gelu",
-    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
     "gelu_python_tanh": "gelu_tanh",
-    "relu": "relu", "silu": "silu", "swish": "silu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
 }
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -126,8 +139,12 @@ _LAYER_MAP = {
     "mlp.fc2": "mlp.fc2",
 }
 _QKV = {
-    "attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
-    "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v",
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
 }
 _LAYER_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 _DROPPED = ("embeddings.mask_token",)
@@ -142,7 +159,7 @@ def _error(message: str) -> Exception:
 def _strip_base(key: str) -> str:
     for prefix in _BASE_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -171,8 +188,9 @@ def _check_model_type(hf_config: Mapping[str, Any] | None, source: str) -> str |
     return model_type
 
 
-def convert_hf_state_dict(state: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None,
-                          source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def convert_hf_state_dict(
+    state: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any] | None = None, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """HF ViT/DeiT keys -> vitkit keys (see the module docstring). Unknown keys pass through."""
     from .hf_cvt import convert_hf_cvt_state_dict, looks_like_hf_cvt
 
@@ -190,7 +208,9 @@ def convert_hf_state_dict(state: Mapping[str, torch.Tensor], hf_config: Mapping[
         from .hf_timesformer import convert_hf_timesformer_state_dict
         from .hf_vivit import convert_hf_vivit_state_dict
 
-        convert = convert_hf_vivit_state_dict if hf_config["model_type"] == "vivit" else convert_hf_timesformer_state_dict
+        convert = (
+            convert_hf_vivit_state_dict if hf_config["model_type"] == "vivit" else convert_hf_timesformer_state_dict
+        )
         return convert(state, source=source)
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}  # (layer, param) -> q/k/v
@@ -228,15 +248,21 @@ def convert_hf_state_dict(state: Mapping[str, torch.Tensor], hf_config: Mapping[
             out.update({k: v for k, v in parts.values()})
 
     if dropped:
-        logger.info("%s: ignoring %d Hugging Face key(s) unused at inference (%s)", source, len(dropped),
-                    ", ".join(dropped[:3]) + (", ..." if len(dropped) > 3 else ""))
+        logger.info(
+            "%s: ignoring %d Hugging Face key(s) unused at inference (%s)",
+            source,
+            len(dropped),
+            ", ".join(dropped[:3]) + (", ..." if len(dropped) > 3 else ""),
+        )
 
     if "dist_token" in out and "head.weight" in out and "head_dist.weight" not in out:
         # DeiTForImageClassification: the distillation token exists but only [CLS] is classified.
         logger.warning(
             "%s: a Hugging Face DeiTForImageClassification checkpoint classifies from the class token only: "
             "the distillation head is zero-filled, and the model must use distilled_output='cls' to give "
-            "HF's logits (from_pretrained sets it)", source)
+            "HF's logits (from_pretrained sets it)",
+            source,
+        )
         out["head_dist.weight"] = torch.zeros_like(out["head.weight"])
         if "head.bias" in out:
             out["head_dist.bias"] = torch.zeros_like(out["head.bias"])
@@ -320,8 +346,9 @@ def _encoder_fields(hf_config: Mapping[str, Any], source: str, default_act: str)
     return get, hidden, heads, intermediate, act
 
 
-def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                   state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, ViTConfig values, pretrained_cfg) for an HF ViT/DeiT `config.json`.
 
     `state_keys`, the key names of the checkpoint's weights, tell whether it has a pooler and a
@@ -351,8 +378,10 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
     if arch is not None and arch not in _ARCHITECTURES[model_type]:
-        raise _error(f"{source}: Hugging Face architecture {arch!r} is not supported for model_type "
-                     f"{model_type!r}; supported: {', '.join(_ARCHITECTURES[model_type])}")
+        raise _error(
+            f"{source}: Hugging Face architecture {arch!r} is not supported for model_type "
+            f"{model_type!r}; supported: {', '.join(_ARCHITECTURES[model_type])}"
+        )
 
     def get(name: str, default: Any) -> Any:
         value = hf_config.get(name)
@@ -364,16 +393,19 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "checkpoint",
     if hidden % heads:
         raise _error(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     if hf_config.get("head_dim") not in (None, hidden // heads):
-        raise _error(f"{source}: head_dim {hf_config['head_dim']} != hidden_size / num_attention_heads "
-                     f"({hidden // heads}); vitkit's attention needs them equal")
+        raise _error(
+            f"{source}: head_dim {hf_config['head_dim']} != hidden_size / num_attention_heads "
+            f"({hidden // heads}); vitkit's attention needs them equal"
+        )
     mlp_ratio = intermediate / hidden
     if int(hidden * mlp_ratio) != intermediate:
-        raise _error(f"{source}: intermediate_size {intermediate} is not reproduced by hidden_size {hidden} "
-                     f"times an mlp_ratio (int({hidden} * {mlp_ratio!r}) != {intermediate})")
+        raise _error(
+            f"{source}: intermediate_size {intermediate} is not reproduced by hidden_size {hidden} "
+            f"times an mlp_ratio (int({hidden} * {mlp_ratio!r}) != {intermediate})"
+        )
     hidden_act = get("hidden_act", "gelu")
     if hidden_act not in _ACTIVATIONS:
-        raise _error(f"{source}: hidden_act {hidden_act!r} has no vitkit equivalent; supported: "
-                     f"{sorted(_ACTIVATIONS)}")
+        raise _error(f"{source}: hidden_act {hidden_act!r} has no vitkit equivalent; supported: {sorted(_ACTIVATIONS)}")
 
     keys = None if state_keys is None else {_strip_base(k) for k in state_keys}
     if keys is not None:

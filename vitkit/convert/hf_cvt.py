@@ -71,11 +71,11 @@ def looks_like_hf_cvt(keys: Iterable[str]) -> bool:
 
 
 def _map_key(key: str) -> str | None:
-    body = key[len("cvt."):] if key.startswith("cvt.") else key
+    body = key[len("cvt.") :] if key.startswith("cvt.") else key
     if body == key:  # heads sit outside the base model
         for old, new in _TOP.items():
             if key.startswith(old) and key.count(".") == 1:
-                return new + key[len(old):]
+                return new + key[len(old) :]
     m = _STAGE_RE.match(body)
     if not m:
         return None
@@ -84,7 +84,7 @@ def _map_key(key: str) -> str | None:
         return f"stage{i}.cls_token"
     for old, new in _EMBED.items():
         if rest.startswith(old):
-            return f"stage{i}.{new}{rest[len(old):]}"
+            return f"stage{i}.{new}{rest[len(old) :]}"
     m = _LAYER_RE.match(rest)
     if not m:
         return None
@@ -99,7 +99,7 @@ def _map_key(key: str) -> str | None:
         return f"{prefix}attn.proj_{_QKV[p.group(1)]}.{p.group(2)}"
     for old, new in _LAYER.items():  # 'attention.output.dense.' is tried before 'output.dense.'
         if sub.startswith(old) and sub.count(".") == old.count("."):
-            return prefix + new + sub[len(old):]
+            return prefix + new + sub[len(old) :]
     return None
 
 
@@ -124,8 +124,9 @@ def _per_stage(hf_config: Mapping[str, Any], name: str, default: Any, n: int, so
     return tuple(value)
 
 
-def config_from_hf_cvt(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                       state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf_cvt(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """('cvt', CvtConfig values, pretrained_cfg) for an HF CvT `config.json`.
 
     `state_keys` (the checkpoint's key names) tell whether it has the final LayerNorm and a
@@ -133,8 +134,10 @@ def config_from_hf_cvt(hf_config: Mapping[str, Any], source: str = "checkpoint",
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
     if arch is not None and arch not in ARCHITECTURES:
-        raise _error(f"{source}: Hugging Face architecture {arch!r} is not supported for model_type 'cvt'; "
-                     f"supported: {', '.join(ARCHITECTURES)}")
+        raise _error(
+            f"{source}: Hugging Face architecture {arch!r} is not supported for model_type 'cvt'; "
+            f"supported: {', '.join(ARCHITECTURES)}"
+        )
     depths = hf_config.get("depth") or [1, 2, 10]
     if not isinstance(depths, (list, tuple)) or not depths:
         raise _error(f"{source}: depth {depths!r} is not a list of per-stage depths")
@@ -145,12 +148,16 @@ def config_from_hf_cvt(hf_config: Mapping[str, Any], source: str = "checkpoint",
 
     methods = stage("qkv_projection_method", "dw_bn")
     if any(m != "dw_bn" for m in methods):
-        raise _error(f"{source}: qkv_projection_method {list(methods)} is not supported; vitkit's CvT "
-                     f"implements 'dw_bn' (depth-wise conv + BatchNorm), the method of every released CvT")
+        raise _error(
+            f"{source}: qkv_projection_method {list(methods)} is not supported; vitkit's CvT "
+            f"implements 'dw_bn' (depth-wise conv + BatchNorm), the method of every released CvT"
+        )
     cls_token = tuple(bool(v) for v in stage("cls_token", [False] * (n - 1) + [True]))
     if any(cls_token[:-1]):
-        raise _error(f"{source}: cls_token {list(cls_token)}: vitkit's CvT supports a [CLS] token in the last "
-                     f"stage only (HF sizes earlier ones with the last stage's width)")
+        raise _error(
+            f"{source}: cls_token {list(cls_token)}: vitkit's CvT supports a [CLS] token in the last "
+            f"stage only (HF sizes earlier ones with the last stage's width)"
+        )
 
     keys = None if state_keys is None else set(state_keys)
     if keys is not None:

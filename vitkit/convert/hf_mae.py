@@ -51,15 +51,16 @@ def convert_hf_mae_state_dict(state: Mapping[str, torch.Tensor], source: str = "
         if m:  # the decoder layers are ViT layers: convert them with the ViT map
             layers[f"encoder.layer.{m.group(1)}.{m.group(2)}"] = value
             continue
-        body = key[len("decoder."):]
+        body = key[len("decoder.") :]
         out[body if body.split(".")[0] in _DECODER_TOP else key] = value  # unknown keys: left for the loader
     for key, value in convert_hf_state_dict(layers, None, source=source).items():
         out[f"decoder_{key}" if key.startswith("blocks.") else key] = value
     return out
 
 
-def config_from_hf_mae(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                       state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf_mae(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, config values, pretrained_cfg) for a ViTMAE `config.json`: "mae" for
     `ViTMAEForPreTraining`, "vit" (no head) for `ViTMAEModel`."""
     from ..registry import IMAGENET_MEAN, IMAGENET_STD
@@ -85,19 +86,35 @@ def config_from_hf_mae(hf_config: Mapping[str, Any], source: str = "checkpoint",
     dec_inter = int(get("decoder_intermediate_size", 2048))
     dec_heads = int(get("decoder_num_attention_heads", 16))
     if dec_hidden % dec_heads:
-        raise _error(f"{source}: decoder_hidden_size {dec_hidden} is not divisible by decoder_num_attention_heads "
-                     f"{dec_heads}")
+        raise _error(
+            f"{source}: decoder_hidden_size {dec_hidden} is not divisible by decoder_num_attention_heads {dec_heads}"
+        )
     if int(dec_hidden * (dec_inter / dec_hidden)) != dec_inter:
-        raise _error(f"{source}: decoder_intermediate_size {dec_inter} is not a multiple vitkit can express of "
-                     f"decoder_hidden_size {dec_hidden}")
-    encoder_fields = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                      "qkv_bias", "norm_eps", "act")
+        raise _error(
+            f"{source}: decoder_intermediate_size {dec_inter} is not a multiple vitkit can express of "
+            f"decoder_hidden_size {dec_hidden}"
+        )
+    encoder_fields = (
+        "img_size",
+        "patch_size",
+        "in_chans",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "qkv_bias",
+        "norm_eps",
+        "act",
+    )
     mae = {f: values.pop(f) for f in encoder_fields}
     values.pop("num_classes", None)
     mae.update(
         encoder_kwargs=values,  # HF's remaining ViT settings (dropouts, HF's position-embedding resampling)
-        decoder_embed_dim=dec_hidden, decoder_depth=int(get("decoder_num_hidden_layers", 8)),
-        decoder_num_heads=dec_heads, decoder_mlp_ratio=dec_inter / dec_hidden,
-        mask_ratio=float(get("mask_ratio", 0.75)), norm_pix_loss=bool(get("norm_pix_loss", False)),
+        decoder_embed_dim=dec_hidden,
+        decoder_depth=int(get("decoder_num_hidden_layers", 8)),
+        decoder_num_heads=dec_heads,
+        decoder_mlp_ratio=dec_inter / dec_hidden,
+        mask_ratio=float(get("mask_ratio", 0.75)),
+        norm_pix_loss=bool(get("norm_pix_loss", False)),
     )
     return "mae", mae, pretrained_cfg

@@ -45,12 +45,23 @@ logger = logging.getLogger("vitkit")
 ARCHITECTURES = ("SwinModel", "SwinForImageClassification")
 _BLOCK_RE = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias|relative_position_bias_table)$")
 _DOWN_RE = re.compile(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$")
-_QKV = {"attention.self.query": 0, "attention.self.key": 1, "attention.self.value": 2,
-        "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2}
+_QKV = {
+    "attention.self.query": 0,
+    "attention.self.key": 1,
+    "attention.self.value": 2,
+    "attention.q_proj": 0,
+    "attention.k_proj": 1,
+    "attention.v_proj": 2,
+}
 _BLOCK = {
-    "layernorm_before": "norm1", "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
-    "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
 }
 _TOP = {
     "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
@@ -60,15 +71,16 @@ _TOP = {
 
 
 def _strip(key: str) -> str:
-    return key[len("swin."):] if key.startswith("swin.") else key
+    return key[len("swin.") :] if key.startswith("swin.") else key
 
 
 def looks_like_hf_swin(state: Mapping[str, Any]) -> bool:
     return any(_strip(k).startswith("encoder.layers.") and ".blocks." in k for k in state)
 
 
-def convert_hf_swin_state_dict(state: Mapping[str, torch.Tensor],
-                               source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def convert_hf_swin_state_dict(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, int, str], list] = {}
     dropped = []
@@ -78,11 +90,11 @@ def convert_hf_swin_state_dict(state: Mapping[str, torch.Tensor],
             dropped.append(key)
             continue
         if key.startswith("classifier."):
-            out["head.fc." + key[len("classifier."):]] = value
+            out["head.fc." + key[len("classifier.") :]] = value
             continue
         top = next((p for p in _TOP if body.startswith(p)), None)
         if top:
-            out[_TOP[top] + body[len(top):]] = value
+            out[_TOP[top] + body[len(top) :]] = value
             continue
         m = _DOWN_RE.match(body)
         if m:
@@ -107,14 +119,20 @@ def convert_hf_swin_state_dict(state: Mapping[str, torch.Tensor],
             raise _error(f"{source}: layers.{i}.blocks.{j} has only some of query/key/value {param}")
         out[f"layers.{i}.blocks.{j}.attn.qkv.{param}"] = torch.cat(parts, dim=0)
     if dropped:
-        logger.info("%s: ignoring %d key(s) without a vitkit counterpart or rebuilt at load (%s, ...)",
-                    source, len(dropped), dropped[0])
+        logger.info(
+            "%s: ignoring %d key(s) without a vitkit counterpart or rebuilt at load (%s, ...)",
+            source,
+            len(dropped),
+            dropped[0],
+        )
     return out
 
 
-def config_from_hf_swin(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                        state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf_swin(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, SwinConfig values, pretrained_cfg) for an HF Swin `config.json`."""
+
     def get(name: str, default: Any) -> Any:
         value = hf_config.get(name)
         return default if value is None else value
@@ -122,8 +140,10 @@ def config_from_hf_swin(hf_config: Mapping[str, Any], source: str = "checkpoint"
     archs = hf_config.get("architectures") or []
     arch = archs[0] if archs else None
     if arch is not None and arch not in ARCHITECTURES:
-        raise _error(f"{source}: Hugging Face architecture {arch!r} is not supported for model_type 'swin'; "
-                     f"supported: {', '.join(ARCHITECTURES)}")
+        raise _error(
+            f"{source}: Hugging Face architecture {arch!r} is not supported for model_type 'swin'; "
+            f"supported: {', '.join(ARCHITECTURES)}"
+        )
     if get("use_absolute_embeddings", False):
         raise _error(f"{source}: use_absolute_embeddings=True (Swin's 'ape') is not supported by vitkit's Swin")
     if get("hidden_act", "gelu") != "gelu":

@@ -63,8 +63,9 @@ _LAYER = {
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-def convert_hf_timesformer_state_dict(state: Mapping[str, torch.Tensor],
-                                      source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def convert_hf_timesformer_state_dict(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """HF keys -> vitkit keys; unknown keys pass through for the strict loader to name."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -75,7 +76,7 @@ def convert_hf_timesformer_state_dict(state: Mapping[str, torch.Tensor],
             out[_TOP[body]] = value
             continue
         if key.startswith("classifier."):
-            out["head." + key[len("classifier."):]] = value
+            out["head." + key[len("classifier.") :]] = value
             continue
         m = _LAYER_RE.match(body)
         if m and m.group(2) in _LAYER:
@@ -85,12 +86,15 @@ def convert_hf_timesformer_state_dict(state: Mapping[str, torch.Tensor],
     return out
 
 
-def config_from_hf_timesformer(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                               state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf_timesformer(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     archs = hf_config.get("architectures") or []
     if archs and archs[0] not in ARCHITECTURES:
-        raise _error(f"{source}: Hugging Face architecture {archs[0]!r} is not supported for model_type "
-                     f"'timesformer'; supported: {', '.join(ARCHITECTURES)}")
+        raise _error(
+            f"{source}: Hugging Face architecture {archs[0]!r} is not supported for model_type "
+            f"'timesformer'; supported: {', '.join(ARCHITECTURES)}"
+        )
 
     get, hidden, heads, intermediate, act = _encoder_fields(hf_config, source, "gelu")
     patch = get("patch_size", 16)

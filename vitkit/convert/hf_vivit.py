@@ -42,8 +42,9 @@ ARCHITECTURES = ("VivitModel", "VivitForVideoClassification")
 _PREFIX = "vivit."
 
 
-def convert_hf_vivit_state_dict(state: Mapping[str, torch.Tensor],
-                                source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def convert_hf_vivit_state_dict(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     from .hf import convert_hf_state_dict
 
     body = {}
@@ -55,18 +56,25 @@ def convert_hf_vivit_state_dict(state: Mapping[str, torch.Tensor],
             continue
         body[key] = value
     if dropped:
-        logger.info("%s: ignoring the pooler of a bare VivitModel (%s): vitkit's ViViT classifies from the "
-                    "final [CLS] as VivitForVideoClassification does", source, ", ".join(dropped))
+        logger.info(
+            "%s: ignoring the pooler of a bare VivitModel (%s): vitkit's ViViT classifies from the "
+            "final [CLS] as VivitForVideoClassification does",
+            source,
+            ", ".join(dropped),
+        )
     # Unprefixed, these are the keys of a bare HF ViT: reuse its map (embeddings, layers, layernorm, classifier).
     return convert_hf_state_dict(body, {"model_type": "vit"}, source=source)
 
 
-def config_from_hf_vivit(hf_config: Mapping[str, Any], source: str = "checkpoint",
-                         state_keys: Iterable[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def config_from_hf_vivit(
+    hf_config: Mapping[str, Any], source: str = "checkpoint", state_keys: Iterable[str] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     archs = hf_config.get("architectures") or []
     if archs and archs[0] not in ARCHITECTURES:
-        raise _error(f"{source}: Hugging Face architecture {archs[0]!r} is not supported for model_type 'vivit'; "
-                     f"supported: {', '.join(ARCHITECTURES)}")
+        raise _error(
+            f"{source}: Hugging Face architecture {archs[0]!r} is not supported for model_type 'vivit'; "
+            f"supported: {', '.join(ARCHITECTURES)}"
+        )
 
     get, hidden, heads, intermediate, act = _encoder_fields(hf_config, source, "gelu_fast")
     if state_keys is not None:
@@ -98,8 +106,9 @@ def config_from_hf_vivit(hf_config: Mapping[str, Any], source: str = "checkpoint
     )
     if int(hidden * values["mlp_ratio"]) != intermediate:
         raise _error(f"{source}: intermediate_size {intermediate} is not hidden_size {hidden} times an mlp_ratio")
-    pretrained_cfg: dict[str, Any] = dict(mean=(0.75,) * 3, std=(0.25,) * 3, crop_pct=224 / 256,
-                                          interpolation="bilinear")
+    pretrained_cfg: dict[str, Any] = dict(
+        mean=(0.75,) * 3, std=(0.25,) * 3, crop_pct=224 / 256, interpolation="bilinear"
+    )
     labels = _label_names(hf_config, num_classes)
     if labels:
         pretrained_cfg["label_names"] = labels

@@ -50,8 +50,9 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
 
     dropped = sorted(k for k in state if k.startswith(_MAE_DECODER_PREFIXES) and k not in expected)
     if dropped:
-        logger.warning("%s: ignoring %d MAE decoder key(s) (%s, ...): only the encoder is loaded",
-                       source, len(dropped), dropped[0])
+        logger.warning(
+            "%s: ignoring %d MAE decoder key(s) (%s, ...): only the encoder is loaded", source, len(dropped), dropped[0]
+        )
         for k in dropped:
             del state[k]
 
@@ -62,20 +63,35 @@ def adapt_checkpoint(model, state: dict[str, torch.Tensor], source: str = "check
             state["patch_embed.proj.weight"] = w.reshape(target)
 
     pos = state.get("pos_embed")
-    same_prefix = ("cls_token" in state) == (model.cls_token is not None) and \
-        ("dist_token" in state) == (model.dist_token is not None)  # else the strict loader reports the tokens
-    if (pos is not None and pos.ndim == 3 and "pos_embed" in expected and same_prefix
-            and pos.shape != expected["pos_embed"].shape):
+    same_prefix = ("cls_token" in state) == (model.cls_token is not None) and ("dist_token" in state) == (
+        model.dist_token is not None
+    )  # else the strict loader reports the tokens
+    if (
+        pos is not None
+        and pos.ndim == 3
+        and "pos_embed" in expected
+        and same_prefix
+        and pos.shape != expected["pos_embed"].shape
+    ):
         prefix = model.num_prefix_tokens
         old = _grid_of(pos.shape[1] - prefix, model)
         new = model.patch_embed.grid_size
         if pos.shape[-1] == expected["pos_embed"].shape[-1]:
             state["pos_embed"] = resample_abs_pos_embed(
-                pos, new, old_size=old, num_prefix_tokens=prefix,
-                interpolation=model.config.pos_embed_interp, antialias=model.config.pos_embed_antialias,
+                pos,
+                new,
+                old_size=old,
+                num_prefix_tokens=prefix,
+                interpolation=model.config.pos_embed_interp,
+                antialias=model.config.pos_embed_antialias,
             )
-            logger.info("%s: resampled position embeddings from a %dx%d to a %dx%d grid (%s)",
-                        source, *old, *new, model.config.pos_embed_interp)
+            logger.info(
+                "%s: resampled position embeddings from a %dx%d to a %dx%d grid (%s)",
+                source,
+                *old,
+                *new,
+                model.config.pos_embed_interp,
+            )
 
     fit_heads(model, state, expected, source)
     return state
@@ -109,8 +125,13 @@ def adapt_input_convs(model, state: dict[str, torch.Tensor], source: str = "chec
         if w.shape[:1] + w.shape[2:] != target.shape[:1] + target.shape[2:]:
             continue  # another size, not another channel count: the loader's mismatch report names it
         state[key] = adapt_input_conv(target.shape[1], w)
-        logger.info("%s: converted the input convolution %s from %d to %d channel(s), as timm does",
-                    source, name, w.shape[1], target.shape[1])
+        logger.info(
+            "%s: converted the input convolution %s from %d to %d channel(s), as timm does",
+            source,
+            name,
+            w.shape[1],
+            target.shape[1],
+        )
 
 
 def fit_heads(model, state, expected, source) -> None:
@@ -120,8 +141,11 @@ def fit_heads(model, state, expected, source) -> None:
         ckpt_head = {k: v for k, v in state.items() if k.startswith(prefix)}
         if not model_head:
             if ckpt_head and model.num_classes == 0:
-                logger.warning("%s: the model has no classifier (num_classes=0): ignoring the checkpoint's %s",
-                               source, prefix.rstrip("."))
+                logger.warning(
+                    "%s: the model has no classifier (num_classes=0): ignoring the checkpoint's %s",
+                    source,
+                    prefix.rstrip("."),
+                )
                 for k in ckpt_head:
                     del state[k]
             continue  # a head_dist the model lacks is left for the strict loader to report
@@ -129,12 +153,23 @@ def fit_heads(model, state, expected, source) -> None:
             continue
         if ckpt_head:
             n_ckpt = next((v.shape[0] for k, v in ckpt_head.items() if k.endswith("weight")), "?")
-            logger.warning("%s: the checkpoint's %s has %s classes and the model's %d: it is re-initialised "
-                           "(zeros) and must be trained", source, prefix.rstrip("."), n_ckpt, model.num_classes)
+            logger.warning(
+                "%s: the checkpoint's %s has %s classes and the model's %d: it is re-initialised "
+                "(zeros) and must be trained",
+                source,
+                prefix.rstrip("."),
+                n_ckpt,
+                model.num_classes,
+            )
         else:
-            logger.warning("%s: the checkpoint has no %s (a feature/pre-training checkpoint): the model's "
-                           "%d-class %s is freshly initialised (zeros) and must be trained",
-                           source, prefix.rstrip("."), model.num_classes, prefix.rstrip("."))
+            logger.warning(
+                "%s: the checkpoint has no %s (a feature/pre-training checkpoint): the model's "
+                "%d-class %s is freshly initialised (zeros) and must be trained",
+                source,
+                prefix.rstrip("."),
+                model.num_classes,
+                prefix.rstrip("."),
+            )
         for k in ckpt_head:
             del state[k]
         state.update({k: v.clone() for k, v in model_head.items()})
@@ -144,10 +179,24 @@ def fit_heads(model, state, expected, source) -> None:
 # timm model arguments that vitkit's configs lack, with the value that means "as vitkit does"; any other
 # value (say reg_tokens=4) describes a network vitkit does not build, and is refused by name.
 _TIMM_NEUTRAL_ARGS: dict[str, Any] = {
-    "qk_norm": False, "no_embed_class": False, "reg_tokens": 0, "pre_norm": False, "final_norm": True,
-    "dynamic_img_pad": False, "use_naflex": False, "strict_img_size": True, "always_partition": False,
-    "head_dim": None, "nlhb": False, "stem_norm": False, "scale_attn_norm": False, "scale_mlp_norm": False,
-    "proj_bias": True, "pos_embed": "learn", "embed_norm": False, "embed_proj_type": "linear",
+    "qk_norm": False,
+    "no_embed_class": False,
+    "reg_tokens": 0,
+    "pre_norm": False,
+    "final_norm": True,
+    "dynamic_img_pad": False,
+    "use_naflex": False,
+    "strict_img_size": True,
+    "always_partition": False,
+    "head_dim": None,
+    "nlhb": False,
+    "stem_norm": False,
+    "scale_attn_norm": False,
+    "scale_mlp_norm": False,
+    "proj_bias": True,
+    "pos_embed": "learn",
+    "embed_norm": False,
+    "embed_proj_type": "linear",
 }
 # timm argument name -> vitkit config field, per family
 _TIMM_ARG_ALIASES: dict[str, dict[str, str]] = {"mixer": {"num_blocks": "depth"}}
@@ -157,7 +206,9 @@ def _listify(value: Any) -> Any:
     return tuple(_listify(v) for v in value) if isinstance(value, list) else value
 
 
-def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+def config_from_timm(
+    cfg: Mapping[str, Any], source: str = "config.json"
+) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     """(model name, family, config values, pretrained_cfg) for the config.json of a timm Hub folder.
 
     timm's `save_for_hf` / `push_to_hf_hub` write `architecture` (the timm model name, e.g.
@@ -191,7 +242,8 @@ def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tup
         raise CheckpointError(
             f"{source} is a timm {name!r} model, which vitkit does not implement; vitkit builds these timm "
             f"architectures: vitkit.list_models() (for example 'vit_base_patch16_224', "
-            f"'swin_tiny_patch4_window7_224')") from None
+            f"'swin_tiny_patch4_window7_224')"
+        ) from None
     known = {f.name for f in fields(FAMILIES[spec.family].config_class)}
     aliases = _TIMM_ARG_ALIASES.get(spec.family, {})
     values = dict(spec.config)
@@ -208,7 +260,8 @@ def config_from_timm(cfg: Mapping[str, Any], source: str = "config.json") -> tup
     if refused:
         raise CheckpointError(
             f"{source}: timm model argument(s) {', '.join(refused)} of {name!r} have no vitkit equivalent (vitkit's "
-            f"{FAMILIES[spec.family].config_class.__name__} fields: {sorted(known)})")
+            f"{FAMILIES[spec.family].config_class.__name__} fields: {sorted(known)})"
+        )
     input_size = pretrained.get("input_size")
     if isinstance(input_size, (list, tuple)) and len(input_size) == 3:
         if "in_chans" not in model_args and "in_chans" in known:

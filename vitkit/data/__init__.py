@@ -18,11 +18,31 @@ from .splits import channel_stats, stratified_split
 from .transforms import ImageTransform, create_transform, load_image, resolve_data_config, resolve_model_data_config
 
 __all__ = [
-    "DATASETS", "DataFormatError", "DatasetSplits", "ImageFolderDataset", "Split", "TarShardDataset", "UnsafePickleError",
-    "channel_stats", "list_datasets", "load_dataset", "load_digits", "read_cifar_batch", "read_idx",
-    "safe_load", "scan_image_folder", "stratified_split", "to_float01", "write_idx",
+    "DATASETS",
+    "DataFormatError",
+    "DatasetSplits",
+    "ImageFolderDataset",
+    "Split",
+    "TarShardDataset",
+    "UnsafePickleError",
+    "channel_stats",
+    "list_datasets",
+    "load_dataset",
+    "load_digits",
+    "read_cifar_batch",
+    "read_idx",
+    "safe_load",
+    "scan_image_folder",
+    "stratified_split",
+    "to_float01",
+    "write_idx",
     # preprocessing (vitkit/data/transforms.py): timm's data config and evaluation transform, one image decoder
-    "ImageTransform", "create_transform", "load_image", "resolve_data_config", "resolve_model_data_config",
+    "ImageTransform",
+    "create_transform",
+    "load_image",
+    "resolve_data_config",
+    "resolve_model_data_config",
     # the errors of a folder that cannot be listed and of a damaged or hostile shard (docs/data.md, Untrusted files)
-    "FolderScanError", "ShardFormatError",
+    "FolderScanError",
+    "ShardFormatError",
 ]

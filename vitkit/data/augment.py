@@ -46,8 +46,23 @@ _FILL = 128 / 255  # timm fills the corners uncovered by rotate/shear/translate 
 _GREY = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights
 
 # timm's _RAND_TRANSFORMS and _RAND_INCREASING_TRANSFORMS
-RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RAND_OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
 
 
@@ -79,8 +94,10 @@ class RandAugmentSpec:
 
 def parse_randaugment(spec: str) -> RandAugmentSpec:
     """Parse timm's RandAugment notation: `rand-m9-n2[-mstd0.5][-mmax10][-inc1][-p0.5]`."""
-    usage = ("expected timm's RandAugment notation 'rand-m<magnitude>-n<ops>' with optional '-mstd<std>', "
-             "'-mmax<max>', '-inc<0|1>', '-p<prob>', e.g. 'rand-m9-n2' or 'rand-m9-n2-mstd0.5'")
+    usage = (
+        "expected timm's RandAugment notation 'rand-m<magnitude>-n<ops>' with optional '-mstd<std>', "
+        "'-mmax<max>', '-inc<0|1>', '-p<prob>', e.g. 'rand-m9-n2' or 'rand-m9-n2-mstd0.5'"
+    )
     if not isinstance(spec, str):
         raise ValueError(f"randaugment={spec!r}: {usage}")
     parts = spec.strip().split("-")
@@ -134,8 +151,9 @@ def _to8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.int64)
 
 
-def _affine(x: torch.Tensor, mat: torch.Tensor, shift: torch.Tensor, fill: float | None,
-            padding_mode: str = "zeros") -> torch.Tensor:
+def _affine(
+    x: torch.Tensor, mat: torch.Tensor, shift: torch.Tensor, fill: float | None, padding_mode: str = "zeros"
+) -> torch.Tensor:
     """Resample x (n, C, H, W): input point = mat @ output point + shift, in pixel units about the centre.
 
     `mat` (n, 2, 2) and `shift` (n, 2) act on (x, y) with y pointing down. Bilinear; outside the image
@@ -233,8 +251,13 @@ class BatchAugment:
     `F.cross_entropy(logits, y_soft)` and no further label smoothing.
     """
 
-    def __init__(self, cfg: AugmentConfig, num_classes: int, label_smoothing: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -267,8 +290,9 @@ class BatchAugment:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(c.random_resized_crop or c.hflip > 0 or self.rand_spec is not None or c.random_erasing > 0
-                    or self.mixing)
+        return bool(
+            c.random_resized_crop or c.hflip > 0 or self.rand_spec is not None or c.random_erasing > 0 or self.mixing
+        )
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.cfg}, num_classes={self.num_classes}, label_smoothing={self.label_smoothing})"
@@ -415,8 +439,9 @@ class BatchAugment:
                     m, s = mag[sel], sign[sel]
                     if name == "Rotate":
                         a = torch.deg2rad(m * 30.0 * s)
-                        mat[sel] = torch.stack([torch.stack([a.cos(), -a.sin()], -1),
-                                                torch.stack([a.sin(), a.cos()], -1)], -2)
+                        mat[sel] = torch.stack(
+                            [torch.stack([a.cos(), -a.sin()], -1), torch.stack([a.sin(), a.cos()], -1)], -2
+                        )
                     elif name == "ShearX":  # PIL shears about the top-left corner
                         f = m * 0.3 * s
                         mat[sel, 0, 1] = f
@@ -498,7 +523,14 @@ class BatchAugment:
 
 
 _PIXEL_OPS = {
-    "AutoContrast": auto_contrast, "Equalize": equalize, "Invert": lambda x: 1 - x, "Posterize": posterize,
-    "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color, "Contrast": contrast,
-    "Brightness": brightness, "Sharpness": sharpness,
+    "AutoContrast": auto_contrast,
+    "Equalize": equalize,
+    "Invert": lambda x: 1 - x,
+    "Posterize": posterize,
+    "Solarize": solarize,
+    "SolarizeAdd": solarize_add,
+    "Color": color,
+    "Contrast": contrast,
+    "Brightness": brightness,
+    "Sharpness": sharpness,
 }

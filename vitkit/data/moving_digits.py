@@ -38,28 +38,52 @@ logger = logging.getLogger("vitkit")
 __all__ = ["DIRECTIONS", "load_moving_digits", "make_moving_digits"]
 
 # (name, (dy, dx)) in label order; image rows grow downwards.
-DIRECTIONS = [("right", (0, 1)), ("left", (0, -1)), ("down", (1, 0)), ("up", (-1, 0)),
-              ("down-right", (1, 1)), ("up-left", (-1, -1)), ("down-left", (1, -1)), ("up-right", (-1, 1))]
+DIRECTIONS = [
+    ("right", (0, 1)),
+    ("left", (0, -1)),
+    ("down", (1, 0)),
+    ("up", (-1, 0)),
+    ("down-right", (1, 1)),
+    ("up-left", (-1, -1)),
+    ("down-left", (1, -1)),
+    ("up-right", (-1, 1)),
+]
 NUM_FRAMES = 8
 DIGIT_SIZE = 14
 SPEEDS = (1, 2)  # pixels per frame
 
 
-def make_moving_digits(digits: torch.Tensor, digit_labels: torch.Tensor, num_clips: int, *,
-                       num_frames: int = NUM_FRAMES, size: int = 28, digit_size: int = DIGIT_SIZE,
-                       directions: int = 4, speeds: tuple[int, ...] = SPEEDS,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_moving_digits(
+    digits: torch.Tensor,
+    digit_labels: torch.Tensor,
+    num_clips: int,
+    *,
+    num_frames: int = NUM_FRAMES,
+    size: int = 28,
+    digit_size: int = DIGIT_SIZE,
+    directions: int = 4,
+    speeds: tuple[int, ...] = SPEEDS,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clips uint8 (N, 1, T, size, size), direction labels (N,), digit classes (N,)) from uint8
     (M, 1, h, w) digits. Vectorised: one scatter of all digit pixels into the canvases."""
     if directions not in (4, 8):
         raise ValueError(f"directions must be 4 or 8, got {directions}")
     free = size - digit_size
     if free < max(speeds) * (num_frames - 1):
-        raise ValueError(f"a {size}x{size} canvas is too small for a {digit_size}-pixel digit moving "
-                         f"{max(speeds)} px/frame for {num_frames} frames: use a larger img_size or fewer frames")
+        raise ValueError(
+            f"a {size}x{size} canvas is too small for a {digit_size}-pixel digit moving "
+            f"{max(speeds)} px/frame for {num_frames} frames: use a larger img_size or fewer frames"
+        )
     g = generator
-    small = F.interpolate(digits.float(), size=(digit_size, digit_size), mode="bilinear", antialias=True,
-                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[:, 0]  # (M, d, d)
+    small = (
+        F.interpolate(
+            digits.float(), size=(digit_size, digit_size), mode="bilinear", antialias=True, align_corners=False
+        )
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)[:, 0]
+    )  # (M, d, d)
     pick = torch.randint(len(digits), (num_clips,), generator=g)
     label = torch.randint(directions, (num_clips,), generator=g)
     speed = torch.tensor(speeds)[torch.randint(len(speeds), (num_clips,), generator=g)]
@@ -92,9 +116,19 @@ def _mnist_digits(data_dir, seed: int):
     return mnist.train, mnist.test
 
 
-def load_moving_digits(data_dir=None, val_fraction: float = 0.1, seed: int = 0, strict: bool = False,
-                       img_size=None, test_fraction: float = 0.2, *, num_train: int = 8000, num_test: int = 2000,
-                       num_frames: int = NUM_FRAMES, directions: int = 4):
+def load_moving_digits(
+    data_dir=None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    strict: bool = False,
+    img_size=None,
+    test_fraction: float = 0.2,
+    *,
+    num_train: int = 8000,
+    num_test: int = 2000,
+    num_frames: int = NUM_FRAMES,
+    directions: int = 4,
+):
     """`load_dataset("moving_digits")`: train/val/test `Split`s of (N, 1, T, H, W) uint8 clips.
 
     `img_size` is the canvas (default 28); `seed` fixes the clips and the validation split;

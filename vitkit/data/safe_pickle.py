@@ -64,14 +64,19 @@ _ALLOWED_OBJECTS = {
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _codecs.encode,  # how protocol <= 2 writes bytes from Python 3
     # plain data builtins (no callables with side effects); "__builtin__" is Python 2's name
-    **{(mod, n): getattr(builtins, n) for mod in ("builtins", "__builtin__")
-       for n in ("set", "frozenset", "bytearray", "complex", "slice")},
+    **{
+        (mod, n): getattr(builtins, n)
+        for mod in ("builtins", "__builtin__")
+        for n in ("set", "frozenset", "bytearray", "complex", "slice")
+    },
 }
 
 
 def _refuse(source: str, what: str) -> UnsafePickleError:
-    return UnsafePickleError(f"refusing to load {source}: {what}; data pickles hold numpy arrays whose bytes are "
-                             "in the file. Is this the right file?")
+    return UnsafePickleError(
+        f"refusing to load {source}: {what}; data pickles hold numpy arrays whose bytes are "
+        "in the file. Is this the right file?"
+    )
 
 
 def _nbytes(shape: Any, dtype: Any, source: str) -> int:
@@ -101,8 +106,10 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
             raise _refuse(self._source, f"_reconstruct of {subtype!r}")
         n = _nbytes(shape, dtype, self._source)
         if n > self._size:
-            raise _refuse(self._source, f"an array of {n:,} bytes (shape {tuple(shape)}) declared by a pickle of "
-                                        f"{self._size:,} bytes")
+            raise _refuse(
+                self._source,
+                f"an array of {n:,} bytes (shape {tuple(shape)}) declared by a pickle of {self._size:,} bytes",
+            )
         return _numpy_attr(*_RECONSTRUCT)(subtype, shape, dtype)
 
     def _bytes_of(self, kind: type):
@@ -110,6 +117,7 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
             if len(args) > 3 or (args and not isinstance(args[0], (bytes, bytearray, str))):
                 raise _refuse(self._source, f"{kind.__name__}() from something other than bytes or str")
             return kind(*args)
+
         return make
 
     def load_build(self) -> None:
@@ -129,8 +137,9 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
         n = _nbytes(shape, dtype, self._source)
         if not isinstance(raw, (bytes, bytearray, str)) or len(raw) != n:
             got = f"{len(raw):,} bytes" if isinstance(raw, (bytes, bytearray, str)) else type(raw).__name__
-            raise _refuse(self._source, f"an array of shape {tuple(shape)} {dtype} needs {n:,} bytes, the pickle "
-                                        f"holds {got}")
+            raise _refuse(
+                self._source, f"an array of shape {tuple(shape)} {dtype} needs {n:,} bytes, the pickle holds {got}"
+            )
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -167,8 +176,9 @@ def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
         raise
     # name the file: a truncated download, or not a pickle
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError) as e:
-        raise pickle.UnpicklingError(f"could not read {source}: the pickle is truncated or corrupt "
-                                     f"({type(e).__name__}: {e or 'no data'})") from None
+        raise pickle.UnpicklingError(
+            f"could not read {source}: the pickle is truncated or corrupt ({type(e).__name__}: {e or 'no data'})"
+        ) from None
 
 
 def safe_loads(data: bytes, source: str = "<pickle>") -> Any:

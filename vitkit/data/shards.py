@@ -67,8 +67,17 @@ from .splits import channel_stats
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["ShardBatches", "ShardFormatError", "TarShardDataset", "expand_shards", "is_url", "iter_tar_samples",
-           "load_shard_splits", "split_of", "write_shards"]
+__all__ = [
+    "ShardBatches",
+    "ShardFormatError",
+    "TarShardDataset",
+    "expand_shards",
+    "is_url",
+    "iter_tar_samples",
+    "load_shard_splits",
+    "split_of",
+    "write_shards",
+]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 META_FILE = "dataset.json"  # classes / in_chans / img_size, written next to the shards by write_shards
@@ -104,12 +113,14 @@ def _brace(spec: str) -> list[str]:
     """Bash-style brace expansion as webdataset uses it: `{000..009}` (zero-padded ranges) and `{a,b}`."""
     count = _brace_count(spec)
     if count > MAX_SHARDS:
-        raise ShardFormatError(f"shard pattern {spec!r} expands to {count:,} paths, more than {MAX_SHARDS:,}: "
-                               "check the range (write it low..high with the numbers of the shards that exist)")
+        raise ShardFormatError(
+            f"shard pattern {spec!r} expands to {count:,} paths, more than {MAX_SHARDS:,}: "
+            "check the range (write it low..high with the numbers of the shards that exist)"
+        )
     m = re.search(r"\{([^{}]*)\}", spec)
     if m is None:
         return [spec]
-    head, body, tail = spec[: m.start()], m.group(1), spec[m.end():]
+    head, body, tail = spec[: m.start()], m.group(1), spec[m.end() :]
     rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if rng:
         lo, hi = rng.groups()
@@ -143,7 +154,8 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
         raise FileNotFoundError(
             f"shards: {len(missing)} of {len(paths)} shard file(s) of {spec!r} do not exist "
             f"(first: {missing[0] if missing else spec}); pass --data.data_dir='DIR/train-{{000000..000009}}.tar' "
-            "with the range of the shards on disk, a glob, or the directory")
+            "with the range of the shards on disk, a glob, or the directory"
+        )
     return paths
 
 
@@ -157,7 +169,7 @@ def _sibling_split(train: list[str], split: str, meta: dict | None = None) -> li
         return [train[0].rsplit("/", 1)[0] + "/" + n for n in names]
     if not all("train" in Path(p).name for p in train):
         return None
-    for variant in ((split,) if split == "test" else ("val", "valid", "validation")):
+    for variant in (split,) if split == "test" else ("val", "valid", "validation"):
         pattern = str(Path(train[0]).parent / re.sub(r"train-?\d*", f"{variant}-*", Path(train[0]).name, count=1))
         found = sorted(glob.glob(pattern))
         if found:
@@ -193,8 +205,9 @@ def _open_shard(shard: str):
     try:
         from webdataset import gopen
     except ImportError:
-        raise ImportError(f"shard {shard}: URLs are read through webdataset: pip install 'vitkit[shards]' "
-                          "(or webdataset)") from None
+        raise ImportError(
+            f"shard {shard}: URLs are read through webdataset: pip install 'vitkit[shards]' (or webdataset)"
+        ) from None
     try:
         return gopen(shard, "rb")
     except Exception as e:  # noqa: BLE001 - gopen raises what its scheme's opener raises
@@ -226,17 +239,22 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
                     if ke is None:
                         continue
                     key, ext = ke
-                    limit, name = (MAX_LABEL_BYTES, "MAX_LABEL_BYTES") if ext in ("cls", "json") else \
-                        (MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES")
+                    limit, name = (
+                        (MAX_LABEL_BYTES, "MAX_LABEL_BYTES")
+                        if ext in ("cls", "json")
+                        else (MAX_MEMBER_BYTES, "MAX_MEMBER_BYTES")
+                    )
                     if plain and member.offset_data + member.size > size:
                         raise ShardFormatError(
                             f"shard {shard} is truncated: member {member.name} declares {member.size:,} bytes from "
-                            f"offset {member.offset_data:,}, the file ends at {size:,}; write or download it again")
+                            f"offset {member.offset_data:,}, the file ends at {size:,}; write or download it again"
+                        )
                     if member.size > limit:
                         raise ShardFormatError(
                             f"shard {shard}: member {member.name} declares {member.size:,} bytes, more than "
                             f"{limit:,} (vitkit.data.shards.{name}); "
-                            "the shard is damaged, or raise the limit if the member is genuine")
+                            "the shard is damaged, or raise the limit if the member is genuine"
+                        )
                     data = tar.extractfile(member).read() if want(ext) else None
                     last = member.name
                     yield key, ext, data
@@ -256,8 +274,9 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
             if is_url(shard) and last is None:
                 raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
             where = f" after member {last}" if last else ""
-            raise ShardFormatError(f"shard {shard}: truncated or corrupt{where} ({type(e).__name__}: {e}); "
-                                   "write or download it again") from None
+            raise ShardFormatError(
+                f"shard {shard}: truncated or corrupt{where} ({type(e).__name__}: {e}); write or download it again"
+            ) from None
     finally:
         try:
             raw.close()  # a URL's close reports how its reader exited (curl's status, ...)
@@ -265,9 +284,13 @@ def _members(shard: str, want: Callable[[str], bool]) -> Iterator[tuple[str, str
             if done:  # otherwise an error is on its way already, or the reader stopped early
                 raise ShardFormatError(f"shard {shard}: cannot read it ({type(e).__name__}: {e})") from None
     if not isinstance(end, tarfile.EOFHeaderError):
-        why = "it ends inside a header" if isinstance(end, tarfile.TruncatedHeaderError) else \
-            "it ends without tar's end-of-archive block" if isinstance(end, tarfile.EmptyHeaderError) else \
-            f"a damaged header follows ({end})"
+        why = (
+            "it ends inside a header"
+            if isinstance(end, tarfile.TruncatedHeaderError)
+            else "it ends without tar's end-of-archive block"
+            if isinstance(end, tarfile.EmptyHeaderError)
+            else f"a damaged header follows ({end})"
+        )
         where = f" after member {last}" if last else ""
         raise ShardFormatError(f"shard {shard} is truncated or corrupt{where}: {why}; write or download it again")
 
@@ -322,15 +345,20 @@ def index_shards(shards: Sequence[str], progress: bool = True) -> list[tuple[str
     out: dict[str, int | None] = {}
     where: dict[str, str] = {}
     repeated = 0
-    for shard in tqdm(shards, desc="indexing shards", unit="shard", disable=not progress or len(shards) < 8,
-                      leave=False):
+    for shard in tqdm(
+        shards, desc="indexing shards", unit="shard", disable=not progress or len(shards) < 8, leave=False
+    ):
         previous = None
         for key, ext, data in _members(shard, lambda ext: ext in ("cls", "json")):
             if key != previous and key in where:  # not the next member of the same sample: a repeated key
                 repeated += 1
                 if repeated == 1:
-                    logger.warning("shard %s: key %r already appears in %s; such samples are read as often as "
-                                   "they appear", shard, key, where[key])
+                    logger.warning(
+                        "shard %s: key %r already appears in %s; such samples are read as often as they appear",
+                        shard,
+                        key,
+                        where[key],
+                    )
             previous = key
             where.setdefault(key, shard)
             out.setdefault(key, None)
@@ -344,7 +372,8 @@ def index_shards(shards: Sequence[str], progress: bool = True) -> list[tuple[str
                 raise ShardFormatError(
                     f"shard {shard}: sample {key!r} has label {label}, but the same key has label {out[key]} in "
                     f"{where[key]}; keys must be unique across the shards (write them again, e.g. with "
-                    "`vitkit make-shards`)")
+                    "`vitkit make-shards`)"
+                )
             out[key] = label
     if repeated > 1:
         logger.warning("%d repeated sample keys across %d shard(s)", repeated, len(shards))
@@ -358,10 +387,21 @@ class TarShardDataset(IterableDataset):
     its own shard order) for training; `num_samples` (the split's size) is what `len()` returns.
     """
 
-    def __init__(self, shards: Sequence[str | Path], in_chans: int = 3, img_size: int | tuple[int, int] | None = None,
-                 rank: int | None = None, world_size: int | None = None, shuffle_shards: bool = False,
-                 seed: int = 0, strict: bool = False, keep: Callable[[str], bool] | None = None,
-                 repeat: bool = False, shuffle_buffer: int = 0, num_samples: int | None = None):
+    def __init__(
+        self,
+        shards: Sequence[str | Path],
+        in_chans: int = 3,
+        img_size: int | tuple[int, int] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_shards: bool = False,
+        seed: int = 0,
+        strict: bool = False,
+        keep: Callable[[str], bool] | None = None,
+        repeat: bool = False,
+        shuffle_buffer: int = 0,
+        num_samples: int | None = None,
+    ):
         if not shards:
             raise ValueError("TarShardDataset needs at least one shard path")
         self.shards = [str(s) for s in shards]
@@ -376,8 +416,10 @@ class TarShardDataset(IterableDataset):
             ready = dist.is_available() and dist.is_initialized()
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
         if len(self.shards) < world_size:
-            raise ValueError(f"{len(self.shards)} shard(s) for {world_size} processes: every process needs at least "
-                             "one shard; write more, smaller shards (vitkit make-shards --maxcount)")
+            raise ValueError(
+                f"{len(self.shards)} shard(s) for {world_size} processes: every process needs at least "
+                "one shard; write more, smaller shards (vitkit make-shards --maxcount)"
+            )
         self.rank, self.world_size = rank, world_size
         self.shuffle_shards, self.seed, self.strict, self.epoch = shuffle_shards, seed, strict, 0
         self.keep, self.repeat, self.shuffle_buffer, self.num_samples = keep, repeat, shuffle_buffer, num_samples
@@ -408,8 +450,11 @@ class TarShardDataset(IterableDataset):
             from .transforms import load_image
 
             im = load_image(sample[ext], self.in_chans)
-            a = np.asarray(im, dtype=np.uint8) if self.preprocess is None else \
-                self.preprocess.to_uint8(im).permute(1, 2, 0).numpy()
+            a = (
+                np.asarray(im, dtype=np.uint8)
+                if self.preprocess is None
+                else self.preprocess.to_uint8(im).permute(1, 2, 0).numpy()
+            )
         except Exception as e:
             if self.strict:
                 raise ValueError(f"sample {key!r}: {type(e).__name__}: {e}") from e
@@ -435,8 +480,9 @@ class TarShardDataset(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         samples = self._samples(worker, num_workers)
         if self.shuffle_buffer > 1:
-            samples = _shuffled(samples, self.shuffle_buffer,
-                                random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}"))
+            samples = _shuffled(
+                samples, self.shuffle_buffer, random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
+            )
         for sample in samples:
             out = self._decode(sample)
             if out is not None:
@@ -460,19 +506,40 @@ def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
 class ShardBatches:
     """The engine's per-epoch batches for a stream (the same interface as `train.engine.Batches`)."""
 
-    def __init__(self, data: TarShardDataset, batch_size: int, rank: int, world: int, seed: int,
-                 num_workers: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER) -> None:
+    def __init__(
+        self,
+        data: TarShardDataset,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        num_workers: int = 0,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+    ) -> None:
         if batch_size % world:
             raise ValueError(f"--run.batch_size={batch_size} must be divisible by the number of processes ({world})")
         if len(data) < batch_size:
-            raise ValueError(f"the training shards hold {len(data)} samples, fewer than one batch ({batch_size}): "
-                             "lower --run.batch_size")
+            raise ValueError(
+                f"the training shards hold {len(data)} samples, fewer than one batch ({batch_size}): "
+                "lower --run.batch_size"
+            )
         self.num_workers = min(num_workers, len(data.shards[rank::world]))
         # a buffer larger than one worker's share would mix the next pass into this one
         buffer = min(shuffle_buffer, len(data) // world // max(1, self.num_workers))
-        self.data = TarShardDataset(data.shards, data.in_chans, data.img_size, rank, world, shuffle_shards=True,
-                                    seed=seed, strict=data.strict, keep=data.keep, repeat=True,
-                                    shuffle_buffer=buffer, num_samples=len(data))
+        self.data = TarShardDataset(
+            data.shards,
+            data.in_chans,
+            data.img_size,
+            rank,
+            world,
+            shuffle_shards=True,
+            seed=seed,
+            strict=data.strict,
+            keep=data.keep,
+            repeat=True,
+            shuffle_buffer=buffer,
+            num_samples=len(data),
+        )
         self.per_rank = batch_size // world
         self.steps = len(data) // batch_size
 
@@ -507,8 +574,9 @@ def _read_meta(shards: list[str]) -> dict:
     if not path.is_file():
         return {}
     if path.stat().st_size > MAX_LABEL_BYTES:
-        raise ShardFormatError(f"shards: {path} is larger than {MAX_LABEL_BYTES:,} bytes; it is not vitkit's "
-                               f"{META_FILE}")
+        raise ShardFormatError(
+            f"shards: {path} is larger than {MAX_LABEL_BYTES:,} bytes; it is not vitkit's {META_FILE}"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -521,8 +589,10 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
     from .datasets import DatasetSplits
 
     if data_dir is None:
-        raise ValueError("shards: pass --data.data_dir='DIR/train-{000000..000009}.tar' (a brace pattern, a glob "
-                         "or the shard directory); write shards with `vitkit make-shards DATASET DIR`")
+        raise ValueError(
+            "shards: pass --data.data_dir='DIR/train-{000000..000009}.tar' (a brace pattern, a glob "
+            "or the shard directory); write shards with `vitkit make-shards DATASET DIR`"
+        )
     train_shards = expand_shards(data_dir)
     meta = _read_meta(train_shards)
     given = {s: _sibling_split(train_shards, s, meta) for s in ("val", "test")}
@@ -541,7 +611,8 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
             raise ShardFormatError(
                 f"shards: sample {key!r} has label {top:,}; without {META_FILE} the classes are 0..the largest "
                 f"label, and more than {MAX_INFERRED_CLASSES:,} classes is not a label set. Fix the label, or "
-                f"write {META_FILE} next to the shards with the class names ({{\"classes\": [...]}})")
+                f'write {META_FILE} next to the shards with the class names ({{"classes": [...]}})'
+            )
         classes = [str(i) for i in range(top + 1)]
     else:
         raise ValueError(f"shards: no sample in {train_shards[0]}... has a .cls or .json label")
@@ -551,8 +622,10 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
         if found:
             k, y = found[0]
             src = f"{META_FILE} lists" if "classes" in meta else "the train shards have"
-            raise ShardFormatError(f"shards: sample {k!r} of {shards[0]}... has label {y}, but {src} {len(classes)} "
-                                   f"classes (0..{len(classes) - 1}); {len(found)} sample(s) are out of range")
+            raise ShardFormatError(
+                f"shards: sample {k!r} of {shards[0]}... has label {y}, but {src} {len(classes)} "
+                f"classes (0..{len(classes) - 1}); {len(found)} sample(s) are out of range"
+            )
 
     check_labels(index, train_shards)
     if counts["train"] == 0:
@@ -584,8 +657,9 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
     mean, std = channel_stats(torch.stack([x for x, _ in stats]))
 
     def dataset(shards, split, n):
-        return TarShardDataset(shards, in_chans, size, 0, 1, strict=strict, keep=in_split(split) if split else None,
-                               num_samples=n)
+        return TarShardDataset(
+            shards, in_chans, size, 0, 1, strict=strict, keep=in_split(split) if split else None, num_samples=n
+        )
 
     def given_split(split):
         shards = given[split]
@@ -599,14 +673,20 @@ def load_shard_splits(data_dir, val_fraction: float, seed: int, strict: bool, im
         val = given_split("val")
     else:
         val = dataset(train_shards, "val", counts["val"]) if val_fraction > 0 and counts["val"] else None
-    logger.info("shards: %d train shard(s), %d/%s/%d train/val/test samples", len(train_shards), len(train),
-                len(val) if val is not None else 0, len(test))
+    logger.info(
+        "shards: %d train shard(s), %d/%s/%d train/val/test samples",
+        len(train_shards),
+        len(train),
+        len(val) if val is not None else 0,
+        len(test),
+    )
     return DatasetSplits("shards", train, val, test, classes, mean, std, in_chans, size)
 
 
 # ------------------------------------------------------------------------------------ writing
-def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: bool = True, seed: int = 0,
-                 progress: bool = True) -> dict[str, list[Path]]:
+def write_shards(
+    splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: bool = True, seed: int = 0, progress: bool = True
+) -> dict[str, list[Path]]:
     """Write a `DatasetSplits` (any `load_dataset` result) as `{split}-{i:06d}.tar` shards of at most
     `maxcount` PNG + .cls samples each, plus `dataset.json` (classes, in_chans, img_size, counts, and
     the shard file names of every split, which is how a reader of URLs finds the val/test shards).
@@ -651,9 +731,14 @@ def write_shards(splits, out_dir: str | Path, maxcount: int = 10_000, shuffle: b
             paths.append(path)
         bar.close()
         written[split], counts[split] = paths, n
-    meta = {"classes": list(splits.classes), "in_chans": splits.in_chans, "img_size": list(splits.img_size),
-            "source": splits.name, "counts": counts,
-            "shards": {split: [p.name for p in paths] for split, paths in written.items()}}  # for URL readers
+    meta = {
+        "classes": list(splits.classes),
+        "in_chans": splits.in_chans,
+        "img_size": list(splits.img_size),
+        "source": splits.name,
+        "counts": counts,
+        "shards": {split: [p.name for p in paths] for split, paths in written.items()},
+    }  # for URL readers
     atomic_write(out / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return written
 
@@ -672,16 +757,23 @@ def _uint8_item(data, i: int) -> tuple[np.ndarray, int]:
 
 def add_parser(sub) -> None:
     """`vitkit make-shards`: the sub-parser (registered in vitkit/cli.py)."""
-    p = sub.add_parser("make-shards", help="write a dataset as WebDataset tar shards (train/val/test-NNNNNN.tar)",
-                       description="Write any dataset `vitkit train` reads as WebDataset tar shards (PNG + .cls "
-                                   "per sample) plus dataset.json; train on them with --data.name=shards "
-                                   "--data.data_dir='OUT/train-{000000..N}.tar'.")
+    p = sub.add_parser(
+        "make-shards",
+        help="write a dataset as WebDataset tar shards (train/val/test-NNNNNN.tar)",
+        description="Write any dataset `vitkit train` reads as WebDataset tar shards (PNG + .cls "
+        "per sample) plus dataset.json; train on them with --data.name=shards "
+        "--data.data_dir='OUT/train-{000000..N}.tar'.",
+    )
     p.add_argument("dataset", help="a dataset name (digits, mnist, fashion_mnist, cifar10, folder, ...)")
     p.add_argument("out", help="output directory")
     p.add_argument("--data-dir", default=None, help="where the dataset is (as --data.data_dir of vitkit train)")
     p.add_argument("--maxcount", type=int, default=10_000, help="samples per shard (default 10000)")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="also write val shards carved from train (default 0: train and test only)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="also write val shards carved from train (default 0: train and test only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the shuffle before writing")
     p.add_argument("--no-shuffle", action="store_true", help="keep the source order")
     p.set_defaults(func=cmd_make_shards)
@@ -695,5 +787,7 @@ def cmd_make_shards(args) -> int:
     for split, paths in written.items():
         last = len(paths) - 1
         print(f"{split}: {len(paths)} shard(s), {args.out}/{split}-{{000000..{last:06d}}}.tar")
-    print(f"train with: vitkit train --data.name=shards --data.data_dir='{args.out}/train-{{000000..{len(written['train']) - 1:06d}}}.tar'")
+    print(
+        f"train with: vitkit train --data.name=shards --data.data_dir='{args.out}/train-{{000000..{len(written['train']) - 1:06d}}}.tar'"
+    )
     return 0

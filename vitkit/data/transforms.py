@@ -49,8 +49,17 @@ import torch
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["DEFAULT_CROP_MODE", "DEFAULT_CROP_PCT", "ImageTransform", "RandomCropFiles", "RandomResizedCrop",
-           "create_transform", "load_image", "resolve_data_config", "resolve_model_data_config"]
+__all__ = [
+    "DEFAULT_CROP_MODE",
+    "DEFAULT_CROP_PCT",
+    "ImageTransform",
+    "RandomCropFiles",
+    "RandomResizedCrop",
+    "create_transform",
+    "load_image",
+    "resolve_data_config",
+    "resolve_model_data_config",
+]
 
 # timm.data.constants
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -71,8 +80,13 @@ def _pil():
 
 
 # ------------------------------------------------------------------------------------ data config
-def resolve_data_config(args: Mapping[str, Any] | Any | None = None, pretrained_cfg: Mapping[str, Any] | None = None,
-                        model: Any = None, use_test_size: bool = False, verbose: bool = False) -> dict[str, Any]:
+def resolve_data_config(
+    args: Mapping[str, Any] | Any | None = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
+    model: Any = None,
+    use_test_size: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """timm's `resolve_data_config`: {input_size, interpolation, mean, std, crop_pct, crop_mode}.
 
     `args` (a dict, or an object whose attributes are read such as an argparse Namespace) wins over
@@ -124,8 +138,10 @@ def resolve_data_config(args: Mapping[str, Any] | Any | None = None, pretrained_
             if len(value) == 1:
                 value = value * in_chans
             elif len(value) != in_chans:
-                raise ValueError(f"{key}={args[key]!r} has {len(value)} values for {in_chans} channels: give one "
-                                 f"per channel, or one for all")
+                raise ValueError(
+                    f"{key}={args[key]!r} has {len(value)} values for {in_chans} channels: give one "
+                    f"per channel, or one for all"
+                )
             config[key] = value
         elif pretrained_cfg.get(key):
             config[key] = pretrained_cfg[key]
@@ -152,12 +168,17 @@ def resolve_data_config(args: Mapping[str, Any] | Any | None = None, pretrained_
     return config
 
 
-def resolve_model_data_config(model: Any, args: Mapping[str, Any] | None = None,
-                              pretrained_cfg: Mapping[str, Any] | None = None, use_test_size: bool = False,
-                              verbose: bool = False) -> dict[str, Any]:
+def resolve_model_data_config(
+    model: Any,
+    args: Mapping[str, Any] | None = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
+    use_test_size: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """timm's `resolve_model_data_config`: `resolve_data_config` with the model first."""
-    return resolve_data_config(args=args, pretrained_cfg=pretrained_cfg, model=model, use_test_size=use_test_size,
-                               verbose=verbose)
+    return resolve_data_config(
+        args=args, pretrained_cfg=pretrained_cfg, model=model, use_test_size=use_test_size, verbose=verbose
+    )
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -210,8 +231,10 @@ def load_image(source: str | Path | bytes | BinaryIO, in_chans: int = 3):
     except FileNotFoundError:
         raise FileNotFoundError(f"image {name} does not exist") from None
     except Image.DecompressionBombError as e:  # the header's size alone, before any pixel is decoded
-        raise ValueError(f"{name} is refused: {e} (Pillow's guard against decompression bombs). If the image is "
-                         f"genuine, downscale it first") from None
+        raise ValueError(
+            f"{name} is refused: {e} (Pillow's guard against decompression bombs). If the image is "
+            f"genuine, downscale it first"
+        ) from None
     except IsADirectoryError:
         raise ValueError(f"{name} is a directory, not an image file") from None
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -233,10 +256,16 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
 class ImageTransform:
     """timm's evaluation transform on a PIL image (see the module docstring); picklable."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, interpolation: str = "bilinear",
-                 crop_pct: float | None = None, crop_mode: str | None = None,
-                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
-                 normalize: bool = True) -> None:
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        interpolation: str = "bilinear",
+        crop_pct: float | None = None,
+        crop_mode: str | None = None,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        normalize: bool = True,
+    ) -> None:
         Image, _ = _pil()
         self.img_size = _size2(img_size)
         if min(self.img_size) < 1:
@@ -261,9 +290,11 @@ class ImageTransform:
         self._filter = getattr(Image.Resampling, interpolation.upper())
 
     def __repr__(self) -> str:
-        return (f"ImageTransform(img_size={self.img_size}, interpolation={self.interpolation!r}, "
-                f"crop_pct={self.crop_pct}, crop_mode={self.crop_mode!r}, mean={self.mean}, std={self.std}, "
-                f"normalize={self.normalize})")
+        return (
+            f"ImageTransform(img_size={self.img_size}, interpolation={self.interpolation!r}, "
+            f"crop_pct={self.crop_pct}, crop_mode={self.crop_mode!r}, mean={self.mean}, std={self.std}, "
+            f"normalize={self.normalize})"
+        )
 
     # -- geometry, as torchvision / timm compute it
     def _resize(self, im, height: int, width: int):
@@ -282,9 +313,12 @@ class ImageTransform:
         _, ImageOps = _pil()
         ch, cw = self.img_size
         if cw > im.width or ch > im.height:
-            border = ((cw - im.width) // 2 if cw > im.width else 0, (ch - im.height) // 2 if ch > im.height else 0,
-                      (cw - im.width + 1) // 2 if cw > im.width else 0,
-                      (ch - im.height + 1) // 2 if ch > im.height else 0)
+            border = (
+                (cw - im.width) // 2 if cw > im.width else 0,
+                (ch - im.height) // 2 if ch > im.height else 0,
+                (cw - im.width + 1) // 2 if cw > im.width else 0,
+                (ch - im.height + 1) // 2 if ch > im.height else 0,
+            )
             im = ImageOps.expand(im, border=border, fill=fill)
             if (im.width, im.height) == (cw, ch):
                 return im
@@ -333,10 +367,18 @@ class ImageTransform:
         return self.normalise(x) if self.normalize else x
 
 
-def create_transform(input_size: int | Sequence[int] = 224, is_training: bool = False, no_aug: bool = False,
-                     interpolation: str = "bilinear", mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                     std: Sequence[float] = IMAGENET_DEFAULT_STD, crop_pct: float | None = None,
-                     crop_mode: str | None = None, normalize: bool = True, **kwargs: Any) -> ImageTransform:
+def create_transform(
+    input_size: int | Sequence[int] = 224,
+    is_training: bool = False,
+    no_aug: bool = False,
+    interpolation: str = "bilinear",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    normalize: bool = True,
+    **kwargs: Any,
+) -> ImageTransform:
     """timm's `create_transform` for evaluation and inference (see the module docstring).
 
     `input_size`: an int, (H, W) or (C, H, W); the other arguments are timm's (`create_transform(
@@ -345,28 +387,41 @@ def create_transform(input_size: int | Sequence[int] = 224, is_training: bool = 
     centre crop)."""
     img_size = input_size[-2:] if isinstance(input_size, (tuple, list)) else input_size
     if kwargs:
-        raise TypeError(f"create_transform got unexpected keyword argument(s) {sorted(kwargs)}: vitkit builds the "
-                        f"evaluation transform (training augmentation: vitkit.data.augment.BatchAugment)")
+        raise TypeError(
+            f"create_transform got unexpected keyword argument(s) {sorted(kwargs)}: vitkit builds the "
+            f"evaluation transform (training augmentation: vitkit.data.augment.BatchAugment)"
+        )
     if is_training:
         if not no_aug:
-            raise ValueError("create_transform(is_training=True) builds no random augmentation: vitkit augments "
-                             "whole batches on the training device (vitkit.data.augment.BatchAugment); pass "
-                             "no_aug=True for timm's no-augmentation training transform, or is_training=False")
+            raise ValueError(
+                "create_transform(is_training=True) builds no random augmentation: vitkit augments "
+                "whole batches on the training device (vitkit.data.augment.BatchAugment); pass "
+                "no_aug=True for timm's no-augmentation training transform, or is_training=False"
+            )
         interpolation = "bilinear" if interpolation == "random" else interpolation
         # torchvision's Resize: an int sizes the shorter side, (H, W) both sides
         mode = "squash" if isinstance(img_size, (tuple, list)) else "center"
-        return ImageTransform(img_size, interpolation, crop_pct=1.0, crop_mode=mode, mean=mean, std=std,
-                              normalize=normalize)
-    return ImageTransform(img_size, interpolation, crop_pct=crop_pct, crop_mode=crop_mode, mean=mean, std=std,
-                          normalize=normalize)
+        return ImageTransform(
+            img_size, interpolation, crop_pct=1.0, crop_mode=mode, mean=mean, std=std, normalize=normalize
+        )
+    return ImageTransform(
+        img_size, interpolation, crop_pct=crop_pct, crop_mode=crop_mode, mean=mean, std=std, normalize=normalize
+    )
 
 
 # ------------------------------------------------------------------------------------ datasets
 def dataset_transform(config: Mapping[str, Any]) -> ImageTransform:
     """The resize and crop of a data config for datasets read from files (uint8 out: vitkit's training
     loop scales and normalises inside the graph, with the config's mean/std)."""
-    return ImageTransform(tuple(config["input_size"][-2:]), config["interpolation"], crop_pct=config["crop_pct"],
-                          crop_mode=config["crop_mode"], mean=config["mean"], std=config["std"], normalize=False)
+    return ImageTransform(
+        tuple(config["input_size"][-2:]),
+        config["interpolation"],
+        crop_pct=config["crop_pct"],
+        crop_mode=config["crop_mode"],
+        mean=config["mean"],
+        std=config["std"],
+        normalize=False,
+    )
 
 
 def apply_data_config(splits: Any, config: Mapping[str, Any]) -> None:
@@ -416,15 +471,20 @@ def checkpoint_data_config(pretrained: bool | str | Path, model: Any) -> dict[st
         try:
             saved = describe_directory(directory, weights=False)[-1]
         except (OSError, ValueError) as e:
-            logger.warning("%s: could not read its preprocessing (%s); using %s's registered one", directory, e,
-                           getattr(model, "model_name", "the model"))
+            logger.warning(
+                "%s: could not read its preprocessing (%s); using %s's registered one",
+                directory,
+                e,
+                getattr(model, "model_name", "the model"),
+            )
         else:
             cfg.update({k: v for k, v in saved.items() if k in DATA_CONFIG_KEYS and v is not None})
     return cfg
 
 
-def training_data_config(splits: Any, model: Any, pretrained: bool | str | Path | None = None,
-                         args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def training_data_config(
+    splits: Any, model: Any, pretrained: bool | str | Path | None = None, args: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The data config of a training run on `splits` with `model`: what its loaders and its normalisation
     use, and what it saves in the model's `pretrained_cfg`.
 
@@ -443,8 +503,10 @@ def training_data_config(splits: Any, model: Any, pretrained: bool | str | Path 
     if files is None:
         fixed = [k for k in ("interpolation", "crop_pct", "crop_mode") if k in args]
         if fixed:
-            raise ValueError(f"--data.{fixed[0]} applies to datasets decoded from image files (folder); "
-                             f"{splits.name} is held in memory at its image size: leave it out")
+            raise ValueError(
+                f"--data.{fixed[0]} applies to datasets decoded from image files (folder); "
+                f"{splits.name} is held in memory at its image size: leave it out"
+            )
     model_config = getattr(model, "config", None)
     h, w = _size2(getattr(model_config, "img_size", None) or splits.img_size)
     in_chans = int(getattr(model_config, "in_chans", None) or splits.in_chans)
@@ -462,8 +524,13 @@ def training_data_config(splits: Any, model: Any, pretrained: bool | str | Path 
         if mean and std and len(mean) == in_chans and len(std) == in_chans:
             cfg.update(mean=tuple(mean), std=tuple(std))
         elif mean or std:
-            logger.warning("the checkpoint's mean/std (%s, %s) are for another number of channels than the "
-                           "data's %d: normalising with the dataset's statistics instead", mean, std, in_chans)
+            logger.warning(
+                "the checkpoint's mean/std (%s, %s) are for another number of channels than the "
+                "data's %d: normalising with the dataset's statistics instead",
+                mean,
+                std,
+                in_chans,
+            )
     config = resolve_data_config(args={**args, "in_chans": in_chans}, pretrained_cfg=cfg)
     config["mean"], config["std"] = tuple(config["mean"]), tuple(config["std"])
     dataset_transform(config)  # checks the values (interpolation, crop mode, std without zeros)
@@ -473,8 +540,11 @@ def training_data_config(splits: Any, model: Any, pretrained: bool | str | Path 
 def data_args(data: Any) -> dict[str, Any]:
     """The preprocessing a training config's data section sets (`--data.interpolation`, `crop_pct`,
     `crop_mode`, `mean`, `std`; the ones left at None are not set)."""
-    return {k: getattr(data, k, None) for k in ("interpolation", "crop_pct", "crop_mode", "mean", "std")
-            if getattr(data, k, None) is not None}
+    return {
+        k: getattr(data, k, None)
+        for k in ("interpolation", "crop_pct", "crop_mode", "mean", "std")
+        if getattr(data, k, None) is not None
+    }
 
 
 # ------------------------------------------------------------------------------------ training crop
@@ -484,8 +554,13 @@ class RandomResizedCrop:
     centre crop clamped to the ratio range; resized to `size` with `interpolation`. With the same
     seed in `rng` as in Python's `random`, it gives timm's crop exactly."""
 
-    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation: str = "bilinear") -> None:
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        interpolation: str = "bilinear",
+    ) -> None:
         Image, _ = _pil()
         self.size = _size2(size)
         self.scale, self.ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
@@ -499,8 +574,10 @@ class RandomResizedCrop:
         self._filter = getattr(Image.Resampling, interpolation.upper())
 
     def __repr__(self) -> str:
-        return (f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
-                f"interpolation={self.interpolation!r})")
+        return (
+            f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"interpolation={self.interpolation!r})"
+        )
 
     def get_params(self, width: int, height: int, rng) -> tuple[int, int, int, int]:
         """(top, left, crop height, crop width), drawn as timm draws them."""

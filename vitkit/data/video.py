@@ -39,8 +39,17 @@ from .folder import scan_image_folder
 
 logger = logging.getLogger("vitkit")
 
-__all__ = ["VIDEO_SUFFIXES", "VideoDecodeError", "VideoFolderDataset", "count_frames", "load_clip", "read_frames",
-           "resize_and_crop", "sample_frame_indices", "scan_video_folder"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "VideoDecodeError",
+    "VideoFolderDataset",
+    "count_frames",
+    "load_clip",
+    "read_frames",
+    "resize_and_crop",
+    "sample_frame_indices",
+    "scan_video_folder",
+]
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv", ".gif"}
 INSTALL_AV = "pip install 'vitkit[video]' (or pip install av)"
@@ -117,8 +126,13 @@ def read_frames(path: str | Path, indices: Sequence[int] | None = None, in_chans
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (T, C, H, W)
 
 
-def sample_frame_indices(num_total: int, num_frames: int, stride: int | None = None, random_offset: bool = False,
-                         generator: torch.Generator | None = None) -> list[int]:
+def sample_frame_indices(
+    num_total: int,
+    num_frames: int,
+    stride: int | None = None,
+    random_offset: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """Frame indices of one clip (see the module docstring): uniform over the video
     (`stride=None`, TSN segments) or every `stride`-th frame; centred, or random with `random_offset`."""
     if num_total < 1 or num_frames < 1:
@@ -136,8 +150,13 @@ def sample_frame_indices(num_total: int, num_frames: int, stride: int | None = N
     return [min(start + i * stride, num_total - 1) for i in range(num_frames)]
 
 
-def resize_and_crop(frames: torch.Tensor, img_size: tuple[int, int], short_side: int | None = None,
-                    random_crop: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def resize_and_crop(
+    frames: torch.Tensor,
+    img_size: tuple[int, int],
+    short_side: int | None = None,
+    random_crop: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """uint8 (T, C, H, W) -> float (T, C, h, w) in [0, 1]: shorter side resized to `short_side`
     (default max(img_size)), bilinear with antialias, then a centre (or random) crop of `img_size`."""
     h, w = img_size
@@ -153,12 +172,20 @@ def resize_and_crop(frames: torch.Tensor, img_size: tuple[int, int], short_side:
         left = int(torch.randint(size[1] - w + 1, (1,), generator=generator))
     else:
         top, left = (size[0] - h) // 2, (size[1] - w) // 2
-    return x[..., top:top + h, left:left + w]
+    return x[..., top : top + h, left : left + w]
 
 
-def load_clip(path: str | Path, num_frames: int, img_size: int | tuple[int, int], *, stride: int | None = None,
-              crop_pct: float = 1.0, in_chans: int = 3, train: bool = False,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def load_clip(
+    path: str | Path,
+    num_frames: int,
+    img_size: int | tuple[int, int],
+    *,
+    stride: int | None = None,
+    crop_pct: float = 1.0,
+    in_chans: int = 3,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One video file -> float (C, T, H, W) in [0, 1]: frames sampled (random offset and crop when
     `train`), shorter side resized to img_size / crop_pct, cropped to img_size."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -177,8 +204,9 @@ def _probe(path: str) -> str | None:
         return str(e)
 
 
-def scan_video_folder(root: str | Path, strict: bool = False,
-                      classes: Sequence[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_video_folder(
+    root: str | Path, strict: bool = False, classes: Sequence[str] | None = None
+) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples [(path, label)], classes) for `root/<class>/**/<video>`, listed as `scan_image_folder`
     lists images; every listed video's container is then probed, and unreadable files are logged by
     name and skipped (or raise with `strict`)."""
@@ -206,9 +234,17 @@ class VideoFolderDataset(Dataset):
     crop (from torch's global RNG, so DataLoader workers draw different ones), else the centred
     clip and crop. Picklable, so it works with DataLoader workers."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], num_frames: int,
-                 img_size: tuple[int, int], stride: int | None = None, in_chans: int = 3, crop_pct: float = 1.0,
-                 train: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        num_frames: int,
+        img_size: tuple[int, int],
+        stride: int | None = None,
+        in_chans: int = 3,
+        crop_pct: float = 1.0,
+        train: bool = False,
+    ) -> None:
         self.samples = list(samples)
         self.classes = list(classes)
         self.num_frames, self.img_size, self.stride = num_frames, tuple(img_size), stride
@@ -220,21 +256,45 @@ class VideoFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        clip = load_clip(path, self.num_frames, self.img_size, stride=self.stride, crop_pct=self.crop_pct,
-                         in_chans=self.in_chans, train=self.train)
+        clip = load_clip(
+            path,
+            self.num_frames,
+            self.img_size,
+            stride=self.stride,
+            crop_pct=self.crop_pct,
+            in_chans=self.in_chans,
+            train=self.train,
+        )
         return clip, label
 
     def subset(self, idx: torch.Tensor, train: bool | None = None) -> VideoFolderDataset:
-        return VideoFolderDataset([self.samples[int(i)] for i in idx], self.classes, self.num_frames, self.img_size,
-                                  self.stride, self.in_chans, self.crop_pct, self.train if train is None else train)
+        return VideoFolderDataset(
+            [self.samples[int(i)] for i in idx],
+            self.classes,
+            self.num_frames,
+            self.img_size,
+            self.stride,
+            self.in_chans,
+            self.crop_pct,
+            self.train if train is None else train,
+        )
 
 
 VIDEO_FOLDER_STATS_SAMPLE = 16  # clips decoded (evenly spaced over the train split) for mean/std
 _LAYOUT = "data_dir/train/<class>/<videos> (+ optional val/ and test/), or a flat data_dir/<class>/<videos>"
 
 
-def load_video_folder(data_dir, val_fraction: float = 0.1, seed: int = 0, strict: bool = False, img_size=None,
-                      test_fraction: float = 0.2, *, num_frames: int = 8, stride: int | None = None):
+def load_video_folder(
+    data_dir,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    strict: bool = False,
+    img_size=None,
+    test_fraction: float = 0.2,
+    *,
+    num_frames: int = 8,
+    stride: int | None = None,
+):
     """`load_dataset("video_folder", data_dir)`: clips of `num_frames` frames at `img_size`
     (default 224), uniform sampling (or every `stride`-th frame); the train split samples a random
     offset and crop per epoch, val/test the centred clip. Missing val/test splits are carved

@@ -19,8 +19,24 @@ from .metrics import (
 )
 
 __all__ = [
-    "DINO_KS", "DINO_TEMPERATURE", "L2_REG", "LinearProbe", "LinearProbeResult", "class_ranks",
-    "confusion_matrix", "extract_features", "few_shot_lsr", "fit_logistic_regression", "knn_classifier",
-    "knn_predict", "knn_scores", "linear_probe", "per_class_accuracy", "per_class_accuracy_from_cm",
-    "plot_confusion_matrix", "ridge_regression", "sample_shots", "topk_accuracy",
+    "DINO_KS",
+    "DINO_TEMPERATURE",
+    "L2_REG",
+    "LinearProbe",
+    "LinearProbeResult",
+    "class_ranks",
+    "confusion_matrix",
+    "extract_features",
+    "few_shot_lsr",
+    "fit_logistic_regression",
+    "knn_classifier",
+    "knn_predict",
+    "knn_scores",
+    "linear_probe",
+    "per_class_accuracy",
+    "per_class_accuracy_from_cm",
+    "plot_confusion_matrix",
+    "ridge_regression",
+    "sample_shots",
+    "topk_accuracy",
 ]

@@ -18,8 +18,15 @@ from ..train.engine import Normalise
 __all__ = ["calibrate_dir"]
 
 
-def calibrate_dir(path, budget: float | None = None, target_gmacs: float | None = None, dataset: str | None = None,
-                  data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, Any]:
+def calibrate_dir(
+    path,
+    budget: float | None = None,
+    target_gmacs: float | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """`vitkit calibrate`: set a saved DVT's thresholds on held-out training data for an average cost
     (`budget` x the last exit's GMACs, or `target_gmacs`), and store them with each exit's GMACs in its
     config.json. The held-out data is the validation split `vitkit train` carved (same fraction and seed)."""
@@ -27,8 +34,10 @@ def calibrate_dir(path, budget: float | None = None, target_gmacs: float | None 
     model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
     model = from_pretrained(model_dir)
     if not isinstance(model, DynamicVisionTransformer):
-        raise ValueError(f"{model_dir} holds a {model.family!r} model; calibration sets the exit thresholds of a "  # noqa: TRY004
-                         f"DVT (dvt_*) model")
+        raise ValueError(
+            f"{model_dir} holds a {model.family!r} model; calibration sets the exit thresholds of a "  # noqa: TRY004
+            f"DVT (dvt_*) model"
+        )
     if (budget is None) == (target_gmacs is None):
         raise ValueError("give exactly one of --budget (a fraction of the last exit's GMACs, e.g. 0.6) or --gmacs")
     if budget is not None and not 0 < budget <= 1:
@@ -48,7 +57,8 @@ def calibrate_dir(path, budget: float | None = None, target_gmacs: float | None 
     model.set_exit_thresholds(result["thresholds"])
     model.config.exit_gmacs = tuple(costs)
     model.config.calibration = {
-        "dataset": name, "split": f"val (val_fraction={val_fraction}, seed={seed})",
+        "dataset": name,
+        "split": f"val (val_fraction={val_fraction}, seed={seed})",
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k != "thresholds"},
     }
     save_pretrained(model, model_dir)

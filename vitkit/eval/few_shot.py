@@ -78,7 +78,11 @@ class _LSRClassifier:
 
 
 def sample_shots(
-    labels: torch.Tensor, shots: int, seed: int, num_classes: int, extra: int = 0,
+    labels: torch.Tensor,
+    shots: int,
+    seed: int,
+    num_classes: int,
+    extra: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of `shots` random examples of every class (and of `extra` more per class, disjoint
     from them, for choosing l2). Raises if a class has too few examples."""
@@ -88,8 +92,10 @@ def sample_shots(
     for c in range(num_classes):
         idx = (labels == c).nonzero().flatten()
         if len(idx) < shots + extra:
-            raise ValueError(f"class {c} has {len(idx)} train examples, fewer than the {shots + extra} needed "
-                             f"for {shots}-shot" + (f" with {extra} held out to choose l2" if extra else ""))
+            raise ValueError(
+                f"class {c} has {len(idx)} train examples, fewer than the {shots + extra} needed "
+                f"for {shots}-shot" + (f" with {extra} held out to choose l2" if extra else "")
+            )
         idx = idx[torch.randperm(len(idx), generator=g)]
         picked.append(idx[:shots])
         held.append(idx[shots : shots + extra])

@@ -98,8 +98,7 @@ def knn_scores(
             votes.scatter_add_(1, neighbours[:, :kk], weights[:, :kk])  # sum of one-hot x weight
             scores[k].append(votes)
     return {
-        k: torch.cat(v) if v else torch.zeros(0, num_classes, device=train_features.device)
-        for k, v in scores.items()
+        k: torch.cat(v) if v else torch.zeros(0, num_classes, device=train_features.device) for k, v in scores.items()
     }
 
 

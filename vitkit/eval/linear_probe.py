@@ -52,7 +52,11 @@ class LinearProbeResult:
 
 
 def fit_logistic_regression(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 500,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int = 500,
 ) -> LinearProbe:
     """Full-batch L-BFGS (strong-Wolfe line search) from zero weights; see the module docstring."""
     x = torch.as_tensor(features).float()
@@ -63,8 +67,13 @@ def fit_logistic_regression(
     W = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
     b = torch.zeros(num_classes, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [W, b], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
@@ -127,8 +136,9 @@ def linear_probe(
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         fit_idx, val_idx = _stratified_split(train_labels, val_fraction, seed)
         if len(val_idx) == 0:
-            raise ValueError("too few train samples to hold some out for choosing the weight decay: "
-                             "pass a single weight decay")
+            raise ValueError(
+                "too few train samples to hold some out for choosing the weight decay: pass a single weight decay"
+            )
         for wd in sorted(map(float, weight_decays), reverse=True):  # strongest first: ties keep it
             probe = fit_logistic_regression(train_features[fit_idx], train_labels[fit_idx], num_classes, wd, max_iter)
             correct = (probe.predict(train_features[val_idx]) == train_labels[val_idx]).sum().item()
@@ -138,5 +148,9 @@ def linear_probe(
     probe = fit_logistic_regression(train_features, train_labels, num_classes, best, max_iter)
     acc = topk_accuracy(probe.logits(test_features), test_labels, ks=(1, 5))
     return LinearProbeResult(
-        top1=acc[1], top5=acc[5] if num_classes >= 5 else None, weight_decay=best, val_top1=val_top1, probe=probe,
+        top1=acc[1],
+        top5=acc[5] if num_classes >= 5 else None,
+        weight_decay=best,
+        val_top1=val_top1,
+        probe=probe,
     )

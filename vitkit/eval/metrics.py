@@ -123,8 +123,15 @@ def plot_confusion_matrix(
         threshold = 0.5 * (shown.max().item() or 1.0)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if shown[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shown[i, j] > threshold else "black",
+                )
     fig.tight_layout()
 
     path = Path(path)

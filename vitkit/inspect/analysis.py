@@ -1,13 +1,13 @@
 """What the ViT paper's figures 6-7 and the attention-map literature compute, as arrays.
 
-    attention_rollout        Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020
-                             (arXiv:2005.00928), section 3: residual-aware rollout through the layers.
-    cls_attention_maps       the last layer's [CLS] attention per head, as DINO shows it (Caron et al.,
-                             "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021, fig. 1).
-    mean_attention_distance  ViT paper (Dosovitskiy et al., ICLR 2021) figure 7 right / appendix D.7:
-                             the pixel distance across which each head attends, weighted by attention.
-    pos_embed_similarity     figure 7 centre: cosine similarity between the position embeddings.
-    patch_embed_pca          figure 7 left: principal components of the patch projection filters.
+attention_rollout        Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020
+                         (arXiv:2005.00928), section 3: residual-aware rollout through the layers.
+cls_attention_maps       the last layer's [CLS] attention per head, as DINO shows it (Caron et al.,
+                         "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021, fig. 1).
+mean_attention_distance  ViT paper (Dosovitskiy et al., ICLR 2021) figure 7 right / appendix D.7:
+                         the pixel distance across which each head attends, weighted by attention.
+pos_embed_similarity     figure 7 centre: cosine similarity between the position embeddings.
+patch_embed_pca          figure 7 left: principal components of the patch projection filters.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def fuse_heads(weights: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor
     raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
 
 
-def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0) -> torch.Tensor:
+def attention_rollout(
+    attentions: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020, eq. 1): R = A~_L ... A~_1 with
     A~_l = normalise_rows(0.5 A_l + 0.5 I), the identity standing for the residual connection.
 
@@ -149,8 +150,14 @@ def uniform_attention_distance(record: AttentionRecord) -> float:
     Swin's mask hides."""
     if record.window is None:
         w = record.weights[:1]
-        uniform = AttentionRecord(record.name, torch.ones_like(w) / w.shape[-1], record.image_size,
-                                  record.num_prefix_tokens, record.query_grid, record.key_grid)
+        uniform = AttentionRecord(
+            record.name,
+            torch.ones_like(w) / w.shape[-1],
+            record.image_size,
+            record.num_prefix_tokens,
+            record.query_grid,
+            record.key_grid,
+        )
         return float(mean_attention_distance(uniform).mean())
     lay = record.window
     pos = lay.token_positions()  # (nW, N, 2) on the unshifted map

@@ -82,14 +82,16 @@ class AttentionRecord:
         map, zero between tokens of different windows."""
         if self.window is None:
             if self.query_grid is None or self.query_grid != self.key_grid:
-                raise ValueError(f"{self.name}: queries and keys are not one token grid "
-                                 f"({self.query_grid} vs {self.key_grid}); use `weights` directly")
+                raise ValueError(
+                    f"{self.name}: queries and keys are not one token grid "
+                    f"({self.query_grid} vs {self.key_grid}); use `weights` directly"
+                )
             P = self.num_prefix_tokens
             return self.weights[:, :, P:, P:]
         lay = self.window
         (H, W), (Hp, Wp) = lay.size, lay.padded
         pos = lay.token_positions()  # (nW, N, 2)
-        flat = (pos[..., 0] * Wp + pos[..., 1])  # (nW, N) index on the padded map
+        flat = pos[..., 0] * Wp + pos[..., 1]  # (nW, N) index on the padded map
         nW, N = flat.shape
         w = self.weights.view(lay.batch, nW, self.num_heads, N, N)
         full = self.weights.new_zeros(lay.batch, self.num_heads, Hp * Wp, Hp * Wp)
@@ -183,11 +185,14 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[Attenti
         def hook(block, args):
             B, H, W = args[0].shape[:3]  # channels-last token map (B, H, W, C)
             # the window and shift this input gets (Swin's 'hf' window rule decides them per input)
-            window, shift = block.window_shift(H, W) if hasattr(block, "window_shift") else \
-                (block.window_size, block.shift_size)
+            window, shift = (
+                block.window_shift(H, W) if hasattr(block, "window_shift") else (block.window_size, block.shift_size)
+            )
             mh, mw = window
-            layouts[id(attn)] = WindowLayout(B, (H, W), (math.ceil(H / mh) * mh, math.ceil(W / mw) * mw),
-                                             tuple(window), tuple(shift))
+            layouts[id(attn)] = WindowLayout(
+                B, (H, W), (math.ceil(H / mh) * mh, math.ceil(W / mw) * mw), tuple(window), tuple(shift)
+            )
+
         return hook
 
     hooks.append(model.register_forward_pre_hook(on_model))
@@ -209,9 +214,17 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[Attenti
             qg, kg = infer_grid(Nq - P, size), infer_grid(Nk - P, size)
             if video and video[-1]:  # only the per-frame patch grid is an image grid
                 qg, kg = (g if g is not None and g == patch_grid else None for g in (qg, kg))
-        capture.records.append(AttentionRecord(
-            names[key], weights.detach() if detach else weights, size, P, qg, kg, layout,
-        ))
+        capture.records.append(
+            AttentionRecord(
+                names[key],
+                weights.detach() if detach else weights,
+                size,
+                P,
+                qg,
+                kg,
+                layout,
+            )
+        )
 
     try:
         with attention_recorder(record):

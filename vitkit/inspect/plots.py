@@ -41,8 +41,9 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def plot_attention_overlays(images: torch.Tensor, maps: torch.Tensor, path: str | Path, title: str,
-                            labels: list[str] | None = None) -> Path:
+def plot_attention_overlays(
+    images: torch.Tensor, maps: torch.Tensor, path: str | Path, title: str, labels: list[str] | None = None
+) -> Path:
     """Each image (B, H, W, C) above its map (B, H, W) laid over it (maps scaled to [0, 1] per image)."""
     plt = _plt()
     B = images.shape[0]
@@ -75,8 +76,13 @@ def plot_cls_heads(image: torch.Tensor, maps: torch.Tensor, path: str | Path, ti
     return save_figure(fig, path)
 
 
-def plot_attention_distance(distances: torch.Tensor, path: str | Path, title: str,
-                            layer_names: list[str] | None = None, uniform: list[float] | None = None) -> Path:
+def plot_attention_distance(
+    distances: torch.Tensor,
+    path: str | Path,
+    title: str,
+    layer_names: list[str] | None = None,
+    uniform: list[float] | None = None,
+) -> Path:
     """ViT paper fig. 7 right: one dot per head at (layer, mean attention distance in pixels);
     `uniform`, per layer, the distance of uniform attention (dashed)."""
     plt = _plt()
@@ -107,7 +113,7 @@ def mosaic(tiles: torch.Tensor, rows: int, cols: int, gap: int = 1) -> torch.Ten
     out = torch.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *extra), float("nan"), dtype=torch.float64)
     for k in range(n):
         i, j = divmod(k, cols)
-        out[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = tiles[k].double()
+        out[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = tiles[k].double()
     return out
 
 
@@ -157,8 +163,14 @@ def plot_patch_pca(pca: PatchPCA, path: str | Path, title: str, count: int = 28)
         ax.imshow(torch.nan_to_num(img, nan=1.0).numpy(), interpolation="nearest")
     for i in range(k):
         r, c = divmod(i, cols)
-        ax.text(c * (p + gap) + (p - 1) / 2, r * (p + gap) - 0.6, f"{100 * pca.explained_variance_ratio[i]:.1f}%",
-                ha="center", va="bottom", fontsize=6)
+        ax.text(
+            c * (p + gap) + (p - 1) / 2,
+            r * (p + gap) - 0.6,
+            f"{100 * pca.explained_variance_ratio[i]:.1f}%",
+            ha="center",
+            va="bottom",
+            fontsize=6,
+        )
     ax.axis("off")
     ax.set_title(title, fontsize=9, pad=12)
     return save_figure(fig, path)

@@ -51,11 +51,13 @@ def load_model(spec: str | Path):
         model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
         return from_pretrained(model_dir).eval(), str(model_dir)
     if str(spec) in list_models():
-        logger.warning("%s: a registered name, so its weights are RANDOM; pass a trained model directory "
-                       "for meaningful maps", spec)
+        logger.warning(
+            "%s: a registered name, so its weights are RANDOM; pass a trained model directory for meaningful maps", spec
+        )
         return create_model(str(spec)).eval(), str(spec)
-    raise FileNotFoundError(f"{spec} is neither a model/run directory nor a registered model name "
-                            "(see `vitkit models`)")
+    raise FileNotFoundError(
+        f"{spec} is neither a model/run directory nor a registered model name (see `vitkit models`)"
+    )
 
 
 def _stats(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +115,19 @@ def dataset_images(model, name: str, count: int, data_dir: str | None = None) ->
     return _normalise(model, x), [splits.classes[i] for i in y.tolist()]
 
 
-def run_inspect(model_spec: str | Path, out: str | Path, images: list[str] | None = None,
-                data: str | None = None, num_images: int = 128, show: int = 8, head_fusion: str = "mean",
-                discard_ratio: float = 0.0, batch_size: int = 32, data_dir: str | None = None,
-                photos: bool = False) -> dict[str, Any]:
+def run_inspect(
+    model_spec: str | Path,
+    out: str | Path,
+    images: list[str] | None = None,
+    data: str | None = None,
+    num_images: int = 128,
+    show: int = 8,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    batch_size: int = 32,
+    data_dir: str | None = None,
+    photos: bool = False,
+) -> dict[str, Any]:
     """Write the inspection figures of one model into `out` and return (and save) the numbers.
 
     Images: `images` (files), else `data` (the first `num_images` test images of that dataset), else
@@ -145,20 +156,26 @@ def run_inspect(model_spec: str | Path, out: str | Path, images: list[str] | Non
         else:
             x, labels = bundled_photos(model)
             origin = "scikit-image photos"
-    summary: dict[str, Any] = {"model": source, "model_name": name, "images": origin, "num_images": len(x),
-                               "figures": {}}
+    summary: dict[str, Any] = {
+        "model": source,
+        "model_name": name,
+        "images": origin,
+        "num_images": len(x),
+        "figures": {},
+    }
     figs = summary["figures"]
 
     # one pass over the images: attention distance for all, maps for the first `show`
     dist_sum, shown, first_records = None, None, None
     with torch.no_grad():
         for start in tqdm(range(0, len(x), batch_size), desc="inspect", leave=False):
-            xb = x[start:start + batch_size]
+            xb = x[start : start + batch_size]
             with capture_attention(model) as cap:
                 model(xb)
             if not cap.records:
-                raise ValueError(f"{name} recorded no attention: it has no opted-in attention modules "
-                                 "(see vitkit.inspect.capture)")
+                raise ValueError(
+                    f"{name} recorded no attention: it has no opted-in attention modules (see vitkit.inspect.capture)"
+                )
             d = mean_attention_distances(cap.records) * len(xb)
             dist_sum = d if dist_sum is None else dist_sum + d
             if first_records is None:
@@ -169,49 +186,74 @@ def run_inspect(model_spec: str | Path, out: str | Path, images: list[str] | Non
     summary["mean_attention_distance_px"] = [[round(v, 3) for v in row] for row in dist.tolist()]
     uniform = [uniform_attention_distance(r) for r in first_records]
     summary["uniform_attention_distance_px"] = [round(v, 3) for v in uniform]
-    figs["attention_distance"] = str(plot_attention_distance(
-        dist, out / "attention_distance.png", f"{name}: mean attention distance ({len(x)} images)", layer_names,
-        uniform))
+    figs["attention_distance"] = str(
+        plot_attention_distance(
+            dist,
+            out / "attention_distance.png",
+            f"{name}: mean attention distance ({len(x)} images)",
+            layer_names,
+            uniform,
+        )
+    )
 
     display = _denormalise(model, shown)
     img_size = tuple(shown.shape[-2:])
     shown_labels = labels[: len(shown)]
     last = first_records[-1]
-    same_grid = all(r.window is None and r.query_grid is not None and r.query_grid == r.key_grid == last.query_grid
-                    for r in first_records)
+    same_grid = all(
+        r.window is None and r.query_grid is not None and r.query_grid == r.key_grid == last.query_grid
+        for r in first_records
+    )
     if same_grid:
         roll = attention_rollout([r.weights[: len(shown)] for r in first_records], head_fusion, discard_ratio)
         maps = upsample(rollout_map(roll, last.num_prefix_tokens, last.query_grid), img_size)
-        figs["rollout"] = str(plot_attention_overlays(
-            display, maps, out / "rollout.png",
-            f"{name}: attention rollout (heads: {head_fusion}, discard {discard_ratio:g})", shown_labels))
+        figs["rollout"] = str(
+            plot_attention_overlays(
+                display,
+                maps,
+                out / "rollout.png",
+                f"{name}: attention rollout (heads: {head_fusion}, discard {discard_ratio:g})",
+                shown_labels,
+            )
+        )
     else:
         summary["rollout"] = "skipped: the layers do not share one token grid (hierarchical model)"
     if last.num_prefix_tokens and last.query_grid is not None and last.window is None:
         cls = upsample(cls_attention_maps(last), img_size, mode="nearest")
         figs["cls_attention"] = []
         for i in range(min(len(shown), 4)):
-            figs["cls_attention"].append(str(plot_cls_heads(
-                display[i], cls[i], out / f"cls_attention_{i}.png",
-                f"{name}: last layer [CLS] attention per head ({shown_labels[i]})")))
+            figs["cls_attention"].append(
+                str(
+                    plot_cls_heads(
+                        display[i],
+                        cls[i],
+                        out / f"cls_attention_{i}.png",
+                        f"{name}: last layer [CLS] attention per head ({shown_labels[i]})",
+                    )
+                )
+            )
 
     try:
         sim = pos_embed_similarity(model)
     except ValueError as e:
         summary["pos_embed"] = f"skipped: {e}"
     else:
-        summary["pos_embed_similarity_by_distance"] = {f"{k:g}": round(v, 4) for k, v in similarity_by_distance(sim).items()}
+        summary["pos_embed_similarity_by_distance"] = {
+            f"{k:g}": round(v, 4) for k, v in similarity_by_distance(sim).items()
+        }
         summary["pos_embed_most_similar_is_neighbour"] = round(most_similar_is_neighbour(sim), 4)
-        figs["pos_embed_similarity"] = str(plot_pos_embed_similarity(
-            sim, out / "pos_embed_similarity.png", f"{name}: position embedding similarity"))
+        figs["pos_embed_similarity"] = str(
+            plot_pos_embed_similarity(sim, out / "pos_embed_similarity.png", f"{name}: position embedding similarity")
+        )
     try:
         pca = patch_embed_pca(model)
     except ValueError as e:
         summary["patch_embed"] = f"skipped: {e}"
     else:
         summary["patch_embed_explained_variance"] = [round(v, 4) for v in pca.explained_variance_ratio[:10].tolist()]
-        figs["patch_embed_pca"] = str(plot_patch_pca(
-            pca, out / "patch_embed_pca.png", f"{name}: principal components of the patch filters"))
+        figs["patch_embed_pca"] = str(
+            plot_patch_pca(pca, out / "patch_embed_pca.png", f"{name}: principal components of the patch filters")
+        )
 
     path = out / "summary.json"
     from ..hub import atomic_write
@@ -219,4 +261,3 @@ def run_inspect(model_spec: str | Path, out: str | Path, images: list[str] | Non
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
     summary["summary"] = str(path)
     return summary
-

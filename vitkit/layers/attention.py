@@ -153,8 +153,14 @@ def attention_recording() -> bool:
 
 
 @torch.fx.wrap  # one opaque call in a torch.fx graph: the choice below needs the real shapes
-def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor | None = None,
-                     dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+def scaled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
     """softmax(q k^T * scale + attn_bias) v over (B, H, N, hd) inputs, by SDPA or the explicit softmax
     path as the active `attention_policy` chooses for these shapes (`use_fused_attention`).
     `scale` None is 1 / sqrt(hd); `dropout_p` > 0 drops attention weights (pass 0 in eval mode)."""

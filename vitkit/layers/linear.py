@@ -68,8 +68,10 @@ _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
 
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown CPU GEMM mode {mode!r}; choose one of {', '.join(map(repr, MODES))} "
-                         f"(in cpu_gemm() or the {ENV_VAR} environment variable)")
+        raise ValueError(
+            f"unknown CPU GEMM mode {mode!r}; choose one of {', '.join(map(repr, MODES))} "
+            f"(in cpu_gemm() or the {ENV_VAR} environment variable)"
+        )
     return mode
 
 
@@ -187,8 +189,9 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
     return True
 
 
-def use_onednn(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int,
-               mode: str | None = None) -> bool:
+def use_onednn(
+    role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int, mode: str | None = None
+) -> bool:
     """The choice for one GEMM of `role` ("fwd": (rows, in) @ W^T with W (out, in); "dgrad": (rows, out) @ W)
     under `mode` (default: the active one); "auto" probes each shape class once per process."""
     mode = cpu_gemm_mode() if mode is None else mode
@@ -267,10 +270,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     # plain tensors only: torch.fx proxies, the fake tensors of torch.export, subclasses take F.linear, as do
     # torch.jit tracing and torch.compile (whose graphs then hold aten.linear), and any active dispatch mode
     # (FlopCounterMode, profilers, debug modes), which then sees the aten.linear a user expects to count
-    if (mode == "off" or not _AVAILABLE or type(x) is not torch.Tensor or not x.is_cpu or not weight.is_cpu
-            or x.dim() < 2 or x.numel() == 0 or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch._C._len_torch_dispatch_stack() > 0
-            or weight.is_inference()):  # an inference tensor has no version counter to key its packing on
+    if (
+        mode == "off"
+        or not _AVAILABLE
+        or type(x) is not torch.Tensor
+        or not x.is_cpu
+        or not weight.is_cpu
+        or x.dim() < 2
+        or x.numel() == 0
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or weight.is_inference()
+    ):  # an inference tensor has no version counter to key its packing on
         return F.linear(x, weight, bias)
     if mode == "auto" and x.numel() * weight.shape[0] < AUTO_MIN_MACS:
         return F.linear(x, weight, bias)
@@ -285,7 +297,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     bucket = _bucket(rows)
     fwd = use_onednn("fwd", dtype, rows, in_features, out_features, mode)
     needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
     if not needs_grad:
         if not fwd:
             return F.linear(x, weight, bias)
@@ -307,5 +320,15 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["ENV_VAR", "Linear", "MODES", "clear_probe_decisions", "cpu_gemm", "cpu_gemm_mode", "linear",
-           "packed_weight", "probe_decisions", "use_onednn"]
+__all__ = [
+    "ENV_VAR",
+    "Linear",
+    "MODES",
+    "clear_probe_decisions",
+    "cpu_gemm",
+    "cpu_gemm_mode",
+    "linear",
+    "packed_weight",
+    "probe_decisions",
+    "use_onednn",
+]

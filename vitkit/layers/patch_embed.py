@@ -18,8 +18,9 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(x), int(x)
 
 
-def resample_patch_embed(weight: torch.Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
-                         antialias: bool = True) -> torch.Tensor:
+def resample_patch_embed(
+    weight: torch.Tensor, new_size: tuple[int, int], interpolation: str = "bicubic", antialias: bool = True
+) -> torch.Tensor:
     """A (D, C, p, p) patch-projection kernel for another patch size, as FlexiViT (Beyer et al. 2023) and
     timm's `resample_patch_embed`: the pseudo-inverse of resizing a patch, so that a resized image
     patch projected with the new kernel gives the old kernel's projection of the original patch."""
@@ -70,8 +71,9 @@ class PatchEmbed(nn.Module):
         self.grid_size = (img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
-    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
-                       patch_size: int | tuple[int, int] | None = None) -> None:
+    def set_input_size(
+        self, img_size: int | tuple[int, int] | None = None, patch_size: int | tuple[int, int] | None = None
+    ) -> None:
         """timm's `PatchEmbed.set_input_size`: another image size (the grid follows) and/or patch size (the
         projection kernel is resampled by `resample_patch_embed`, its bias kept)."""
         new_patch = None if patch_size is None else to_2tuple(patch_size)
@@ -84,8 +86,15 @@ class PatchEmbed(nn.Module):
                 self.patch_size = old_patch
                 raise
             w = old_proj.weight
-            proj = nn.Conv2d(old_proj.in_channels, old_proj.out_channels, kernel_size=new_patch, stride=new_patch,
-                             bias=old_proj.bias is not None, device=w.device, dtype=w.dtype)
+            proj = nn.Conv2d(
+                old_proj.in_channels,
+                old_proj.out_channels,
+                kernel_size=new_patch,
+                stride=new_patch,
+                bias=old_proj.bias is not None,
+                device=w.device,
+                dtype=w.dtype,
+            )
             with torch.no_grad():
                 proj.weight.copy_(resample_patch_embed(w.detach(), new_patch))
                 if old_proj.bias is not None:

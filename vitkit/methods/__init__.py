@@ -54,5 +54,7 @@ def create_method(name: str, backbone, **options) -> PretrainMethod:
     except TypeError as e:  # an option the method does not take: name it, as a user error
         if "unexpected keyword argument" not in str(e):
             raise
-        raise ValueError(f"pre-training method {name!r}: {e} (set method options as --method.options.NAME=VALUE; "
-                         f"see the method's docstring for its options)") from None
+        raise ValueError(
+            f"pre-training method {name!r}: {e} (set method options as --method.options.NAME=VALUE; "
+            f"see the method's docstring for its options)"
+        ) from None

@@ -63,8 +63,16 @@ class DINOHead(nn.Module):
     On ViT-S (in_dim 384) with the defaults it has 22,352,128 parameters (counting g), of which
     22,286,592 are trained."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+        use_bn: bool = False,
+    ) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"DINOHead needs nlayers >= 1, got {nlayers}")
@@ -106,8 +114,9 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
     return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def teacher_temperature(step: int, total_steps: int, warmup_temp: float = 0.04, temp: float = 0.07,
-                        warmup: float = 0.3) -> float:
+def teacher_temperature(
+    step: int, total_steps: int, warmup_temp: float = 0.04, temp: float = 0.07, warmup: float = 0.3
+) -> float:
     """Teacher temperature: linear from `warmup_temp` to `temp` over the first `warmup` of the run, then flat."""
     warm_steps = warmup * total_steps
     if step >= warm_steps or warm_steps <= 0:
@@ -134,8 +143,13 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], teacher_temp: float,
-                update_center: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        student_out: Sequence[Tensor],
+        teacher_out: Sequence[Tensor],
+        teacher_temp: float,
+        update_center: bool = True,
+    ) -> tuple[Tensor, Tensor]:
         """`student_out`: one (B, K) tensor per crop (globals first); `teacher_out`: one per global crop.
 
         Returns (loss, mean teacher entropy); then moves the centre towards the teachers' batch mean."""
@@ -187,8 +201,10 @@ def _norm_stats(backbone: nn.Module, mean, std) -> tuple[tuple[float, ...], tupl
     mean = mean if mean is not None else cfg.get("mean")
     std = std if std is not None else cfg.get("std")
     if mean is None or std is None:
-        raise ValueError("the method needs the normalisation of its input batches to make views: pass mean=(...) and "
-                         "std=(...) or set backbone.pretrained_cfg['mean'/'std']")
+        raise ValueError(
+            "the method needs the normalisation of its input batches to make views: pass mean=(...) and "
+            "std=(...) or set backbone.pretrained_cfg['mean'/'std']"
+        )
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
@@ -206,14 +222,32 @@ class DINO(PretrainMethod):
 
     name = "dino"
 
-    def __init__(self, backbone: nn.Module, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = True, use_bn: bool = False, num_local: int = 8,
-                 global_scale: Sequence[float] = (0.4, 1.0), local_scale: Sequence[float] = (0.05, 0.4),
-                 local_size: int | None = None, hflip: float = 0.5, momentum: float = 0.996,
-                 teacher_temp: float = 0.07, warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.3,
-                 student_temp: float = 0.1, center_momentum: float = 0.9, freeze_last_layer: float = 0.01,
-                 img_size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+        use_bn: bool = False,
+        num_local: int = 8,
+        global_scale: Sequence[float] = (0.4, 1.0),
+        local_scale: Sequence[float] = (0.05, 0.4),
+        local_size: int | None = None,
+        hflip: float = 0.5,
+        momentum: float = 0.996,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup: float = 0.3,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        freeze_last_layer: float = 0.01,
+        img_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} must be in [0, 1] (DINO: 0.996)")
@@ -224,8 +258,9 @@ class DINO(PretrainMethod):
         if num_local < 0:
             raise ValueError(f"num_local={num_local} must be >= 0")
         # the width of forward_head(pre_logits=True), what the head takes (timm's head_hidden_size)
-        embed_dim = getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None) \
-            or backbone.embed_dim
+        embed_dim = (
+            getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None) or backbone.embed_dim
+        )
         self.backbone = backbone
         self.head = DINOHead(embed_dim, out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer, use_bn)
         self.teacher = copy.deepcopy(backbone).requires_grad_(False)
@@ -238,8 +273,15 @@ class DINO(PretrainMethod):
         self.freeze_last_layer = freeze_last_layer
         self.last_layer_frozen = freeze_last_layer > 0
         size = img_size or _img_size(backbone)
-        specs = dino_view_specs(size, num_local, _patch_size(backbone), tuple(global_scale), tuple(local_scale),
-                                local_view_size(backbone, size, local_size, 96), hflip)
+        specs = dino_view_specs(
+            size,
+            num_local,
+            _patch_size(backbone),
+            tuple(global_scale),
+            tuple(local_scale),
+            local_view_size(backbone, size, local_size, 96),
+            hflip,
+        )
         self._views = {"specs": specs, "mean": mean, "std": std, "generator": generator}
         self.multicrop: MultiCrop | None = None
         self.teacher.eval()
@@ -278,9 +320,14 @@ class DINO(PretrainMethod):
         s_out = s_out.split(b)
         loss, entropy = self.loss_fn(s_out, t_out, self.teacher_temp, update_center=self.training)
         ref = images.new_zeros(())
-        return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss.detach() - entropy),
-                "feature_std": feature_std(t_feats), "teacher_temp": ref + self.teacher_temp,
-                "momentum": ref + self.momentum}
+        return {
+            "loss": loss,
+            "teacher_entropy": entropy.detach(),
+            "kl": (loss.detach() - entropy),
+            "feature_std": feature_std(t_feats),
+            "teacher_temp": ref + self.teacher_temp,
+            "momentum": ref + self.momentum,
+        }
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA of the student into the teacher with this step's momentum, then the next step's schedules."""
@@ -288,8 +335,9 @@ class DINO(PretrainMethod):
         ema_update(self.teacher, self.backbone, self.momentum)
         ema_update(self.teacher_head, self.head, self.momentum)
         nxt = step + 1
-        self.teacher_temp = teacher_temperature(nxt, total_steps, self.warmup_teacher_temp, self.teacher_temp_final,
-                                                self.teacher_temp_warmup)
+        self.teacher_temp = teacher_temperature(
+            nxt, total_steps, self.warmup_teacher_temp, self.teacher_temp_final, self.teacher_temp_warmup
+        )
         self.last_layer_frozen = nxt < self.freeze_last_layer * total_steps
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
@@ -310,11 +358,13 @@ def cls_attention_maps(backbone: nn.Module, images: Tensor) -> Tensor:
 
     The paper's figure 1 / 3 ("emerging properties"): with DINO the heads attend to object parts."""
     if not hasattr(backbone, "forward_features_with_attention"):
-        raise ValueError(f"{type(backbone).__name__} cannot return attention weights (no forward_features_with_attention)")
+        raise ValueError(
+            f"{type(backbone).__name__} cannot return attention weights (no forward_features_with_attention)"
+        )
     if getattr(backbone, "cls_token", None) is None:
         raise ValueError("the backbone has no [CLS] token (class_token=False): there is no [CLS] attention to show")
     _, attentions = backbone.forward_features_with_attention(images)
-    attn = attentions[-1][:, :, 0, backbone.num_prefix_tokens:]  # (B, heads, N)
+    attn = attentions[-1][:, :, 0, backbone.num_prefix_tokens :]  # (B, heads, N)
     n = attn.shape[-1]
     h, w = images.shape[-2:]
     gh = round(math.sqrt(n * h / w))
@@ -323,8 +373,14 @@ def cls_attention_maps(backbone: nn.Module, images: Tensor) -> Tensor:
     return attn.reshape(attn.shape[0], attn.shape[1], gh, n // gh)
 
 
-def plot_cls_attention(backbone: nn.Module, images: Tensor, path: str | Path, mean: Sequence[float],
-                       std: Sequence[float], title: str = "last-layer [CLS] self-attention") -> Path:
+def plot_cls_attention(
+    backbone: nn.Module,
+    images: Tensor,
+    path: str | Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    title: str = "last-layer [CLS] self-attention",
+) -> Path:
     """Write a PNG: each row an image (normalised input) and its per-head [CLS] attention maps."""
     import matplotlib
 

@@ -68,8 +68,9 @@ DEFAULT_ALPHA = {"soft": 0.1, "hard": 0.5}
 
 
 # ------------------------------------------------------------------------------------ losses
-def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float,
-                           kl_reduction: str = "batchmean") -> torch.Tensor:
+def soft_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, kl_reduction: str = "batchmean"
+) -> torch.Tensor:
     """tau^2 KL(psi(Z_t / tau) || psi(Z_s / tau)) (DeiT eq. 2's teacher term); see the module
     docstring for `kl_reduction` ('batchmean': per image, 'deit': divided by B * K)."""
     if kl_reduction not in KL_REDUCTIONS:
@@ -98,8 +99,14 @@ class DistillationLoss(nn.Module):
       distillation logits (the same logits when the student has one head).
     """
 
-    def __init__(self, type: str = "none", alpha: float | None = None, tau: float = 3.0,
-                 label_smoothing: float = 0.0, kl_reduction: str = "batchmean") -> None:
+    def __init__(
+        self,
+        type: str = "none",
+        alpha: float | None = None,
+        tau: float = 3.0,
+        label_smoothing: float = 0.0,
+        kl_reduction: str = "batchmean",
+    ) -> None:
         super().__init__()
         if type not in DISTILL_TYPES:
             raise ValueError(f"distillation type must be one of {DISTILL_TYPES}, got {type!r}")
@@ -118,8 +125,12 @@ class DistillationLoss(nn.Module):
         smoothing = self.label_smoothing if target.ndim == 1 else 0.0  # soft targets already carry it
         return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
 
-    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor,
-                teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        target: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         two_heads = isinstance(outputs, tuple)
         logits, logits_kd = outputs if two_heads else (outputs, outputs)
         base = self.base(logits, target)
@@ -152,16 +163,20 @@ def load_teacher(path: str | Path, model_name: str | None = None) -> nn.Module:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"--distill.teacher={path} does not exist: give a model directory, a run directory "
-                                f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME")
+        raise FileNotFoundError(
+            f"--distill.teacher={path} does not exist: give a model directory, a run directory "
+            f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME"
+        )
     if path.is_dir():
         if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
             path = path / "model"  # a run directory
         model = from_pretrained(path)
     else:
         if not model_name:
-            raise ValueError(f"--distill.teacher={path} is a weights file: name its architecture with "
-                             f"--distill.teacher_model=NAME (e.g. resnet_micro_28)")
+            raise ValueError(
+                f"--distill.teacher={path} is a weights file: name its architecture with "
+                f"--distill.teacher_model=NAME (e.g. resnet_micro_28)"
+            )
         state = read_checkpoint(path)
         head = state.get("head.weight")
         if head is None:
@@ -171,32 +186,43 @@ def load_teacher(path: str | Path, model_name: str | None = None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def check_teacher(teacher: nn.Module, num_classes: int, in_chans: int, img_size: tuple[int, int],
-                  classes: list[str] | None = None, dataset: str = "the data", source: str = "the teacher") -> None:
+def check_teacher(
+    teacher: nn.Module,
+    num_classes: int,
+    in_chans: int,
+    img_size: tuple[int, int],
+    classes: list[str] | None = None,
+    dataset: str = "the data",
+    source: str = "the teacher",
+) -> None:
     """Refuse a teacher that cannot label this data: another number or order of classes, other
     channels, or another resolution (unless the teacher takes any size)."""
     t_classes = getattr(teacher, "num_classes", None)
     t_cfg = getattr(teacher, "config", None)
     fix = f"train a teacher on {dataset} first (e.g. vitkit train --model.name=resnet_micro_28 --data.name={dataset})"
     if t_classes != num_classes:
-        raise ValueError(f"the teacher {source} predicts {t_classes} classes but {dataset} has {num_classes}: "
-                         f"{fix}")
+        raise ValueError(f"the teacher {source} predicts {t_classes} classes but {dataset} has {num_classes}: {fix}")
     names = getattr(teacher, "pretrained_cfg", {}).get("label_names")
     if classes is not None and names and list(names) != list(classes):
-        raise ValueError(f"the teacher {source} was trained on classes {list(names)[:4]}... "
-                         f"({teacher.pretrained_cfg.get('dataset', 'another dataset')}) but {dataset} has "
-                         f"{list(classes)[:4]}...: {fix}")
+        raise ValueError(
+            f"the teacher {source} was trained on classes {list(names)[:4]}... "
+            f"({teacher.pretrained_cfg.get('dataset', 'another dataset')}) but {dataset} has "
+            f"{list(classes)[:4]}...: {fix}"
+        )
     t_chans = getattr(t_cfg, "in_chans", None)
     if t_chans is not None and t_chans != in_chans:
-        raise ValueError(f"the teacher {source} takes {t_chans}-channel images but {dataset} has {in_chans} "
-                         f"channel(s): {fix}")
+        raise ValueError(
+            f"the teacher {source} takes {t_chans}-channel images but {dataset} has {in_chans} channel(s): {fix}"
+        )
     t_size = getattr(t_cfg, "img_size", None)
     if t_size is not None and not getattr(t_cfg, "dynamic_img_size", False):
         t_size = tuple(t_size) if isinstance(t_size, (tuple, list)) else (t_size, t_size)
         if tuple(t_size) != tuple(img_size):
-            raise ValueError(f"the teacher {source} was built for {t_size[0]}x{t_size[1]} images but {dataset} has "
-                             f"{img_size[0]}x{img_size[1]}: {fix}, or resize the data to the teacher's size "
-                             f"(--data.img_size={t_size[0]} for image folders)")
+            raise ValueError(
+                f"the teacher {source} was built for {t_size[0]}x{t_size[1]} images but {dataset} has "
+                f"{img_size[0]}x{img_size[1]}: {fix}, or resize the data to the teacher's size "
+                f"(--data.img_size={t_size[0]} for image folders)"
+            )
 
 
 class Teacher(nn.Module):
@@ -220,12 +246,14 @@ class Teacher(nn.Module):
 
 
 @torch.no_grad()
-def precompute_logits(teacher: nn.Module, data, device: str, batch_size: int = 512,
-                      progress: bool = True) -> torch.Tensor:
+def precompute_logits(
+    teacher: nn.Module, data, device: str, batch_size: int = 512, progress: bool = True
+) -> torch.Tensor:
     """The teacher's logits (N, K) for every image of an in-memory split, in order (float32, CPU)."""
     out = []
-    for i in tqdm(range(0, len(data), batch_size), desc="teacher logits", unit="batch", disable=not progress,
-                  leave=False):
+    for i in tqdm(
+        range(0, len(data), batch_size), desc="teacher logits", unit="batch", disable=not progress, leave=False
+    ):
         x, _ = data.batch(torch.arange(i, min(i + batch_size, len(data))))
         out.append(teacher(x.to(device)).float().cpu())
     return torch.cat(out)
@@ -248,8 +276,16 @@ class Distillation:
         return self.teacher(x).float()
 
 
-def build_distillation(cfg: Any, student: nn.Module, splits: Any, train_data: Any, augment_active: bool,
-                       label_smoothing: float, device: str, progress: bool = True) -> Distillation:
+def build_distillation(
+    cfg: Any,
+    student: nn.Module,
+    splits: Any,
+    train_data: Any,
+    augment_active: bool,
+    label_smoothing: float,
+    device: str,
+    progress: bool = True,
+) -> Distillation:
     """Check the `distill` settings against the student and the data; load, check and (optionally)
     pre-compute the teacher. `cfg` is a `vitkit.train.config.DistillConfig`."""
     if cfg.type not in DISTILL_TYPES:
@@ -260,30 +296,47 @@ def build_distillation(cfg: Any, student: nn.Module, splits: Any, train_data: An
         student.set_distilled_training(True)
     if cfg.type == "none":
         if cfg.teacher:
-            raise ValueError(f"--distill.teacher={cfg.teacher} is set but --distill.type=none: choose "
-                             f"--distill.type=soft or hard, or drop the teacher")
+            raise ValueError(
+                f"--distill.teacher={cfg.teacher} is set but --distill.type=none: choose "
+                f"--distill.type=soft or hard, or drop the teacher"
+            )
         if cfg.token:
             raise ValueError("--distill.token=true needs a teacher: set --distill.teacher=PATH and --distill.type")
         return Distillation(DistillationLoss("none", label_smoothing=label_smoothing))
     if not cfg.teacher:
-        raise ValueError(f"--distill.type={cfg.type} needs a teacher: --distill.teacher=PATH (a model or run "
-                         f"directory, e.g. one written by vitkit train --model.name=resnet_micro_28)")
+        raise ValueError(
+            f"--distill.type={cfg.type} needs a teacher: --distill.teacher=PATH (a model or run "
+            f"directory, e.g. one written by vitkit train --model.name=resnet_micro_28)"
+        )
     name = getattr(student, "model_name", None) or type(student).__name__
     if cfg.token and not has_token:
-        raise ValueError(f"--distill.token=true but the student {name} has no distillation token: use a distilled "
-                         f"student (e.g. --model.name=deit_micro_distilled_patch4_28, or "
-                         f"--model.overrides.distilled=true for a ViT), or set --distill.token=false")
+        raise ValueError(
+            f"--distill.token=true but the student {name} has no distillation token: use a distilled "
+            f"student (e.g. --model.name=deit_micro_distilled_patch4_28, or "
+            f"--model.overrides.distilled=true for a ViT), or set --distill.token=false"
+        )
     if cfg.token is False and has_token:
-        raise ValueError(f"--distill.token=false but the student {name} has a distillation token (its second head "
-                         f"would take the teacher term): use a student without one (e.g. vit_micro_patch4_28), or "
-                         f"set --distill.token=true")
+        raise ValueError(
+            f"--distill.token=false but the student {name} has a distillation token (its second head "
+            f"would take the teacher term): use a student without one (e.g. vit_micro_patch4_28), or "
+            f"set --distill.token=true"
+        )
     if cfg.cache_logits and augment_active:
-        raise ValueError("--distill.cache_logits=true is only valid when the student sees exactly the images the "
-                         "logits were computed on: turn every --aug.* option off, or set "
-                         "--distill.cache_logits=false (the teacher then runs on each augmented batch)")
+        raise ValueError(
+            "--distill.cache_logits=true is only valid when the student sees exactly the images the "
+            "logits were computed on: turn every --aug.* option off, or set "
+            "--distill.cache_logits=false (the teacher then runs on each augmented batch)"
+        )
     model = load_teacher(cfg.teacher, cfg.teacher_model)
-    check_teacher(model, len(splits.classes), splits.in_chans, tuple(splits.img_size), splits.classes,
-                  splits.name, source=str(cfg.teacher))
+    check_teacher(
+        model,
+        len(splits.classes),
+        splits.in_chans,
+        tuple(splits.img_size),
+        splits.classes,
+        splits.name,
+        source=str(cfg.teacher),
+    )
     mean = model.pretrained_cfg.get("mean") or splits.mean
     std = model.pretrained_cfg.get("std") or splits.std
     teacher = Teacher(model, mean, std).to(device)
@@ -293,7 +346,11 @@ def build_distillation(cfg: Any, student: nn.Module, splits: Any, train_data: An
         if not hasattr(train_data, "batch"):
             raise ValueError("--distill.cache_logits=true needs an in-memory dataset (not an image folder)")
         cached = precompute_logits(teacher, train_data, device, progress=progress)
-    logger.info("distillation: %s, teacher %s (%s)%s", criterion.extra_repr(), cfg.teacher,
-                getattr(model, "model_name", None) or type(model).__name__,
-                ", cached train logits" if cached is not None else "")
+    logger.info(
+        "distillation: %s, teacher %s (%s)%s",
+        criterion.extra_repr(),
+        cfg.teacher,
+        getattr(model, "model_name", None) or type(model).__name__,
+        ", cached train logits" if cached is not None else "",
+    )
     return Distillation(criterion, teacher, cached)

@@ -32,8 +32,17 @@ from ..models.vit import VisionTransformer
 from . import register_method
 from .base import PretrainMethod, feature_std
 
-__all__ = ["MAEConfig", "MAEMethod", "MaskedAutoencoder", "mae", "patchify", "plot_reconstruction", "random_masking",
-           "sincos_pos_embed_2d", "unpatchify"]
+__all__ = [
+    "MAEConfig",
+    "MAEMethod",
+    "MaskedAutoencoder",
+    "mae",
+    "patchify",
+    "plot_reconstruction",
+    "random_masking",
+    "sincos_pos_embed_2d",
+    "unpatchify",
+]
 
 
 class MAEMethod(MaskedAutoencoder, PretrainMethod):
@@ -43,8 +52,9 @@ class MAEMethod(MaskedAutoencoder, PretrainMethod):
 
     name = "mae"
 
-    def forward(self, images: Tensor, noise: Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         loss, _, _, latent = self.forward_mae(images, noise, generator)
         P = self.num_prefix_tokens
         return {"loss": loss, "feature_std": feature_std(latent[:, P:] if latent.shape[1] > P else latent)}
@@ -61,6 +71,11 @@ def mae(backbone: VisionTransformer, **options: Any) -> MAEMethod:
     check_backbone(backbone)
     if backbone.embed_dim < 384:
         width = backbone.embed_dim
-        options = {"decoder_embed_dim": width, "decoder_depth": 2, "decoder_num_heads": max(1, width // 16),
-                   "decoder_mlp_ratio": backbone.config.mlp_ratio, **options}
+        options = {
+            "decoder_embed_dim": width,
+            "decoder_depth": 2,
+            "decoder_num_heads": max(1, width // 16),
+            "decoder_mlp_ratio": backbone.config.mlp_ratio,
+            **options,
+        }
     return MAEMethod.from_backbone(backbone, **options)

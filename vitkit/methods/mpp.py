@@ -40,7 +40,7 @@ from .base import PretrainMethod, feature_std
 def mean_color_targets(pixels: Tensor, patch_size: int | tuple[int, int], bits: int = 3) -> Tensor:
     """(B, C, H, W) pixels in [0, 1] -> (B, N) class of each patch's mean colour, quantised to
     `bits` per channel: sum_c q_c * (2^bits)^(C - 1 - c) with q_c = floor(mean_c * 2^bits)."""
-    levels = 2 ** bits
+    levels = 2**bits
     mean = F.avg_pool2d(pixels.float(), patch_size)  # (B, C, h, w)
     q = (mean * levels).floor().clamp_(0, levels - 1).long()
     weights = levels ** torch.arange(q.shape[1] - 1, -1, -1, device=q.device)  # first channel most significant
@@ -52,19 +52,36 @@ class MaskedPatchPrediction(PretrainMethod):
 
     name = "mpp"
 
-    def __init__(self, backbone: VisionTransformer, mask_prob: float = 0.5, replace_mask: float = 0.8,
-                 replace_random: float = 0.1, bits: int = 3, mean: Any = None, std: Any = None) -> None:
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        mask_prob: float = 0.5,
+        replace_mask: float = 0.8,
+        replace_random: float = 0.1,
+        bits: int = 3,
+        mean: Any = None,
+        std: Any = None,
+    ) -> None:
         super().__init__()
         if not isinstance(backbone, VisionTransformer) or backbone.config.hybrid_layers or backbone.dynamic_img_size:
-            raise ValueError("masked patch prediction needs a plain vitkit ViT backbone (vit_* / deit_*, fixed "
-                            f"img_size): it replaces patch embeddings; got {type(backbone).__name__}")
+            raise ValueError(
+                "masked patch prediction needs a plain vitkit ViT backbone (vit_* / deit_*, fixed "
+                f"img_size): it replaces patch embeddings; got {type(backbone).__name__}"
+            )
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
         if replace_mask < 0 or replace_random < 0 or replace_mask + replace_random > 1:
-            raise ValueError(f"replace_mask ({replace_mask}) and replace_random ({replace_random}) must be >= 0 "
-                             f"with a sum <= 1 (the rest is kept unchanged)")
+            raise ValueError(
+                f"replace_mask ({replace_mask}) and replace_random ({replace_random}) must be >= 0 "
+                f"with a sum <= 1 (the rest is kept unchanged)"
+            )
         self.backbone = backbone
-        self.mask_prob, self.replace_mask, self.replace_random, self.bits = mask_prob, replace_mask, replace_random, bits
+        self.mask_prob, self.replace_mask, self.replace_random, self.bits = (
+            mask_prob,
+            replace_mask,
+            replace_random,
+            bits,
+        )
         in_chans = backbone.config.in_chans
         cfg = backbone.pretrained_cfg
         mean = mean if mean is not None else cfg.get("mean", (0.5,) * in_chans)
@@ -73,7 +90,7 @@ class MaskedPatchPrediction(PretrainMethod):
             raise ValueError(f"mean/std need {in_chans} values (one per channel), got {mean} and {std}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.num_classes = (2 ** bits) ** in_chans  # 512 for RGB, 8 for grey
+        self.num_classes = (2**bits) ** in_chans  # 512 for RGB, 8 for grey
         self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
         self.head = nn.Linear(backbone.embed_dim, self.num_classes)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -104,7 +121,7 @@ class MaskedPatchPrediction(PretrainMethod):
         bb = self.backbone
         targets = mean_color_targets(images * self.std + self.mean, bb.patch_embed.patch_size, self.bits)
         tokens, corrupted = self.corrupt(bb.patch_embed(images), generator)
-        out = bb.forward_tokens(tokens)[:, bb.num_prefix_tokens:]  # (B, N, D)
+        out = bb.forward_tokens(tokens)[:, bb.num_prefix_tokens :]  # (B, N, D)
         loss, acc = self.loss(out, targets, corrupted)
         return {"loss": loss, "acc": acc, "feature_std": feature_std(out.detach())}
 

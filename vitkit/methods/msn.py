@@ -66,11 +66,19 @@ class MSNProjector(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 256) -> None:
         super().__init__()
-        self.fc = nn.Sequential(OrderedDict([
-            ("fc1", nn.Linear(in_dim, hidden_dim)), ("bn1", nn.BatchNorm1d(hidden_dim)), ("gelu1", nn.GELU()),
-            ("fc2", nn.Linear(hidden_dim, hidden_dim)), ("bn2", nn.BatchNorm1d(hidden_dim)), ("gelu2", nn.GELU()),
-            ("fc3", nn.Linear(hidden_dim, out_dim)),
-        ]))
+        self.fc = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(in_dim, hidden_dim)),
+                    ("bn1", nn.BatchNorm1d(hidden_dim)),
+                    ("gelu1", nn.GELU()),
+                    ("fc2", nn.Linear(hidden_dim, hidden_dim)),
+                    ("bn2", nn.BatchNorm1d(hidden_dim)),
+                    ("gelu2", nn.GELU()),
+                    ("fc3", nn.Linear(hidden_dim, out_dim)),
+                ]
+            )
+        )
         for m in self.fc.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -128,9 +136,16 @@ def me_max(probs: Tensor) -> Tensor:
     return (avg * torch.log(avg.clamp_min(1e-30))).sum() + math.log(avg.numel())
 
 
-def msn_loss(anchors: Tensor, targets: Tensor, prototypes: Tensor, temperature: float = 0.1,
-             sharpen_temperature: float = 0.25, me_max_weight: float = 1.0, entropy_weight: float = 0.0,
-             use_sinkhorn: bool = True) -> dict[str, Tensor]:
+def msn_loss(
+    anchors: Tensor,
+    targets: Tensor,
+    prototypes: Tensor,
+    temperature: float = 0.1,
+    sharpen_temperature: float = 0.25,
+    me_max_weight: float = 1.0,
+    entropy_weight: float = 0.0,
+    use_sinkhorn: bool = True,
+) -> dict[str, Tensor]:
     """MSN's objective (losses.py). `anchors` (V*B, d): V anchor views of the B images, view-major;
     `targets` (B, d) from the target encoder. Returns loss, its parts and the targets' statistics."""
     b = targets.shape[0]
@@ -149,12 +164,23 @@ def msn_loss(anchors: Tensor, targets: Tensor, prototypes: Tensor, temperature: 
     with torch.no_grad():
         t_ent = torch.sum(-t * torch.log(t.clamp_min(1e-30)), dim=1).mean()
         used = torch.tensor(float(t[:b].argmax(dim=1).unique().numel()), device=t.device)
-    return {"loss": loss, "ce": ce.detach(), "me_max": reg.detach(), "anchor_entropy": ent.detach(),
-            "target_entropy": t_ent, "prototypes_used": used}
+    return {
+        "loss": loss,
+        "ce": ce.detach(),
+        "me_max": reg.detach(),
+        "anchor_entropy": ent.detach(),
+        "target_entropy": t_ent,
+        "prototypes_used": used,
+    }
 
 
-def random_keep_indices(batch: int, num_patches: int, mask_ratio: float, device: torch.device | str = "cpu",
-                        generator: torch.Generator | None = None) -> Tensor:
+def random_keep_indices(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Per-sample random patches to keep: (B, K) sorted indices, K = floor(N (1 - mask_ratio)) >= 1
     (MSN's `patch_drop` rule); the other N - K patches are dropped before the encoder."""
     if not 0.0 <= mask_ratio < 1.0:
@@ -169,13 +195,30 @@ class MSN(PretrainMethod):
 
     name = "msn"
 
-    def __init__(self, backbone: nn.Module, num_prototypes: int = 1024, out_dim: int = 256, hidden_dim: int = 2048,
-                 mask_ratio: float = 0.15, num_focal: int = 10, rand_scale: Sequence[float] = (0.3, 1.0),
-                 focal_scale: Sequence[float] = (0.05, 0.3), focal_size: int | None = None, hflip: float = 0.5,
-                 jitter_strength: float = 0.5, temperature: float = 0.1, sharpen_temperature: float = 0.25,
-                 me_max_weight: float = 1.0, entropy_weight: float = 0.0, use_sinkhorn: bool = True,
-                 momentum: float = 0.996, img_size: int | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_prototypes: int = 1024,
+        out_dim: int = 256,
+        hidden_dim: int = 2048,
+        mask_ratio: float = 0.15,
+        num_focal: int = 10,
+        rand_scale: Sequence[float] = (0.3, 1.0),
+        focal_scale: Sequence[float] = (0.05, 0.3),
+        focal_size: int | None = None,
+        hflip: float = 0.5,
+        jitter_strength: float = 0.5,
+        temperature: float = 0.1,
+        sharpen_temperature: float = 0.25,
+        me_max_weight: float = 1.0,
+        entropy_weight: float = 0.0,
+        use_sinkhorn: bool = True,
+        momentum: float = 0.996,
+        img_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if num_prototypes < 2:
             raise ValueError(f"num_prototypes={num_prototypes} must be >= 2 (MSN: 1024)")
@@ -186,8 +229,10 @@ class MSN(PretrainMethod):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1) (MSN ViT-S/16: 0.15)")
         if mask_ratio > 0 and "keep_indices" not in inspect.signature(backbone.forward_features).parameters:
-            raise ValueError(f"{type(backbone).__name__}.forward_features cannot drop tokens (no keep_indices "
-                             f"argument): use a ViT backbone, or mask_ratio=0")
+            raise ValueError(
+                f"{type(backbone).__name__}.forward_features cannot drop tokens (no keep_indices "
+                f"argument): use a ViT backbone, or mask_ratio=0"
+            )
         if getattr(backbone, "cls_token", True) is None:
             raise ValueError("MSN uses the [CLS] token as the representation: build the backbone with class_token=True")
         embed_dim = getattr(backbone, "num_features", None) or backbone.embed_dim
@@ -198,13 +243,25 @@ class MSN(PretrainMethod):
         self.target = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.mask_ratio = mask_ratio
-        self.loss_options = {"temperature": temperature, "sharpen_temperature": sharpen_temperature,
-                             "me_max_weight": me_max_weight, "entropy_weight": entropy_weight,
-                             "use_sinkhorn": use_sinkhorn}
+        self.loss_options = {
+            "temperature": temperature,
+            "sharpen_temperature": sharpen_temperature,
+            "me_max_weight": me_max_weight,
+            "entropy_weight": entropy_weight,
+            "use_sinkhorn": use_sinkhorn,
+        }
         self.base_momentum, self.momentum = momentum, momentum
         size = img_size or _img_size(backbone)
-        specs = msn_view_specs(size, num_focal, _patch_size(backbone), tuple(rand_scale), tuple(focal_scale),
-                               local_view_size(backbone, size, focal_size, 96), hflip, jitter_strength)
+        specs = msn_view_specs(
+            size,
+            num_focal,
+            _patch_size(backbone),
+            tuple(rand_scale),
+            tuple(focal_scale),
+            local_view_size(backbone, size, focal_size, 96),
+            hflip,
+            jitter_strength,
+        )
         self._views = {"specs": specs, "mean": mean, "std": std, "generator": generator}
         self.multicrop: MultiCrop | None = None
         self.target.eval()

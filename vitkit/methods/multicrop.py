@@ -88,34 +88,56 @@ def view_size(img_size: int, paper_size: int, patch_size: int | None = None) -> 
     return max(patch_size, round(size / patch_size) * patch_size)
 
 
-def dino_view_specs(img_size: int, num_local: int = 8, patch_size: int | None = None,
-                    global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.05, 0.4),
-                    local_size: int | None = None, hflip: float = 0.5) -> list[ViewSpec]:
+def dino_view_specs(
+    img_size: int,
+    num_local: int = 8,
+    patch_size: int | None = None,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+    local_size: int | None = None,
+    hflip: float = 0.5,
+) -> list[ViewSpec]:
     """DINO's views: global 1 (blur 1.0), global 2 (blur 0.1, solarise 0.2), `num_local` locals (blur 0.5).
 
     Globals are `img_size` (rounded to the patch size); locals `local_size`, default 96/224 of it."""
     g = view_size(img_size, _PAPER_GLOBAL, patch_size)
     loc = local_size or view_size(img_size, _PAPER_LOCAL, patch_size)
-    return ([ViewSpec(g, global_scale, blur=1.0, hflip=hflip),
-             ViewSpec(g, global_scale, blur=0.1, solarize=0.2, hflip=hflip)]
-            + [ViewSpec(loc, local_scale, blur=0.5, hflip=hflip) for _ in range(num_local)])
+    return [
+        ViewSpec(g, global_scale, blur=1.0, hflip=hflip),
+        ViewSpec(g, global_scale, blur=0.1, solarize=0.2, hflip=hflip),
+    ] + [ViewSpec(loc, local_scale, blur=0.5, hflip=hflip) for _ in range(num_local)]
 
 
-def msn_view_specs(img_size: int, num_focal: int = 10, patch_size: int | None = None,
-                   rand_scale: tuple[float, float] = (0.3, 1.0), focal_scale: tuple[float, float] = (0.05, 0.3),
-                   focal_size: int | None = None, hflip: float = 0.5, jitter_strength: float = 0.5) -> list[ViewSpec]:
+def msn_view_specs(
+    img_size: int,
+    num_focal: int = 10,
+    patch_size: int | None = None,
+    rand_scale: tuple[float, float] = (0.3, 1.0),
+    focal_scale: tuple[float, float] = (0.05, 0.3),
+    focal_size: int | None = None,
+    hflip: float = 0.5,
+    jitter_strength: float = 0.5,
+) -> list[ViewSpec]:
     """MSN's views: the target view, one random anchor view and `num_focal` focal views (all blur 0.5)."""
     g = view_size(img_size, _PAPER_GLOBAL, patch_size)
     loc = focal_size or view_size(img_size, _PAPER_LOCAL, patch_size)
     s = jitter_strength  # MSN's get_color_distortion(s): ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)
-    common = {"hflip": hflip, "brightness": 0.8 * s, "contrast": 0.8 * s, "saturation": 0.8 * s,
-              "hue": min(0.2 * s, 0.5), "blur": 0.5}
-    return ([ViewSpec(g, rand_scale, **common), ViewSpec(g, rand_scale, **common)]
-            + [ViewSpec(loc, focal_scale, **common) for _ in range(num_focal)])
+    common = {
+        "hflip": hflip,
+        "brightness": 0.8 * s,
+        "contrast": 0.8 * s,
+        "saturation": 0.8 * s,
+        "hue": min(0.2 * s, 0.5),
+        "blur": 0.5,
+    }
+    return [ViewSpec(g, rand_scale, **common), ViewSpec(g, rand_scale, **common)] + [
+        ViewSpec(loc, focal_scale, **common) for _ in range(num_focal)
+    ]
 
 
-def crop_boxes(b: int, h: int, w: int, scale: Sequence[float], ratio: Sequence[float],
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_boxes(
+    b: int, h: int, w: int, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator | None = None
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop parameters for b images: (b, 4) float64 (top, left, height, width).
 
     Up to 10 tries of (area fraction ~ U(scale), log aspect ~ U(log ratio)); an image with no valid try
@@ -208,8 +230,13 @@ class MultiCrop:
     `mean` / `std` are the normalisation of the batch (the photometric ops work in [0, 1]); the views come
     back normalised the same way. Call it as `views = multicrop(x)` -> list of (B, C, size, size)."""
 
-    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float],
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ViewSpec],
+        mean: Sequence[float],
+        std: Sequence[float],
+        generator: torch.Generator | None = None,
+    ) -> None:
         if not specs:
             raise ValueError("MultiCrop needs at least one ViewSpec")
         if len(mean) != len(std) or any(s <= 0 for s in std):
@@ -251,8 +278,10 @@ class MultiCrop:
         jit = self._rand(b) < spec.jitter
         u = self._rand(b, 4) * 2 - 1  # factors in [1 - a, 1 + a]; hue shift in [-hue, hue]
         one = torch.ones(b)
-        factors = [torch.where(jit, 1 + spec.brightness * u[:, 0], one),
-                   torch.where(jit, 1 + spec.contrast * u[:, 1], one)]
+        factors = [
+            torch.where(jit, 1 + spec.brightness * u[:, 0], one),
+            torch.where(jit, 1 + spec.contrast * u[:, 1], one),
+        ]
         x = brightness(x, factors[0].clamp_min(0).to(dev))
         x = contrast(x, factors[1].clamp_min(0).to(dev))
         if rgb:  # saturation, hue and greyscale only mean something for RGB images

@@ -14,5 +14,14 @@ from . import mae  # noqa: F401  (the MAE pre-training model, mae_vit_*)
 from .features import FeatureGetterNet, FeatureInfo, features_model
 from .vit import VisionTransformer, ViTConfig
 
-__all__ = ["FAMILIES", "FeatureGetterNet", "FeatureInfo", "VisionTransformer", "ViTConfig", "VitkitModel",
-           "config_from_dict", "features_model", "register_family"]
+__all__ = [
+    "FAMILIES",
+    "FeatureGetterNet",
+    "FeatureInfo",
+    "VisionTransformer",
+    "ViTConfig",
+    "VitkitModel",
+    "config_from_dict",
+    "features_model",
+    "register_family",
+]

@@ -80,18 +80,40 @@ class VitkitModel(nn.Module):
 
         return save_pretrained(self, directory)
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
-                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
-                    create_pr: bool = False, model_card: Any = None, tags: list[str] | None = None,
-                    run_dir: str | Path | None = None, timm_compatible: bool | None = None):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        model_card: Any = None,
+        tags: list[str] | None = None,
+        run_dir: str | Path | None = None,
+        timm_compatible: bool | None = None,
+    ):
         """Upload config.json, model.safetensors and a README.md model card to the Hugging Face Hub
         repository `repo_id` (created if needed); the arguments are transformers' `push_to_hub`'s plus
         timm's `model_card` (vitkit/push.py). Returns huggingface_hub's `CommitInfo`."""
         from ..push import push_to_hub
 
-        return push_to_hub(self, repo_id, commit_message=commit_message, commit_description=commit_description,
-                           private=private, token=token, revision=revision, create_pr=create_pr,
-                           model_card=model_card, tags=tags, run_dir=run_dir, timm_compatible=timm_compatible)
+        return push_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            model_card=model_card,
+            tags=tags,
+            run_dir=run_dir,
+            timm_compatible=timm_compatible,
+        )
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

@@ -69,20 +69,25 @@ class CNNConfig:
         if self.block not in ("basic", "regnet"):
             raise ValueError(f"block must be 'basic' (ResNet) or 'regnet' (RegNetX/Y), got {self.block!r}")
         if not len(self.widths) == len(self.depths) == len(self.strides) or not self.widths:
-            raise ValueError(f"widths {self.widths}, depths {self.depths} and strides {self.strides} must have "
-                             f"one entry per stage (the same, non-zero length)")
+            raise ValueError(
+                f"widths {self.widths}, depths {self.depths} and strides {self.strides} must have "
+                f"one entry per stage (the same, non-zero length)"
+            )
         if self.global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {self.global_pool!r}")
         if self.block == "regnet":
             for w in self.widths:
                 inner = round(w * self.bottleneck_ratio)
                 if inner % self.group_width:
-                    raise ValueError(f"regnet: the inner width {inner} (width {w} x bottleneck_ratio "
-                                     f"{self.bottleneck_ratio}) is not a multiple of group_width {self.group_width}")
+                    raise ValueError(
+                        f"regnet: the inner width {inner} (width {w} x bottleneck_ratio "
+                        f"{self.bottleneck_ratio}) is not a multiple of group_width {self.group_width}"
+                    )
 
 
-def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, act: bool = True,
-            eps: float = 1e-5) -> nn.Sequential:
+def conv_bn(
+    c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, act: bool = True, eps: float = 1e-5
+) -> nn.Sequential:
     """Conv (no bias) -> BatchNorm [-> ReLU], 'same'-style padding k // 2."""
     layers = [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out, eps=eps)]
     if act:
@@ -333,15 +338,25 @@ CNN_SIZES: dict[str, dict[str, Any]] = {
     # ResNet-8-like: stem + 3 basic blocks, 32-64-128 channels
     "resnet_micro": {"block": "basic", "stem_width": 32, "widths": (32, 64, 128), "depths": (1, 1, 1)},
     # RegNetY-like: group width 16, bottleneck ratio 1, SE 0.25, depths 1-2-2
-    "regnety_micro": {"block": "regnet", "stem_width": 32, "widths": (32, 64, 128), "depths": (1, 2, 2),
-                      "group_width": 16, "se_ratio": 0.25},
+    "regnety_micro": {
+        "block": "regnet",
+        "stem_width": 32,
+        "widths": (32, 64, 128),
+        "depths": (1, 2, 2),
+        "group_width": 16,
+        "se_ratio": 0.25,
+    },
 }
 
 
 def _register_all() -> None:
     mnist = {"mean": (0.1307,), "std": (0.3081,), "crop_pct": 1.0, "interpolation": "bilinear"}
-    cifar = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616), "crop_pct": 1.0,
-             "interpolation": "bilinear"}
+    cifar = {
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
     for name, cfg in CNN_SIZES.items():
         register_model(f"{name}_28", "cnn", dict(cfg, img_size=28, in_chans=1, num_classes=10), **mnist)
         register_model(f"{name}_32", "cnn", dict(cfg, img_size=32, in_chans=3, num_classes=10), **cifar)

@@ -66,9 +66,23 @@ from ._base import VitkitModel, feature_take_indices, register_family
 
 # fields that hold one value per stage; a scalar given for one of them applies to every stage
 _PER_STAGE = (
-    "embed_dims", "depths", "num_heads", "patch_sizes", "patch_strides", "patch_padding", "mlp_ratios",
-    "qkv_bias", "cls_token", "kernel_qkv", "stride_q", "stride_kv", "padding_q", "padding_kv",
-    "drop_rate", "attn_drop_rate", "drop_path_rate",
+    "embed_dims",
+    "depths",
+    "num_heads",
+    "patch_sizes",
+    "patch_strides",
+    "patch_padding",
+    "mlp_ratios",
+    "qkv_bias",
+    "cls_token",
+    "kernel_qkv",
+    "stride_q",
+    "stride_kv",
+    "padding_q",
+    "padding_kv",
+    "drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
 )
 
 
@@ -128,8 +142,10 @@ class CvtConfig:
                 raise ValueError(f"stage {i}: embed dim {d} is not divisible by num_heads {h}")
         for i, (k, s, p) in enumerate(zip(self.kernel_qkv, self.stride_q, self.padding_q)):
             if s != 1 or 2 * p != k - 1:
-                raise ValueError(f"stage {i}: the query projection must keep the token grid (stride_q 1, "
-                                 f"padding_q = (kernel_qkv - 1) / 2), got kernel {k}, stride {s}, padding {p}")
+                raise ValueError(
+                    f"stage {i}: the query projection must keep the token grid (stride_q 1, "
+                    f"padding_q = (kernel_qkv - 1) / 2), got kernel {k}, stride {s}, padding {p}"
+                )
 
 
 class ConvEmbed(nn.Module):
@@ -158,10 +174,12 @@ class ConvEmbed(nn.Module):
 
 def _conv_projection(dim: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
     """The paper's depth-wise separable projection, first half: depth-wise conv + BatchNorm."""
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(dim, dim, kernel_size=kernel, stride=stride, padding=padding, bias=False, groups=dim),
-        bn=nn.BatchNorm2d(dim),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(dim, dim, kernel_size=kernel, stride=stride, padding=padding, bias=False, groups=dim),
+            bn=nn.BatchNorm2d(dim),
+        )
+    )
 
 
 class ConvAttention(nn.Module):
@@ -169,8 +187,20 @@ class ConvAttention(nn.Module):
 
     Input tokens (B, P + H W, D) with P = 0 or 1 [CLS] token first."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, kernel: int, stride_q: int, stride_kv: int,
-                 padding_q: int, padding_kv: int, attn_drop: float, proj_drop: float, with_cls_token: bool):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool,
+        kernel: int,
+        stride_q: int,
+        stride_kv: int,
+        padding_q: int,
+        padding_kv: int,
+        attn_drop: float,
+        proj_drop: float,
+        with_cls_token: bool,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -197,14 +227,20 @@ class ConvAttention(nn.Module):
         if self.with_cls_token:
             cls, x = x[:, :1], x[:, 1:]  # the [CLS] token bypasses the convolutional projection
         fmap = x.transpose(1, 2).reshape(B, D, H, W)
-        q, k, v = (proj(fmap).flatten(2).transpose(1, 2) for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v))
+        q, k, v = (
+            proj(fmap).flatten(2).transpose(1, 2) for proj in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v)
+        )
         if cls is not None:
             q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
         weights = None
         if fused_attention_enabled() and not return_attention:
             x = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale,
+                q,
+                k,
+                v,
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+                scale=self.scale,
             )
         else:
             weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N_kv)
@@ -217,13 +253,39 @@ class ConvAttention(nn.Module):
 class CvtBlock(nn.Module):
     """Pre-LN transformer block with convolutional attention; keys `norm1`, `attn`, `norm2`, `mlp`."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, kernel: int, stride_q: int,
-                 stride_kv: int, padding_q: int, padding_kv: int, drop: float, attn_drop: float, drop_path: float,
-                 with_cls_token: bool, norm_eps: float, act: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        kernel: int,
+        stride_q: int,
+        stride_kv: int,
+        padding_q: int,
+        padding_kv: int,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        with_cls_token: bool,
+        norm_eps: float,
+        act: str,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = ConvAttention(dim, num_heads, qkv_bias, kernel, stride_q, stride_kv, padding_q, padding_kv,
-                                  attn_drop, drop, with_cls_token)
+        self.attn = ConvAttention(
+            dim,
+            num_heads,
+            qkv_bias,
+            kernel,
+            stride_q,
+            stride_kv,
+            padding_q,
+            padding_kv,
+            attn_drop,
+            drop,
+            with_cls_token,
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act, drop=drop)
@@ -245,17 +307,35 @@ class CvtStage(nn.Module):
         super().__init__()
         dim = c.embed_dims[i]
         in_chans = c.in_chans if i == 0 else c.embed_dims[i - 1]
-        self.patch_embed = ConvEmbed(in_chans, dim, c.patch_sizes[i], c.patch_strides[i], c.patch_padding[i], c.norm_eps)
+        self.patch_embed = ConvEmbed(
+            in_chans, dim, c.patch_sizes[i], c.patch_strides[i], c.patch_padding[i], c.norm_eps
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if c.cls_token[i] else None
         self.num_prefix_tokens = int(c.cls_token[i])
         self.pos_drop = nn.Dropout(c.drop_rate[i])
         dpr = drop_path_rates(c.drop_path_rate[i], c.depths[i])
-        self.blocks = nn.ModuleList([
-            CvtBlock(dim, c.num_heads[i], c.mlp_ratios[i], c.qkv_bias[i], c.kernel_qkv[i], c.stride_q[i],
-                     c.stride_kv[i], c.padding_q[i], c.padding_kv[i], c.drop_rate[i], c.attn_drop_rate[i],
-                     dpr[j], c.cls_token[i], c.norm_eps, c.act)
-            for j in range(c.depths[i])
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                CvtBlock(
+                    dim,
+                    c.num_heads[i],
+                    c.mlp_ratios[i],
+                    c.qkv_bias[i],
+                    c.kernel_qkv[i],
+                    c.stride_q[i],
+                    c.stride_kv[i],
+                    c.padding_q[i],
+                    c.padding_kv[i],
+                    c.drop_rate[i],
+                    c.attn_drop_rate[i],
+                    dpr[j],
+                    c.cls_token[i],
+                    c.norm_eps,
+                    c.act,
+                )
+                for j in range(c.depths[i])
+            ]
+        )
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, hw = self.patch_embed(x)
@@ -392,7 +472,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
     @staticmethod
     def _to_map(stage: CvtStage, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Tokens (B, P + HW, D) -> token map (B, D, H, W), prefix dropped."""
-        x = x[:, stage.num_prefix_tokens:]
+        x = x[:, stage.num_prefix_tokens :]
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,7 +501,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
         if self.global_pool == "token":
             return x[:, 0]
         return x
@@ -485,8 +565,16 @@ CVT_SIZES: dict[str, dict[str, Any]] = {
     "21": dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6)),
     "w24": dict(embed_dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16)),
     # CPU-sized: three 3x3/2 token embeddings, 28 -> 14 -> 7 -> 4 and 32 -> 16 -> 8 -> 4
-    "micro": dict(embed_dims=(32, 64, 96), depths=(1, 1, 2), num_heads=(1, 2, 3), mlp_ratios=(2.0, 2.0, 2.0),
-                  patch_sizes=(3, 3, 3), patch_strides=(2, 2, 2), patch_padding=(1, 1, 1), num_classes=10),
+    "micro": dict(
+        embed_dims=(32, 64, 96),
+        depths=(1, 1, 2),
+        num_heads=(1, 2, 3),
+        mlp_ratios=(2.0, 2.0, 2.0),
+        patch_sizes=(3, 3, 3),
+        patch_strides=(2, 2, 2),
+        patch_padding=(1, 1, 1),
+        num_classes=10,
+    ),
 }
 
 
@@ -495,10 +583,17 @@ def _register_all() -> None:
         register_model(f"cvt_{size}", "cvt", dict(CVT_SIZES[size], img_size=224), crop_pct=0.875)
         register_model(f"cvt_{size}_384", "cvt", dict(CVT_SIZES[size], img_size=384), crop_pct=1.0)
     micro = CVT_SIZES["micro"]
-    register_model("cvt_micro_28", "cvt", dict(micro, img_size=28, in_chans=1),
-                   mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
-    register_model("cvt_micro_32", "cvt", dict(micro, img_size=32),
-                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
+    register_model(
+        "cvt_micro_28", "cvt", dict(micro, img_size=28, in_chans=1), mean=(0.1307,), std=(0.3081,), crop_pct=1.0
+    )
+    register_model(
+        "cvt_micro_32",
+        "cvt",
+        dict(micro, img_size=32),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        crop_pct=1.0,
+    )
 
 
 _register_all()

@@ -105,8 +105,9 @@ class DVTConfig:
         if self.stage_img_sizes is not None and len(self.stage_img_sizes) != n:
             raise ValueError(f"stage_img_sizes {self.stage_img_sizes} must give one size per stage ({n} patch sizes)")
         if self.exit_thresholds is not None and len(self.exit_thresholds) != n - 1:
-            raise ValueError(f"exit_thresholds must give one threshold per exit but the last ({n - 1}), "
-                             f"got {self.exit_thresholds}")
+            raise ValueError(
+                f"exit_thresholds must give one threshold per exit but the last ({n - 1}), got {self.exit_thresholds}"
+            )
         if self.exit_gmacs is not None and len(self.exit_gmacs) != n:
             raise ValueError(f"exit_gmacs must give one value per exit ({n}), got {self.exit_gmacs}")
         if self.embed_dim % self.num_heads:
@@ -118,8 +119,9 @@ class LogitAttention(Attention):
     """Multi-head self-attention that can also return its logits q k^T / sqrt(d) + bias (B, H, N, N),
     the quantity relationship reuse passes downstream. Same parameters (timm keys) as `Attention`."""
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | RelationBias | None = None,
-                return_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, attn_bias: torch.Tensor | RelationBias | None = None, return_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`attn_bias`: a dense (B, H, N, N) tensor, or a `RelationBias` (the reused upstream maps, resized
         to this grid as they are added). Paths, fastest first, where they apply:
         - no logits to return, no gradient, a `RelationBias` with an integer grid ratio (7x7 -> 14x14):
@@ -152,10 +154,21 @@ class LogitAttention(Attention):
 
 class DVTBlock(nn.Module):
     """Pre-LN transformer block whose MLP also reads reused upstream features (eq. 4):
-        z' = z + MSA(LN(z); logit bias);  z = z' + MLP([LN(z'), reuse])"""
+    z' = z + MSA(LN(z); logit bias);  z = z' + MLP([LN(z'), reuse])"""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, reuse_dim: int,
-                 proj_drop: float, attn_drop: float, drop_path: float, norm_eps: float, act: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        reuse_dim: int,
+        proj_drop: float,
+        attn_drop: float,
+        drop_path: float,
+        norm_eps: float,
+        act: str,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = LogitAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
@@ -164,9 +177,13 @@ class DVTBlock(nn.Module):
         self.mlp = Mlp(dim + reuse_dim, int(dim * mlp_ratio), out_features=dim, act=act, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, reuse: torch.Tensor | None = None,
-                attn_bias: torch.Tensor | RelationBias | None = None,
-                return_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        reuse: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | RelationBias | None = None,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, logits = self.attn(self.norm1(x), attn_bias, return_logits)
         x = x + self.drop_path1(y)
         h = self.norm2(x)
@@ -243,17 +260,19 @@ def replicate_grid(x: torch.Tensor, src: tuple[int, int], f: tuple[int, int], di
     a CPU)."""
     (h, w), (fh, fw) = src, f
     dim = dim % x.dim()
-    pre, post = x.shape[:dim], x.shape[dim + 1:]
+    pre, post = x.shape[:dim], x.shape[dim + 1 :]
     out = x.new_empty(*pre, 1 + h * fh * w * fw, *post)
     out.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
     out.narrow(dim, 1, h * fh * w * fw).view(*pre, h, fh, w, fw, *post).copy_(
-        x.narrow(dim, 1, h * w).reshape(*pre, h, 1, w, 1, *post))
+        x.narrow(dim, 1, h * w).reshape(*pre, h, 1, w, 1, *post)
+    )
     return out
 
 
 @functools.lru_cache(maxsize=64)
-def query_groups(src: tuple[int, int], f: tuple[int, int], device: torch.device
-                 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+def query_groups(
+    src: tuple[int, int], f: tuple[int, int], device: torch.device
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """The downstream tokens ([CLS] first, grid (h * fh, w * fw) row-major) split into the fh * fw groups
     that share one source row under nearest-neighbour replication: group (a, b) holds the tokens
     (i * fh + a, j * fw + b) for the source cells (i, j) in row-major order, and group (0, 0) also [CLS]
@@ -332,9 +351,12 @@ class RelationBias:
             raise ValueError(f"attend() needs an integer grid ratio, got {self.src} -> {self.dst}; use dense()")
         rows = self.key_rows(q.dtype)
         groups, inverse = query_groups(self.src, f, q.device)
-        outs = [F.scaled_dot_product_attention(q.index_select(2, g), k, v, dropout_p=dropout_p,
-                                               attn_mask=rows if n == 0 else rows[:, :, 1:])
-                for n, g in enumerate(groups)]
+        outs = [
+            F.scaled_dot_product_attention(
+                q.index_select(2, g), k, v, dropout_p=dropout_p, attn_mask=rows if n == 0 else rows[:, :, 1:]
+            )
+            for n, g in enumerate(groups)
+        ]
         return torch.cat(outs, dim=2).index_select(2, inverse)
 
 
@@ -374,14 +396,27 @@ class DVTStage(nn.Module):
             self.feature_reuse_proj = nn.Linear(self.reuse_dim, c.depth * self.reuse_dim)
         self.relation_reuse = (
             Mlp(upstream_layers, c.relation_reuse_hidden, out_features=c.depth * c.num_heads, act=c.act)
-            if has_up and c.relation_reuse else None
+            if has_up and c.relation_reuse
+            else None
         )
         dpr = drop_path_rates(c.drop_path_rate, c.depth)
-        self.blocks = nn.ModuleList([
-            DVTBlock(D, c.num_heads, c.mlp_ratio, c.qkv_bias, self.reuse_dim, c.proj_drop_rate,
-                     c.attn_drop_rate, dpr[i], c.norm_eps, c.act)
-            for i in range(c.depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                DVTBlock(
+                    D,
+                    c.num_heads,
+                    c.mlp_ratio,
+                    c.qkv_bias,
+                    self.reuse_dim,
+                    c.proj_drop_rate,
+                    c.attn_drop_rate,
+                    dpr[i],
+                    c.norm_eps,
+                    c.act,
+                )
+                for i in range(c.depth)
+            ]
+        )
         self.norm = nn.LayerNorm(D, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = nn.Linear(D, c.num_classes) if c.num_classes > 0 else nn.Identity()
@@ -412,8 +447,9 @@ class DVTStage(nn.Module):
         x = self.head_drop(tokens[:, 0])
         return x if pre_logits else self.head(x)
 
-    def forward_features(self, x: torch.Tensor, up: Upstream | None, return_logits: bool
-                         ) -> tuple[torch.Tensor, Upstream]:
+    def forward_features(
+        self, x: torch.Tensor, up: Upstream | None, return_logits: bool
+    ) -> tuple[torch.Tensor, Upstream]:
         """Images -> (normalised tokens (B, 1 + N, D), what the next stage reuses)."""
         if tuple(x.shape[-2:]) != self.img_size:
             x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)
@@ -445,9 +481,9 @@ class DynamicVisionTransformer(VitkitModel):
         self.num_classes = c.num_classes
         self.embed_dim = self.num_features = c.embed_dim
         upstream_layers = c.depth * c.num_heads
-        self.stages = nn.ModuleList([
-            DVTStage(c, i, sizes[i], upstream_layers if i > 0 else None) for i in range(self.num_exits)
-        ])
+        self.stages = nn.ModuleList(
+            [DVTStage(c, i, sizes[i], upstream_layers if i > 0 else None) for i in range(self.num_exits)]
+        )
         self.init_weights()
 
     # ----------------------------------------------------------------- initialisation and interface
@@ -477,9 +513,12 @@ class DynamicVisionTransformer(VitkitModel):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Stem = every stage's embeddings; block i of every stage shares layer id i."""
-        return dict(stem=r"^stages\.\d+\.(cls_token|pos_embed|patch_embed)",
-                    blocks=r"^stages\.\d+\.blocks\.(\d+)" if coarse
-                    else [(r"^stages\.\d+\.blocks\.(\d+)", None), (r"^stages\.\d+\.norm", (99999,))])
+        return dict(
+            stem=r"^stages\.\d+\.(cls_token|pos_embed|patch_embed)",
+            blocks=r"^stages\.\d+\.blocks\.(\d+)"
+            if coarse
+            else [(r"^stages\.\d+\.blocks\.(\d+)", None), (r"^stages\.\d+\.norm", (99999,))],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
@@ -506,8 +545,10 @@ class DynamicVisionTransformer(VitkitModel):
         if thresholds is not None:
             thresholds = tuple(float(t) for t in thresholds)
             if len(thresholds) != self.num_exits - 1:
-                raise ValueError(f"a {self.num_exits}-exit DVT takes {self.num_exits - 1} thresholds, "
-                                 f"got {len(thresholds)}: {thresholds}")
+                raise ValueError(
+                    f"a {self.num_exits}-exit DVT takes {self.num_exits - 1} thresholds, "
+                    f"got {len(thresholds)}: {thresholds}"
+                )
         self.config.exit_thresholds = thresholds
 
     # ----------------------------------------------------------------- forward
@@ -526,8 +567,9 @@ class DynamicVisionTransformer(VitkitModel):
             outs.append(logits)
         return outs
 
-    def forward_dynamic(self, x: torch.Tensor, thresholds: list[float] | tuple[float, ...] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_dynamic(
+        self, x: torch.Tensor, thresholds: list[float] | tuple[float, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit inference (eq. 1): (logits (B, K), exit index (B,)).
 
         An image leaves at the first exit k whose max softmax probability is >= thresholds[k]; only
@@ -587,8 +629,9 @@ class DynamicVisionTransformer(VitkitModel):
 
         c = self.config
         size = (c.in_chans, *self.img_size)
-        return tuple(gmacs(self, size, forward=lambda x, k=k: self.forward_exits(x, k + 1))
-                     for k in range(self.num_exits))
+        return tuple(
+            gmacs(self, size, forward=lambda x, k=k: self.forward_exits(x, k + 1)) for k in range(self.num_exits)
+        )
 
     def expected_gmacs(self, exits: torch.Tensor) -> float:
         """Mean GMACs per image of a set of exit indices (uses config.exit_gmacs, measuring if unset)."""
@@ -602,8 +645,9 @@ def exit_confidences(exit_logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([lg.float().softmax(-1).amax(-1) for lg in exit_logits])
 
 
-def simulate_exits(exit_logits: list[torch.Tensor], thresholds: list[float] | tuple[float, ...]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def simulate_exits(
+    exit_logits: list[torch.Tensor], thresholds: list[float] | tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The exits and predictions `forward_dynamic` gives, from every exit's logits of the same images
     (each image's stages do not depend on the others, so this is exact): (exit index (N,), logits (N, K))."""
     conf = exit_confidences(exit_logits)
@@ -640,8 +684,12 @@ def geometric_proportions(q: float, num_exits: int) -> list[float]:
     return [v / sum(w) for v in w]
 
 
-def calibrate_thresholds(exit_logits: list[torch.Tensor], labels: torch.Tensor, exit_gmacs: list[float] | tuple[float, ...],
-                         target_gmacs: float) -> dict[str, Any]:
+def calibrate_thresholds(
+    exit_logits: list[torch.Tensor],
+    labels: torch.Tensor,
+    exit_gmacs: list[float] | tuple[float, ...],
+    target_gmacs: float,
+) -> dict[str, Any]:
     """Thresholds for an average cost of `target_gmacs` per image on held-out data.
 
     Solves for q (bisection in log q) so that the expected cost of the exit proportions p_k ~ q^k
@@ -651,8 +699,10 @@ def calibrate_thresholds(exit_logits: list[torch.Tensor], labels: torch.Tensor, 
     S = len(exit_logits)
     costs = list(exit_gmacs)
     if target_gmacs < costs[0] * (1 - 1e-6):  # (a tolerance for rounding in the caller's arithmetic)
-        raise ValueError(f"target {target_gmacs:.5f} GMACs is below the cost of the first exit ({costs[0]:.5f}): "
-                         f"no thresholds can meet it")
+        raise ValueError(
+            f"target {target_gmacs:.5f} GMACs is below the cost of the first exit ({costs[0]:.5f}): "
+            f"no thresholds can meet it"
+        )
     target = min(target_gmacs, costs[-1])
 
     def expected(q: float) -> float:
@@ -668,7 +718,9 @@ def calibrate_thresholds(exit_logits: list[torch.Tensor], labels: torch.Tensor, 
     exits, logits = simulate_exits(exit_logits, thresholds)
     counts = torch.bincount(exits, minlength=S)
     return {
-        "thresholds": thresholds, "q": q, "target_gmacs": target_gmacs,
+        "thresholds": thresholds,
+        "q": q,
+        "target_gmacs": target_gmacs,
         "heldout_gmacs": float(torch.tensor(costs, dtype=torch.float64)[exits].mean()),
         "heldout_acc": 100.0 * float((logits.argmax(-1) == labels).float().mean()),
         "heldout_exit_fractions": [round(float(c) / len(exits), 4) for c in counts],
@@ -687,8 +739,9 @@ def split_batches(data, batch_size: int):
 
 
 @torch.no_grad()
-def collect_exit_logits(model: DynamicVisionTransformer, data, norm: nn.Module, batch_size: int = 128,
-                        desc: str = "exits") -> tuple[list[torch.Tensor], torch.Tensor]:
+def collect_exit_logits(
+    model: DynamicVisionTransformer, data, norm: nn.Module, batch_size: int = 128, desc: str = "exits"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every exit's logits on a dataset split (all stages on every image): ([(N, K)] * S, labels (N,))."""
     from tqdm.auto import tqdm
 
@@ -697,8 +750,9 @@ def collect_exit_logits(model: DynamicVisionTransformer, data, norm: nn.Module, 
     device = next(model.parameters()).device
     per_exit: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
     labels = []
-    for x, y in tqdm(split_batches(data, batch_size), total=math.ceil(len(data) / batch_size), desc=desc,
-                     leave=False, unit="batch"):
+    for x, y in tqdm(
+        split_batches(data, batch_size), total=math.ceil(len(data) / batch_size), desc=desc, leave=False, unit="batch"
+    ):
         for k, lg in enumerate(model.forward_exits(norm(x.to(device)))):
             per_exit[k].append(lg.float().cpu())
         labels.append(y)
@@ -721,10 +775,14 @@ def exit_statistics(model: DynamicVisionTransformer, data, norm: nn.Module, batc
     all_exits = torch.cat(exits)
     costs = model.config.exit_gmacs or model.measure_exit_gmacs()
     counts = torch.bincount(all_exits, minlength=model.num_exits).tolist()
-    return {"acc": 100.0 * correct / len(all_exits), "exit_counts": counts,
-            "exit_fractions": [c / len(all_exits) for c in counts], "exit_gmacs": list(costs),
-            "mean_gmacs": float(torch.tensor(costs, dtype=torch.float64)[all_exits].mean()),
-            "thresholds": list(model.config.exit_thresholds) if model.config.exit_thresholds else None}
+    return {
+        "acc": 100.0 * correct / len(all_exits),
+        "exit_counts": counts,
+        "exit_fractions": [c / len(all_exits) for c in counts],
+        "exit_gmacs": list(costs),
+        "mean_gmacs": float(torch.tensor(costs, dtype=torch.float64)[all_exits].mean()),
+        "thresholds": list(model.config.exit_thresholds) if model.config.exit_thresholds else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -735,13 +793,32 @@ def _register_all() -> None:
     # vit_micro_patch{7,4,2}_28 backbone.
     register_model("dvt_micro_28", "dvt", dict(micro, patch_sizes=(7, 4, 2)), **mnist)
     # The paper's DVT-DeiT-S: 7x7, 10x10, 14x14 tokens by resizing the input to 112, 160, 224.
-    register_model("dvt_deit_small_patch16_224", "dvt", dict(
-        img_size=224, in_chans=3, num_classes=1000, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
-        patch_sizes=(16, 16, 16), stage_img_sizes=(112, 160, 224), feature_reuse_dim=64, relation_reuse_hidden=64,
-    ))
+    register_model(
+        "dvt_deit_small_patch16_224",
+        "dvt",
+        dict(
+            img_size=224,
+            in_chans=3,
+            num_classes=1000,
+            embed_dim=384,
+            depth=12,
+            num_heads=6,
+            mlp_ratio=4.0,
+            patch_sizes=(16, 16, 16),
+            stage_img_sizes=(112, 160, 224),
+            feature_reuse_dim=64,
+            relation_reuse_hidden=64,
+        ),
+    )
 
 
 _register_all()
 
-__all__ = ["DVTConfig", "DynamicVisionTransformer", "calibrate_thresholds", "collect_exit_logits", "exit_statistics",
-           "simulate_exits"]
+__all__ = [
+    "DVTConfig",
+    "DynamicVisionTransformer",
+    "calibrate_thresholds",
+    "collect_exit_logits",
+    "exit_statistics",
+    "simulate_exits",
+]

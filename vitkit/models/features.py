@@ -89,9 +89,16 @@ class FeatureGetterNet(nn.ModuleDict):
     `model.forward_intermediates(x, indices=out_indices, norm=norm, output_fmt=output_fmt,
     intermediates_only=True)`."""
 
-    def __init__(self, model: nn.Module, out_indices: int | tuple[int, ...] = 4, out_map=None,
-                 return_dict: bool = False, output_fmt: str = "NCHW", norm: bool = False,
-                 prune: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        out_indices: int | tuple[int, ...] = 4,
+        out_map=None,
+        return_dict: bool = False,
+        output_fmt: str = "NCHW",
+        norm: bool = False,
+        prune: bool = True,
+    ) -> None:
         super().__init__()
         if output_fmt not in OUTPUT_FORMATS:
             raise ValueError(f"output_fmt must be one of {OUTPUT_FORMATS}, got {output_fmt!r}")
@@ -106,8 +113,11 @@ class FeatureGetterNet(nn.ModuleDict):
         self.feature_info = FeatureInfo(deepcopy(info), out_indices)
         # the model's cfg less the classifier fields, as timm's `pretrained_cfg_for_features` gives its feature
         # models: `timm.data.resolve_data_config(model=features)` reads the preprocessing from it
-        self.pretrained_cfg = {k: v for k, v in deepcopy(getattr(model, "pretrained_cfg", None) or {}).items()
-                               if k not in ("num_classes", "classifier", "global_pool")}
+        self.pretrained_cfg = {
+            k: v
+            for k, v in deepcopy(getattr(model, "pretrained_cfg", None) or {}).items()
+            if k not in ("num_classes", "classifier", "global_pool")
+        }
         self.model = model
         self.out_indices = out_indices
         self.output_fmt = output_fmt
@@ -120,7 +130,11 @@ class FeatureGetterNet(nn.ModuleDict):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.model.forward_intermediates(
-            x, indices=self.out_indices, norm=self.norm, output_fmt=self.output_fmt, intermediates_only=True,
+            x,
+            indices=self.out_indices,
+            norm=self.norm,
+            output_fmt=self.output_fmt,
+            intermediates_only=True,
         )
 
 
@@ -131,8 +145,12 @@ def default_out_indices(model: nn.Module) -> int | tuple[int, ...]:
     return 3
 
 
-def features_model(model: nn.Module, out_indices: int | tuple[int, ...] | list[int] | None = None,
-                   output_fmt: str | None = None, feature_cls: str | None = None) -> FeatureGetterNet:
+def features_model(
+    model: nn.Module,
+    out_indices: int | tuple[int, ...] | list[int] | None = None,
+    output_fmt: str | None = None,
+    feature_cls: str | None = None,
+) -> FeatureGetterNet:
     """Wrap `model` for feature extraction, as `timm.create_model(..., features_only=True)`.
 
     `out_indices`: an int n takes the last n feature levels, a sequence takes those (negative ones
@@ -145,9 +163,11 @@ def features_model(model: nn.Module, out_indices: int | tuple[int, ...] | list[i
         raise ValueError(f"{name} does not support features_only: it has no forward_intermediates / feature_info")
     if any("reduction" not in fi for fi in model.feature_info):  # MViT: (T, H, W) grids, no 2-D reduction
         name = getattr(model, "model_name", None) or type(model).__name__
-        raise ValueError(f"{name} does not support features_only: its feature maps are spatio-temporal (T, H, W), "
-                         f"not the 2-D maps timm's feature wrappers describe; take them with "
-                         f"model.forward_intermediates(x) instead")
+        raise ValueError(
+            f"{name} does not support features_only: its feature maps are spatio-temporal (T, H, W), "
+            f"not the 2-D maps timm's feature wrappers describe; take them with "
+            f"model.forward_intermediates(x) instead"
+        )
     if feature_cls not in (None, "getter", "list"):
         raise ValueError(f"feature_cls must be None, 'getter' or 'list' for vitkit models, got {feature_cls!r}")
     if out_indices is None:

@@ -58,8 +58,9 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], num_pr
         raise ValueError(f"2-D sin-cos position embeddings need embed_dim divisible by 4, got {embed_dim}")
     gh, gw = to_2tuple(grid_size)
     omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
-    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+    )
     parts = []
     for pos in (cols.flatten(), rows.flatten()):
         out = pos[:, None] * omega[None]  # (h*w, D/4)
@@ -69,9 +70,14 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], num_pr
     return emb.float().unsqueeze(0)
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, noise: Tensor | None = None,
-                   generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample random masking by argsort of noise (MAE `random_masking`).
 
     Returns `ids_keep` (B, K) the visible patches in shuffled order, K = int(N (1 - mask_ratio));
@@ -85,7 +91,9 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, noise: Tenso
         noise = torch.rand(batch, num_patches, generator=generator, device=device if generator is None else None)
         noise = noise.to(device) if device is not None else noise
     elif noise.shape != (batch, num_patches):
-        raise ValueError(f"noise must have shape (batch, num_patches) = {(batch, num_patches)}, got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have shape (batch, num_patches) = {(batch, num_patches)}, got {tuple(noise.shape)}"
+        )
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small noise is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch, num_patches, device=noise.device)
@@ -142,18 +150,40 @@ class MAEConfig:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by decoder_num_heads "
-                             f"{self.decoder_num_heads}")
+            raise ValueError(
+                f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by decoder_num_heads "
+                f"{self.decoder_num_heads}"
+            )
 
     def encoder_config(self) -> ViTConfig:
-        values = {"img_size": self.img_size, "patch_size": self.patch_size, "in_chans": self.in_chans, "num_classes": 0,
-                      "embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
-                      "qkv_bias": self.qkv_bias, "norm_eps": self.norm_eps, "act": self.act}
+        values = {
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "num_classes": 0,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "norm_eps": self.norm_eps,
+            "act": self.act,
+        }
         return ViTConfig(**{**values, **self.encoder_kwargs})
 
 
-_ENCODER_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-                   "norm_eps", "act")
+_ENCODER_FIELDS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "norm_eps",
+    "act",
+)
 _DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
@@ -163,10 +193,13 @@ def check_backbone(backbone: nn.Module) -> None:
         raise ValueError(  # noqa: TRY004 -- a user error the CLI reports in one line
             f"MAE needs a plain ViT backbone (a vitkit VisionTransformer: patch tokens with global position "
             f"embeddings, so visible patches can be encoded alone); got {type(backbone).__name__}. Use a vit_* or "
-            f"deit_* model")
+            f"deit_* model"
+        )
     if backbone.config.hybrid_layers or backbone.config.dynamic_img_size:
-        raise ValueError("MAE reconstructs pixel patches: the R50 hybrid stem and dynamic_img_size=True are not "
-                         "supported; use a plain vit_* model at a fixed img_size")
+        raise ValueError(
+            "MAE reconstructs pixel patches: the R50 hybrid stem and dynamic_img_size=True are not "
+            "supported; use a plain vit_* model at a fixed img_size"
+        )
 
 
 @register_family
@@ -197,26 +230,38 @@ class MaskedAutoencoder(VitkitModel):
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(  # fixed sin-cos, not trained (section 3, "Decoder")
-            torch.zeros(1, self.num_prefix_tokens + num_patches, c.decoder_embed_dim), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList([
-            Block(c.decoder_embed_dim, c.decoder_num_heads, c.decoder_mlp_ratio, qkv_bias=c.qkv_bias,
-                  norm_eps=c.norm_eps, act=c.act)
-            for _ in range(c.decoder_depth)
-        ])
+            torch.zeros(1, self.num_prefix_tokens + num_patches, c.decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(
+                    c.decoder_embed_dim,
+                    c.decoder_num_heads,
+                    c.decoder_mlp_ratio,
+                    qkv_bias=c.qkv_bias,
+                    norm_eps=c.norm_eps,
+                    act=c.act,
+                )
+                for _ in range(c.decoder_depth)
+            ]
+        )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, self.patch_size[0] * self.patch_size[1] * c.in_chans)
         self.init_weights(encoder=fresh)
 
     @classmethod
-    def from_backbone(cls, backbone: VisionTransformer, init_backbone: bool = True, **options: Any) -> MaskedAutoencoder:
+    def from_backbone(
+        cls, backbone: VisionTransformer, init_backbone: bool = True, **options: Any
+    ) -> MaskedAutoencoder:
         """Wrap an existing vitkit ViT (weights kept unless `init_backbone`); `options` are MAEConfig's
         decoder/objective fields (mask_ratio, norm_pix_loss, decoder_embed_dim, ...)."""
         check_backbone(backbone)
         vc = backbone.config
         enc = {f: getattr(vc, f) for f in _ENCODER_FIELDS}
         base = dataclasses.asdict(ViTConfig(**{f: enc[f] for f in _ENCODER_FIELDS}))
-        extra = {k: v for k, v in dataclasses.asdict(vc).items()
-                 if k not in enc and k != "num_classes" and v != base[k]}
+        extra = {
+            k: v for k, v in dataclasses.asdict(vc).items() if k not in enc and k != "num_classes" and v != base[k]
+        }
         known = {f.name for f in dataclasses.fields(MAEConfig)} - set(_ENCODER_FIELDS) - {"encoder_kwargs"}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -237,7 +282,8 @@ class MaskedAutoencoder(VitkitModel):
         """MAE's `initialize_weights`: frozen sin-cos position embeddings, xavier-uniform linears
         and patch projection, normal(0.02) class and mask tokens, LayerNorm (1, 0)."""
         self.decoder_pos_embed.data.copy_(
-            sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], self.grid_size, self.num_prefix_tokens))
+            sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], self.grid_size, self.num_prefix_tokens)
+        )
         nn.init.normal_(self.mask_token, std=0.02)
         modules = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
         if encoder:
@@ -271,13 +317,19 @@ class MaskedAutoencoder(VitkitModel):
         return {k if k.startswith(_DECODER_PREFIXES) else f"encoder.{k}": v for k, v in state.items()}
 
     # ----------------------------------------------------------------- forward
-    def forward_encoder(self, images: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_encoder(
+        self,
+        images: Tensor,
+        mask_ratio: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Encode the visible patches: -> latent (B, P + K, D), mask (B, N), ids_restore (B, N)."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         B = images.shape[0]
-        ids_keep, mask, ids_restore = random_masking(B, self.grid_size[0] * self.grid_size[1], ratio, noise=noise,
-                                                     generator=generator, device=images.device)
+        ids_keep, mask, ids_restore = random_masking(
+            B, self.grid_size[0] * self.grid_size[1], ratio, noise=noise, generator=generator, device=images.device
+        )
         latent = self.encoder.forward_features(images, keep_indices=ids_keep)
         return latent, mask.to(latent.dtype), ids_restore
 
@@ -309,15 +361,21 @@ class MaskedAutoencoder(VitkitModel):
         loss = ((pred.float() - self.target(images).float()) ** 2).mean(dim=-1)  # (B, N)
         return (loss * mask).sum() / mask.sum()
 
-    def forward_mae(self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None,
-                    mask_ratio: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward_mae(
+        self,
+        images: Tensor,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        mask_ratio: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> (loss, predictions (B, N, p*p*C), mask (B, N), latent (B, P + K, D))."""
         latent, mask, ids_restore = self.forward_encoder(images, mask_ratio, noise, generator)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(images, pred, mask), pred, mask, latent
 
-    def forward(self, images: Tensor, noise: Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """(B, C, H, W) normalised images -> {"loss": MSE on the masked patches}."""
         return {"loss": self.forward_mae(images, noise, generator)[0]}
 
@@ -328,8 +386,9 @@ class MaskedAutoencoder(VitkitModel):
 
 # ------------------------------------------------------------------------------------ figure
 @torch.no_grad()
-def plot_reconstruction(model: MaskedAutoencoder, images: Tensor, path: str | Path, mean=None, std=None,
-                        seed: int = 0, max_images: int = 8) -> Path:
+def plot_reconstruction(
+    model: MaskedAutoencoder, images: Tensor, path: str | Path, mean=None, std=None, seed: int = 0, max_images: int = 8
+) -> Path:
     """A PNG with one column per image and three rows: original, masked (visible patches only) and
     the reconstruction with the visible patches pasted in (the paper's figure 2).
 
@@ -392,10 +451,24 @@ def _register_all() -> None:
     for name, cfg in sizes.items():
         register_model(name, "mae", dict(cfg, img_size=224), crop_pct=1.0)  # ImageNet mean/std, as MAE
     register_model(  # vit_micro_patch4_28 + a 2-block decoder of width 64
-        "mae_vit_micro_patch4_28", "mae",
-        {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0,
-             "decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4, "decoder_mlp_ratio": 2.0},
-        mean=(0.1307,), std=(0.3081,), crop_pct=1.0,
+        "mae_vit_micro_patch4_28",
+        "mae",
+        {
+            "img_size": 28,
+            "patch_size": 4,
+            "in_chans": 1,
+            "embed_dim": 64,
+            "depth": 4,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "decoder_embed_dim": 64,
+            "decoder_depth": 2,
+            "decoder_num_heads": 4,
+            "decoder_mlp_ratio": 2.0,
+        },
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_pct=1.0,
     )
 
 

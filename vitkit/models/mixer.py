@@ -83,8 +83,14 @@ class MixerBlock(nn.Module):
     """One Mixer layer (paper eq. 1): token mixing, then channel mixing, each pre-LN with a skip."""
 
     def __init__(
-        self, dim: int, seq_len: int, mlp_ratio: tuple[float, float], act: str = "gelu", drop: float = 0.0,
-        drop_path: float = 0.0, norm_eps: float = 1e-6,
+        self,
+        dim: int,
+        seq_len: int,
+        mlp_ratio: tuple[float, float],
+        act: str = "gelu",
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)  # int() as timm: same widths
@@ -117,16 +123,27 @@ class MlpMixer(VitkitModel):
         self.stem = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, strict_img_size=False)
         self.img_size = self.stem.img_size
         num_patches = self.stem.num_patches
-        self.blocks = nn.Sequential(*[
-            MixerBlock(c.embed_dim, num_patches, c.mlp_ratio, act=c.act, drop=c.proj_drop_rate,
-                       drop_path=c.drop_path_rate, norm_eps=c.norm_eps)
-            for _ in range(c.depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                MixerBlock(
+                    c.embed_dim,
+                    num_patches,
+                    c.mlp_ratio,
+                    act=c.act,
+                    drop=c.proj_drop_rate,
+                    drop_path=c.drop_path_rate,
+                    norm_eps=c.norm_eps,
+                )
+                for _ in range(c.depth)
+            ]
+        )
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         reduction = self.stem.patch_size[0]
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)
+        ]
         self.init_weights()
 
     @property
@@ -204,8 +221,7 @@ class MlpMixer(VitkitModel):
         state = dict(state)
         key = "blocks.0.mlp_tokens.fc1.weight"
         expected = self.state_dict()
-        if key in state and key in expected and state[key].ndim == 2 and \
-                state[key].shape[1] != expected[key].shape[1]:
+        if key in state and key in expected and state[key].ndim == 2 and state[key].shape[1] != expected[key].shape[1]:
             n_ckpt, n_model = state[key].shape[1], expected[key].shape[1]
             side = math.isqrt(n_ckpt)
             hint = ""
@@ -317,15 +333,33 @@ def _register_all() -> None:
     # timm's Mixer cfg: [-1, 1] inputs (mean = std = 0.5), crop 0.875, bicubic
     for size in ("s", "b", "l"):
         for patch in (16, 32):
-            register_model(f"mixer_{size}{patch}_224", "mixer", dict(MIXER_SIZES[size], patch_size=patch, img_size=224),
-                           mean=HALF_MEAN, std=HALF_STD, crop_pct=0.875)
+            register_model(
+                f"mixer_{size}{patch}_224",
+                "mixer",
+                dict(MIXER_SIZES[size], patch_size=patch, img_size=224),
+                mean=HALF_MEAN,
+                std=HALF_STD,
+                crop_pct=0.875,
+            )
 
     # Small models for CPU training: 28x28 grayscale (MNIST, Fashion-MNIST) and 32x32 RGB (CIFAR).
     small = dict(MIXER_SIZES["micro"], num_classes=10)
-    register_model("mixer_micro_patch4_28", "mixer", dict(small, img_size=28, patch_size=4, in_chans=1),
-                   mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
-    register_model("mixer_micro_patch4_32", "mixer", dict(small, img_size=32, patch_size=4),
-                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
+    register_model(
+        "mixer_micro_patch4_28",
+        "mixer",
+        dict(small, img_size=28, patch_size=4, in_chans=1),
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_pct=1.0,
+    )
+    register_model(
+        "mixer_micro_patch4_32",
+        "mixer",
+        dict(small, img_size=32, patch_size=4),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        crop_pct=1.0,
+    )
 
 
 _register_all()

@@ -98,8 +98,9 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.stride = stride
         self.padding = tuple(k // 2 for k in kernel)
-        self.pool = nn.Conv3d(head_dim, head_dim, kernel, stride=stride, padding=self.padding, groups=head_dim,
-                              bias=False)
+        self.pool = nn.Conv3d(
+            head_dim, head_dim, kernel, stride=stride, padding=self.padding, groups=head_dim, bias=False
+        )
         self.norm = nn.LayerNorm(head_dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -115,8 +116,18 @@ class AttentionPool(nn.Module):
 class MultiScaleAttention(nn.Module):
     """Multi-head pooling attention (eq. 1-5): Q, K, V pooled, then softmax(Q K^T / sqrt(d)) V."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, pool_kernel, stride_q, stride_kv,
-                 attn_drop: float, proj_drop: float, norm_eps: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool,
+        pool_kernel,
+        stride_q,
+        stride_kv,
+        attn_drop: float,
+        proj_drop: float,
+        norm_eps: float,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -154,13 +165,27 @@ class MultiScaleBlock(nn.Module):
     """x = pool_skip(x) + MHPA(LN(x)); x = proj(LN(x)) + MLP(LN(x)) where the width changes
     (`dim` -> `dim_out` at the last block of a stage), else x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, dim_out: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, pool_kernel,
-                 stride_q, stride_kv, drop_path: float, attn_drop: float, proj_drop: float, norm_eps: float,
-                 act: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        pool_kernel,
+        stride_q,
+        stride_kv,
+        drop_path: float,
+        attn_drop: float,
+        proj_drop: float,
+        norm_eps: float,
+        act: str,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiScaleAttention(dim, num_heads, qkv_bias, pool_kernel, stride_q, stride_kv, attn_drop,
-                                        proj_drop, norm_eps)
+        self.attn = MultiScaleAttention(
+            dim, num_heads, qkv_bias, pool_kernel, stride_q, stride_kv, attn_drop, proj_drop, norm_eps
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), out_features=dim_out, act=act, drop=proj_drop)
@@ -197,8 +222,15 @@ class MViT(VitkitModel):
         self.num_classes = c.num_classes
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
-        self.patch_embed = TubeletEmbed(c.num_frames, to_2tuple(c.img_size), c.patch_kernel, c.in_chans, c.embed_dim,
-                                        stride=c.patch_stride, padding=c.patch_padding)
+        self.patch_embed = TubeletEmbed(
+            c.num_frames,
+            to_2tuple(c.img_size),
+            c.patch_kernel,
+            c.in_chans,
+            c.embed_dim,
+            stride=c.patch_stride,
+            padding=c.patch_padding,
+        )
         nt, nh, nw = self.patch_embed.grid_size
         self.embed_dim = c.embed_dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
@@ -218,10 +250,23 @@ class MViT(VitkitModel):
                     stride_kv = tuple(max(kv // q, 1) for kv, q in zip(stride_kv, c.stride_q))
                     heads *= 2
                 dim_out = dim * 2 if (last and s < len(c.depths) - 1) else dim
-                blocks.append(MultiScaleBlock(
-                    dim, dim_out, heads, c.mlp_ratio, c.qkv_bias, c.pool_kernel, stride_q, stride_kv, dpr[i],
-                    c.attn_drop_rate, c.proj_drop_rate, c.norm_eps, c.act,
-                ))
+                blocks.append(
+                    MultiScaleBlock(
+                        dim,
+                        dim_out,
+                        heads,
+                        c.mlp_ratio,
+                        c.qkv_bias,
+                        c.pool_kernel,
+                        stride_q,
+                        stride_kv,
+                        dpr[i],
+                        c.attn_drop_rate,
+                        c.proj_drop_rate,
+                        c.norm_eps,
+                        c.act,
+                    )
+                )
                 if max(stride_q) > 1:
                     pad = tuple(k // 2 for k in c.pool_kernel)
                     thw = _pool_out(thw, c.pool_kernel, stride_q, pad)
@@ -257,8 +302,10 @@ class MViT(VitkitModel):
         return {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
-                    blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -277,8 +324,9 @@ class MViT(VitkitModel):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, t*h*w, C)
         nt = self.patch_embed.grid_size[0]
-        pos = (self.pos_embed_temporal.repeat_interleave(self.pos_embed_spatial.shape[1], dim=1)
-               + self.pos_embed_spatial.repeat(1, nt, 1))  # (t, h, w) order
+        pos = self.pos_embed_temporal.repeat_interleave(
+            self.pos_embed_spatial.shape[1], dim=1
+        ) + self.pos_embed_spatial.repeat(1, nt, 1)  # (t, h, w) order
         x = x + pos
         cls = (self.cls_token + self.pos_embed_class).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
@@ -372,7 +420,7 @@ def convert_torchvision_mvit(state: dict[str, torch.Tensor]) -> dict[str, torch.
     for key, value in state.items():
         for old, new in _TV_RENAMES:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         if key.startswith("blocks."):
             for old, new in _TV_BLOCK_RENAMES:
@@ -392,10 +440,24 @@ def _register_all() -> None:
     kinetics = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), crop_pct=224 / 256, interpolation="bilinear")
     register_model("mvit_base_16x4", "mvit", dict(num_frames=16), **kinetics)
     register_model("mvit_base_32x3", "mvit", dict(num_frames=32), **kinetics)
-    register_model("mvit_micro_28", "mvit",
-                   dict(img_size=28, num_frames=8, in_chans=1, num_classes=4, embed_dim=32, depths=(1, 2, 1),
-                        stride_kv=(1, 4, 4), drop_rate=0.0, drop_path_rate=0.0),
-                   mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    register_model(
+        "mvit_micro_28",
+        "mvit",
+        dict(
+            img_size=28,
+            num_frames=8,
+            in_chans=1,
+            num_classes=4,
+            embed_dim=32,
+            depths=(1, 2, 1),
+            stride_kv=(1, 4, 4),
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+        ),
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_pct=1.0,
+    )
 
 
 _register_all()

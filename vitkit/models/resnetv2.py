@@ -130,8 +130,14 @@ class StdConv2d(nn.Conv2d):
     ) -> None:
         k, s, d = _pair(kernel_size), _pair(stride), _pair(dilation)
         super().__init__(
-            in_channels, out_channels, k, stride=s, padding=_symmetric_padding(k, s, d),
-            dilation=d, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            k,
+            stride=s,
+            padding=_symmetric_padding(k, s, d),
+            dilation=d,
+            groups=groups,
+            bias=bias,
         )
         self.eps = eps
 
@@ -235,17 +241,19 @@ class ResNetStage(nn.Module):
         self, in_chs: int, out_chs: int, stride: int, depth: int, conv_layer: type[StdConv2d], eps: float
     ) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[
-            Bottleneck(
-                in_chs if i == 0 else out_chs,
-                out_chs,
-                stride=stride if i == 0 else 1,
-                conv_layer=conv_layer,
-                eps=eps,
-                project=i == 0,
-            )
-            for i in range(depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                Bottleneck(
+                    in_chs if i == 0 else out_chs,
+                    out_chs,
+                    stride=stride if i == 0 else 1,
+                    conv_layer=conv_layer,
+                    eps=eps,
+                    project=i == 0,
+                )
+                for i in range(depth)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -312,9 +320,7 @@ class ResNetV2(nn.Module):
 
         stem_chs = _make_divisible(stem_chs * width_factor)
         self.stem = Stem(in_chans, stem_chs, same, conv_layer, eps)
-        self.feature_info: list[dict[str, int | str]] = [
-            dict(num_chs=stem_chs, reduction=2, module="stem.norm")
-        ]
+        self.feature_info: list[dict[str, int | str]] = [dict(num_chs=stem_chs, reduction=2, module="stem.norm")]
 
         prev_chs, curr_stride = stem_chs, 4
         stages = []

@@ -132,9 +132,13 @@ def relative_position_index(window: tuple[int, int], device=None, table: tuple[i
     `table`: the window the bias table was made for, when larger than `window` (a window shrunk at run
     time reads the offsets it has from the full table)."""
     table = window if table is None else table
-    coords = torch.stack(torch.meshgrid(
-        torch.arange(window[0], device=device), torch.arange(window[1], device=device), indexing="ij",
-    )).flatten(1)  # (2, Mh Mw)
+    coords = torch.stack(
+        torch.meshgrid(
+            torch.arange(window[0], device=device),
+            torch.arange(window[1], device=device),
+            indexing="ij",
+        )
+    ).flatten(1)  # (2, Mh Mw)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2), each in [-M+1, M-1]
     return (rel[..., 0] + table[0] - 1) * (2 * table[1] - 1) + (rel[..., 1] + table[1] - 1)
 
@@ -142,6 +146,7 @@ def relative_position_index(window: tuple[int, int], device=None, table: tuple[i
 def shifted_window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[int, int], device=None) -> torch.Tensor:
     """The SW-MSA mask (sec. 3.2, fig. 4) for an (H, W) map (multiples of the window): (nW, N, N)
     with 0 inside a region and -100 across regions that the cyclic shift brought together."""
+
     def regions(n: int, m: int, s: int) -> torch.Tensor:
         i = torch.arange(n, device=device)
         return (i >= n - m).long() + (i >= n - s).long()  # 0 | 1 (last window, not wrapped) | 2 (wrapped)
@@ -153,8 +158,9 @@ def shifted_window_mask(H: int, W: int, window: tuple[int, int], shift: tuple[in
 
 
 @torch.fx.wrap  # one opaque call in a torch.fx graph: the path taken depends on the real shapes
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     dropout_p: float, scale: float) -> torch.Tensor:
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout_p: float, scale: float
+) -> torch.Tensor:
     """Attention within windows: q, k, v (B * nW, heads, N, hd), bias (1 | nW, heads, N, N) -> (B * nW, heads, N, hd)."""
     BW, heads, N, _ = q.shape
     nW = bias.shape[0]
@@ -183,8 +189,15 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 class WindowAttention(nn.Module):
     """W-MSA with the relative position bias B of eq. 4: softmax(Q K^T / sqrt(d) + B + mask) V."""
 
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: tuple[int, int],
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -207,8 +220,11 @@ class WindowAttention(nn.Module):
             return
         table = self.relative_position_bias_table
         with torch.no_grad():
-            new = resize_rel_pos_bias_table(table.detach(), window, mode=mode) if table.shape[0] == \
-                (2 * self.window_size[0] - 1) ** 2 and self.window_size[0] == self.window_size[1] else None
+            new = (
+                resize_rel_pos_bias_table(table.detach(), window, mode=mode)
+                if table.shape[0] == (2 * self.window_size[0] - 1) ** 2 and self.window_size[0] == self.window_size[1]
+                else None
+            )
         if new is None:
             raise ValueError(f"cannot resample the {self.window_size} window's bias table to {window}")
         self.relative_position_bias_table = nn.Parameter(new, requires_grad=table.requires_grad)
@@ -231,9 +247,14 @@ class WindowAttention(nn.Module):
         bias = self.rel_pos_bias(window)
         return bias if mask is None else bias + mask.unsqueeze(1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
-                attn_bias: torch.Tensor | None = None,
-                window: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+        attn_bias: torch.Tensor | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B * nW, N, C); mask: (nW, N, N) or None. Returns (B * nW, N, C) [, weights (B * nW, heads, N, N)].
         `attn_bias`, if given, replaces `self.attn_bias(mask, window)` (SwinBlock caches it for inference);
         `window`: the windows' size when it differs from the table's (Hugging Face's run-time rule)."""
@@ -261,8 +282,16 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """x + W-MSA(LN(x)) then x + MLP(LN(x)) (eq. 3); shifted windows (SW-MSA) when `shift` is non-zero."""
 
-    def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window: tuple[int, int],
-                 shift: tuple[int, int], c: SwinConfig, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        resolution: tuple[int, int],
+        window: tuple[int, int],
+        shift: tuple[int, int],
+        c: SwinConfig,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.window_rule = c.window_rule
         self.target_window, self.target_shift = tuple(window), tuple(shift)
@@ -310,13 +339,15 @@ class SwinBlock(nn.Module):
         window, shift = self.window_shift(*self.resolution)
         mask = None
         if any(shift):
-            mask = shifted_window_mask(*self._padded(*self.resolution, window), window, shift,
-                                       device=self.norm1.weight.device)
+            mask = shifted_window_mask(
+                *self._padded(*self.resolution, window), window, shift, device=self.norm1.weight.device
+            )
         self.attn_mask = mask
         self._bias_cache = None
 
-    def set_input_size(self, resolution: tuple[int, int], window: tuple[int, int] | None = None,
-                       rel_pos_interp: str = "geometric") -> None:
+    def set_input_size(
+        self, resolution: tuple[int, int], window: tuple[int, int] | None = None, rel_pos_interp: str = "geometric"
+    ) -> None:
         """Rebuild for another feature-map size (and window): the window/shift rule is applied again, the
         bias table resampled if the window it needs changes, and the cached mask rebuilt."""
         if window is not None:
@@ -338,13 +369,13 @@ class SwinBlock(nn.Module):
             return self.attn_mask  # fx: the configured resolution's, as timm's traced graphs
         return shifted_window_mask(Hp, Wp, window, shift, device=device)
 
-    def _cached_bias(self, H: int, W: int, Hp: int, Wp: int, window, shift, device,
-                     dtype: torch.dtype) -> torch.Tensor | None:
+    def _cached_bias(
+        self, H: int, W: int, Hp: int, Wp: int, window, shift, device, dtype: torch.dtype
+    ) -> torch.Tensor | None:
         """`attn.attn_bias(mask)` in `dtype`, cached while autograd is off (None when it is on, and while
         `torch.export`/`torch.compile`/`torch.fx` trace the model: a traced graph must not write module
         attributes)."""
-        if torch.is_grad_enabled() or is_fx_tracing() or torch.compiler.is_exporting() or \
-                torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or is_fx_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
             return None
         table = self.attn.relative_position_bias_table
         key = (Hp, Wp, window, shift, dtype, device, torch.is_inference_mode_enabled())
@@ -370,8 +401,9 @@ class SwinBlock(nn.Module):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         bias = None if return_attention else self._cached_bias(H, W, Hp, Wp, window, shift, x.device, x.dtype)
         mask = self._shift_mask(H, W, Hp, Wp, window, shift, x.device) if shifted and bias is None else None
-        out = self.attn(window_partition(x, window), mask=mask, return_attention=return_attention,
-                        attn_bias=bias, window=window)
+        out = self.attn(
+            window_partition(x, window), mask=mask, return_attention=return_attention, attn_bias=bias, window=window
+        )
         out, weights = out if return_attention else (out, None)
         x = window_reverse(out, window, Hp, Wp)  # (B, Hp, Wp, C)
         if shifted:
@@ -409,25 +441,44 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """Patch merging (stages 2+, timm's layout), then blocks alternating W-MSA and SW-MSA."""
 
-    def __init__(self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int, num_heads: int,
-                 window: tuple[int, int], downsample: bool, c: SwinConfig, dpr: list[float]) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window: tuple[int, int],
+        downsample: bool,
+        c: SwinConfig,
+        dpr: list[float],
+    ) -> None:
         super().__init__()
         self.downsample = PatchMerging(dim, out_dim, c.norm_eps) if downsample else nn.Identity()
         if downsample:
             resolution = tuple((r + 1) // 2 for r in resolution)
         self.resolution = resolution
         shift = (window[0] // 2, window[1] // 2)
-        self.blocks = nn.Sequential(*[
-            SwinBlock(out_dim, num_heads, resolution, window, (0, 0) if i % 2 == 0 else shift, c, dpr[i])
-            for i in range(depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                SwinBlock(out_dim, num_heads, resolution, window, (0, 0) if i % 2 == 0 else shift, c, dpr[i])
+                for i in range(depth)
+            ]
+        )
 
 
 class PatchEmbed(nn.Module):
     """(B, C, H, W) -> conv p x p, stride p -> LayerNorm -> (B, H/p, W/p, D)."""
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
-                 eps: float, strict_img_size: bool) -> None:
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        eps: float,
+        strict_img_size: bool,
+    ) -> None:
         super().__init__()
         self.img_size = img_size
         self.patch_size = to_2tuple(patch_size)
@@ -507,8 +558,17 @@ class SwinTransformer(VitkitModel):
         self.feature_info = []
         for i, depth in enumerate(c.depths):
             out_dim = c.embed_dim * 2**i
-            stage = SwinStage(dim, out_dim, resolution, depth, c.num_heads[i], window, i > 0, c,
-                              dpr[sum(c.depths[:i]): sum(c.depths[: i + 1])])
+            stage = SwinStage(
+                dim,
+                out_dim,
+                resolution,
+                depth,
+                c.num_heads[i],
+                window,
+                i > 0,
+                c,
+                dpr[sum(c.depths[:i]) : sum(c.depths[: i + 1])],
+            )
             stages.append(stage)
             resolution, dim = stage.resolution, out_dim
             self.feature_info.append(dict(num_chs=out_dim, reduction=c.patch_size * 2**i, module=f"layers.{i}"))
@@ -538,7 +598,9 @@ class SwinTransformer(VitkitModel):
         first block of its stage), the final norm with the last block."""
         return dict(
             stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [
+            blocks=r"^layers\.(\d+)"
+            if coarse
+            else [
                 (r"^layers\.(\d+).downsample", (0,)),
                 (r"^layers\.(\d+)\.\w+\.(\d+)", None),
                 (r"^norm", (99999,)),
@@ -606,10 +668,14 @@ class SwinTransformer(VitkitModel):
             raise ValueError("changing the patch size of a Swin model is not supported: create the model with it")
         if always_partition:
             raise ValueError("always_partition=True is not supported by vitkit's Swin")
-        if window_size is not None and not isinstance(window_size, int) and \
-                (len(window_size) != 2 or not all(isinstance(w, int) for w in window_size)):
-            raise ValueError(f"window_size must be an int or an (h, w) pair (one window for every stage), "
-                             f"got {window_size!r}")
+        if (
+            window_size is not None
+            and not isinstance(window_size, int)
+            and (len(window_size) != 2 or not all(isinstance(w, int) for w in window_size))
+        ):
+            raise ValueError(
+                f"window_size must be an int or an (h, w) pair (one window for every stage), got {window_size!r}"
+            )
         if window_ratio is not None and (not isinstance(window_ratio, int) or window_ratio < 1):
             raise ValueError(f"window_ratio must be a positive int (one for every stage), got {window_ratio!r}")
         if img_size is not None:
@@ -715,30 +781,47 @@ class SwinTransformer(VitkitModel):
         for k in buffers:
             del state[k]
         if buffers:
-            logger.info("%s: dropped %d saved buffer(s) (relative_position_index, attn_mask): they are rebuilt",
-                        source, len(buffers))
+            logger.info(
+                "%s: dropped %d saved buffer(s) (relative_position_index, attn_mask): they are rebuilt",
+                source,
+                len(buffers),
+            )
         if "layers.0.downsample.reduction.weight" in state:  # official: merging at the end of stages 1-3
-            logger.info("%s: official Swin layout: moving patch merging to the start of the next stage, "
-                        "head -> head.fc", source)
+            logger.info(
+                "%s: official Swin layout: moving patch merging to the start of the next stage, head -> head.fc", source
+            )
             moved = {}
             for k, v in state.items():
                 if k.startswith("layers.") and ".downsample." in k:
-                    i, rest = k[len("layers."):].split(".", 1)
+                    i, rest = k[len("layers.") :].split(".", 1)
                     k = f"layers.{int(i) + 1}.{rest}"
                 elif k.startswith("head.") and not k.startswith("head.fc."):
-                    k = "head.fc." + k[len("head."):]
+                    k = "head.fc." + k[len("head.") :]
                 moved[k] = v
             state = moved
 
         expected = self.state_dict()
         for k, v in list(state.items()):
-            if k.endswith("relative_position_bias_table") and k in expected and v.shape != expected[k].shape \
-                    and v.ndim == 2 and v.shape[1] == expected[k].shape[1]:
+            if (
+                k.endswith("relative_position_bias_table")
+                and k in expected
+                and v.shape != expected[k].shape
+                and v.ndim == 2
+                and v.shape[1] == expected[k].shape[1]
+            ):
                 attn = self.get_submodule(k.rsplit(".", 1)[0])
                 state[k] = resize_rel_pos_bias_table(v, attn.window_size, mode=self.config.rel_pos_interp)
                 side = math.isqrt(v.shape[0])
-                logger.info("%s: resampled %s from a %dx%d to a %dx%d table (%s)", source, k, side, side,
-                            2 * attn.window_size[0] - 1, 2 * attn.window_size[1] - 1, self.config.rel_pos_interp)
+                logger.info(
+                    "%s: resampled %s from a %dx%d to a %dx%d table (%s)",
+                    source,
+                    k,
+                    side,
+                    side,
+                    2 * attn.window_size[0] - 1,
+                    2 * attn.window_size[1] - 1,
+                    self.config.rel_pos_interp,
+                )
         self._fit_head(state, expected, source)
         return state
 
@@ -751,11 +834,19 @@ class SwinTransformer(VitkitModel):
             logger.warning("%s: the model has no classifier (num_classes=0): ignoring the checkpoint's head", source)
         elif ckpt_head:
             n_ckpt = next((v.shape[0] for k, v in ckpt_head.items() if k.endswith("weight")), "?")
-            logger.warning("%s: the checkpoint's head has %s classes and the model's %d: it is re-initialised "
-                           "and must be trained", source, n_ckpt, self.num_classes)
+            logger.warning(
+                "%s: the checkpoint's head has %s classes and the model's %d: it is re-initialised and must be trained",
+                source,
+                n_ckpt,
+                self.num_classes,
+            )
         else:
-            logger.warning("%s: the checkpoint has no head (a feature/pre-training checkpoint): the model's "
-                           "%d-class head is freshly initialised and must be trained", source, self.num_classes)
+            logger.warning(
+                "%s: the checkpoint has no head (a feature/pre-training checkpoint): the model's "
+                "%d-class head is freshly initialised and must be trained",
+                source,
+                self.num_classes,
+            )
         for k in ckpt_head:
             del state[k]
         state.update({k: v.clone() for k, v in model_head.items()})
@@ -814,7 +905,8 @@ def resize_rel_pos_bias_table(table: torch.Tensor, window: tuple[int, int], mode
         )
         out = sum(
             grid[:, iy][:, :, ix] * (wy[:, None] * wx[None, :])
-            for iy, wy in ((yl, wyl), (yr, wyr)) for ix, wx in ((xl, wxl), (xr, wxr))
+            for iy, wy in ((yl, wyl), (yr, wyr))
+            for ix, wx in ((xl, wxl), (xr, wxr))
         )
     return out.reshape(heads, -1).T.contiguous().to(table.dtype)
 
@@ -833,18 +925,32 @@ def _register_all() -> None:
     for size in SWIN_SIZES:
         register_model(f"swin_{size}_patch4_window7_224", "swin", dict(SWIN_SIZES[size], window_size=7), crop_pct=0.9)
     for size in ("base", "large"):
-        register_model(f"swin_{size}_patch4_window12_384", "swin",
-                       dict(SWIN_SIZES[size], img_size=384, window_size=12), crop_pct=1.0)
+        register_model(
+            f"swin_{size}_patch4_window12_384",
+            "swin",
+            dict(SWIN_SIZES[size], img_size=384, window_size=12),
+            crop_pct=1.0,
+        )
 
     # Small models for CPU training: 28x28 grayscale (grid 14 -> 7, window 7) and 32x32 RGB
     # (grid 16 -> 8 -> 4, window 4); every grid is a multiple of the window, so nothing is padded.
     micro = dict(embed_dim=32, mlp_ratio=2.0, num_classes=10)
-    register_model("swin_micro_patch2_window7_28", "swin",
-                   dict(micro, img_size=28, patch_size=2, in_chans=1, window_size=7, depths=(2, 2), num_heads=(2, 4)),
-                   mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
-    register_model("swin_micro_patch2_window4_32", "swin",
-                   dict(micro, img_size=32, patch_size=2, window_size=4, depths=(2, 2, 2), num_heads=(2, 4, 8)),
-                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
+    register_model(
+        "swin_micro_patch2_window7_28",
+        "swin",
+        dict(micro, img_size=28, patch_size=2, in_chans=1, window_size=7, depths=(2, 2), num_heads=(2, 4)),
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_pct=1.0,
+    )
+    register_model(
+        "swin_micro_patch2_window4_32",
+        "swin",
+        dict(micro, img_size=32, patch_size=2, window_size=4, depths=(2, 2, 2), num_heads=(2, 4, 8)),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        crop_pct=1.0,
+    )
 
 
 _register_all()

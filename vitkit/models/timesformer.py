@@ -75,8 +75,18 @@ class TimeSformerConfig:
 class DividedSpaceTimeBlock(nn.Module):
     """The T+S block of the reference code (fig. 1, 'Divided Space-Time Attention')."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, proj_drop: float,
-                 attn_drop: float, drop_path: float, norm_eps: float, act: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        proj_drop: float,
+        attn_drop: float,
+        drop_path: float,
+        norm_eps: float,
+        act: str,
+    ) -> None:
         super().__init__()
         self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
@@ -119,21 +129,26 @@ class TimeSformer(VitkitModel):
         self.num_frames = c.num_frames
         self.grad_checkpointing = False
         # ViT's patch embedding applied frame by frame: a tubelet of one frame.
-        self.patch_embed = TubeletEmbed(c.num_frames, to_2tuple(c.img_size), (1, c.patch_size, c.patch_size),
-                                        c.in_chans, c.embed_dim)
+        self.patch_embed = TubeletEmbed(
+            c.num_frames, to_2tuple(c.img_size), (1, c.patch_size, c.patch_size), c.in_chans, c.embed_dim
+        )
         S = self.patch_embed.grid_size[1] * self.patch_embed.grid_size[2]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, S + 1, c.embed_dim))  # spatial, shared by the frames
         self.pos_drop = nn.Dropout(c.pos_drop_rate)
-        self.time_embed = nn.Parameter(torch.zeros(1, c.num_frames, c.embed_dim)) \
-            if c.attention_type != "space_only" else None
+        self.time_embed = (
+            nn.Parameter(torch.zeros(1, c.num_frames, c.embed_dim)) if c.attention_type != "space_only" else None
+        )
         self.time_drop = nn.Dropout(c.pos_drop_rate)
         dpr = drop_path_rates(c.drop_path_rate, c.depth)
-        common = dict(qkv_bias=c.qkv_bias, proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate,
-                      norm_eps=c.norm_eps, act=c.act)
+        common = dict(
+            qkv_bias=c.qkv_bias, proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate, norm_eps=c.norm_eps, act=c.act
+        )
         if c.attention_type == "divided_space_time":
-            blocks = [DividedSpaceTimeBlock(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common)
-                      for i in range(c.depth)]
+            blocks = [
+                DividedSpaceTimeBlock(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common)
+                for i in range(c.depth)
+            ]
         else:
             blocks = [Block(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common) for i in range(c.depth)]
         self.blocks = nn.Sequential(*blocks)
@@ -169,8 +184,10 @@ class TimeSformer(VitkitModel):
         return {n for n in ("pos_embed", "cls_token", "time_embed") if getattr(self, n, None) is not None}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|^pos_embed|^time_embed|^patch_embed",
-                    blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^cls_token|^pos_embed|^time_embed|^patch_embed",
+            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -286,8 +303,9 @@ class TimeSformer(VitkitModel):
             added = [k for k in expected if k not in state and (k == "time_embed" or ".temporal_" in k)]
             for k in added:
                 state[k] = torch.zeros_like(expected[k]) if k == "time_embed" else expected[k].clone()
-            logger.info("%s: an image checkpoint: %d temporal parameter(s) keep their initialisation",
-                        source, len(added))
+            logger.info(
+                "%s: an image checkpoint: %d temporal parameter(s) keep their initialisation", source, len(added)
+            )
         fit_heads(self, state, expected, source)
         return state
 
@@ -303,16 +321,36 @@ def _register_all() -> None:
     # The reference code normalises with ImageNet statistics; HF's preprocessor too.
     kinetics = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=224 / 256, interpolation="bilinear")
     for attention, suffix in _SUFFIX.items():
-        register_model(f"timesformer_base{suffix}_patch16_224", "timesformer",
-                       dict(base, attention_type=attention), **kinetics)
-    register_model("timesformer_hr_patch16_448", "timesformer", dict(base, img_size=448, num_frames=16),
-                   **dict(kinetics, crop_pct=448 / 512))
+        register_model(
+            f"timesformer_base{suffix}_patch16_224", "timesformer", dict(base, attention_type=attention), **kinetics
+        )
+    register_model(
+        "timesformer_hr_patch16_448",
+        "timesformer",
+        dict(base, img_size=448, num_frames=16),
+        **dict(kinetics, crop_pct=448 / 512),
+    )
     register_model("timesformer_large_patch16_224", "timesformer", dict(base, num_frames=96), **kinetics)
-    micro = dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, img_size=28, patch_size=4, num_frames=8,
-                 in_chans=1, num_classes=4)
+    micro = dict(
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        img_size=28,
+        patch_size=4,
+        num_frames=8,
+        in_chans=1,
+        num_classes=4,
+    )
     for attention, suffix in _SUFFIX.items():
-        register_model(f"timesformer_micro{suffix}_patch4_28", "timesformer", dict(micro, attention_type=attention),
-                       mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+        register_model(
+            f"timesformer_micro{suffix}_patch4_28",
+            "timesformer",
+            dict(micro, attention_type=attention),
+            mean=(0.1307,),
+            std=(0.3081,),
+            crop_pct=1.0,
+        )
 
 
 _register_all()

@@ -98,8 +98,9 @@ class ViTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.patch_drop_rate < 1.0:
-            raise ValueError(f"patch_drop_rate is the share of patches dropped in training, in [0, 1); "
-                             f"got {self.patch_drop_rate}")
+            raise ValueError(
+                f"patch_drop_rate is the share of patches dropped in training, in [0, 1); got {self.patch_drop_rate}"
+            )
 
 
 class HybridEmbed(nn.Module):
@@ -127,8 +128,9 @@ class HybridEmbed(nn.Module):
         # 'same' padding everywhere: each stride-2 step rounds up
         return math.ceil(img_size[0] / self.reduction), math.ceil(img_size[1] / self.reduction)
 
-    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
-                       patch_size: int | tuple[int, int] | None = None) -> None:
+    def set_input_size(
+        self, img_size: int | tuple[int, int] | None = None, patch_size: int | tuple[int, int] | None = None
+    ) -> None:
         if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
             raise ValueError("the hybrid's patch size is its backbone's stride and cannot be changed")
         if img_size is not None:
@@ -179,8 +181,12 @@ class VisionTransformer(VitkitModel):
             self.patch_embed.flatten = self.patch_embed.strict_img_size = not c.dynamic_img_size
         else:
             self.patch_embed = PatchEmbed(
-                img_size, c.patch_size, c.in_chans, c.embed_dim,
-                flatten=not c.dynamic_img_size, strict_img_size=not c.dynamic_img_size,
+                img_size,
+                c.patch_size,
+                c.in_chans,
+                c.embed_dim,
+                flatten=not c.dynamic_img_size,
+                strict_img_size=not c.dynamic_img_size,
             )
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
@@ -190,14 +196,23 @@ class VisionTransformer(VitkitModel):
         self.pos_drop = nn.Dropout(c.pos_drop_rate)
 
         dpr = drop_path_rates(c.drop_path_rate, c.depth)
-        self.blocks = nn.Sequential(*[
-            Block(
-                c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, init_values=c.init_values,
-                proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate, drop_path=dpr[i],
-                norm_eps=c.norm_eps, act=c.act,
-            )
-            for i in range(c.depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                Block(
+                    c.embed_dim,
+                    c.num_heads,
+                    c.mlp_ratio,
+                    qkv_bias=c.qkv_bias,
+                    init_values=c.init_values,
+                    proj_drop=c.proj_drop_rate,
+                    attn_drop=c.attn_drop_rate,
+                    drop_path=dpr[i],
+                    norm_eps=c.norm_eps,
+                    act=c.act,
+                )
+                for i in range(c.depth)
+            ]
+        )
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if use_fc_norm else nn.Identity()
 
@@ -206,9 +221,12 @@ class VisionTransformer(VitkitModel):
         self.num_features = c.embed_dim
         self.head_hidden_size = c.representation_size or c.embed_dim
         if c.representation_size:
-            self.pre_logits = nn.Sequential(OrderedDict(
-                fc=nn.Linear(c.embed_dim, c.representation_size), act=nn.Tanh(),
-            ))
+            self.pre_logits = nn.Sequential(
+                OrderedDict(
+                    fc=nn.Linear(c.embed_dim, c.representation_size),
+                    act=nn.Tanh(),
+                )
+            )
         else:
             self.pre_logits = nn.Identity()
         self.head_drop = nn.Dropout(c.drop_rate)
@@ -217,7 +235,9 @@ class VisionTransformer(VitkitModel):
             self.head_dist = nn.Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.distilled_training = False  # timm's switch: see set_distilled_training
         reduction = self.patch_embed.patch_size[0]
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)
+        ]
         self.init_weights()
 
     # ----------------------------------------------------------------- initialisation
@@ -311,8 +331,9 @@ class VisionTransformer(VitkitModel):
             self.reset_classifier(0, "")
         return take
 
-    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
-                       patch_size: int | tuple[int, int] | None = None) -> None:
+    def set_input_size(
+        self, img_size: int | tuple[int, int] | None = None, patch_size: int | tuple[int, int] | None = None
+    ) -> None:
         """timm's: run at another image size and/or patch size from now on. The position embeddings are
         resampled to the new grid (by the configured rule); a new patch size resamples the projection
         kernel (FlexiViT's pseudo-inverse, timm's `resample_patch_embed`). `config.img_size` and
@@ -327,8 +348,12 @@ class VisionTransformer(VitkitModel):
         grid = self.patch_embed.grid_size
         if grid != prev_grid:
             resampled = resample_abs_pos_embed(
-                self.pos_embed.detach(), grid, old_size=prev_grid, num_prefix_tokens=self.num_prefix_tokens,
-                interpolation=self.config.pos_embed_interp, antialias=self.config.pos_embed_antialias,
+                self.pos_embed.detach(),
+                grid,
+                old_size=prev_grid,
+                num_prefix_tokens=self.num_prefix_tokens,
+                interpolation=self.config.pos_embed_interp,
+                antialias=self.config.pos_embed_antialias,
             )
             self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
         self.config.img_size = self.patch_embed.img_size
@@ -343,9 +368,12 @@ class VisionTransformer(VitkitModel):
         if self.dynamic_img_size:
             B, H, W, D = x.shape  # patch embed kept the grid: resample the embeddings to it
             pos_embed = resample_abs_pos_embed(
-                self.pos_embed, (H, W), old_size=self.patch_embed.grid_size,
+                self.pos_embed,
+                (H, W),
+                old_size=self.patch_embed.grid_size,
                 num_prefix_tokens=self.num_prefix_tokens,
-                interpolation=self.config.pos_embed_interp, antialias=self.config.pos_embed_antialias,
+                interpolation=self.config.pos_embed_interp,
+                antialias=self.config.pos_embed_antialias,
             )
             x = x.reshape(B, H * W, D)
         else:
@@ -407,19 +435,23 @@ class VisionTransformer(VitkitModel):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P + N, D) -> (B, D) by the configured rule."""
         if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
         if self.global_pool == "token":
             return x[:, 0]
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, P + N, D) -> logits (B, K), or pooled features when `pre_logits`."""
         if self.dist_token is not None:
             return self._forward_head_distilled(x, pre_logits)
         x = self.head_drop(self.pre_logits(self.fc_norm(self.pool(x))))
         return x if pre_logits else self.head(x)
 
-    def _forward_head_distilled(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def _forward_head_distilled(
+        self, x: torch.Tensor, pre_logits: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # DeiT: the class token feeds `head`, the distillation token (index 1) feeds `head_dist`. As in
         # timm, global_pool '' still takes the class token (the pair of tokens is what the heads need).
         pooled = self.pool(x) if self.global_pool == "avg" else x[:, 0]
@@ -475,7 +507,7 @@ class VisionTransformer(VitkitModel):
         h, w = self.patch_embed.feat_size((height, width))
         out = []
         for y in intermediates:
-            prefix, spatial = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens:]
+            prefix, spatial = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens :]
             if output_fmt == "NCHW":
                 spatial = spatial.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
             out.append((spatial, prefix) if return_prefix_tokens else spatial)
@@ -503,7 +535,8 @@ def _register_all() -> None:
         for patch in (8, 16, 32):
             for res in (224, 384):
                 register_model(
-                    f"vit_{size}_patch{patch}_{res}", "vit",
+                    f"vit_{size}_patch{patch}_{res}",
+                    "vit",
                     dict(VIT_SIZES[size], patch_size=patch, img_size=res),
                     **dict(vit_cfg, crop_pct=1.0 if res == 384 else 0.9),
                 )
@@ -512,7 +545,8 @@ def _register_all() -> None:
     # R50+ViT-B/16 hybrid: ResNetV2-50 with its 4th stage removed (stride 16), then 1x1 "patches".
     for res in (224, 384):
         register_model(
-            f"vit_base_r50_s16_{res}", "vit",
+            f"vit_base_r50_s16_{res}",
+            "vit",
             dict(VIT_SIZES["base"], img_size=res, patch_size=1, hybrid_layers=(3, 4, 9)),
             **dict(vit_cfg, crop_pct=1.0 if res == 384 else 0.9),
         )
@@ -520,9 +554,13 @@ def _register_all() -> None:
     # DeiT (ImageNet mean/std, crop 0.875); the distilled variants add the distillation token.
     for size in ("tiny", "small", "base"):
         register_model(f"deit_{size}_patch16_224", "vit", dict(VIT_SIZES[size], patch_size=16))
-        register_model(f"deit_{size}_distilled_patch16_224", "vit", dict(VIT_SIZES[size], patch_size=16, distilled=True))
+        register_model(
+            f"deit_{size}_distilled_patch16_224", "vit", dict(VIT_SIZES[size], patch_size=16, distilled=True)
+        )
     register_model("deit_base_patch16_384", "vit", dict(VIT_SIZES["base"], img_size=384), crop_pct=1.0)
-    register_model("deit_base_distilled_patch16_384", "vit", dict(VIT_SIZES["base"], img_size=384, distilled=True), crop_pct=1.0)
+    register_model(
+        "deit_base_distilled_patch16_384", "vit", dict(VIT_SIZES["base"], img_size=384, distilled=True), crop_pct=1.0
+    )
 
     # Small models for CPU training on real data: 28x28 grayscale (MNIST, Fashion-MNIST), 32x32
     # RGB (CIFAR) and the 8x8 scikit-learn digits.
@@ -530,12 +568,28 @@ def _register_all() -> None:
     mnist = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
     register_model("vit_micro_patch4_28", "vit", dict(small, img_size=28, patch_size=4, in_chans=1), **mnist)
     register_model("vit_micro_patch7_28", "vit", dict(small, img_size=28, patch_size=7, in_chans=1), **mnist)
-    register_model("vit_micro_patch2_8", "vit", dict(small, img_size=8, patch_size=2, in_chans=1),
-                   mean=(0.5,), std=(0.5,), crop_pct=1.0)
-    register_model("vit_micro_patch4_32", "vit", dict(small, img_size=32, patch_size=4),
-                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0)
-    register_model("deit_micro_distilled_patch4_28", "vit",
-                   dict(small, img_size=28, patch_size=4, in_chans=1, distilled=True), **mnist)
+    register_model(
+        "vit_micro_patch2_8",
+        "vit",
+        dict(small, img_size=8, patch_size=2, in_chans=1),
+        mean=(0.5,),
+        std=(0.5,),
+        crop_pct=1.0,
+    )
+    register_model(
+        "vit_micro_patch4_32",
+        "vit",
+        dict(small, img_size=32, patch_size=4),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        crop_pct=1.0,
+    )
+    register_model(
+        "deit_micro_distilled_patch4_28",
+        "vit",
+        dict(small, img_size=28, patch_size=4, in_chans=1, distilled=True),
+        **mnist,
+    )
 
 
 _register_all()

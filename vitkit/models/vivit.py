@@ -110,8 +110,9 @@ class ViViTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.attention_type == "factorised_dot_product" and self.num_heads % 2:
-            raise ValueError(f"Model 4 splits the heads in two halves (space, time): num_heads must be even, "
-                             f"got {self.num_heads}")
+            raise ValueError(
+                f"Model 4 splits the heads in two halves (space, time): num_heads must be even, got {self.num_heads}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,8 +144,9 @@ def ungroup_tokens(y: torch.Tensor, B: int, prefix: int, T: int, S: int, axis: s
     return torch.cat([y[:, :prefix].unflatten(0, (B, G)).mean(1), tok], dim=1)
 
 
-def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0,
-                       module: nn.Module | None = None) -> torch.Tensor:
+def scaled_dot_product(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0, module: nn.Module | None = None
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v on (B, H, L, d): fused by default, explicit inside `eager_attention()`,
     where the weights are reported to attention capture (`record_attention`) on behalf of `module`."""
     if fused_attention_enabled():
@@ -158,8 +160,18 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
 class FactorisedSelfAttentionBlock(nn.Module):
     """Model 3 (eq. 4-6): y_s = MSA_s(LN(z)) + z; y_t = MSA_t(LN(y_s)) + y_s; z = MLP(LN(y_t)) + y_t."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, proj_drop: float,
-                 attn_drop: float, drop_path: float, norm_eps: float, act: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        proj_drop: float,
+        attn_drop: float,
+        drop_path: float,
+        norm_eps: float,
+        act: str,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
@@ -211,8 +223,9 @@ class FactorisedDotProductAttention(nn.Module):
 class FactorisedDotProductBlock(Block):
     """A pre-LN block (keys as `Block`) whose attention is Model 4's."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float, **kwargs: Any
+    ) -> None:
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
         self.attn = FactorisedDotProductAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
 
@@ -249,26 +262,34 @@ class ViViT(VitkitModel):
 
         depth_total = c.depth + (c.temporal_depth if factorised_encoder else 0)
         dpr = drop_path_rates(c.drop_path_rate, depth_total)
-        common = dict(qkv_bias=c.qkv_bias, proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate,
-                      norm_eps=c.norm_eps, act=c.act)
+        common = dict(
+            qkv_bias=c.qkv_bias, proj_drop=c.proj_drop_rate, attn_drop=c.attn_drop_rate, norm_eps=c.norm_eps, act=c.act
+        )
         if c.attention_type == "factorised_self_attention":
-            blocks = [FactorisedSelfAttentionBlock(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common)
-                      for i in range(c.depth)]
+            blocks = [
+                FactorisedSelfAttentionBlock(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common)
+                for i in range(c.depth)
+            ]
         elif c.attention_type == "factorised_dot_product":
-            blocks = [FactorisedDotProductBlock(c.embed_dim, c.num_heads, mlp_ratio=c.mlp_ratio, drop_path=dpr[i],
-                                                **common) for i in range(c.depth)]
+            blocks = [
+                FactorisedDotProductBlock(c.embed_dim, c.num_heads, mlp_ratio=c.mlp_ratio, drop_path=dpr[i], **common)
+                for i in range(c.depth)
+            ]
         else:
             blocks = [Block(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[i], **common) for i in range(c.depth)]
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         if factorised_encoder:
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
-            self.temporal_pos_embed = nn.Parameter(torch.zeros(1, nt + P, c.embed_dim),
-                                                   requires_grad=c.pos_embed == "learned")
-            self.temporal_blocks = nn.Sequential(*[
-                Block(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[c.depth + i], **common)
-                for i in range(c.temporal_depth)
-            ])
+            self.temporal_pos_embed = nn.Parameter(
+                torch.zeros(1, nt + P, c.embed_dim), requires_grad=c.pos_embed == "learned"
+            )
+            self.temporal_blocks = nn.Sequential(
+                *[
+                    Block(c.embed_dim, c.num_heads, c.mlp_ratio, drop_path=dpr[c.depth + i], **common)
+                    for i in range(c.temporal_depth)
+                ]
+            )
             self.temporal_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
@@ -314,9 +335,13 @@ class ViViT(VitkitModel):
         """Layer-wise LR decay groups: stem, then the blocks (Model 2: spatial, then temporal blocks)."""
         blocks = [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
         if self.attention_type == "factorised_encoder":
-            blocks = [(r"^blocks\.(\d+)", None), (r"^norm", (self.config.depth - 1,)),
-                      (r"^temporal_cls_token|^temporal_pos_embed", (self.config.depth,)),
-                      (r"^temporal_blocks\.(\d+)", (self.config.depth,)), (r"^temporal_norm", (99999,))]
+            blocks = [
+                (r"^blocks\.(\d+)", None),
+                (r"^norm", (self.config.depth - 1,)),
+                (r"^temporal_cls_token|^temporal_pos_embed", (self.config.depth,)),
+                (r"^temporal_blocks\.(\d+)", (self.config.depth,)),
+                (r"^temporal_norm", (99999,)),
+            ]
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=r"^blocks\.(\d+)" if coarse else blocks)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -366,7 +391,7 @@ class ViViT(VitkitModel):
         return x
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
 
     def _temporal(self, x: torch.Tensor, B: int) -> torch.Tensor:
         """Model 2: normalised spatial tokens (B*n_t, P + S, D) -> temporal tokens (B, P + n_t, D)."""
@@ -454,8 +479,9 @@ class ViViT(VitkitModel):
 
     def _inflate_image_state(self, state, expected, source):
         t = self.patch_embed.kernel_size[0]
-        state["patch_embed.proj.weight"] = inflate_patch_weight(state["patch_embed.proj.weight"], t,
-                                                                self.config.inflation)
+        state["patch_embed.proj.weight"] = inflate_patch_weight(
+            state["patch_embed.proj.weight"], t, self.config.inflation
+        )
         P = self.num_prefix_tokens
         nt = self.patch_embed.grid_size[0]
         pos = state.get("pos_embed")
@@ -477,12 +503,19 @@ class ViViT(VitkitModel):
                 if key.startswith("temporal_") and key not in state:
                     state[key] = value.clone()
                     added.append(key)
-        pos_note = ("the spatial encoder takes the position embeddings as they are"
-                    if self.attention_type == "factorised_encoder" else
-                    f"position embeddings repeated over {nt} temporal indices")
-        logger.info("%s: an image ViT checkpoint: tubelet filter inflated over %d frame(s) (%s), %s%s", source, t,
-                    self.config.inflation, pos_note,
-                    f"; {len(added)} temporal parameter(s) freshly initialised" if added else "")
+        pos_note = (
+            "the spatial encoder takes the position embeddings as they are"
+            if self.attention_type == "factorised_encoder"
+            else f"position embeddings repeated over {nt} temporal indices"
+        )
+        logger.info(
+            "%s: an image ViT checkpoint: tubelet filter inflated over %d frame(s) (%s), %s%s",
+            source,
+            t,
+            self.config.inflation,
+            pos_note,
+            f"; {len(added)} temporal parameter(s) freshly initialised" if added else "",
+        )
         return state
 
 
@@ -495,21 +528,37 @@ VIVIT_SIZES: dict[str, dict[str, Any]] = {
     "base": dict(embed_dim=768, depth=12, temporal_depth=4, num_heads=12),
     "large": dict(embed_dim=1024, depth=24, temporal_depth=4, num_heads=16),
 }
-_SUFFIX = {"spatio_temporal": "", "factorised_encoder": "_fe", "factorised_self_attention": "_fsa",
-           "factorised_dot_product": "_fdp"}
+_SUFFIX = {
+    "spatio_temporal": "",
+    "factorised_encoder": "_fe",
+    "factorised_self_attention": "_fsa",
+    "factorised_dot_product": "_fdp",
+}
 
 
 def _register_all() -> None:
     kinetics = dict(mean=KINETICS_MEAN, std=KINETICS_STD, crop_pct=224 / 256, interpolation="bilinear")
     for size in ("base", "large"):
         for attention, suffix in _SUFFIX.items():
-            register_model(f"vivit_{size}{suffix}_16x2_224", "vivit",
-                           dict(VIVIT_SIZES[size], attention_type=attention), **kinetics)
+            register_model(
+                f"vivit_{size}{suffix}_16x2_224", "vivit", dict(VIVIT_SIZES[size], attention_type=attention), **kinetics
+            )
     digits = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
     for attention, suffix in _SUFFIX.items():
-        register_model(f"vivit_micro{suffix}_4x2_28", "vivit",
-                       dict(VIVIT_SIZES["micro"], attention_type=attention, img_size=28, num_frames=8,
-                            tubelet_size=(2, 4, 4), in_chans=1, num_classes=4), **digits)
+        register_model(
+            f"vivit_micro{suffix}_4x2_28",
+            "vivit",
+            dict(
+                VIVIT_SIZES["micro"],
+                attention_type=attention,
+                img_size=28,
+                num_frames=8,
+                tubelet_size=(2, 4, 4),
+                in_chans=1,
+                num_classes=4,
+            ),
+            **digits,
+        )
 
 
 _register_all()

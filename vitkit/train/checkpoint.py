@@ -47,14 +47,33 @@ CONFIG_NAME = "config.yaml"
 
 # Settings that cannot change a run's result, so `--resume` takes them from the command line (and logs them);
 # every other setting must equal the one the run was started with.
-OPERATIONAL = frozenset({
-    "run.out", "run.resume", "run.overwrite", "run.threads", "run.progress", "run.tensorboard",
-    "run.reuse_cpu_memory", "run.checkpoint_every", "data.num_workers",
-})
+OPERATIONAL = frozenset(
+    {
+        "run.out",
+        "run.resume",
+        "run.overwrite",
+        "run.threads",
+        "run.progress",
+        "run.tensorboard",
+        "run.reuse_cpu_memory",
+        "run.checkpoint_every",
+        "data.num_workers",
+    }
+)
 
 # What `vitkit train` / `vitkit pretrain` write into a run directory (deleted by --overwrite; other files stay).
-RUN_OUTPUTS = ("config.yaml", "metrics.json", "metrics.jsonl", "curves.png", "reconstruction.png", "model", "backbone",
-               CHECKPOINT_DIR, TMP_DIR, OLD_DIR)
+RUN_OUTPUTS = (
+    "config.yaml",
+    "metrics.json",
+    "metrics.jsonl",
+    "curves.png",
+    "reconstruction.png",
+    "model",
+    "backbone",
+    CHECKPOINT_DIR,
+    TMP_DIR,
+    OLD_DIR,
+)
 
 
 class RunInUse(RuntimeError):
@@ -163,7 +182,9 @@ def _usable(directory: Path, state_name: str) -> bool:
     existed) with its state file."""
     if not directory.is_dir():
         return False
-    return read_marker(directory) is not None or (not (directory / MARKER).exists() and (directory / state_name).is_file())
+    return read_marker(directory) is not None or (
+        not (directory / MARKER).exists() and (directory / state_name).is_file()
+    )
 
 
 def _position(marker: dict[str, Any] | None) -> tuple[int, int]:
@@ -199,7 +220,8 @@ def write_checkpoint(run_dir: Path, write: Callable[[Path], None], info: dict[st
         detail = " ".join(str(e).split()) or type(e).__name__
         raise CheckpointWriteError(
             f"could not write the checkpoint {final}: {what} ({detail}); the previous checkpoint is intact. "
-            f"{'Free space' if full else 'Fix the cause'} and continue with --resume") from e
+            f"{'Free space' if full else 'Fix the cause'} and continue with --resume"
+        ) from e
     if final.exists():
         if old.exists():
             shutil.rmtree(old)  # left by an earlier swap that died after moving the new checkpoint in
@@ -242,9 +264,11 @@ def checkpoint_info(run_dir: Path, state_name: str) -> dict[str, Any] | None:
     final = run_dir / CHECKPOINT_DIR
     damage = _check_marker(final)[1] if final.is_dir() and (final / MARKER).exists() else ""
     if damage:
-        raise ValueError(f"the checkpoint {final} is damaged: {damage}. It was complete when written, so "
-                         f"the files changed since (a disk error, or an edit); restore them from a backup, or start "
-                         f"the run again with --overwrite")
+        raise ValueError(
+            f"the checkpoint {final} is damaged: {damage}. It was complete when written, so "
+            f"the files changed since (a disk error, or an edit); restore them from a backup, or start "
+            f"the run again with --overwrite"
+        )
     if not _usable(final, state_name):
         return None
     marker = read_marker(final)
@@ -275,8 +299,10 @@ class RunLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "unknown"
             self._file.close()
-            raise RunInUse(f"{run_dir} is in use by another vitkit run (process {holder}): wait for it to finish, "
-                           f"or choose another --out") from e
+            raise RunInUse(
+                f"{run_dir} is in use by another vitkit run (process {holder}): wait for it to finish, "
+                f"or choose another --out"
+            ) from e
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"{os.getpid()}\n")
@@ -299,8 +325,10 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not readable YAML ({' '.join(str(e).split())}): repair it, or start the run "
-                         f"again with --overwrite") from None
+        raise ValueError(
+            f"{path} is not readable YAML ({' '.join(str(e).split())}): repair it, or start the run "
+            f"again with --overwrite"
+        ) from None
     return values if isinstance(values, dict) else None
 
 
@@ -309,8 +337,9 @@ def saved_settings(cfg_type: type, values: dict[str, Any], run_dir: Path):
     try:
         return cfg_type.from_dict(values)
     except ValueError as e:
-        raise ValueError(f"{Path(run_dir) / CONFIG_NAME}: {e}. Repair the file, or start the run again with "
-                         f"--overwrite") from None
+        raise ValueError(
+            f"{Path(run_dir) / CONFIG_NAME}: {e}. Repair the file, or start the run again with --overwrite"
+        ) from None
 
 
 def run_command(values: dict[str, Any]) -> str:
@@ -354,8 +383,9 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
     if resume and not cfg.run.out:
         raise ValueError("--resume continues the run in a directory: name it with --out DIR")
     if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "the run directory (--out) is a file, not a directory: choose "
-                                                "another --out", str(run_dir))
+        raise NotADirectoryError(
+            errno.ENOTDIR, "the run directory (--out) is a file, not a directory: choose another --out", str(run_dir)
+        )
     if resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: {run_dir} does not exist; start the run without --resume")
     if not main:
@@ -370,27 +400,36 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
         if resume:
             saved = read_saved_config(run_dir)
             if saved is None:
-                raise FileNotFoundError(f"--resume: {run_dir} holds no vitkit run (no {CONFIG_NAME}); start the run "
-                                        f"without --resume")
+                raise FileNotFoundError(
+                    f"--resume: {run_dir} holds no vitkit run (no {CONFIG_NAME}); start the run without --resume"
+                )
             if run_command(saved) != command:
-                raise ValueError(f"--resume: {run_dir} holds a `vitkit {run_command(saved)}` run, not a "
-                                 f"`vitkit {command}` one")
-            meaning, operational = resume_config_changes(saved_settings(type(cfg), saved, run_dir).to_dict(), cfg.to_dict())
+                raise ValueError(
+                    f"--resume: {run_dir} holds a `vitkit {run_command(saved)}` run, not a `vitkit {command}` one"
+                )
+            meaning, operational = resume_config_changes(
+                saved_settings(type(cfg), saved, run_dir).to_dict(), cfg.to_dict()
+            )
             if meaning:
                 raise ValueError(
                     f"--resume: these settings differ from the run's own ({run_dir / CONFIG_NAME}) and would change "
                     f"its result: {'; '.join(meaning)}. Resume without them, or start a new run (another --out, "
-                    f"or --overwrite)")
+                    f"or --overwrite)"
+                )
             for line in operational:
                 if not line.startswith(("run.resume:", "run.out:", "run.overwrite:")):  # how, not what, to run
                     logger.info("resuming with a changed setting that does not change the result: %s", line)
             if info is None:
                 raise FileNotFoundError(
                     f"--resume: {run_dir} has no checkpoint yet (the run stopped before its first one); start it "
-                    f"again with --overwrite")
+                    f"again with --overwrite"
+                )
         else:
-            present = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
-                             if p.name != LOCK_NAME and not _write_leftover(p.name))
+            present = sorted(
+                p.name + ("/" if p.is_dir() else "")
+                for p in run_dir.iterdir()
+                if p.name != LOCK_NAME and not _write_leftover(p.name)
+            )
             if present and not overwrite:
                 saved = read_saved_config(run_dir)
                 if saved is None:
@@ -400,14 +439,20 @@ def open_run(run_dir: Path, command: str, cfg, *, state_name: str, main: bool) -
                 elif (run_dir / "metrics.json").is_file():
                     what = "holds a finished run (metrics.json)"
                 elif (info := checkpoint_info(run_dir, state_name)) is None:
-                    raise FileExistsError(f"{run_dir} holds a run that stopped before its first checkpoint: pass "
-                                          f"--overwrite to start it again (deleting its outputs)")
+                    raise FileExistsError(
+                        f"{run_dir} holds a run that stopped before its first checkpoint: pass "
+                        f"--overwrite to start it again (deleting its outputs)"
+                    )
                 else:
-                    raise FileExistsError(f"{run_dir} holds an unfinished run (checkpoint: "
-                                          f"{describe_checkpoint(run_dir, info)}): continue it with --resume, or pass "
-                                          f"--overwrite to start again (deleting its outputs)")
-                raise FileExistsError(f"{run_dir} {what}: choose another --out, or pass --overwrite to write the new "
-                                      f"run there (it deletes what a vitkit run writes there; other files stay)")
+                    raise FileExistsError(
+                        f"{run_dir} holds an unfinished run (checkpoint: "
+                        f"{describe_checkpoint(run_dir, info)}): continue it with --resume, or pass "
+                        f"--overwrite to start again (deleting its outputs)"
+                    )
+                raise FileExistsError(
+                    f"{run_dir} {what}: choose another --out, or pass --overwrite to write the new "
+                    f"run there (it deletes what a vitkit run writes there; other files stay)"
+                )
             clear_outputs(run_dir)  # with --overwrite, or an empty directory: a killed write's temporary files
             from .config import save_config
 

@@ -151,11 +151,14 @@ def load_recipe(path: str | Path) -> TrainConfig:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:  # syntax errors, and tags such as !!python/object that safe_load refuses to build
-        raise ValueError(f"recipe {path} is not a plain YAML file: {' '.join(str(e).split())}. Recipes hold "
-                         f"sections of plain values (numbers, strings, lists); no !!python tags") from None
+        raise ValueError(
+            f"recipe {path} is not a plain YAML file: {' '.join(str(e).split())}. Recipes hold "
+            f"sections of plain values (numbers, strings, lists); no !!python tags"
+        ) from None
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run, "
-                         f"distill)")
+        raise ValueError(
+            f"recipe {path} must be a YAML mapping of sections (data, aug, model, optim, sched, run, distill)"
+        )
     try:
         return TrainConfig.from_dict(values)
     except ValueError as e:  # say which file the setting came from
@@ -222,7 +225,9 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
         getattr(getattr(cfg, parts[0]), parts[1])[parts[2]] = value  # any mapping field, e.g. method.options.NAME
         return
     if len(parts) != 2 or parts[0] not in sections:
-        raise ValueError(f"unknown setting {dotted!r}: settings are SECTION.FIELD with SECTION one of {sorted(sections)}")
+        raise ValueError(
+            f"unknown setting {dotted!r}: settings are SECTION.FIELD with SECTION one of {sorted(sections)}"
+        )
     section = getattr(cfg, parts[0])
     fields = {f.name: f for f in dataclasses.fields(section)}
     if parts[1] not in fields:
@@ -259,12 +264,14 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def _number(check, text: str):
     def rule(v: Any) -> str | None:
         return None if isinstance(v, (int, float)) and math.isfinite(v) and check(v) else text
+
     return rule
 
 
 def _choice(*options: str):
     def rule(v: Any) -> str | None:
         return None if v in options else "one of " + ", ".join(options)
+
     return rule
 
 
@@ -347,12 +354,16 @@ def check_config(cfg: Any) -> None:
 
         kind = "hf" if data.name.lower().startswith("hf:") else data.name  # hf:ORG/NAME: the Hub id is the source's
         if kind.lower().replace("-", "_") not in DATASETS:
-            raise ValueError(f"--data.name={data.name!r} is not a dataset vitkit reads; known: {', '.join(DATASETS)} "
-                             f"(and hf:ORG/NAME)")
+            raise ValueError(
+                f"--data.name={data.name!r} is not a dataset vitkit reads; known: {', '.join(DATASETS)} "
+                f"(and hf:ORG/NAME)"
+            )
     teacher = getattr(getattr(cfg, "distill", None), "teacher", None)
     if teacher is not None and not Path(teacher).expanduser().exists():
-        raise FileNotFoundError(f"--distill.teacher={teacher} does not exist: give a model directory, a run directory "
-                                f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME")
+        raise FileNotFoundError(
+            f"--distill.teacher={teacher} does not exist: give a model directory, a run directory "
+            f"(vitkit train --out), or a weights file with --distill.teacher_model=NAME"
+        )
     model = getattr(cfg, "model", None)
     if model is not None:
         import difflib
@@ -366,18 +377,24 @@ def check_config(cfg: Any) -> None:
         for key in model.overrides:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
-                raise ValueError(f"--model.overrides.{key}: {model.name} ({cls.config_class.__name__}) has no field "
-                                 f"{key!r}{f' (did you mean {close[0]!r}?)' if close else ''}. Its fields: "
-                                 f"{', '.join(known)}")
-        from_data = {"num_classes": "the run sets the classifier's size (the dataset's classes; none when "
-                                    "pre-training)",
-                     "in_chans": "the number of channels comes from the dataset",
-                     "img_size": "the image size comes from the dataset (image folders: --data.img_size)"}
+                raise ValueError(
+                    f"--model.overrides.{key}: {model.name} ({cls.config_class.__name__}) has no field "
+                    f"{key!r}{f' (did you mean {close[0]!r}?)' if close else ''}. Its fields: "
+                    f"{', '.join(known)}"
+                )
+        from_data = {
+            "num_classes": "the run sets the classifier's size (the dataset's classes; none when pre-training)",
+            "in_chans": "the number of channels comes from the dataset",
+            "img_size": "the image size comes from the dataset (image folders: --data.img_size)",
+        }
         for key, why in from_data.items():
             if key in model.overrides:
                 raise ValueError(f"--model.overrides.{key}: {why}; leave it out")
-        check_model_config({**values, **model.overrides}, config_class=cls.config_class,
-                           source=f"--model.name={model.name} with --model.overrides")
+        check_model_config(
+            {**values, **model.overrides},
+            config_class=cls.config_class,
+            source=f"--model.name={model.name} with --model.overrides",
+        )
 
 
 def model_family_values(name: str, pretrained: bool | str | None = None) -> tuple[str, dict[str, Any]]:
@@ -387,8 +404,10 @@ def model_family_values(name: str, pretrained: bool | str | None = None) -> tupl
     from ..registry import get_model_spec, resolve_pretrained_cfg, split_model_name_tag
 
     if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists():
-        raise FileNotFoundError(f"--model.pretrained={pretrained} does not exist: give a model or run directory, a "
-                                f"weights file, or true for the Hub weights of --model.name's tag")
+        raise FileNotFoundError(
+            f"--model.pretrained={pretrained} does not exist: give a model or run directory, a "
+            f"weights file, or true for the Hub weights of --model.name's tag"
+        )
     source, sep, repo = name.partition(":")
     if sep:
         from ..hub import describe_directory, download_model, split_revision
@@ -402,16 +421,20 @@ def model_family_values(name: str, pretrained: bool | str | None = None) -> tupl
             repo_id, revision = split_revision(repo)
             directory = download_model(repo_id, revision=revision, weights=False)
         else:
-            raise ValueError(f"--model.name={name!r}: unknown source {source!r}; a Hub model is hf-hub:ORG/NAME, a "
-                             f"local one local-dir:PATH")
+            raise ValueError(
+                f"--model.name={name!r}: unknown source {source!r}; a Hub model is hf-hub:ORG/NAME, a "
+                f"local one local-dir:PATH"
+            )
         _, family, values, _, _ = describe_directory(directory, weights=False)
         return family, values
     base, tag = split_model_name_tag(name)
     spec = get_model_spec(base)
     cfg = resolve_pretrained_cfg(base, tag or None)  # an unknown tag is an error naming the known ones
     if pretrained is True and not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
-        raise ValueError(f"--model.pretrained=true: vitkit knows no weights for {name!r}; `vitkit models --pretrained "
-                         f"'{base}*'` lists the NAME.TAG that have them, or give the path of a checkpoint")
+        raise ValueError(
+            f"--model.pretrained=true: vitkit knows no weights for {name!r}; `vitkit models --pretrained "
+            f"'{base}*'` lists the NAME.TAG that have them, or give the path of a checkpoint"
+        )
     return spec.family, dict(spec.config)
 
 

@@ -110,8 +110,9 @@ class Batches:
         if batch_size % d.world:
             raise ValueError(f"--run.batch_size={batch_size} must be divisible by the number of processes ({d.world})")
         if len(data) < batch_size:
-            raise ValueError(f"the training set has {len(data)} images, fewer than one batch ({batch_size}): "
-                             f"lower --run.batch_size")
+            raise ValueError(
+                f"the training set has {len(data)} images, fewer than one batch ({batch_size}): lower --run.batch_size"
+            )
         self.data, self.batch_size, self.d, self.seed = data, batch_size, d, seed
         self.per_rank = batch_size // d.world
         self.num_workers = num_workers
@@ -125,7 +126,7 @@ class Batches:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.data), generator=g)
         lo = self.d.rank * self.per_rank
-        return [order[s * self.batch_size + lo: s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
+        return [order[s * self.batch_size + lo : s * self.batch_size + lo + self.per_rank] for s in range(self.steps)]
 
     def epoch(self, epoch: int, start: int = 0):
         """The batches of `epoch` from its `start`-th on (a run resumed inside an epoch)."""
@@ -139,8 +140,11 @@ class Batches:
             # the loader's own generator: creating it draws nothing from torch's global RNG, whose state the
             # checkpoint saves, so a run resumed inside an epoch continues the same random stream
             loader = torch.utils.data.DataLoader(
-                self.data, batch_sampler=[idx.tolist() for idx in mine], num_workers=self.num_workers,
-                persistent_workers=False, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
+                self.data,
+                batch_sampler=[idx.tolist() for idx in mine],
+                num_workers=self.num_workers,
+                persistent_workers=False,
+                generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
             )
             yield from loader
 
@@ -185,8 +189,9 @@ class Normalise(nn.Module):
 
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = False,
-             return_logits: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, data, norm: Normalise, device: str, bf16: bool = False, return_logits: bool = False
+) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split (+ logits and labels on request)."""
     was_training = model.training
     model.eval()
@@ -214,13 +219,29 @@ def evaluate(model: nn.Module, data, norm: Normalise, device: str, bf16: bool = 
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, ema: nn.Module | None, epoch: int,
-                    history: list[dict], best_val: float, step: int = 0, partial: dict | None = None) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer,
+    ema: nn.Module | None,
+    epoch: int,
+    history: list[dict],
+    best_val: float,
+    step: int = 0,
+    partial: dict | None = None,
+) -> None:
     """Weights (safetensors) + training state, swapped in whole (vitkit/train/checkpoint.py): a kill at any
     instant leaves one complete checkpoint. `epoch` epochs are done, and `step` batches of the next one
     (`partial`: that epoch's running sums)."""
-    state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-             "history": history, "best_val_acc": best_val, "partial": partial}
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "history": history,
+        "best_val_acc": best_val,
+        "partial": partial,
+    }
 
     def write(directory: Path) -> None:
         save_pretrained(model, directory)
@@ -263,10 +284,18 @@ def last_good(run_dir: Path, position: tuple[int, int] | None) -> str:
 def diverged_advice(run_dir: Path, lr: float, position: tuple[int, int] | None) -> str:
     """What to do after a divergence; with a good checkpoint (`position` not None), how to start from its weights
     (in another directory: --overwrite would delete them first)."""
-    keep = (f"; to keep the good weights, start a run in another --out from them with "
-            f"--model.pretrained={run_dir / CHECKPOINT_DIR}") if position is not None else ""
-    return (f"Lower --optim.lr (now {lr}) or set --optim.clip_grad=1.0 and start the run again (--overwrite, or "
-            f"another --out){keep}")
+    keep = (
+        (
+            f"; to keep the good weights, start a run in another --out from them with "
+            f"--model.pretrained={run_dir / CHECKPOINT_DIR}"
+        )
+        if position is not None
+        else ""
+    )
+    return (
+        f"Lower --optim.lr (now {lr}) or set --optim.clip_grad=1.0 and start the run again (--overwrite, or "
+        f"another --out){keep}"
+    )
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -311,8 +340,10 @@ def train_subset(data, fraction: float, seed: int):
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"--data.train_fraction={fraction} must be in (0, 1]")
     if not hasattr(data, "subset"):
-        raise ValueError("--data.train_fraction needs an in-memory dataset (digits, mnist, fashion_mnist, cifar*), "
-                         "not an image folder or tar shards")
+        raise ValueError(
+            "--data.train_fraction needs an in-memory dataset (digits, mnist, fashion_mnist, cifar*), "
+            "not an image folder or tar shards"
+        )
     _, keep = stratified_split(data.labels, fraction, seed + 2)  # the `fraction` share of every class
     return data.subset(keep)
 
@@ -364,21 +395,41 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]:
             lock.release()
 
 
-def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, device_str: str, bf16: bool,
-           reuse_cpu: bool, run_dir: Path) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig,
+    model: nn.Module | None,
+    d: Dist,
+    device: str,
+    device_str: str,
+    bf16: bool,
+    reuse_cpu: bool,
+    run_dir: Path,
+) -> dict[str, Any]:
     from ..data import load_dataset
 
     tb = TensorBoardLogger(run_dir, cfg.run.tensorboard, main=d.main)  # vitkit/train/logging.py
 
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    splits = load_dataset(cfg.data.name, cfg.data.data_dir, val_fraction=cfg.data.val_fraction,
-                          seed=cfg.data.seed, strict=cfg.data.strict, img_size=cfg.data.img_size)
+    splits = load_dataset(
+        cfg.data.name,
+        cfg.data.data_dir,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.data.seed,
+        strict=cfg.data.strict,
+        img_size=cfg.data.img_size,
+    )
     if cfg.data.train_fraction != 1.0:
         splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
     if model is None:
-        model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=len(splits.classes),
-                             in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
+        model = create_model(
+            cfg.model.name,
+            pretrained=cfg.model.pretrained,
+            num_classes=len(splits.classes),
+            in_chans=splits.in_chans,
+            img_size=splits.img_size,
+            **cfg.model.overrides,
+        )
     # One data config for the loaders, the normalisation and the saved model (vitkit/data/transforms.py):
     # fine-tuning keeps the checkpoint's statistics and crop, unless --data.mean/std/crop_pct/... say otherwise
     data_config = training_data_config(splits, model, cfg.model.pretrained, data_args(cfg.data))
@@ -397,12 +448,16 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run
     # replays the same augmentations. Label smoothing is folded into mixup/cutmix soft targets.
     aug_cfg, crop_in_workers = cfg.aug, False
-    if cfg.aug.random_resized_crop and hasattr(splits.train, "preprocess") and \
-            not isinstance(splits.train, torch.utils.data.IterableDataset):
+    if (
+        cfg.aug.random_resized_crop
+        and hasattr(splits.train, "preprocess")
+        and not isinstance(splits.train, torch.utils.data.IterableDataset)
+    ):
         # files (image folders): the random resized crop is cut from the original image in the loader's workers,
         # as timm's RandomResizedCropAndInterpolation, rather than from the already resized image on the batch
-        crop = RandomResizedCrop(data_config["input_size"][1:], cfg.aug.scale, cfg.aug.ratio,
-                                 data_config["interpolation"])
+        crop = RandomResizedCrop(
+            data_config["input_size"][1:], cfg.aug.scale, cfg.aug.ratio, data_config["interpolation"]
+        )
         splits.train = RandomCropFiles(splits.train, crop, seed=cfg.run.seed)
         aug_cfg, crop_in_workers = dataclasses.replace(cfg.aug, random_resized_crop=False), True
     augment = BatchAugment(aug_cfg, len(splits.classes), label_smoothing=cfg.optim.label_smoothing)
@@ -416,23 +471,42 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     from ..methods.distill import build_distillation
 
     # The loss: cross-entropy, or DeiT distillation against a frozen teacher (vitkit/methods/distill.py).
-    distill = build_distillation(cfg.distill, model, splits, splits.train, augment.active or crop_in_workers,
-                                 smoothing, device_str,
-                                 progress=cfg.run.progress and d.main)
+    distill = build_distillation(
+        cfg.distill,
+        model,
+        splits,
+        splits.train,
+        augment.active or crop_in_workers,
+        smoothing,
+        device_str,
+        progress=cfg.run.progress and d.main,
+    )
     if len(batches) % cfg.optim.accum_steps:
-        logger.warning("%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
-                       "each epoch make an optimizer step of their own", len(batches), cfg.optim.accum_steps,
-                       len(batches) % cfg.optim.accum_steps)
+        logger.warning(
+            "%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
+            "each epoch make an optimizer step of their own",
+            len(batches),
+            cfg.optim.accum_steps,
+            len(batches) % cfg.optim.accum_steps,
+        )
     steps_per_epoch = len(batches)
-    lrs = cosine_schedule(cfg.optim.lr, cfg.sched.epochs * steps_per_epoch,
-                          round(cfg.sched.warmup_epochs * steps_per_epoch), cfg.sched.min_lr)
+    lrs = cosine_schedule(
+        cfg.optim.lr,
+        cfg.sched.epochs * steps_per_epoch,
+        round(cfg.sched.warmup_epochs * steps_per_epoch),
+        cfg.sched.min_lr,
+    )
 
     start_epoch, start_step, partial, history, best_val = 0, 0, None, [], -1.0
     good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint written or resumed from
     if cfg.run.resume:
         state = load_checkpoint(run_dir, model, optimizer, ema)
-        start_epoch, start_step, history, best_val = state["epoch"], state["step"], state["history"], \
-            state["best_val_acc"]
+        start_epoch, start_step, history, best_val = (
+            state["epoch"],
+            state["step"],
+            state["history"],
+            state["best_val_acc"],
+        )
         partial = state["partial"]
         good = (start_epoch, start_step)
         if d.main:
@@ -440,21 +514,27 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
             logger.info("resuming %s %s", run_dir, where)
             if start_epoch >= cfg.sched.epochs:
                 logger.info("all %d epochs are done: writing the final outputs again", cfg.sched.epochs)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device == "cuda" else None) \
-        if d.world > 1 else model
+    net = (
+        nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device == "cuda" else None)
+        if d.world > 1
+        else model
+    )
     if cfg.run.compile:  # the compiled wrapper shares the parameters; checkpoints still save `model`
         net = torch.compile(net)
 
     def checked_state(where: str) -> None:
         """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
-        named = [*((f"model.{k}", v) for k, v in model.state_dict().items()),
-                 *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
-                 ("optimizer", optimizer.state_dict()["state"])]
+        named = [
+            *((f"model.{k}", v) for k, v in model.state_dict().items()),
+            *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
+            ("optimizer", optimizer.state_dict()["state"]),
+        ]
         bad = nonfinite_tensors(named)
         if bad:
             raise TrainingDiverged(
                 f"the weights became NaN or infinite {where} ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); "
-                f"they are not checkpointed: {last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}")
+                f"they are not checkpointed: {last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}"
+            )
 
     def gathered(loss_sum, correct, count, seconds) -> dict[str, Any]:
         """This epoch's running sums, over all processes (the main one resumes with them, the others with 0)."""
@@ -462,8 +542,12 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
         if d.world > 1:
             totals = totals.clone()
             dist.all_reduce(totals)
-        return {"loss_sum": totals[0].cpu(), "correct": totals[1].cpu(), "count": int(totals[2].item()),
-                "seconds": seconds}
+        return {
+            "loss_sum": totals[0].cpu(),
+            "correct": totals[1].cpu(),
+            "count": int(totals[2].item()),
+            "seconds": seconds,
+        }
 
     train_seconds = sum(h["seconds"] for h in history)
     images_seen = 0
@@ -480,8 +564,14 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                 correct += partial["correct"].to(device_str)
                 count, before = partial["count"], partial["seconds"]
             since_checkpoint = 0
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
-                       disable=not (cfg.run.progress and d.main), leave=False)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{cfg.sched.epochs}",
+                unit="step",
+                disable=not (cfg.run.progress and d.main),
+                leave=False,
+            )
             step_indices = batches.indices(epoch) if distill.cached is not None else None
             for i, (x, y) in enumerate(epoch_batches(batches, epoch, first), start=first):
                 step = epoch * steps_per_epoch + i
@@ -501,14 +591,16 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                     # no teacher: CE on the labels (both heads of a distilled student); else DeiT eq. 2 / 3
                     loss = distill.criterion(out, target, teacher_logits)
                     if exits is not None:  # the sum of all exits' losses (DVT, Wang et al. 2021, sec. 3.3)
-                        loss = loss + sum(F.cross_entropy(e.float(), target, label_smoothing=smoothing)
-                                          for e in exits[:-1])
+                        loss = loss + sum(
+                            F.cross_entropy(e.float(), target, label_smoothing=smoothing) for e in exits[:-1]
+                        )
                     (loss / cfg.optim.accum_steps).backward()
                 if not torch.isfinite(loss):
                     bar.close()
                     raise TrainingDiverged(
                         f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}")
+                        f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}"
+                    )
                 if last_micro:
                     for group in optimizer.param_groups:
                         group["lr"] = lrs[step] * group["lr_scale"]
@@ -530,11 +622,16 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                 count += len(y)
                 bar.update(1)
                 if i % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}",
-                                    img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}")
+                    bar.set_postfix(
+                        loss=f"{loss.item():.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}"
+                    )
                 since_checkpoint += 1
-                if (cfg.run.checkpoint_every and since_checkpoint >= cfg.run.checkpoint_every and last_micro
-                        and i + 1 < steps_per_epoch):  # at an optimizer step: no gradients half accumulated
+                if (
+                    cfg.run.checkpoint_every
+                    and since_checkpoint >= cfg.run.checkpoint_every
+                    and last_micro
+                    and i + 1 < steps_per_epoch
+                ):  # at an optimizer step: no gradients half accumulated
                     since_checkpoint = 0
                     sums = gathered(loss_sum, correct, count, before + time.perf_counter() - t0)
                     if d.main:
@@ -549,10 +646,14 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                 loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
             train_seconds += seconds
             images_seen += count
-            row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / count,
-                   "train_acc": 100.0 * correct.item() / count,
-                   "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
-                   "images_per_second": round(count / seconds, 1)}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum.item() / count,
+                "train_acc": 100.0 * correct.item() / count,
+                "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1],
+                "seconds": round(seconds, 3),
+                "images_per_second": round(count / seconds, 1),
+            }
             if splits.val is not None:
                 val = evaluate(ema if ema is not None else model, splits.val, norm, device, bf16)
                 row.update(val_loss=val["loss"], val_acc=val["acc"])
@@ -563,8 +664,10 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
                 save_checkpoint(run_dir, model, optimizer, ema, epoch + 1, history, best_val)
                 _write_history(run_dir, history)
                 tb.log_epoch(row)
-                msg = (f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, "
-                       f"train acc {row['train_acc']:.2f}%")
+                msg = (
+                    f"epoch {epoch + 1}/{cfg.sched.epochs}: loss {row['train_loss']:.4f}, "
+                    f"train acc {row['train_acc']:.2f}%"
+                )
                 if "val_acc" in row:
                     msg += f", val acc {row['val_acc']:.2f}%"
                 logger.info("%s, %.0f img/s", msg, row["images_per_second"])
@@ -581,19 +684,30 @@ def _train(cfg: TrainConfig, model: nn.Module | None, d: Dist, device: str, devi
     final_model = ema if ema is not None else model
     test = evaluate(final_model, splits.test, norm, device, bf16)
     metrics = {
-        "model": cfg.model.name, "dataset": splits.name, "params": params, "epochs": cfg.sched.epochs,
-        "test_acc": round(test["acc"], 3), "test_top5": round(test["top5"], 3), "test_loss": round(test["loss"], 5),
-        "best_val_acc": round(best_val, 3) if best_val >= 0 else None, "train_seconds": round(train_seconds, 2),
+        "model": cfg.model.name,
+        "dataset": splits.name,
+        "params": params,
+        "epochs": cfg.sched.epochs,
+        "test_acc": round(test["acc"], 3),
+        "test_top5": round(test["top5"], 3),
+        "test_loss": round(test["loss"], 5),
+        "best_val_acc": round(best_val, 3) if best_val >= 0 else None,
+        "train_seconds": round(train_seconds, 2),
         "images_per_second": round(sum(h["images_per_second"] for h in history) / max(1, len(history)), 1),
-        "processes": d.world, "threads": torch.get_num_threads(), "device": device, "bf16": bf16,
-        "run_dir": str(run_dir), "model_dir": str(run_dir / "model"),
+        "processes": d.world,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "bf16": bf16,
+        "run_dir": str(run_dir),
+        "model_dir": str(run_dir / "model"),
     }
     if getattr(final_model, "dist_token", None) is not None:  # DeiT: each head alone and their mean
         metrics["test_acc_heads"] = _head_accuracies(final_model, splits.test, norm, device, bf16)
     if distill.teacher is not None:
         teacher_test = evaluate(distill.teacher, splits.test, nn.Identity(), device, bf16)
-        metrics.update(distill_type=cfg.distill.type, teacher=cfg.distill.teacher,
-                       teacher_test_acc=round(teacher_test["acc"], 3))
+        metrics.update(
+            distill_type=cfg.distill.type, teacher=cfg.distill.teacher, teacher_test_acc=round(teacher_test["acc"], 3)
+        )
     if d.main:
         save_pretrained(final_model, run_dir / "model")
         _write_json(run_dir / "metrics.json", metrics)

@@ -17,8 +17,15 @@ logger = logging.getLogger("vitkit")
 INSTALL = "pip install tensorboard  (or pip install vitkit[tensorboard])"
 
 # metrics.jsonl keys -> TensorBoard tags (grouped by split in the UI)
-TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val",
-        "lr": "lr", "images_per_second": "throughput/images_per_second", "seconds": "time/epoch_seconds"}
+TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_acc": "accuracy/train",
+    "val_acc": "accuracy/val",
+    "lr": "lr",
+    "images_per_second": "throughput/images_per_second",
+    "seconds": "time/epoch_seconds",
+}
 
 
 def _mode(value: Any) -> str:

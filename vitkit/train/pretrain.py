@@ -114,8 +114,10 @@ class PretrainConfig:
         cfg = cls()
         for section, entries in (values or {}).items():
             if section not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"unknown recipe section {section!r}; a pre-training recipe has "
-                                 f"{[f.name for f in dataclasses.fields(cls)]}")
+                raise ValueError(
+                    f"unknown recipe section {section!r}; a pre-training recipe has "
+                    f"{[f.name for f in dataclasses.fields(cls)]}"
+                )
             for key, value in (entries or {}).items():
                 set_field(cfg, f"{section}.{key}", value)
         return cfg
@@ -131,7 +133,9 @@ def load_pretrain_recipe(path: str | Path) -> PretrainConfig:
     return PretrainConfig.from_dict(values)
 
 
-def pretrain_config(method: str | None, recipe: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+def pretrain_config(
+    method: str | None, recipe: str | None = None, overrides: list[str] | None = None
+) -> PretrainConfig:
     """Defaults, then the recipe, then `--section.field=value` overrides; `method` (the CLI's
     positional argument) must agree with the recipe's."""
     cfg = load_pretrain_recipe(recipe) if recipe else PretrainConfig()
@@ -150,15 +154,29 @@ def pretrain_config(method: str | None, recipe: str | None = None, overrides: li
 STATE_NAME = "state.pt"  # in the checkpoint directory: optimizer, RNG, history, position in the epoch
 
 
-def _save_state(run_dir: Path, method: nn.Module, optimizer, epoch: int, history: list[dict], step: int = 0,
-                partial: dict | None = None) -> None:
+def _save_state(
+    run_dir: Path,
+    method: nn.Module,
+    optimizer,
+    epoch: int,
+    history: list[dict],
+    step: int = 0,
+    partial: dict | None = None,
+) -> None:
     """The whole method (weights + buffers: a DINO teacher and centre too, and the Python numbers its schedules
     advance) + training state, swapped in whole (vitkit/train/checkpoint.py)."""
     from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in method.state_dict().items()}
-    state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-             "history": history, "partial": partial, "scalars": module_scalars(method)}
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "history": history,
+        "partial": partial,
+        "scalars": module_scalars(method),
+    }
 
     def write(directory: Path) -> None:
         save_file(weights, str(directory / "method.safetensors"), metadata={"format": "pt"})
@@ -174,8 +192,9 @@ def _load_state(run_dir: Path, method: nn.Module, optimizer) -> dict[str, Any]:
 
     ckpt = run_dir / CHECKPOINT_DIR
     if not (ckpt / STATE_NAME).is_file() or not (ckpt / "method.safetensors").is_file():
-        raise FileNotFoundError(f"--resume: {ckpt} has no pre-training checkpoint; start the run again with "
-                                f"--overwrite")
+        raise FileNotFoundError(
+            f"--resume: {ckpt} has no pre-training checkpoint; start the run again with --overwrite"
+        )
     load_state_dict_checked(method, load_file(str(ckpt / "method.safetensors")), source=str(ckpt))
     from ..torch_load import load_torch_file
 
@@ -235,7 +254,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     reuse_cpu = device == "cpu" and cfg.run.reuse_cpu_memory
     if reuse_cpu:
         reuse_freed_memory()  # vitkit/allocator.py: no page faults for the activations of every step
-    default_dir = Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    default_dir = (
+        Path("runs") / f"pretrain-{cfg.method.name}-{cfg.model.name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
     if d.world > 1 and not cfg.run.out:
         raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
@@ -250,19 +271,32 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             lock.release()
 
 
-def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, reuse_cpu: bool,
-              run_dir: Path) -> dict[str, Any]:
+def _pretrain(
+    cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, reuse_cpu: bool, run_dir: Path
+) -> dict[str, Any]:
     from ..data import load_dataset
     from ..methods import create_method
 
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    splits = load_dataset(cfg.data.name, cfg.data.data_dir, val_fraction=cfg.data.val_fraction,
-                          seed=cfg.data.seed, strict=cfg.data.strict, img_size=cfg.data.img_size)
+    splits = load_dataset(
+        cfg.data.name,
+        cfg.data.data_dir,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.data.seed,
+        strict=cfg.data.strict,
+        img_size=cfg.data.img_size,
+    )
     if cfg.data.train_fraction != 1.0:  # pre-train on a stratified share (smoke runs)
         splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
-    backbone = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=0,
-                            in_chans=splits.in_chans, img_size=splits.img_size, **cfg.model.overrides)
+    backbone = create_model(
+        cfg.model.name,
+        pretrained=cfg.model.pretrained,
+        num_classes=0,
+        in_chans=splits.in_chans,
+        img_size=splits.img_size,
+        **cfg.model.overrides,
+    )
     # The data config (normalisation, resize and crop) travels with the backbone, so fine-tuning and probing
     # reuse it and a method can undo the normalisation (masked patch prediction's colour targets).
     data_config = training_data_config(splits, backbone, cfg.model.pretrained, data_args(cfg.data))
@@ -293,10 +327,15 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
         if d.main:
             where = f"at epoch {start_epoch + 1}, step {start_step}" if start_step else f"after epoch {start_epoch}"
             logger.info("resuming %s %s", run_dir, where)
-    net = nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if device == "cuda" else None) \
-        if d.world > 1 else method
-    advice = (f"Lower --optim.lr (now {cfg.optim.lr}) or set --optim.clip_grad=1.0 and start the run again "
-              f"(--overwrite, or another --out)")
+    net = (
+        nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if device == "cuda" else None)
+        if d.world > 1
+        else method
+    )
+    advice = (
+        f"Lower --optim.lr (now {cfg.optim.lr}) or set --optim.clip_grad=1.0 and start the run again "
+        f"(--overwrite, or another --out)"
+    )
 
     def checked_state(where: str) -> None:
         """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
@@ -304,7 +343,8 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
         if bad:
             raise TrainingDiverged(
                 f"the {cfg.method.name} weights became NaN or infinite {where} ({', '.join(bad[:4])}"
-                f"{', ...' if len(bad) > 4 else ''}); they are not checkpointed: {last_good(run_dir, good)}. {advice}")
+                f"{', ...' if len(bad) > 4 else ''}); they are not checkpointed: {last_good(run_dir, good)}. {advice}"
+            )
 
     def gathered(sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
         """This epoch's running sums, over all processes (the main one resumes with them, the others with 0)."""
@@ -312,8 +352,11 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
         totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=device_str)])
         if d.world > 1:
             dist.all_reduce(totals)
-        return {"sums": {k: totals[j].cpu() for j, k in enumerate(keys)}, "count": int(totals[-1].item()),
-                "seconds": seconds}
+        return {
+            "sums": {k: totals[j].cpu() for j, k in enumerate(keys)},
+            "count": int(totals[-1].item()),
+            "seconds": seconds,
+        }
 
     try:
         for epoch in range(start_epoch, cfg.sched.epochs):
@@ -328,8 +371,14 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
             elif first and partial is not None:
                 sums = {k: torch.zeros_like(v, device=device_str) for k, v in partial["sums"].items()}
             since_checkpoint = 0
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.sched.epochs}", unit="step",
-                       disable=not (cfg.run.progress and d.main), leave=False)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{cfg.sched.epochs}",
+                unit="step",
+                disable=not (cfg.run.progress and d.main),
+                leave=False,
+            )
             for i, (x, _) in enumerate(epoch_batches(batches, epoch, first), start=first):  # labels unused
                 step = epoch * steps_per_epoch + i
                 x = x.to(device_str, non_blocking=True)
@@ -340,7 +389,8 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
                     bar.close()
                     raise TrainingDiverged(
                         f"the {cfg.method.name} loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        f"{last_good(run_dir, good)}. {advice}")
+                        f"{last_good(run_dir, good)}. {advice}"
+                    )
                 loss.backward()
                 for group in optimizer.param_groups:
                     group["lr"] = lrs[step] * group["lr_scale"]
@@ -359,10 +409,15 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
                 count += len(x)
                 bar.update(1)
                 if i % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}",
-                                    img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}")
+                    bar.set_postfix(
+                        loss=f"{loss.item():.4f}", img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}"
+                    )
                 since_checkpoint += 1
-                if cfg.run.checkpoint_every and since_checkpoint >= cfg.run.checkpoint_every and i + 1 < steps_per_epoch:
+                if (
+                    cfg.run.checkpoint_every
+                    and since_checkpoint >= cfg.run.checkpoint_every
+                    and i + 1 < steps_per_epoch
+                ):
                     since_checkpoint = 0
                     partial_now = gathered(sums, count, before + time.perf_counter() - t0)
                     if d.main:
@@ -375,9 +430,13 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
             totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=device_str)])
             if d.world > 1:
                 dist.all_reduce(totals)
-            row = {"epoch": epoch + 1, **{k: round((totals[j] / totals[-1]).item(), 6) for j, k in enumerate(keys)},
-                   "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1], "seconds": round(seconds, 3),
-                   "images_per_second": round(totals[-1].item() / seconds, 1)}
+            row = {
+                "epoch": epoch + 1,
+                **{k: round((totals[j] / totals[-1]).item(), 6) for j, k in enumerate(keys)},
+                "lr": lrs[min((epoch + 1) * steps_per_epoch, len(lrs)) - 1],
+                "seconds": round(seconds, 3),
+                "images_per_second": round(totals[-1].item() / seconds, 1),
+            }
             history.append(row)
             if d.main:
                 checked_state(f"during epoch {epoch + 1}")
@@ -393,13 +452,20 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
             kept.close()  # hooks off, gradients None, as zero_grad(set_to_none=True) would leave them
 
     metrics = {
-        "method": cfg.method.name, "model": cfg.model.name, "dataset": splits.name, "params": params,
-        "trainable_params": trainable, "epochs": cfg.sched.epochs,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": splits.name,
+        "params": params,
+        "trainable_params": trainable,
+        "epochs": cfg.sched.epochs,
         "final_loss": history[-1]["loss"] if history else None,
         "final_feature_std": history[-1].get("feature_std") if history else None,
         "train_seconds": round(sum(h["seconds"] for h in history), 2),
-        "processes": d.world, "threads": torch.get_num_threads(), "device": device,
-        "run_dir": str(run_dir), "backbone_dir": str(run_dir / "backbone"),
+        "processes": d.world,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "run_dir": str(run_dir),
+        "backbone_dir": str(run_dir / "backbone"),
     }
     if d.main:
         method.eval()
@@ -410,8 +476,9 @@ def _pretrain(cfg: PretrainConfig, d, device: str, device_str: str, bf16: bool, 
             x, _ = next(iter(eval_batches(splits.test, batch_size=8)))
             metrics["reconstruction"] = str(method.save_figure(norm(x.to(device_str)), run_dir / "reconstruction.png"))
         _write_json(run_dir / "metrics.json", metrics)
-        figure = plot_pretrain_history(run_dir / "curves.png", history,
-                                       f"{cfg.method.name} pre-training of {cfg.model.name} on {splits.name}")
+        figure = plot_pretrain_history(
+            run_dir / "curves.png", history, f"{cfg.method.name} pre-training of {cfg.model.name} on {splits.name}"
+        )
         if figure:
             metrics["figure"] = str(figure)
     if d.owns_group:
@@ -433,8 +500,10 @@ def finetune_settings(cfg, path: str | Path) -> None:
     if (path / "backbone" / CONFIG_NAME).is_file():
         path = path / "backbone"
     if not path.exists():
-        raise FileNotFoundError(f"--finetune {path} does not exist: give a pre-training run directory "
-                                f"(vitkit pretrain --out) or its backbone/ directory")
+        raise FileNotFoundError(
+            f"--finetune {path} does not exist: give a pre-training run directory "
+            f"(vitkit pretrain --out) or its backbone/ directory"
+        )
     if path.is_dir() and cfg.model.name == ModelConfig.name:
         meta = vitkit_config(read_json(path / CONFIG_NAME)) if (path / CONFIG_NAME).is_file() else {}
         if meta.get("model_name"):
@@ -464,35 +533,46 @@ def cmd_pretrain(args) -> int:
     if cfg.run.resume:  # the run's own settings (its config.yaml), then only what this command line states
         from .checkpoint import resumed_config
 
-        cfg = resumed_config(cfg, "pretrain", args.recipe, args.overrides,
-                             lambda c: setattr(c.method, "name", args.method))
+        cfg = resumed_config(
+            cfg, "pretrain", args.recipe, args.overrides, lambda c: setattr(c.method, "name", args.method)
+        )
     m = pretrain(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"\n{m['method']} pre-training of {m['model']} ({m['params']:,} parameters, {m['trainable_params']:,} "
-              f"trainable) on {m['dataset']}: final loss {m['final_loss']:.4f}, feature std "
-              f"{m['final_feature_std']}, {m['epochs']} epochs in {m['train_seconds']:.0f} s ({m['processes']} "
-              f"process(es) x {m['threads']} threads)")
-        print(f"run directory: {m['run_dir']}  (backbone: {m['backbone_dir']}; fine-tune it with "
-              f"`vitkit train --finetune {m['backbone_dir']} --data.name={m['dataset']}`)")
+        print(
+            f"\n{m['method']} pre-training of {m['model']} ({m['params']:,} parameters, {m['trainable_params']:,} "
+            f"trainable) on {m['dataset']}: final loss {m['final_loss']:.4f}, feature std "
+            f"{m['final_feature_std']}, {m['epochs']} epochs in {m['train_seconds']:.0f} s ({m['processes']} "
+            f"process(es) x {m['threads']} threads)"
+        )
+        print(
+            f"run directory: {m['run_dir']}  (backbone: {m['backbone_dir']}; fine-tune it with "
+            f"`vitkit train --finetune {m['backbone_dir']} --data.name={m['dataset']}`)"
+        )
     return 0
 
 
 def add_parser(sub) -> None:
     """Register `vitkit pretrain` on the CLI's sub-parsers."""
     from .config import SettingsHelpFormatter, settings_help
+
     p = sub.add_parser(
-        "pretrain", help="self-supervised pre-training of a ViT backbone (mae, mpp, dino, msn)",
+        "pretrain",
+        help="self-supervised pre-training of a ViT backbone (mae, mpp, dino, msn)",
         description="Pre-train a backbone without labels. Settings come from the defaults, then --recipe, then "
-                    "--SECTION.FIELD=VALUE overrides (sections: method, data, model, optim, sched, run; method "
-                    "options as --method.options.mask_ratio=0.75), e.g. `vitkit pretrain mae --data.name=mnist "
-                    "--model.name=vit_micro_patch4_28`. Under torchrun it trains data-parallel. The encoder is "
-                    "written to RUN/backbone for `vitkit train --finetune`.",
-        epilog=settings_help(PretrainConfig()), formatter_class=SettingsHelpFormatter,
+        "--SECTION.FIELD=VALUE overrides (sections: method, data, model, optim, sched, run; method "
+        "options as --method.options.mask_ratio=0.75), e.g. `vitkit pretrain mae --data.name=mnist "
+        "--model.name=vit_micro_patch4_28`. Under torchrun it trains data-parallel. The encoder is "
+        "written to RUN/backbone for `vitkit train --finetune`.",
+        epilog=settings_help(PretrainConfig()),
+        formatter_class=SettingsHelpFormatter,
     )
     p.add_argument("method", help="mae | mpp | dino | msn")
     p.add_argument("--recipe", help="a YAML recipe (see recipes/pretrain_*.yaml)")
     p.add_argument("--out", help="run directory (default: runs/pretrain-METHOD-MODEL-DATA-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
-                                                         "the settings saved in its config.yaml")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with the settings saved in its config.yaml",
+    )
     p.add_argument("--overwrite", action="store_true", help="let a new run replace the outputs of an existing --out")
     p.set_defaults(func=cmd_pretrain)
