@@ -130,15 +130,29 @@ def vitkit_batches(folder: Path, args, batch_ops: bool = True):
 def timm_batches(folder: Path, args):
     """An iterator of normalised (x, y) batches from timm's ImageDataset and create_loader."""
     dataset = create_dataset("", root=str(folder), split="train", is_training=True)
-    loader = create_loader(dataset, input_size=(3, SIZE, SIZE), batch_size=args.batch_size, is_training=True,
-                           scale=SCALE, ratio=RATIO, hflip=HFLIP, color_jitter=None, interpolation=INTERPOLATION,
-                           num_workers=args.workers, use_prefetcher=False, device=torch.device("cpu"),
-                           persistent_workers=False)
+    loader = create_loader(
+        dataset,
+        input_size=(3, SIZE, SIZE),
+        batch_size=args.batch_size,
+        is_training=True,
+        scale=SCALE,
+        ratio=RATIO,
+        hflip=HFLIP,
+        color_jitter=None,
+        interpolation=INTERPOLATION,
+        num_workers=args.workers,
+        use_prefetcher=False,
+        device=torch.device("cpu"),
+        persistent_workers=False,
+    )
     yield from loader
 
 
-PIPELINES = {"vitkit": vitkit_batches, "timm": timm_batches,
-             "vitkit loader only": lambda folder, args: vitkit_batches(folder, args, batch_ops=False)}
+PIPELINES = {
+    "vitkit": vitkit_batches,
+    "timm": timm_batches,
+    "vitkit loader only": lambda folder, args: vitkit_batches(folder, args, batch_ops=False),
+}
 
 
 def run_once(name: str, folder: Path, args, steady: bool) -> dict:
@@ -168,13 +182,20 @@ def measure(folder: Path, args, steady: bool) -> dict[str, dict]:
     for r in range(args.rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             runs[n].append(run_once(n, folder, args, steady))
-            print(f"  round {r + 1} {n}: first batch {runs[n][-1]['first']:.2f} s"
-                  + (f", {runs[n][-1]['img_s']:.1f} img/s" if steady else ""), flush=True)
+            print(
+                f"  round {r + 1} {n}: first batch {runs[n][-1]['first']:.2f} s"
+                + (f", {runs[n][-1]['img_s']:.1f} img/s" if steady else ""),
+                flush=True,
+            )
     out = {}
     for n, rs in runs.items():
-        out[n] = {"first": statistics.median(r["first"] for r in rs), "shape": rs[0]["shape"], "dtype": rs[0]["dtype"],
-                  "min": min(r["min"] for r in rs),
-                  "first_runs": [r["first"] for r in rs]}
+        out[n] = {
+            "first": statistics.median(r["first"] for r in rs),
+            "shape": rs[0]["shape"],
+            "dtype": rs[0]["dtype"],
+            "min": min(r["min"] for r in rs),
+            "first_runs": [r["first"] for r in rs],
+        }
         if steady:
             out[n]["img_s"] = statistics.median(r["img_s"] for r in rs)
             out[n]["img_s_runs"] = [r["img_s"] for r in rs]
@@ -184,12 +205,19 @@ def measure(folder: Path, args, steady: bool) -> dict[str, dict]:
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default=None, help="where the generated folders live (reused when present); "
-                                                "default: <temp dir>/vitkit-data-throughput")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="where the generated folders live (reused when present); default: <temp dir>/vitkit-data-throughput",
+    )
     p.add_argument("--images", type=int, default=10_000, help="real JPEGs generated (the throughput folder)")
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--first-batch-files", type=int, default=100_000,
-                   help="files of the time-to-first-batch folder (copies of the generated JPEGs); 0: skip it")
+    p.add_argument(
+        "--first-batch-files",
+        type=int,
+        default=100_000,
+        help="files of the time-to-first-batch folder (copies of the generated JPEGs); 0: skip it",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of both pipelines")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=3, help="batches read before the steady timing starts")
@@ -211,8 +239,10 @@ def parse_args(argv=None):
     # vitkit trains on the train split (70% of a folder without val/ and test/ folders): it needs enough images
     need = (args.warmup + args.batches + 1) * args.batch_size
     if int(args.images * 0.7) < need:
-        p.error(f"--images {args.images} gives about {int(args.images * 0.7)} training images, fewer than the "
-                f"{need} that --warmup + --batches + 1 batches of {args.batch_size} read: raise --images")
+        p.error(
+            f"--images {args.images} gives about {int(args.images * 0.7)} training images, fewer than the "
+            f"{need} that --warmup + --batches + 1 batches of {args.batch_size} read: raise --images"
+        )
     return args
 
 
@@ -227,8 +257,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     folder, made = make_folder(root, args.images, args.classes)
     n_files, kib = folder_facts(folder)
-    print(f"{folder}: {n_files} JPEGs, mean {kib:.0f} KiB ({'generated in %.0f s' % (time.perf_counter() - t0) if made else 'reused'})",
-          flush=True)
+    print(
+        f"{folder}: {n_files} JPEGs, mean {kib:.0f} KiB ({'generated in %.0f s' % (time.perf_counter() - t0) if made else 'reused'})",
+        flush=True,
+    )
     print("steady throughput and time to the first batch on the generated folder:", flush=True)
     steady = measure(folder, args, steady=True)
 
@@ -236,29 +268,56 @@ def main(argv=None) -> dict:
     if args.first_batch_files:
         t0 = time.perf_counter()
         big, made = make_copies(root, folder, args.first_batch_files, args.classes)
-        print(f"{big}: {args.first_batch_files} files ({'copied in %.0f s' % (time.perf_counter() - t0) if made else 'reused'})",
-              flush=True)
+        print(
+            f"{big}: {args.first_batch_files} files ({'copied in %.0f s' % (time.perf_counter() - t0) if made else 'reused'})",
+            flush=True,
+        )
         print("time to the first batch on the large folder:", flush=True)
         large = measure(big, args, steady=False)
 
     v, t, lo = steady["vitkit"], steady["timm"], steady["vitkit loader only"]
-    rows = [["images/s (steady)", f"{n_files}", f"{v['img_s']:.1f}", f"{t['img_s']:.1f}", f"{v['img_s'] / t['img_s']:.2f}"],
-            ["images/s (steady), vitkit's loader without the flip + normalise on the batch", f"{n_files}",
-             f"{lo['img_s']:.1f}", f"{t['img_s']:.1f}", f"{lo['img_s'] / t['img_s']:.2f}"],
-            ["time to first batch (s)", f"{n_files}", f"{v['first']:.2f}", f"{t['first']:.2f}",
-             f"{v['first'] / t['first']:.2f}"]]
+    rows = [
+        ["images/s (steady)", f"{n_files}", f"{v['img_s']:.1f}", f"{t['img_s']:.1f}", f"{v['img_s'] / t['img_s']:.2f}"],
+        [
+            "images/s (steady), vitkit's loader without the flip + normalise on the batch",
+            f"{n_files}",
+            f"{lo['img_s']:.1f}",
+            f"{t['img_s']:.1f}",
+            f"{lo['img_s'] / t['img_s']:.2f}",
+        ],
+        [
+            "time to first batch (s)",
+            f"{n_files}",
+            f"{v['first']:.2f}",
+            f"{t['first']:.2f}",
+            f"{v['first'] / t['first']:.2f}",
+        ],
+    ]
     if large:
         lv, lt = large["vitkit"], large["timm"]
-        rows.append(["time to first batch (s)", f"{args.first_batch_files} (copies)", f"{lv['first']:.2f}",
-                     f"{lt['first']:.2f}", f"{lv['first'] / lt['first']:.2f}"])
+        rows.append(
+            [
+                "time to first batch (s)",
+                f"{args.first_batch_files} (copies)",
+                f"{lv['first']:.2f}",
+                f"{lt['first']:.2f}",
+                f"{lv['first'] / lt['first']:.2f}",
+            ]
+        )
     cmd = "python benchmarks/data_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ([f"SMOKE RUN (64 images, {args.batches} batches): structure only, no meaningful numbers"] if args.smoke else []) + [
+    lines = (
+        [f"SMOKE RUN (64 images, {args.batches} batches): structure only, no meaningful numbers"] if args.smoke else []
+    ) + [
         f"command: `{cmd.strip()}`",
         f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_line('cpu')}; "
         f"torch {torch.__version__}, timm {timm.__version__}, torch threads {torch.get_num_threads()}",
         f"folder: {n_files} generated JPEGs (quality 90, mean {kib:.0f} KiB, sizes around 500x375) in "
         f"{args.classes} classes"
-        + (f"; the large folder: {args.first_batch_files} files, copies of those JPEGs under other names" if large else ""),
+        + (
+            f"; the large folder: {args.first_batch_files} files, copies of those JPEGs under other names"
+            if large
+            else ""
+        ),
         f"{args.workers} DataLoader workers, batch {args.batch_size}; random resized crop {SIZE} (scale {SCALE}, "
         f"ratio 3/4-4/3, {INTERPOLATION}) + flip {HFLIP} + normalise; {args.warmup} warm-up batches, {args.batches} "
         f"timed; median of {args.rounds} rounds (order alternating); files in the page cache",
@@ -268,8 +327,12 @@ def main(argv=None) -> dict:
         "device); timm does both in its workers. The second row leaves them out of vitkit's side",
         f"batches: vitkit {v['shape']} {v['dtype']}, timm {t['shape']} {t['dtype']}",
     ]
-    publish(markdown_report("data_throughput.py", lines, ["measure", "files", "vitkit", "timm", "vitkit/timm"], rows,
-                            left=2), args.markdown)
+    publish(
+        markdown_report(
+            "data_throughput.py", lines, ["measure", "files", "vitkit", "timm", "vitkit/timm"], rows, left=2
+        ),
+        args.markdown,
+    )
     return {"steady": steady, "large": large, "folder": str(folder), "files": n_files, "rows": rows}
 
 

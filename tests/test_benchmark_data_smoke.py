@@ -34,8 +34,12 @@ def test_data_throughput_smoke(tmp_path):
                 assert r["img_s"] > 0
             # normalised batches go below 0; vitkit's loader alone gives pixels in [0, 1]
             assert (r["min"] >= 0.0) == (name == "vitkit loader only"), (part, name, r["min"])
-    assert [row[0].split(",")[0] for row in result["rows"]] == ["images/s (steady)", "images/s (steady)",
-                                                                "time to first batch (s)", "time to first batch (s)"]
+    assert [row[0].split(",")[0] for row in result["rows"]] == [
+        "images/s (steady)",
+        "images/s (steady)",
+        "time to first batch (s)",
+        "time to first batch (s)",
+    ]
     assert text.count("\n| ") == 1 + len(result["rows"])  # the header and one line per row
     # a second run reuses the generated folders
     again = bench.main(["--smoke", "--root", str(tmp_path / "data")])
