@@ -50,6 +50,24 @@ def test_stratified_split_properties(labels, fraction, seed):
     assert torch.equal(keep, k2) and torch.equal(held, h2)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=120), st.floats(0.0, 0.9), st.integers(0, 10))
+def test_stratified_split_is_the_documented_algorithm(labels, fraction, seed):
+    """Classes in increasing label order, each class's indices (ascending) shuffled in turn by one generator:
+    the same splits for the same seed in every version, whatever the implementation."""
+    labels = torch.tensor(labels)
+    g = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_held = round(len(idx) * fraction)
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    keep, hold = stratified_split(labels, fraction, seed)
+    assert torch.equal(keep, torch.cat(kept).sort().values) and torch.equal(hold, torch.cat(held).sort().values)
+
+
 def test_channel_stats_uint8_matches_float():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (50, 3, 5, 5), dtype=torch.uint8, generator=g)

@@ -18,11 +18,13 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"a split fraction must be in [0, 1), got {fraction}")
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels).flatten()
     g = torch.Generator().manual_seed(seed)
     kept, held = [], []
-    for c in torch.unique(labels).tolist():
-        idx = (labels == c).nonzero().flatten()
+    # one stable sort groups every class's indices in increasing order (O(n log n), not one scan per class)
+    order = torch.argsort(labels, stable=True)
+    counts = torch.unique(labels, return_counts=True)[1].tolist()
+    for idx in torch.split(order, counts):
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_held = round(len(idx) * fraction)
         held.append(idx[:n_held])
@@ -33,20 +35,29 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
 
 
 @torch.no_grad()
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (population) of (N, C, H, W) images on the [0, 1] scale.
 
-    Accumulated in float64 over chunks, so uint8 sets of any size cost little extra memory.
+    Accumulated over chunks: uint8 images exactly, as integer sums of the 0-255 values and of their squares;
+    other dtypes in float64. Sets of any size cost little extra memory.
     """
     c = images.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     count = 0
+    exact = images.dtype == torch.uint8
     for i in range(0, len(images), chunk):
-        x = to_float01(images[i : i + chunk]).double().transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-        count += x.shape[1]
+        batch = images[i : i + chunk]
+        if exact:
+            x = batch.to(torch.int32)
+            total += x.sum(dim=(0, 2, 3), dtype=torch.int64).double() / 255
+            total_sq += (x * x).sum(dim=(0, 2, 3), dtype=torch.int64).double() / 255**2
+            count += batch.numel() // c
+        else:
+            x = to_float01(batch).double().transpose(0, 1).reshape(c, -1)
+            total += x.sum(1)
+            total_sq += (x * x).sum(1)
+            count += x.shape[1]
     if count == 0:
         raise ValueError("cannot compute normalisation statistics of an empty split")
     mean = total / count
