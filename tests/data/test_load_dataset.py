@@ -75,6 +75,8 @@ def test_channel_stats_uint8_matches_float():
     f = x.float() / 255
     assert np.allclose(mean, f.mean((0, 2, 3)).tolist(), atol=1e-5)
     assert np.allclose(std, f.std((0, 2, 3), unbiased=False).tolist(), atol=1e-5)
+    clips = torch.randint(0, 256, (6, 3, 4, 5, 5), dtype=torch.uint8, generator=g)  # (N, C, T, H, W)
+    assert channel_stats(clips, chunk=4) == channel_stats(clips.float() / 255, chunk=4)
 
 
 def test_split_batch_and_dataset_interface():

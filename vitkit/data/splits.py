@@ -36,7 +36,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
 
 @torch.no_grad()
 def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (population) of (N, C, H, W) images on the [0, 1] scale.
+    """Per-channel mean and std (population) of (N, C, ...) images or clips on the [0, 1] scale.
 
     Accumulated over chunks: uint8 images exactly, as integer sums of the 0-255 values and of their squares;
     other dtypes in float64. Sets of any size cost little extra memory.
@@ -50,8 +50,9 @@ def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, 
         batch = images[i : i + chunk]
         if exact:
             x = batch.to(torch.int32)
-            total += x.sum(dim=(0, 2, 3), dtype=torch.int64).double() / 255
-            total_sq += (x * x).sum(dim=(0, 2, 3), dtype=torch.int64).double() / 255**2
+            dims = (0, *range(2, x.dim()))  # every axis but the channels: (N, C, H, W), clips (N, C, T, H, W)
+            total += x.sum(dim=dims, dtype=torch.int64).double() / 255
+            total_sq += (x * x).sum(dim=dims, dtype=torch.int64).double() / 255**2
             count += batch.numel() // c
         else:
             x = to_float01(batch).double().transpose(0, 1).reshape(c, -1)
