@@ -63,6 +63,7 @@ def config_from_hf_mae(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, config values, pretrained_cfg) for a ViTMAE `config.json`: "mae" for
     `ViTMAEForPreTraining`, "vit" (no head) for `ViTMAEModel`."""
+    from ..models.mae import _ENCODER_FIELDS
     from ..registry import IMAGENET_MEAN, IMAGENET_STD
     from .hf import _error, config_from_hf
 
@@ -94,19 +95,7 @@ def config_from_hf_mae(
             f"{source}: decoder_intermediate_size {dec_inter} is not a multiple vitkit can express of "
             f"decoder_hidden_size {dec_hidden}"
         )
-    encoder_fields = (
-        "img_size",
-        "patch_size",
-        "in_chans",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "mlp_ratio",
-        "qkv_bias",
-        "norm_eps",
-        "act",
-    )
-    mae = {f: values.pop(f) for f in encoder_fields}
+    mae = {f: values.pop(f) for f in _ENCODER_FIELDS}
     values.pop("num_classes", None)
     mae.update(
         encoder_kwargs=values,  # HF's remaining ViT settings (dropouts, HF's position-embedding resampling)
