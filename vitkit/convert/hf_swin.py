@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .hf import _error, _label_names, _preprocessing
+from .hf import _LAYER_MAP, _error, _label_names, _preprocessing
 
 logger = logging.getLogger("vitkit")
 
@@ -52,16 +52,6 @@ _QKV = {
     "attention.q_proj": 0,
     "attention.k_proj": 1,
     "attention.v_proj": 2,
-}
-_BLOCK = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
 }
 _TOP = {
     "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
@@ -110,8 +100,8 @@ def convert_hf_swin_state_dict(
             if sub in _QKV:
                 qkv.setdefault((i, j, param), [None, None, None])[_QKV[sub]] = value
                 continue
-            if sub in _BLOCK:
-                out[f"{prefix}{_BLOCK[sub]}.{param}"] = value
+            if sub in _LAYER_MAP:  # a Swin layer names its norms, projection and MLP as a ViT layer does
+                out[f"{prefix}{_LAYER_MAP[sub]}.{param}"] = value
                 continue
         out[key] = value  # unknown: passes through, and the strict loader names it
     for (i, j, param), parts in qkv.items():
