@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .logging import TensorBoardLogger
-from .optim import build_optimizer
+from .optim import build_optimizer, optimizer_step
 from .schedule import cosine_schedule
 
 logger = logging.getLogger("vitkit")
@@ -602,17 +602,7 @@ def _train(
                         f"{last_good(run_dir, good)}. {diverged_advice(run_dir, cfg.optim.lr, good)}"
                     )
                 if last_micro:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lrs[step] * group["lr_scale"]
-                    if kept is not None:
-                        kept.before_step()  # parameters without a gradient this step stay out of it
-                    if cfg.optim.clip_grad:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                    optimizer.step()
-                    if kept is not None:
-                        kept.zero_grad()
-                    else:
-                        optimizer.zero_grad(set_to_none=True)
+                    optimizer_step(optimizer, lrs[step], model.parameters(), cfg.optim.clip_grad, kept)
                     if ema is not None:
                         with torch.no_grad():
                             for e, p in zip(ema.parameters(), model.parameters()):

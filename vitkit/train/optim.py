@@ -69,3 +69,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
     raise ValueError(f"unknown optimizer {cfg.name!r}: choose adamw or sgd (--optim.name=sgd)")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float, parameters, clip_grad: float, kept=None) -> None:
+    """One optimizer step as `vitkit train` and `vitkit pretrain` take it: every group's learning rate set to
+    `lr` times its layer-decay `lr_scale`, the gradients clipped to norm `clip_grad` (0: off), the step, and the
+    gradients zeroed: in place with `kept` (a `vitkit.allocator.KeptGradients`, which first takes parameters
+    that got no gradient out of the step), otherwise set to None."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    if kept is not None:
+        kept.before_step()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(parameters, clip_grad)
+    optimizer.step()
+    if kept is not None:
+        kept.zero_grad()
+    else:
+        optimizer.zero_grad(set_to_none=True)

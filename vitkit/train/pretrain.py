@@ -77,7 +77,7 @@ from .engine import (
     resolve_device,
     train_subset,
 )
-from .optim import build_optimizer
+from .optim import build_optimizer, optimizer_step
 from .schedule import cosine_schedule
 
 logger = logging.getLogger("vitkit")
@@ -392,17 +392,7 @@ def _pretrain(
                         f"{last_good(run_dir, good)}. {advice}"
                     )
                 loss.backward()
-                for group in optimizer.param_groups:
-                    group["lr"] = lrs[step] * group["lr_scale"]
-                if kept is not None:
-                    kept.before_step()  # parameters without a gradient this step stay out of it
-                if cfg.optim.clip_grad:
-                    nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
-                optimizer.step()
-                if kept is not None:
-                    kept.zero_grad()
-                else:
-                    optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, lrs[step], method.parameters(), cfg.optim.clip_grad, kept)
                 method.on_step_end(step, total_steps)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(x)
