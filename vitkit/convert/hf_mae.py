@@ -63,7 +63,7 @@ def config_from_hf_mae(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(family, config values, pretrained_cfg) for a ViTMAE `config.json`: "mae" for
     `ViTMAEForPreTraining`, "vit" (no head) for `ViTMAEModel`."""
-    from ..models.mae import _ENCODER_FIELDS
+    from ..models.mae import ENCODER_FIELDS
     from ..registry import IMAGENET_MEAN, IMAGENET_STD
     from .hf import _error, config_from_hf
 
@@ -95,7 +95,7 @@ def config_from_hf_mae(
             f"{source}: decoder_intermediate_size {dec_inter} is not a multiple vitkit can express of "
             f"decoder_hidden_size {dec_hidden}"
         )
-    mae = {f: values.pop(f) for f in _ENCODER_FIELDS}
+    mae = {f: values.pop(f) for f in ENCODER_FIELDS}
     values.pop("num_classes", None)
     mae.update(
         encoder_kwargs=values,  # HF's remaining ViT settings (dropouts, HF's position-embedding resampling)

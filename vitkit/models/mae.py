@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Block, to_2tuple
-from ..registry import register_model
+from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, register_family
 from .vit import VisionTransformer, ViTConfig
 
@@ -172,7 +172,8 @@ class MAEConfig:
         return ViTConfig(**{**values, **self.encoder_kwargs})
 
 
-_ENCODER_FIELDS = (
+# The MAEConfig fields that configure the encoder ViT directly (its other ViTConfig fields go in `encoder_kwargs`).
+ENCODER_FIELDS = (
     "img_size",
     "patch_size",
     "in_chans",
@@ -257,12 +258,12 @@ class MaskedAutoencoder(VitkitModel):
         decoder/objective fields (mask_ratio, norm_pix_loss, decoder_embed_dim, ...)."""
         check_backbone(backbone)
         vc = backbone.config
-        enc = {f: getattr(vc, f) for f in _ENCODER_FIELDS}
-        base = dataclasses.asdict(ViTConfig(**{f: enc[f] for f in _ENCODER_FIELDS}))
+        enc = {f: getattr(vc, f) for f in ENCODER_FIELDS}
+        base = dataclasses.asdict(ViTConfig(**{f: enc[f] for f in ENCODER_FIELDS}))
         extra = {
             k: v for k, v in dataclasses.asdict(vc).items() if k not in enc and k != "num_classes" and v != base[k]
         }
-        known = {f.name for f in dataclasses.fields(MAEConfig)} - set(_ENCODER_FIELDS) - {"encoder_kwargs"}
+        known = {f.name for f in dataclasses.fields(MAEConfig)} - set(ENCODER_FIELDS) - {"encoder_kwargs"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown MAE option(s) {unknown}; MAE options: {sorted(known)}")
@@ -466,8 +467,8 @@ def _register_all() -> None:
             "decoder_num_heads": 4,
             "decoder_mlp_ratio": 2.0,
         },
-        mean=(0.1307,),
-        std=(0.3081,),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         crop_pct=1.0,
     )
 
