@@ -23,6 +23,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN = (0.5, 0.5, 0.5)  # the original ViT / big_vision preprocessing: x in [-1, 1]
 HALF_STD = (0.5, 0.5, 0.5)
+# Per-channel statistics for the small CPU models: MNIST / Fashion-MNIST (grayscale) and CIFAR (RGB).
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 # family -> (first_conv, classifier, fixed_input_size): the module names timm's pretrained cfgs give.
 _FAMILY_FIELDS: dict[str, tuple[str, Any, bool]] = {

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, drop_path_rates, is_fx_tracing
-from ..registry import register_model
+from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
 
@@ -350,10 +350,10 @@ CNN_SIZES: dict[str, dict[str, Any]] = {
 
 
 def _register_all() -> None:
-    mnist = {"mean": (0.1307,), "std": (0.3081,), "crop_pct": 1.0, "interpolation": "bilinear"}
+    mnist = {"mean": MNIST_MEAN, "std": MNIST_STD, "crop_pct": 1.0, "interpolation": "bilinear"}
     cifar = {
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
         "crop_pct": 1.0,
         "interpolation": "bilinear",
     }

@@ -61,7 +61,7 @@ from ..layers import (
     is_fx_tracing,
     record_attention,
 )
-from ..registry import register_model
+from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
 # fields that hold one value per stage; a scalar given for one of them applies to every stage
@@ -584,14 +584,14 @@ def _register_all() -> None:
         register_model(f"cvt_{size}_384", "cvt", dict(CVT_SIZES[size], img_size=384), crop_pct=1.0)
     micro = CVT_SIZES["micro"]
     register_model(
-        "cvt_micro_28", "cvt", dict(micro, img_size=28, in_chans=1), mean=(0.1307,), std=(0.3081,), crop_pct=1.0
+        "cvt_micro_28", "cvt", dict(micro, img_size=28, in_chans=1), mean=MNIST_MEAN, std=MNIST_STD, crop_pct=1.0
     )
     register_model(
         "cvt_micro_32",
         "cvt",
         dict(micro, img_size=32),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
         crop_pct=1.0,
     )
 

@@ -59,7 +59,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, to_2tuple
 from ..layers.attention import record_attention, split_heads, use_fused_attention
-from ..registry import register_model
+from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, register_family
 
 NEVER = 2.0  # a threshold no softmax probability reaches: the stage never exits early
@@ -787,7 +787,7 @@ def exit_statistics(model: DynamicVisionTransformer, data, norm: nn.Module, batc
 
 # --------------------------------------------------------------------------------------------- names
 def _register_all() -> None:
-    mnist = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    mnist = dict(mean=MNIST_MEAN, std=MNIST_STD, crop_pct=1.0)
     micro = dict(img_size=28, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
     # 4x4, 7x7 and 14x14 tokens on 28x28 grayscale images (MNIST, Fashion-MNIST); each stage is the
     # vit_micro_patch{7,4,2}_28 backbone.

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, PatchEmbed, is_fx_tracing
-from ..registry import HALF_MEAN, HALF_STD, register_model
+from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
 logger = logging.getLogger("vitkit")
@@ -348,16 +348,16 @@ def _register_all() -> None:
         "mixer_micro_patch4_28",
         "mixer",
         dict(small, img_size=28, patch_size=4, in_chans=1),
-        mean=(0.1307,),
-        std=(0.3081,),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         crop_pct=1.0,
     )
     register_model(
         "mixer_micro_patch4_32",
         "mixer",
         dict(small, img_size=32, patch_size=4),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
         crop_pct=1.0,
     )
 

@@ -46,7 +46,7 @@ from ..layers import (
     to_2tuple,
 )
 from ..layers.video import TubeletEmbed, to_3tuple
-from ..registry import register_model
+from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
 logger = logging.getLogger("vitkit")
@@ -454,8 +454,8 @@ def _register_all() -> None:
             drop_rate=0.0,
             drop_path_rate=0.0,
         ),
-        mean=(0.1307,),
-        std=(0.3081,),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         crop_pct=1.0,
     )
 

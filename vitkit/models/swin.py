@@ -52,7 +52,7 @@ from ..layers import (
     to_2tuple,
 )
 from ..layers.attention import attention_recording
-from ..registry import register_model
+from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, register_family
 from .vit import feature_take_indices
 
@@ -939,16 +939,16 @@ def _register_all() -> None:
         "swin_micro_patch2_window7_28",
         "swin",
         dict(micro, img_size=28, patch_size=2, in_chans=1, window_size=7, depths=(2, 2), num_heads=(2, 4)),
-        mean=(0.1307,),
-        std=(0.3081,),
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
         crop_pct=1.0,
     )
     register_model(
         "swin_micro_patch2_window4_32",
         "swin",
         dict(micro, img_size=32, patch_size=2, window_size=4, depths=(2, 2, 2), num_heads=(2, 4, 8)),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
         crop_pct=1.0,
     )
 

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import Attention, Block, DropPath, Mlp, drop_path_rates, to_2tuple
 from ..layers.video import TubeletEmbed, inflate_patch_weight
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
 logger = logging.getLogger("vitkit")
@@ -347,8 +347,8 @@ def _register_all() -> None:
             f"timesformer_micro{suffix}_patch4_28",
             "timesformer",
             dict(micro, attention_type=attention),
-            mean=(0.1307,),
-            std=(0.3081,),
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
             crop_pct=1.0,
         )
 

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import Block, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
-from ..registry import HALF_MEAN, HALF_STD, register_model
+from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
 
 
@@ -565,7 +565,7 @@ def _register_all() -> None:
     # Small models for CPU training on real data: 28x28 grayscale (MNIST, Fashion-MNIST), 32x32
     # RGB (CIFAR) and the 8x8 scikit-learn digits.
     small = dict(VIT_SIZES["micro"], mlp_ratio=2.0, num_classes=10)
-    mnist = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    mnist = dict(mean=MNIST_MEAN, std=MNIST_STD, crop_pct=1.0)
     register_model("vit_micro_patch4_28", "vit", dict(small, img_size=28, patch_size=4, in_chans=1), **mnist)
     register_model("vit_micro_patch7_28", "vit", dict(small, img_size=28, patch_size=7, in_chans=1), **mnist)
     register_model(
@@ -580,8 +580,8 @@ def _register_all() -> None:
         "vit_micro_patch4_32",
         "vit",
         dict(small, img_size=32, patch_size=4),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
         crop_pct=1.0,
     )
     register_model(

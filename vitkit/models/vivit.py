@@ -57,7 +57,7 @@ from ..layers.video import (
     sincos_pos_embed_3d,
     to_3tuple,
 )
-from ..registry import register_model
+from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, feature_take_indices, register_family
 
 logger = logging.getLogger("vitkit")
@@ -543,7 +543,7 @@ def _register_all() -> None:
             register_model(
                 f"vivit_{size}{suffix}_16x2_224", "vivit", dict(VIVIT_SIZES[size], attention_type=attention), **kinetics
             )
-    digits = dict(mean=(0.1307,), std=(0.3081,), crop_pct=1.0)
+    digits = dict(mean=MNIST_MEAN, std=MNIST_STD, crop_pct=1.0)
     for attention, suffix in _SUFFIX.items():
         register_model(
             f"vivit_micro{suffix}_4x2_28",
