@@ -59,6 +59,7 @@ __all__ = [
     "load_image",
     "resolve_data_config",
     "resolve_model_data_config",
+    "worker_pipeline",
 ]
 
 # timm.data.constants
@@ -658,3 +659,26 @@ class RandomCropFiles(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"RandomCropFiles({self.data!r}, {self.crop!r}, seed={self.seed})"
+
+
+def worker_pipeline(dataset: Any, aug_cfg: Any, data_config: Mapping[str, Any], seed: int = 0):
+    """Move the per-image training augmentation of `dataset` into the DataLoader workers where it can go there.
+
+    Returns `(dataset, aug_cfg_left, normalised)`: the training dataset to load batches from, the augmentation
+    config (`vitkit.data.augment.AugmentConfig`) that is left for `BatchAugment` on the batch, and whether the
+    images come out normalised by `data_config`'s mean/std (False: in [0, 1], the training step normalises).
+
+    Datasets that decode files (a `preprocess`, random access: image folders, `hf` datasets) with
+    `aug_cfg.random_resized_crop` get the crop cut from the original image in the workers (`RandomCropFiles`,
+    timm's `RandomResizedCropAndInterpolation`, seeded per (seed, epoch, item)); in-memory datasets and tar
+    shards are returned as they are, with `aug_cfg` unchanged."""
+    import dataclasses
+
+    if not (
+        aug_cfg.random_resized_crop
+        and hasattr(dataset, "preprocess")
+        and not isinstance(dataset, torch.utils.data.IterableDataset)
+    ):
+        return dataset, aug_cfg, False
+    crop = RandomResizedCrop(data_config["input_size"][1:], aug_cfg.scale, aug_cfg.ratio, data_config["interpolation"])
+    return RandomCropFiles(dataset, crop, seed=seed), dataclasses.replace(aug_cfg, random_resized_crop=False), False
