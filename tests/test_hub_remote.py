@@ -606,3 +606,69 @@ def test_repo_without_weights(fake_hub, tmp_path):
     fake_hub.add("org/config-only", tmp_path / "cfg")
     with pytest.raises(CheckpointError, match=r"org/config-only has no file model.safetensors"):
         from_pretrained("org/config-only")
+
+
+# ------------------------------------------------------------------------------------ sharded checkpoints
+def hf_sharded(tmp_path, safe: bool = True):
+    """A transformers ViT saved in shards (`max_shard_size`), as larger Hub models are."""
+    hf = randomise(transformers.ViTForImageClassification(transformers.ViTConfig(**HF_TINY)), 0)
+    folder = tmp_path / ("sharded-safe" if safe else "sharded-bin")
+    hf.save_pretrained(folder, max_shard_size="20KB")
+    if not safe:  # transformers writes safetensors only; huggingface_hub's writer still makes .bin shards
+        for p in folder.glob("model*.safetensors*"):
+            p.unlink()
+        huggingface_hub.save_torch_state_dict(hf.state_dict(), folder, max_shard_size="20KB", safe_serialization=False)
+    index = "model.safetensors.index.json" if safe else "pytorch_model.bin.index.json"
+    assert (folder / index).is_file() and len({p.name for p in folder.iterdir()}) > 3  # really sharded
+    return hf, folder
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_sharded_directory_loads(tmp_path, safe):
+    hf, folder = hf_sharded(tmp_path, safe)
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(folder)(x), hf_logits(hf, x), **ATOL)
+
+
+def test_sharded_repo_is_downloaded_whole_then_read_offline(fake_hub, hub_cache, tmp_path, monkeypatch):
+    hf, folder = hf_sharded(tmp_path)
+    fake_hub.add("someone/sharded-vit", folder)
+    x = images()
+    with torch.no_grad():
+        expected = hf_logits(hf, x)
+        torch.testing.assert_close(from_pretrained("someone/sharded-vit")(x), expected, **ATOL)
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    fetched = {r.rsplit("/", 1)[-1] for r in fake_hub.requests if r.startswith("GET /someone/")}
+    assert set(shards) <= fetched and "model.safetensors.index.json" in fetched
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    fake_hub.requests.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained("someone/sharded-vit")(x), expected, **ATOL)
+    assert fake_hub.requests == []
+
+
+def test_sharded_checkpoint_errors(tmp_path):
+    import json
+
+    _, folder = hf_sharded(tmp_path)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = sorted(set(index["weight_map"].values()))[0]
+
+    (folder / shard).rename(folder / "moved.safetensors")
+    with pytest.raises(CheckpointError, match=rf"names shard\(s\) that are not there: {shard}"):
+        from_pretrained(folder)
+    (folder / "moved.safetensors").rename(folder / shard)
+
+    key = next(k for k, v in index["weight_map"].items() if v == shard)
+    bad = dict(index, weight_map={**index["weight_map"], key: "../" + shard})
+    index_path.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match=r"not the name of a file beside the index"):
+        from_pretrained(folder)
+
+    other = sorted(set(index["weight_map"].values()))[1]
+    bad = dict(index, weight_map={**index["weight_map"], key: other})  # the index puts a key in the wrong shard
+    index_path.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match=rf"{other} does not hold what model.safetensors.index.json says"):
+        from_pretrained(folder)

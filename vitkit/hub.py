@@ -5,14 +5,14 @@ Hugging Face Hub (through huggingface_hub's cache: `from_pretrained("org/name")`
 Formats read (detected from the path, never from a flag):
     - a vitkit directory: `config.json` (with "architecture") + `model.safetensors`;
     - a Hugging Face model directory: `config.json` (with "model_type") + `model.safetensors`
-      or `pytorch_model.bin`, for the model types of `convert.hf.SUPPORTED_MODEL_TYPES`: "vit" and
+      or `pytorch_model.bin`, either one possibly sharded (`*.index.json` + its shards), for the model types of `convert.hf.SUPPORTED_MODEL_TYPES`: "vit" and
       "deit" and "vit_msn" (convert/hf.py), "swin" (hf_swin.py), "cvt" (hf_cvt.py), "vit_mae" (hf_mae.py:
       `ViTMAEForPreTraining` -> the MAE model, `ViTMAEModel` -> a headless ViT), "vivit" (hf_vivit.py)
       and "timesformer" (hf_timesformer.py);
     - a timm model directory (timm's `save_for_hf` / `push_to_hf_hub`): `config.json` whose
       "architecture" is a timm model name, with "model_args" / "num_classes" / "pretrained_cfg"
       (convert/timm.py `config_from_timm`) + `model.safetensors` or `pytorch_model.bin` in timm's keys;
-    - a state-dict file: `.safetensors`, or a PyTorch file (`.pth`, `.pt`, `.bin`, `.ckpt`) with
+    - a state-dict file: `.safetensors`, a sharded checkpoint's `*.index.json`, or a PyTorch file (`.pth`, `.pt`, `.bin`, `.ckpt`) with
       timm-style keys, possibly inside a wrapper dict (`model`, `state_dict`, `teacher`, ...) and
       with a `module.` / `backbone.` prefix, as the official DeiT, DINO and MAE releases ship.
 
@@ -40,6 +40,10 @@ logger = logging.getLogger("vitkit")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS = WEIGHTS_NAME
+TORCH_WEIGHTS = "pytorch_model.bin"
+SAFE_INDEX = "model.safetensors.index.json"  # a sharded checkpoint (transformers' max_shard_size)
+TORCH_INDEX = "pytorch_model.bin.index.json"
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".tar"}
 # Wrapper keys of training checkpoints, in the order we look for the weights: DINO keeps both
 # `student` and `teacher` (the teacher is the one evaluated in the paper).
@@ -162,6 +166,8 @@ def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.name.endswith(".index.json"):  # a sharded checkpoint: the index names its shards
+        return unwrap_state_dict(read_sharded(path), source=str(path))
     obj = _read_safetensors(path) if _sniff(path) == "safetensors" else _read_torch_file(path)
     return unwrap_state_dict(obj, source=str(path))
 
@@ -242,17 +248,78 @@ def directory_kind(directory: Path) -> str:
     )
 
 
-def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    for name in ("model.safetensors", "pytorch_model.bin"):
+def weights_file(directory: Path) -> Path:
+    """A model directory's weights, in the order transformers prefers them: model.safetensors, its sharded
+    index (model.safetensors.index.json), pytorch_model.bin, its sharded index."""
+    for name in (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX):
         if (directory / name).is_file():
-            return read_state_dict_file(directory / name)
-    raise CheckpointError(f"{directory} has a config.json but no model.safetensors or pytorch_model.bin")
+            return directory / name
+    raise CheckpointError(
+        f"{directory} has a config.json but no weights: expected {SAFE_WEIGHTS} or {TORCH_WEIGHTS} (or a sharded "
+        f"{SAFE_INDEX} / {TORCH_INDEX} with its shards)"
+    )
+
+
+def read_shard_index(path: Path) -> dict[str, str]:
+    """The `weight_map` of a sharded checkpoint's index (`*.index.json`, as transformers' `save_pretrained(
+    max_shard_size=...)` writes it): parameter name -> shard file name, every shard a plain file beside the
+    index."""
+    index = read_json(path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path} is not a sharded-checkpoint index: it has no 'weight_map' of names to files")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{path}: the shard of {key!r} is {shard!r}, not the name of a file beside the index")
+    missing = sorted({s for s in weight_map.values() if not (path.parent / s).is_file()})
+    if missing:
+        raise CheckpointError(
+            f"{path} names shard(s) that are not there: {_listing(missing)}; download the whole checkpoint again"
+        )
+    return weight_map
+
+
+def read_sharded(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a sharded checkpoint, read shard by shard; each shard must hold the names the index
+    gives it (and may hold nothing else)."""
+    weight_map = read_shard_index(path)
+    by_shard: dict[str, set[str]] = {}
+    for key, shard in weight_map.items():
+        by_shard.setdefault(shard, set()).add(key)
+    state: dict[str, torch.Tensor] = {}
+    for shard, keys in sorted(by_shard.items()):
+        file = path.parent / shard
+        part = _read_safetensors(file) if _sniff(file) == "safetensors" else _read_torch_file(file)
+        if not _is_state_dict(part):
+            raise CheckpointError(f"{file} (a shard named by {path.name}) is not a state dict of tensors")
+        if set(part) != keys:
+            absent, extra = sorted(keys - set(part)), sorted(set(part) - keys)
+            raise CheckpointError(
+                f"{file} does not hold what {path.name} says: "
+                + "; ".join(
+                    x
+                    for x in (
+                        f"missing {_listing(absent)}" if absent else "",
+                        f"not in the index {_listing(extra)}" if extra else "",
+                    )
+                    if x
+                )
+            )
+        state.update(part)
+    return state
+
+
+def _hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict_file(weights_file(directory))
 
 
 def _hf_weight_keys(directory: Path) -> list[str]:
-    """The key names of a Hugging Face directory's weights (for safetensors, from the header alone)."""
-    path = directory / "model.safetensors"
-    if path.is_file():
+    """The key names of a Hugging Face directory's weights (for safetensors and shard indexes, from the
+    headers alone)."""
+    path = weights_file(directory)
+    if path.name.endswith(".index.json"):
+        return list(read_shard_index(path))
+    if path.name == SAFE_WEIGHTS:
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -472,8 +539,6 @@ def _resolve_location(name_or_path: str | Path, revision: str | None, cache_dir)
 # ------------------------------------------------------------------------------------ the Hugging Face Hub
 INSTALL_HUB = 'pip install "vitkit[hub]"'
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[^\s@]+)?$")
-SAFE_WEIGHTS = "model.safetensors"
-TORCH_WEIGHTS = "pytorch_model.bin"
 
 
 class HubError(CheckpointError):
@@ -572,11 +637,21 @@ def hub_download(
 
 
 def download_weights(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """The repo's weights file: model.safetensors, else pytorch_model.bin (as timm and transformers prefer)."""
-    path = hub_download(repo_id, SAFE_WEIGHTS, revision=revision, cache_dir=cache_dir, required=False)
-    if path is None:
-        path = hub_download(repo_id, TORCH_WEIGHTS, revision=revision, cache_dir=cache_dir, required=False)
-    if path is None:  # neither: the error names the preferred file (and, offline, how to fetch it)
+    """The repo's weights: model.safetensors, else its sharded index with every shard, else pytorch_model.bin,
+    else its sharded index with every shard (transformers' order). Returns the file, or the index of a sharded
+    checkpoint, which `read_state_dict_file` and `create_model(pretrained=...)` read like a file."""
+    path = None
+    for name in (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX):
+        path = hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, required=False)
+        if path is not None:
+            break
+    if path is not None and path.name.endswith(".index.json"):
+        index = read_json(path)
+        shards = index.get("weight_map") if isinstance(index, dict) else None
+        for shard in sorted(set(shards.values()) if isinstance(shards, dict) else ()):
+            if isinstance(shard, str) and Path(shard).name == shard:  # read_shard_index reports anything else
+                hub_download(repo_id, shard, revision=revision, cache_dir=cache_dir)
+    if path is None:  # none: the error names the preferred file (and, offline, how to fetch it)
         hub_download(repo_id, SAFE_WEIGHTS, revision=revision, cache_dir=cache_dir)
         raise HubError(f"{repo_id} has neither {SAFE_WEIGHTS} nor {TORCH_WEIGHTS}")  # pragma: no cover
     return path
