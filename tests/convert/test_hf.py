@@ -325,5 +325,5 @@ def test_unsupported_model_type(tmp_path):
 
 def test_missing_weights_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(transformers.ViTConfig(**TINY).to_dict()))
-    with pytest.raises(CheckpointError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(CheckpointError, match="no weights: expected model.safetensors or pytorch_model.bin"):
         vitkit.from_pretrained(tmp_path)

@@ -224,7 +224,7 @@ def test_broken_directories(tmp_path):
         vitkit.create_model("cvt_13", pretrained=directory, num_classes=5, depths=(1, 2, 3))
 
     (directory / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(CheckpointError, match="no weights: expected model.safetensors or pytorch_model.bin"):
         vitkit.from_pretrained(directory)
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))

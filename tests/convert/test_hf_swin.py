@@ -152,3 +152,20 @@ def test_hf_window_rule_survives_save_pretrained(tmp_path):
         torch.testing.assert_close(again(x), ours(x), atol=0, rtol=0)
     with pytest.raises(ValueError, match="window_rule must be"):
         vitkit.create_model("swin_micro_patch2_window4_32", window_rule="official")
+
+
+def test_hf_state_dict_file_without_config(tmp_path):
+    """A bare HF Swin weights file (no config.json) is recognised by its key names and converted as Swin."""
+    from safetensors.torch import save_file
+
+    from vitkit.hub import load_pretrained
+
+    ref = hf_model()
+    ref.save_pretrained(tmp_path / "dir")
+    architecture = vitkit.from_pretrained(tmp_path / "dir")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    fresh = type(architecture)(architecture.config).eval()
+    load_pretrained(fresh, tmp_path / "weights.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), hf_out(ref, x), atol=ATOL, rtol=RTOL)

@@ -164,10 +164,12 @@ def _strip_base(key: str) -> str:
 
 
 def looks_like_hf(state: Mapping[str, Any]) -> bool:
-    """True for the key names of an HF ViT/DeiT/CvT state dict (with or without `vit.`/`deit.`/`cvt.`)."""
+    """True for the key names of an HF ViT/DeiT/CvT/Swin state dict (with or without `vit.`/`deit.`/`cvt.`/
+    `swin.`)."""
     from .hf_cvt import looks_like_hf_cvt
+    from .hf_swin import looks_like_hf_swin
 
-    if looks_like_hf_cvt(state):
+    if looks_like_hf_cvt(state) or looks_like_hf_swin(state):
         return True
     for key in state:
         body = _strip_base(key)
@@ -196,7 +198,11 @@ def convert_hf_state_dict(
 
     if _check_model_type(hf_config, source) == "cvt" or (hf_config is None and looks_like_hf_cvt(state)):
         return convert_hf_cvt_state_dict(state, source=source)
-    if hf_config is not None and hf_config.get("model_type") == "swin":
+    from .hf_swin import looks_like_hf_swin
+
+    if (hf_config is not None and hf_config.get("model_type") == "swin") or (
+        hf_config is None and looks_like_hf_swin(state)
+    ):  # with no config.json, a bare weights file: Swin by its key names
         from .hf_swin import convert_hf_swin_state_dict
 
         return convert_hf_swin_state_dict(state, source=source)
