@@ -296,3 +296,45 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(b[1].cpu(), a[1])
     xe, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen())(x.cuda(), y.cuda())
     assert xe.is_cuda and xe.min() >= 0 and xe.max() <= 1 and not torch.equal(xe.cpu(), x)
+
+
+def test_random_erasing_on_normalised_images_is_timms_pixel_mode():
+    """normalised=True: the images come normalised (vitkit.data.transforms.worker_pipeline), and random erasing
+    fills its box with standard normal noise, as timm's RandomErasing(mode='pixel') does after normalisation:
+    the same share of images erased, the same box areas and the same noise, in distribution."""
+    from timm.data.random_erasing import RandomErasing
+
+    b, c, h, w = 400, 3, 32, 32
+    x = torch.full((b, c, h, w), 7.0)  # a value neither noise produces: the erased pixels are the changed ones
+    y = torch.zeros(b, dtype=torch.long)
+    ours, _ = BatchAugment(AugmentConfig(random_erasing=0.5), 10, generator=gen(), normalised=True)(x, y)
+    torch.manual_seed(0)
+    import random
+
+    random.seed(0)
+    theirs = RandomErasing(probability=0.5, mode="pixel", device="cpu")(x.clone())
+
+    def stats(out):
+        erased = (out != 7.0).any(1)  # (B, H, W)
+        areas = erased.flatten(1).sum(1).double()
+        noise = out[(out != 7.0)]
+        return (areas > 0).double().mean(), areas[areas > 0].mean() / (h * w), noise.mean(), noise.std()
+
+    (share, area, mean, std), (t_share, t_area, t_mean, t_std) = stats(ours), stats(theirs)
+    assert abs(share - t_share) < 0.1 and abs(share - 0.5) < 0.1
+    assert abs(area - t_area) < 0.03 and 0.12 < area < 0.22  # boxes of 2%-33% of the image, mean about 17.7%
+    assert abs(mean) < 0.02 and abs(std - 1) < 0.02 and abs(t_mean) < 0.02 and abs(t_std - 1) < 0.02
+    # on [0, 1] images the noise stays in [0, 1)
+    unit, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen())(torch.full((8, c, h, w), 7.0), y[:8])
+    assert unit[unit != 7.0].min() >= 0 and unit[unit != 7.0].max() < 1
+
+
+def test_normalised_batches_refuse_randaugment_and_mix_as_before():
+    with pytest.raises(ValueError, match="RandAugment works on images in \\[0, 1\\]"):
+        BatchAugment(AugmentConfig(randaugment="rand-m9-n2"), 10, normalised=True)
+    x, y = batch()
+    cfg = AugmentConfig(mixup=0.8, cutmix=1.0, hflip=0.5)  # linear and geometric ops: the value range is irrelevant
+    a, ya = BatchAugment(cfg, 10, generator=gen(3), normalised=True)(x * 4 - 2, y)
+    b, yb = BatchAugment(cfg, 10, generator=gen(3))(x, y)
+    torch.testing.assert_close(a, b * 4 - 2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ya, yb)

@@ -233,7 +233,7 @@ def _train(tmp_path, out, data_dir, *extra):
 
 def _check_same_inputs(run_dir, data_dir, model_inputs):
     """Training's final test evaluation, `vitkit eval` and `vitkit predict` feed the model the same tensors."""
-    from vitkit.eval_cli import evaluate_dir
+    from vitkit.eval import evaluate_dir
     from vitkit.hub import from_pretrained
 
     trained = torch.cat(model_inputs)
@@ -288,7 +288,7 @@ def test_train_eval_predict_feed_the_same_tensors_and_fine_tuning_keeps_the_chec
 
 def test_in_memory_dataset_eval_runs_at_the_trained_size(tmp_path, model_inputs):
     """digits resized to 16x16 for training: `vitkit eval` resizes the same way, at the model's size."""
-    from vitkit.eval_cli import evaluate_dir
+    from vitkit.eval import evaluate_dir
     from vitkit.train import TrainConfig, apply_overrides, train
 
     pytest.importorskip("sklearn")
@@ -411,3 +411,75 @@ def test_training_crops_come_from_the_original_image_in_the_workers(tmp_path, mo
     first = Batches(train_split, 4, Dist(), seed=5).indices(0)[0].tolist()
     want = torch.stack([(expected(i, 0) - mean) / std for i in first])
     torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+
+
+def test_worker_pipeline_crops_flips_and_normalises_in_the_workers(tmp_path):
+    """worker_pipeline on an image folder: each training image is timm's crop of the decoded file, flipped when
+    the item's stream says so, normalised with the training step's float arithmetic (engine.Normalise): the
+    old batch path's tensors, with the crop and flip drawn per (seed, epoch, index), whatever the workers."""
+    import dataclasses
+    import random
+
+    from vitkit.data.augment import AugmentConfig
+    from vitkit.data.transforms import AugmentFiles, RandomResizedCrop, training_data_config, worker_pipeline
+    from vitkit.train.engine import Normalise
+
+    _folder(tmp_path / "data", [(24, 17), (15, 29), (40, 22)], 1.0, seed=3)
+    splits = load_dataset("folder", tmp_path / "data", img_size=16, val_fraction=0)
+    model = create_model("vit_micro_patch2_8", img_size=16, num_classes=2, depth=1, embed_dim=32, num_heads=2)
+    config = training_data_config(splits, model)
+    aug = AugmentConfig(random_resized_crop=True, hflip=0.5, random_erasing=0.25, mixup=0.8)
+    data, left, normalised = worker_pipeline(splits.train, aug, config, seed=5)
+    assert isinstance(data, AugmentFiles) and normalised
+    assert left == dataclasses.replace(aug, random_resized_crop=False, hflip=0.0)  # erasing, mixup: on the batch
+    data.set_epoch(1)
+
+    crop = RandomResizedCrop(16, aug.scale, aug.ratio, config["interpolation"])
+    norm = Normalise(config["mean"], config["std"])
+    flips = []
+
+    def unit(i, epoch):  # the crop, then the flip, in [0, 1]
+        rng = random.Random(f"5:{epoch}:{i}")
+        x = torch.from_numpy(np.asarray(crop(load_image(splits.train.samples[i][0]), rng)).copy())
+        x = x.permute(2, 0, 1).float() / 255
+        flips.append(rng.random() < 0.5)
+        return x.flip(-1) if flips[-1] else x
+
+    def expected(i, epoch):  # the old path: flip, then Normalise, on the batch
+        return norm(unit(i, epoch)[None])[0]
+
+    want = torch.stack([expected(i, 1) for i in range(len(data))])
+    assert any(flips) and not all(flips)  # both outcomes are checked
+    assert torch.equal(torch.stack([data[i][0] for i in range(len(data))]), want)
+    loader = torch.utils.data.DataLoader(data, batch_size=3, num_workers=2)
+    assert torch.equal(torch.cat([x for x, _ in loader]), want)  # the same in 2 workers
+    assert [y for _, y in loader] and torch.equal(torch.cat([y for _, y in loader]), splits.train.labels)
+    data.set_epoch(2)
+    assert not torch.equal(data[0][0], want[0])  # another epoch, another crop
+
+    # no crop asked: the folder's own resize and crop, then flip and normalise
+    data, left, normalised = worker_pipeline(splits.train, AugmentConfig(hflip=1.0), config, seed=5)
+    plain = splits.train[1][0]
+    assert normalised and torch.equal(data[1][0], norm(plain.flip(-1)[None])[0])
+
+    # RandAugment needs [0, 1] images: crop and flip in the workers, normalisation in the training step
+    aug = AugmentConfig(random_resized_crop=True, hflip=0.5, randaugment="rand-m9-n2")
+    data, left, normalised = worker_pipeline(splits.train, aug, config, seed=5)
+    assert not normalised and left.randaugment == "rand-m9-n2" and not left.hflip and not left.random_resized_crop
+    data.set_epoch(1)
+    assert torch.equal(
+        torch.stack([data[i][0] for i in range(len(data))]), torch.stack([unit(i, 1) for i in range(len(data))])
+    )
+    # a training step that needs [0, 1] images (a distillation teacher) keeps them
+    assert worker_pipeline(splits.train, AugmentConfig(hflip=0.5), config, normalise=False)[2] is False
+    assert worker_pipeline(splits.train, AugmentConfig(), config, normalise=False)[0] is splits.train
+
+
+def test_worker_pipeline_leaves_in_memory_data_and_shards_to_the_batch():
+    from vitkit.data.augment import AugmentConfig
+    from vitkit.data.transforms import worker_pipeline
+
+    splits = load_dataset("digits", img_size=8)
+    aug = AugmentConfig(random_resized_crop=True, hflip=0.5)
+    config = {"input_size": (1, 8, 8), "interpolation": "bilinear", "mean": splits.mean, "std": splits.std}
+    assert worker_pipeline(splits.train, aug, config, seed=1) == (splits.train, aug, False)

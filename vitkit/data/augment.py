@@ -4,14 +4,18 @@
                        num_classes=10, label_smoothing=0.1)
     x, y = aug(x, y)   # x: float (B, C, H, W) in [0, 1]; y: int64 (B,) -> soft targets (B, K) when mixing
 
+    BatchAugment(AugmentConfig(random_erasing=0.25, mixup=0.8), 10, normalised=True)  # x normalised
+
 Order, as in timm's training pipeline: random resized crop -> horizontal flip -> RandAugment -> random
 erasing -> mixup/cutmix. Every op works on the batch at once (per-sample parameters, one `grid_sample`
-for the geometric ops), on CPU or CUDA, for any number of channels; values stay in [0, 1].
+for the geometric ops), on CPU or CUDA, for any number of channels. The images are in [0, 1], or
+normalised ((x - mean) / std) with `normalised=True`: then random erasing fills with standard normal
+noise, as timm's RandomErasing (mode 'pixel') does after normalisation, and RandAugment, whose ops are
+defined on pixel values in [0, 1], is refused.
 
-Where the training images are decoded from files (image folders), `vitkit train` cuts the random
-resized crop from the original image instead, in the DataLoader workers (timm's
-RandomResizedCropAndInterpolation: `vitkit.data.transforms.RandomResizedCrop` / `RandomCropFiles`), and
-this class applies the rest.
+Where the training images are decoded from files (image folders, `hf` datasets), the random resized
+crop, the flip and, when RandAugment is off, the normalisation run in the DataLoader workers instead,
+as in timm (`vitkit.data.transforms.worker_pipeline` / `AugmentFiles`), and this class applies the rest.
 
 Horizontal flip is off by default and must be asked for per dataset: it suits natural images (CIFAR,
 ImageNet) but not digits or letters (a mirrored 2 is not a 2).
@@ -257,6 +261,7 @@ class BatchAugment:
         num_classes: int,
         label_smoothing: float = 0.0,
         generator: torch.Generator | None = None,
+        normalised: bool = False,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -280,6 +285,12 @@ class BatchAugment:
         self.label_smoothing = float(label_smoothing)
         self.generator = generator
         self.rand_spec = parse_randaugment(cfg.randaugment) if cfg.randaugment is not None else None
+        if normalised and self.rand_spec is not None:
+            raise ValueError(
+                "RandAugment works on images in [0, 1], not on normalised ones: keep the images in [0, 1] "
+                "(vitkit.data.transforms.worker_pipeline does when RandAugment is on) and normalise after it"
+            )
+        self.normalised = bool(normalised)
 
     # ---- state
     @property
@@ -295,7 +306,10 @@ class BatchAugment:
         )
 
     def __repr__(self) -> str:
-        return f"BatchAugment({self.cfg}, num_classes={self.num_classes}, label_smoothing={self.label_smoothing})"
+        return (
+            f"BatchAugment({self.cfg}, num_classes={self.num_classes}, label_smoothing={self.label_smoothing}, "
+            f"normalised={self.normalised})"
+        )
 
     # ---- random numbers (CPU, from the generator)
     def _rand(self, *shape: int) -> torch.Tensor:
@@ -374,7 +388,9 @@ class BatchAugment:
         return _affine(x, mat.float(), shift.float(), fill=None, padding_mode="border")
 
     def random_erasing(self, x: torch.Tensor) -> torch.Tensor:
-        """timm's RandomErasing (area 2%-33%, aspect 0.3-3.3, one box), filled with uniform noise in [0, 1)."""
+        """timm's RandomErasing (area 2%-33%, aspect 0.3-3.3, one box) with per-pixel noise: standard normal on
+        normalised images (`normalised=True`: timm's mode 'pixel', which runs after normalisation), uniform in
+        [0, 1) on images in [0, 1]."""
         b, c, h, w = x.shape
         tries = 10
         apply = self._rand(b) < self.cfg.random_erasing
@@ -405,10 +421,11 @@ class BatchAugment:
         return x
 
     def _noise(self, shape, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        draw = torch.randn if self.normalised else torch.rand
         if device.type == "cpu":
-            return torch.rand(shape, generator=self.generator, dtype=dtype)
+            return draw(shape, generator=self.generator, dtype=dtype)
         g = torch.Generator(device=device).manual_seed(self._seed())
-        return torch.rand(shape, generator=g, device=device, dtype=dtype)
+        return draw(shape, generator=g, device=device, dtype=dtype)
 
     def randaugment(self, x: torch.Tensor) -> torch.Tensor:
         """timm's RandAugment, per image: `num_ops` ops drawn with replacement, each applied with prob `prob`."""

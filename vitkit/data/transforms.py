@@ -30,9 +30,11 @@ instead of being clipped; transparency (RGBA, LA, palettes with a transparent co
 composited over white; CMYK, palettes and 1-bit images are converted; the result is 'L' for
 1-channel models and 'RGB' for 3-channel ones.
 
-For training on files, `RandomResizedCrop` is timm's `RandomResizedCropAndInterpolation` (the same
-crop for the same seed) and `RandomCropFiles` applies it to the original image of each item in the
-DataLoader workers, from a generator seeded per (seed, epoch, item).
+For training on files, `worker_pipeline` puts the per-image augmentation in the DataLoader workers, as
+timm does: `RandomResizedCrop` is timm's `RandomResizedCropAndInterpolation` (the same crop for the same
+seed), and `AugmentFiles` cuts it from the original image of each item, flips, and normalises (unless
+RandAugment, which works on [0, 1] images, follows on the batch), from a generator seeded per
+(seed, epoch, item).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ logger = logging.getLogger("vitkit")
 __all__ = [
     "DEFAULT_CROP_MODE",
     "DEFAULT_CROP_PCT",
+    "AugmentFiles",
     "ImageTransform",
     "RandomCropFiles",
     "RandomResizedCrop",
@@ -610,30 +613,63 @@ class RandomResizedCrop:
         return im
 
 
-class _SeededCrop:
-    """A `RandomResizedCrop` bound to one item's random stream, in the shape of a `preprocess`."""
+class _ItemPreprocess:
+    """One item's geometry in the shape of a `preprocess`: the random resized crop (or the dataset's own resize
+    and crop), then the horizontal flip, drawing from the item's random stream `rng`."""
 
-    def __init__(self, crop: RandomResizedCrop, rng) -> None:
-        self.crop, self.rng = crop, rng
+    def __init__(self, crop: RandomResizedCrop | None, base: Any, hflip: float, rng) -> None:
+        self.crop, self.base, self.hflip, self.rng = crop, base, hflip, rng
 
     def to_uint8(self, im) -> torch.Tensor:
-        a = np.asarray(self.crop(im, self.rng))
+        if self.crop is None and self.base is not None:
+            x = self.base.to_uint8(im)
+            return x.flip(-1) if self.hflip > 0 and self.rng.random() < self.hflip else x
+        if self.crop is not None:
+            im = self.crop(im, self.rng)
+        a = np.asarray(im)
         if a.ndim == 2:
             a = a[:, :, None]
-        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+        if self.hflip > 0 and self.rng.random() < self.hflip:
+            a = a[:, ::-1]
+        return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 
-class RandomCropFiles(torch.utils.data.Dataset):
-    """A dataset that decodes files (an image folder) with its preprocessing replaced, for training, by a
-    random resized crop of the original image, in the DataLoader workers. Item i of epoch e draws from
-    its own `random.Random` seeded by (seed, e, i): the crops do not depend on the number of workers, and
-    a run resumed inside an epoch sees the crops the uninterrupted run saw. `set_epoch(e)` before each
-    epoch (vitkit.train.engine.Batches calls it). Everything else is the wrapped dataset's."""
+class AugmentFiles(torch.utils.data.Dataset):
+    """A dataset that decodes files (an image folder, an `hf` dataset) with the per-image training augmentation
+    done in the DataLoader workers, where timm does it: a random resized crop of the original image (`crop`, a
+    `RandomResizedCrop`; None keeps the dataset's own resize and crop), a horizontal flip with probability
+    `hflip`, and normalisation by `mean` / `std` (None: the images stay in [0, 1]).
 
-    def __init__(self, data: Any, crop: RandomResizedCrop, seed: int = 0) -> None:
+    Item i of epoch e draws from its own `random.Random` seeded by (seed, e, i): first the crop (timm's draws),
+    then `random() < hflip` for the flip. So the images do not depend on the number of workers or processes,
+    and a run resumed inside an epoch sees the images the uninterrupted run saw. The normalisation is the
+    training step's float arithmetic, `(x / 255 - mean) / std` in float32: the same tensors. `set_epoch(e)`
+    before each epoch (vitkit's training loop calls it). Everything else is the wrapped dataset's."""
+
+    def __init__(
+        self,
+        data: Any,
+        crop: RandomResizedCrop | None = None,
+        hflip: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+    ) -> None:
         if not hasattr(data, "preprocess"):
-            raise TypeError(f"{type(data).__name__} does not decode files (no `preprocess`): nothing to crop")
-        self.data, self.crop, self.seed, self.epoch = data, crop, int(seed), 0
+            raise TypeError(f"{type(data).__name__} does not decode files (no `preprocess`): nothing to augment")
+        if not 0.0 <= float(hflip) <= 1.0:
+            raise ValueError(f"hflip={hflip} must be a probability in [0, 1]")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std to normalise, or neither")
+        if std is not None and any(float(v) == 0 for v in std):
+            raise ValueError(f"std {tuple(std)} has a zero: normalising would divide by it")
+        self.data, self.crop, self.hflip, self.seed, self.epoch = data, crop, float(hflip), int(seed), 0
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+
+    @property
+    def normalised(self) -> bool:
+        return self.mean is not None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -642,7 +678,7 @@ class RandomCropFiles(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getattr__(self, name: str) -> Any:  # labels, classes, samples, subset, ... of the wrapped dataset
-        if name in ("data", "crop", "seed", "epoch") or name.startswith("__"):
+        if name in ("data", "crop", "hflip", "mean", "std", "seed", "epoch") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.data, name)
 
@@ -651,34 +687,72 @@ class RandomCropFiles(torch.utils.data.Dataset):
 
         rng = random.Random(f"{self.seed}:{self.epoch}:{int(i)}")  # str seeds hash with sha512: stable
         saved = self.data.preprocess
-        self.data.preprocess = _SeededCrop(self.crop, rng)
+        self.data.preprocess = _ItemPreprocess(self.crop, saved, self.hflip, rng)
         try:
-            return self.data[i]
+            x, label = self.data[i]
         finally:
             self.data.preprocess = saved
+        if self.mean is not None:
+            if x.shape[0] != len(self.mean):
+                raise ValueError(f"image {i} has {x.shape[0]} channel(s) but mean/std have {len(self.mean)} values")
+            x = x.sub_(torch.tensor(self.mean).view(-1, 1, 1)).div_(torch.tensor(self.std).view(-1, 1, 1))
+        return x, label
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.data!r}, crop={self.crop!r}, hflip={self.hflip}, mean={self.mean}, "
+            f"std={self.std}, seed={self.seed})"
+        )
+
+
+class RandomCropFiles(AugmentFiles):
+    """`AugmentFiles` with the random resized crop alone: images in [0, 1], no flip."""
+
+    def __init__(self, data: Any, crop: RandomResizedCrop, seed: int = 0) -> None:
+        super().__init__(data, crop, seed=seed)
 
     def __repr__(self) -> str:
         return f"RandomCropFiles({self.data!r}, {self.crop!r}, seed={self.seed})"
 
 
-def worker_pipeline(dataset: Any, aug_cfg: Any, data_config: Mapping[str, Any], seed: int = 0):
-    """Move the per-image training augmentation of `dataset` into the DataLoader workers where it can go there.
+def worker_pipeline(
+    dataset: Any, aug_cfg: Any, data_config: Mapping[str, Any], seed: int = 0, normalise: bool = True
+) -> tuple[Any, Any, bool]:
+    """Move the per-image training augmentation of `dataset` into the DataLoader workers, where timm does it.
 
     Returns `(dataset, aug_cfg_left, normalised)`: the training dataset to load batches from, the augmentation
-    config (`vitkit.data.augment.AugmentConfig`) that is left for `BatchAugment` on the batch, and whether the
-    images come out normalised by `data_config`'s mean/std (False: in [0, 1], the training step normalises).
+    config (`vitkit.data.augment.AugmentConfig`) left for `BatchAugment` on the batch, and whether the images
+    come out normalised by `data_config`'s mean/std (else in [0, 1]: the training step normalises).
 
-    Datasets that decode files (a `preprocess`, random access: image folders, `hf` datasets) with
-    `aug_cfg.random_resized_crop` get the crop cut from the original image in the workers (`RandomCropFiles`,
-    timm's `RandomResizedCropAndInterpolation`, seeded per (seed, epoch, item)); in-memory datasets and tar
-    shards are returned as they are, with `aug_cfg` unchanged."""
+    Datasets that decode files with random access (a `preprocess`: image folders, `hf` datasets) are wrapped
+    in `AugmentFiles`: the random resized crop (`aug_cfg.random_resized_crop`, cut from the original image as
+    timm's `RandomResizedCropAndInterpolation`, with `data_config`'s interpolation) and the horizontal flip
+    (`aug_cfg.hflip`) run in the workers, drawn per (seed, epoch, item). The workers also normalise when
+    nothing left for the batch needs [0, 1] images: RandAugment does (its ops are defined on pixel values);
+    random erasing and mixup/cutmix do not (timm applies them after normalisation; `BatchAugment(...,
+    normalised=True)` erases with timm's per-pixel normal noise). `normalise=False` keeps [0, 1] images for a
+    training step that needs them (a distillation teacher that normalises its own way).
+
+    In-memory datasets and tar shards are returned as they are, with `aug_cfg` unchanged and normalised False.
+    """
     import dataclasses
 
-    if not (
-        aug_cfg.random_resized_crop
-        and hasattr(dataset, "preprocess")
-        and not isinstance(dataset, torch.utils.data.IterableDataset)
-    ):
+    if not hasattr(dataset, "preprocess") or isinstance(dataset, torch.utils.data.IterableDataset):
         return dataset, aug_cfg, False
-    crop = RandomResizedCrop(data_config["input_size"][1:], aug_cfg.scale, aug_cfg.ratio, data_config["interpolation"])
-    return RandomCropFiles(dataset, crop, seed=seed), dataclasses.replace(aug_cfg, random_resized_crop=False), False
+    crop = None
+    if aug_cfg.random_resized_crop:
+        crop = RandomResizedCrop(
+            data_config["input_size"][1:], aug_cfg.scale, aug_cfg.ratio, data_config["interpolation"]
+        )
+    in_workers = normalise and aug_cfg.randaugment is None
+    if crop is None and not aug_cfg.hflip and not in_workers:
+        return dataset, aug_cfg, False
+    wrapped = AugmentFiles(
+        dataset,
+        crop,
+        hflip=aug_cfg.hflip,
+        mean=data_config["mean"] if in_workers else None,
+        std=data_config["std"] if in_workers else None,
+        seed=seed,
+    )
+    return wrapped, dataclasses.replace(aug_cfg, random_resized_crop=False, hflip=0.0), in_workers
