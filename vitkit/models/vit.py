@@ -32,11 +32,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import Block, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
+from ._base import Backbone, feature_take_indices, init_weights_jax_, register_family
 
 
 @dataclass
@@ -160,9 +159,13 @@ class HybridEmbed(nn.Module):
 
 
 @register_family
-class VisionTransformer(VitkitModel):
+class VisionTransformer(Backbone):
     family = "vit"
     config_class = ViTConfig
+    global_pools = ("token", "avg", "")
+    no_weight_decay_names = ("pos_embed", "cls_token", "dist_token")
+    group_stem = r"^cls_token|^dist_token|^pos_embed|^patch_embed"
+    accepts_keep_indices = True
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
@@ -173,7 +176,6 @@ class VisionTransformer(VitkitModel):
         self.embed_dim = c.embed_dim
         self.num_prefix_tokens = int(c.class_token) + int(c.distilled)
         self.dynamic_img_size = c.dynamic_img_size
-        self.grad_checkpointing = False
         use_fc_norm = c.global_pool == "avg" if c.fc_norm is None else c.fc_norm
 
         if c.hybrid_layers:
@@ -261,47 +263,18 @@ class VisionTransformer(VitkitModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        self._zero_init_heads()
-
-    def _zero_init_heads(self) -> None:
-        for head in (self.head, getattr(self, "head_dist", None)):
-            if isinstance(head, nn.Linear):
-                nn.init.zeros_(head.weight)
-                nn.init.zeros_(head.bias)
+        self.init_classifier(self.head)
+        if self.dist_token is not None:
+            self.init_classifier(self.head_dist)
 
     # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        # only the names this model has (timm lists all of them, existing or not)
-        return {n for n in ("pos_embed", "cls_token", "dist_token") if getattr(self, n, None) is not None}
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise LR decay, in timm's format (stem, then one per block)."""
-        return dict(
-            stem=r"^cls_token|^dist_token|^pos_embed|^patch_embed",
-            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
-        )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head(s) with fresh zero-initialised ones for `num_classes` (0 = features), on the
-        model's device and dtype and in its train/eval mode; `global_pool` ('token' | 'avg' | '')
-        changes the pooling too ('' = forward returns every token)."""
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            if global_pool == "token" and self.cls_token is None:
-                raise ValueError("global_pool='token' needs the class token")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.head_hidden_size, num_classes)
+        """The shared rule (`Backbone.reset_classifier`: fresh zero-initialised head, `global_pool`
+        'token' | 'avg' | ''), for both heads of a distilled model."""
+        super().reset_classifier(num_classes, global_pool)
         if self.dist_token is not None:
             self.head_dist = self.new_head(self.head_hidden_size, num_classes)
-        self._zero_init_heads()
+            self.init_classifier(self.head_dist)
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """timm's switch for a distilled (DeiT) model: when on, training mode returns (class logits,
@@ -384,9 +357,7 @@ class VisionTransformer(VitkitModel):
         return self.pos_drop(x + pos_embed)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return self._checkpointed(block, x)
 
     def forward_features(self, x: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + N, D).
@@ -474,46 +445,23 @@ class VisionTransformer(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """The outputs of selected blocks, as in timm.
-
-        `indices`: an int n takes the last n blocks, a sequence takes those block indices (negative
-        ones count from the end), None takes all. Intermediates are (B, D, h, w) for
-        `output_fmt='NCHW'` or (B, N, D) for 'NLC'; with `return_prefix_tokens` each is a pair
-        (spatial, prefix (B, P, D)). Returns (final normalised tokens, intermediates) unless
-        `intermediates_only`.
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.blocks), indices)
-        B, _, height, width = x.shape
+    # forward_intermediates (Backbone): per block, (B, D, h, w) maps for 'NCHW' or (B, N, D) tokens for
+    # 'NLC', the prefix tokens split off; the final features are the normalised tokens, as timm's
+    def _run_levels(self, x: torch.Tensor, last: int):
+        grid = self.patch_embed.feat_size(tuple(x.shape[-2:]))
         x = self._pos_embed(self.patch_embed(x))
-        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
+        for block in self.blocks[: last + 1]:
             x = self._run_block(block, x)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+            yield x, grid
 
-        h, w = self.patch_embed.feat_size((height, width))
-        out = []
-        for y in intermediates:
-            prefix, spatial = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens :]
-            if output_fmt == "NCHW":
-                spatial = spatial.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
-            out.append((spatial, prefix) if return_prefix_tokens else spatial)
-        if intermediates_only:
-            return out
-        return self.norm(x), out
+    def _format_intermediate(self, y: torch.Tensor, grid: tuple[int, int], output_fmt: str):
+        prefix, spatial = y[:, : self.num_prefix_tokens], y[:, self.num_prefix_tokens :]
+        if output_fmt == "NCHW":
+            spatial = spatial.reshape(y.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+        return spatial, prefix
+
+    def _final_features(self, x: torch.Tensor, grid: Any, complete: bool) -> torch.Tensor:
+        return self.norm(x)
 
 
 # --------------------------------------------------------------------------------------------
