@@ -7,7 +7,7 @@ import torch
 
 import vitkit
 from vitkit.cli import main
-from vitkit.eval_cli import evaluate_dir
+from vitkit.eval import evaluate_dir
 from vitkit.predict import predict_files
 
 pytest.importorskip("sklearn")

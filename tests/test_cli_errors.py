@@ -109,13 +109,13 @@ def test_debug_shows_the_traceback(capsys):
 
 def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     # an error vitkit does not expect is not passed off as the user's mistake: it propagates (Python prints it)
-    import vitkit.cli
+    import vitkit.cli.models
     from vitkit.cli import user_error_message
 
     def broken(args):
         return {}["missing"]
 
-    monkeypatch.setattr(vitkit.cli, "cmd_info", broken)
+    monkeypatch.setattr(vitkit.cli.models, "cmd_info", broken)
     with pytest.raises(KeyError):
         main(["info", TINY])
     assert user_error_message(TypeError("unsupported operand")) is None

@@ -15,7 +15,7 @@ import torch
 import vitkit
 from vitkit.cli import main
 from vitkit.data import load_dataset
-from vitkit.eval_cli import evaluate_dir
+from vitkit.eval import evaluate_dir
 from vitkit.predict import OnnxRuntimeModel, load_model, predict_files
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch.export internals

@@ -283,7 +283,7 @@ def _reference_counts() -> dict[str, int]:
 
 
 def test_full_size_configs_build_and_cli_counts_match_reference():
-    from vitkit.cli import _count_params  # what `vitkit models --params` prints
+    from vitkit.cli.models import count_params_by_name  # what `vitkit models --params` prints
 
     ref = _reference_counts()
     assert set(ref) <= set(NAMES), f"reference names not registered: {sorted(set(ref) - set(NAMES))}"
@@ -293,4 +293,4 @@ def test_full_size_configs_build_and_cli_counts_match_reference():
         n = sum(p.numel() for p in model.parameters())
         assert n > 0 and model.model_name == name
         if name in ref:
-            assert _count_params(name) == n == ref[name], name
+            assert count_params_by_name(name) == n == ref[name], name

@@ -292,7 +292,7 @@ def test_tiny_training_calibrate_eval_predict(tmp_path, capsys):
     from PIL import Image
 
     from vitkit.cli import main
-    from vitkit.eval_cli import evaluate_dir
+    from vitkit.eval import evaluate_dir
     from vitkit.predict import predict_files
     from vitkit.train import TrainConfig, apply_overrides, train
 

@@ -123,7 +123,7 @@ def test_run_outputs(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert m["test_acc"] == saved["test_acc"]
     # the saved model reloads and scores the same; it remembers its dataset and normalisation
-    from vitkit.eval_cli import evaluate_dir
+    from vitkit.eval import evaluate_dir
 
     r = evaluate_dir(run)
     assert abs(r["acc"] - m["test_acc"]) < 1e-3 and r["dataset"] == "digits"  # metrics.json rounds to 3 places

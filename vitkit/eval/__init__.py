@@ -1,5 +1,6 @@
 """Evaluation of frozen backbones and classifiers: metrics, feature extraction, DINO's weighted
-k-NN, a logistic-regression linear probe, and the ViT paper's few-shot least-squares protocol.
+k-NN, a logistic-regression linear probe, the ViT paper's few-shot least-squares protocol, and a
+saved model on its dataset's test split (`evaluate_dir`, what `vitkit eval` runs).
 
 Accuracies are percentages in [0, 100] throughout; the evaluators take features (N, D) and
 labels (N,), so they work with any backbone (see `extract_features`).
@@ -17,6 +18,7 @@ from .metrics import (
     plot_confusion_matrix,
     topk_accuracy,
 )
+from .saved import evaluate_dir
 
 __all__ = [
     "DINO_KS",
@@ -26,6 +28,7 @@ __all__ = [
     "LinearProbeResult",
     "class_ranks",
     "confusion_matrix",
+    "evaluate_dir",
     "extract_features",
     "few_shot_lsr",
     "fit_logistic_regression",

@@ -1,5 +1,5 @@
-"""`vitkit eval`: a saved model on the test split of the dataset it was trained on: top-1/top-5,
-loss, per-class accuracy and a confusion-matrix PNG next to the model.
+"""`evaluate_dir` (`vitkit eval`): a saved model on the test split of the dataset it was trained on:
+top-1/top-5, loss, per-class accuracy and a confusion-matrix PNG next to the model.
 
 The images are preprocessed by the model's data config (`vitkit.data.resolve_data_config(model=model)`:
 its image size, interpolation, crop_pct, crop_mode, mean and std), as `vitkit predict` and the
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("vitkit")
+
+__all__ = ["evaluate_dir"]
 
 
 def evaluate_dir(
@@ -29,11 +31,11 @@ def evaluate_dir(
     `engine='onnxruntime'` runs the model's ONNX export (`path` may be an `.onnx` file written by `vitkit
     export`) with onnxruntime, compared with PyTorch on the first batch unless `check` is False
     (vitkit/predict.py `load_model`); `threads`: intra-op threads of either engine."""
-    from .data.datasets import load_dataset
-    from .data.transforms import apply_data_config, model_data_config
-    from .precision import resolve_bf16
-    from .predict import OnnxRuntimeModel, load_model, model_directory
-    from .train.engine import Normalise, evaluate
+    from ..data.datasets import load_dataset
+    from ..data.transforms import apply_data_config, model_data_config
+    from ..precision import resolve_bf16
+    from ..predict import OnnxRuntimeModel, load_model, model_directory
+    from ..train.engine import Normalise, evaluate
 
     if engine == "onnxruntime" and bf16:
         raise ValueError("--bf16 applies to --engine torch; onnxruntime runs the exported graph in fp32")
@@ -51,7 +53,7 @@ def evaluate_dir(
     data = getattr(splits, split)
     if data is None:
         raise ValueError(f"dataset {name} has no {split} split")
-    from .eval import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
+    from .metrics import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
 
     norm = Normalise(config["mean"], config["std"])
     result = evaluate(model, data, norm, "cpu", bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
@@ -60,7 +62,7 @@ def evaluate_dir(
     per_class = per_class_accuracy_from_cm(cm)
     result["per_class_acc"] = {c: round(float(a), 2) for c, a in zip(splits.classes, per_class)}
     if hasattr(model, "forward_dynamic"):  # early-exit models (DVT): which exit each image took, mean GMACs
-        from .models.dvt import exit_statistics
+        from ..models.dvt import exit_statistics
 
         result["exits"] = exit_statistics(model, data, norm)
     try:

@@ -1,0 +1,7 @@
+"""`python -m vitkit ...`: the `vitkit` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
