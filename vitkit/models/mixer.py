@@ -39,11 +39,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, PatchEmbed, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, init_weights_jax_, register_family
+from ._base import Backbone, feature_take_indices, init_weights_jax_, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -106,9 +105,13 @@ class MixerBlock(nn.Module):
 
 
 @register_family
-class MlpMixer(VitkitModel):
+class MlpMixer(Backbone):
     family = "mixer"
     config_class = MixerConfig
+    # no position embeddings or tokens to exempt from weight decay; timm's MlpMixer defines none either
+    # (its optimizer factory exempts 1-D parameters -- norms, biases -- by itself)
+    group_stem = r"^stem"
+    group_blocks_coarse = Backbone.group_blocks  # exactly timm's: `coarse` changes nothing
 
     def __init__(self, config: MixerConfig) -> None:
         super().__init__(config)
@@ -117,7 +120,6 @@ class MlpMixer(VitkitModel):
         self.global_pool = c.global_pool
         self.embed_dim = self.num_features = self.head_hidden_size = c.embed_dim
         self.num_prefix_tokens = 0
-        self.grad_checkpointing = False
 
         # strict_img_size is off: `_check_size` raises the Mixer-specific message first.
         self.stem = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, strict_img_size=False)
@@ -159,39 +161,9 @@ class MlpMixer(VitkitModel):
             if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        # no position embeddings or tokens; timm's MlpMixer defines none either (its optimizer
-        # factory exempts 1-D parameters -- norms, biases -- by itself)
-        return set()
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise LR decay, exactly timm's (`coarse` changes nothing)."""
-        return dict(stem=r"^stem", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh zero-initialised one for `num_classes` (0 = features)."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' for MLP-Mixer, got {global_pool!r}")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
-
     def prune_intermediate_layers(
         self,
         indices: int | list[int] | tuple[int, ...] = 1,
@@ -256,9 +228,7 @@ class MlpMixer(VitkitModel):
         return self.stem(x)  # (B, C_in, H, W) -> (B, N, C)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return self._checkpointed(block, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> normalised patch tokens (B, N, C)."""
@@ -277,46 +247,24 @@ class MlpMixer(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """The outputs of selected blocks, as in timm (and vitkit's ViT).
-
-        `indices`: an int n takes the last n blocks, a sequence takes those block indices (negative
-        ones count from the end), None takes all. Intermediates are (B, C, h, w) for 'NCHW' or
-        (B, N, C) for 'NLC'; `norm` applies the final LayerNorm to each. `return_prefix_tokens`
-        exists for interface parity with ViT: a Mixer has no prefix tokens, so each intermediate
-        becomes (spatial, empty (B, 0, C)). Returns (final normalised tokens, intermediates)
-        unless `intermediates_only`.
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.blocks), indices)
-        B = x.shape[0]
+    # forward_intermediates (Backbone), as timm's and vitkit's ViT: per block, (B, C, h, w) maps for
+    # 'NCHW' or (B, N, C) tokens for 'NLC'; a Mixer has no prefix tokens, so `return_prefix_tokens`
+    # pairs each with an empty (B, 0, C); the final features are the normalised tokens
+    def _run_levels(self, x: torch.Tensor, last: int):
         x = self._embed(x)
-        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
+        for block in self.blocks[: last + 1]:
             x = self._run_block(block, x)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+            yield x, None
 
-        h, w = self.stem.grid_size
-        out = []
-        for y in intermediates:
-            if output_fmt == "NCHW":
-                y = y.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
-            out.append((y, x.new_zeros(B, 0, self.embed_dim)) if return_prefix_tokens else y)
-        if intermediates_only:
-            return out
-        return self.norm(x), out
+    def _format_intermediate(self, y: torch.Tensor, ctx: Any, output_fmt: str):
+        prefix = y.new_zeros(y.shape[0], 0, self.embed_dim)
+        if output_fmt == "NCHW":
+            h, w = self.stem.grid_size
+            y = y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+        return y, prefix
+
+    def _final_features(self, x: torch.Tensor, ctx: Any, complete: bool) -> torch.Tensor:
+        return self.norm(x)
 
 
 # --------------------------------------------------------------------------------------------
