@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import (
     DropPath,
@@ -53,8 +52,7 @@ from ..layers import (
 )
 from ..layers.attention import attention_recording
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, register_family
-from .vit import feature_take_indices
+from ._base import Backbone, feature_take_indices, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -531,11 +529,24 @@ class ClassifierHead(nn.Module):
 
 
 @register_family
-class SwinTransformer(VitkitModel):
+class SwinTransformer(Backbone):
     family = "swin"
     config_class = SwinConfig
     output_fmt = "NHWC"  # forward_features' layout, as timm's Swin
     hierarchical_features = True  # features_only takes every stage by default (timm's Swin)
+    classifier_attr = "head.fc"
+    # timm's groups: the stem, then one per block (a merging layer joins the first block of its stage),
+    # the final norm with the last block
+    group_blocks = [
+        (r"^layers\.(\d+).downsample", (0,)),
+        (r"^layers\.(\d+)\.\w+\.(\d+)", None),
+        (r"^norm", (99999,)),
+    ]
+    group_blocks_coarse = r"^layers\.(\d+)"
+    # forward_intermediates: the feature pyramid, one map per stage; `norm` reaches the last stage only
+    intermediate_fmts = ("NCHW", "NHWC")
+    feature_level_unit = "stages"
+    norm_intermediates = "last"
 
     def __init__(self, config: SwinConfig) -> None:
         super().__init__(config)
@@ -550,7 +561,6 @@ class SwinTransformer(VitkitModel):
         self.num_prefix_tokens = 0
         self.num_layers = len(c.depths)
         self.num_features = self.head_hidden_size = c.embed_dim * 2 ** (self.num_layers - 1)
-        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, c.patch_size, c.in_chans, c.embed_dim, c.norm_eps, c.strict_img_size)
         dpr = drop_path_rates(c.drop_path_rate, sum(c.depths))
@@ -593,39 +603,12 @@ class SwinTransformer(VitkitModel):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's groups for layer-wise LR decay: the stem, then one per block (a merging layer joins the
-        first block of its stage), the final norm with the last block."""
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)"
-            if coarse
-            else [
-                (r"^layers\.(\d+).downsample", (0,)),
-                (r"^layers\.(\d+)\.\w+\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh (trunc-normal) head for `num_classes` (0 = pooled features), on the model's device
-        and dtype and in its train/eval mode; `global_pool=''` makes forward return the (B, H, W, C) map."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        fc = self.new_head(self.num_features, num_classes)
-        if num_classes > 0:
-            nn.init.trunc_normal_(fc.weight, std=0.02)
-            nn.init.zeros_(fc.bias)
-        self.head.fc = fc
+    def init_classifier(self, head: nn.Module) -> None:
+        """Swin's rule (official and timm): a trunc-normal(0.02) head with a zero bias; `reset_classifier`
+        uses it, and `global_pool=''` there makes forward return the (B, H, W, C) map."""
+        if isinstance(head, nn.Linear):
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
 
     def prune_intermediate_layers(
         self,
@@ -706,10 +689,7 @@ class SwinTransformer(VitkitModel):
     def _run_stage(self, stage: SwinStage, x: torch.Tensor) -> torch.Tensor:
         x = stage.downsample(x)
         for block in stage.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self._checkpointed(block, x)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -741,34 +721,20 @@ class SwinTransformer(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The feature pyramid: outputs of selected *stages* (as timm), (B, C_i, H_i, W_i) for 'NCHW' or
-        (B, H_i, W_i, C_i) for 'NHWC'. `indices` as in ViT (int n = last n stages). `norm` applies the
-        final LayerNorm to the last stage only (it is sized for it). Returns (final features, list)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.layers), indices)
-        stages = self.layers[: max(take) + 1] if stop_early else self.layers
+    # forward_intermediates (Backbone), as timm's: stage i gives (B, C_i, H_i, W_i) for 'NCHW' or
+    # (B, H_i, W_i, C_i) for 'NHWC'; no prefix tokens (an empty (B, 0, C_i) with return_prefix_tokens)
+    def _num_feature_levels(self) -> int:
+        return len(self.layers)
+
+    def _run_levels(self, x: torch.Tensor, last: int):
         x = self.patch_embed(x)
-        out = []
-        for i, stage in enumerate(stages):
+        for stage in self.layers[: last + 1]:
             x = self._run_stage(stage, x)
-            if i in take:
-                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
-                out.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return out
-        if len(stages) == len(self.layers):
-            x = self.norm(x)
-        return x, out
+            yield x, None
+
+    def _format_intermediate(self, y: torch.Tensor, ctx: Any, output_fmt: str):
+        prefix = y.new_zeros(y.shape[0], 0, y.shape[-1])
+        return (y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y), prefix
 
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
