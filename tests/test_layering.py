@@ -4,11 +4,15 @@ absolute module names):
 
 1. `vitkit.models` and `vitkit.layers` import nothing from the training side: `vitkit.train`,
    `vitkit.methods`, `vitkit.data`, `vitkit.eval`, `vitkit.inspect` or the command line
-   (`vitkit.cli`, `vitkit.eval_cli`), so a model builds, loads and runs without them.
+   (`vitkit.cli`), so a model builds, loads and runs without them.
 2. No private name crosses a package: a module does not import `_name` (or anything from a private
    module such as `vitkit.models._base`) from another subpackage. Each folder under vitkit/ is a
    package; the top-level modules (`vitkit.hub`, `vitkit.registry`, ...) together are the package
    `vitkit`. Within one package private names are fine.
+3. The command line is one package, `vitkit.cli`, on top of the library: only modules in vitkit/cli/
+   build argparse parsers (`ArgumentParser(...)`, `add_parser(...)`, `add_subparsers(...)`) or define
+   `cmd_*` functions, and nothing outside it imports it except `vitkit/__main__.py` (`python -m vitkit`).
+   Scripts outside vitkit/ (benchmarks/, scripts/) have their own command lines.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ TRAINING_SIDE = (
     "vitkit.eval",
     "vitkit.inspect",
     "vitkit.cli",
-    "vitkit.eval_cli",
 )
+CLI_ENTRY_POINTS = ("vitkit.__main__",)  # `python -m vitkit` may import the command line
+PARSER_CALLS = ("ArgumentParser", "add_parser", "add_subparsers")
 
 
 def module_name(path: Path, root: Path) -> tuple[str, bool]:
@@ -132,3 +137,62 @@ def test_the_check_finds_crossings(tmp_path):
     assert found[4].startswith(
         "vitkit/models/vit.py:4: models/layers import the training side: vitkit.train.engine.eval_batches"
     )
+
+
+def command_line_violations(root: Path = ROOT) -> list[str]:
+    """Every module outside vitkit/cli/ that builds an argparse parser, defines a `cmd_*` function or imports
+    the command line, as "file:line: what"."""
+    found = []
+    cli = f"{root.name}.cli"
+    for path in sorted(root.rglob("*.py")):
+        module, _ = module_name(path, root)
+        if under(module, (cli,)):
+            continue
+        where = path.relative_to(root.parent)
+        here = []  # (line, message), sorted by line below: ast.walk goes breadth-first
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("cmd_"):
+                here.append((node.lineno, f"a command function {node.name} outside vitkit/cli/"))
+            elif isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                if called in PARSER_CALLS:
+                    here.append((node.lineno, f"an argparse parser ({called}) outside vitkit/cli/"))
+        if module not in CLI_ENTRY_POINTS:
+            for line, target, name in imports(path, root):
+                full = f"{target}.{name}" if name and name != "*" else target
+                if under(target, (cli,)) or under(full, (cli,)):
+                    here.append((line, f"imports the command line ({full}); the library never imports {cli}"))
+        found += [f"{where}:{line}: {message}" for line, message in sorted(here)]
+    return found
+
+
+def test_the_command_line_lives_in_vitkit_cli():
+    found = command_line_violations()
+    assert not found, (
+        "command-line code outside vitkit/cli/ (move the parser and cmd_* function into a module of vitkit/cli/, "
+        "keep the library function where it is):\n" + "\n".join(found)
+    )
+
+
+def test_the_command_line_check_finds_parsers_outside_cli(tmp_path):
+    """The checker on a scratch package: a parser built, a sub-parser registered, a cmd_* function and an import
+    of the command line outside vitkit/cli/ are reported with file:line; the same inside vitkit/cli/, and
+    `python -m vitkit`'s import of it, are not."""
+    pkg = tmp_path / "vitkit"
+    for folder in ("cli", "data", "train"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("from .cli import main\n")  # the entry point: fine
+    parser = "import argparse\ndef cmd_go(args):\n    return 0\ndef add(sub):\n    sub.add_parser('go')\n"
+    (pkg / "cli" / "go.py").write_text(parser)  # inside vitkit/cli/: fine
+    (pkg / "data" / "shards.py").write_text(parser)
+    (pkg / "train" / "run.py").write_text("import argparse\n\nP = argparse.ArgumentParser()\nfrom ..cli import go\n")
+    found = command_line_violations(pkg)
+    assert found == [
+        "vitkit/data/shards.py:2: a command function cmd_go outside vitkit/cli/",
+        "vitkit/data/shards.py:5: an argparse parser (add_parser) outside vitkit/cli/",
+        "vitkit/train/run.py:3: an argparse parser (ArgumentParser) outside vitkit/cli/",
+        "vitkit/train/run.py:4: imports the command line (vitkit.cli.go); the library never imports vitkit.cli",
+    ], found
