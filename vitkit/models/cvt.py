@@ -51,7 +51,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import (
     DropPath,
@@ -62,7 +61,7 @@ from ..layers import (
     record_attention,
 )
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import Backbone, feature_take_indices, register_family
 
 # fields that hold one value per stage; a scalar given for one of them applies to every stage
 _PER_STAGE = (
@@ -345,10 +344,23 @@ class CvtStage(nn.Module):
 
 
 @register_family
-class ConvolutionalVisionTransformer(VitkitModel):
+class ConvolutionalVisionTransformer(Backbone):
     family = "cvt"
     config_class = CvtConfig
     hierarchical_features = True  # features_only takes every stage by default
+    global_pools = ("token", "avg", "")
+    # layer-wise LR decay groups: the first token embedding is the stem; a later stage's embedding (a
+    # downsampling conv) and [CLS] go with its first block
+    group_stem = r"^stage0\.patch_embed"
+    group_blocks = [
+        (r"^stage(\d+)\.(?:patch_embed|cls_token)", (0,)),
+        (r"^stage(\d+)\.blocks\.(\d+)", None),
+        (r"^norm", (99999,)),
+    ]
+    group_blocks_coarse = [(r"^stage(\d+)\.", None), (r"^norm", (99999,))]
+    # forward_intermediates: one output per stage (a feature pyramid); `norm` reaches the last stage only
+    feature_level_unit = "stages"
+    norm_intermediates = "last"
 
     def __init__(self, config: CvtConfig) -> None:
         super().__init__(config)
@@ -359,7 +371,6 @@ class ConvolutionalVisionTransformer(VitkitModel):
         self.embed_dims = list(c.embed_dims)
         self.embed_dim = self.num_features = self.head_hidden_size = c.embed_dims[-1]
         self.num_prefix_tokens = int(c.cls_token[-1])
-        self.grad_checkpointing = False
         for i in range(self.num_stages):  # attributes, not a list: the official keys are `stage{i}.`
             self.add_module(f"stage{i}", CvtStage(c, i))
         reduction, self.feature_info = 1, []
@@ -386,48 +397,11 @@ class ConvolutionalVisionTransformer(VitkitModel):
         for stage in self.stages:
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=0.02)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
     def no_weight_decay(self) -> set[str]:
         return {f"stage{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise LR decay, in timm's format: the first token embedding is
-        the stem; a later stage's embedding (a downsampling conv) and [CLS] go with its first block."""
-        if coarse:
-            return dict(stem=r"^stage0\.patch_embed", blocks=[(r"^stage(\d+)\.", None), (r"^norm", (99999,))])
-        return dict(
-            stem=r"^stage0\.patch_embed",
-            blocks=[
-                (r"^stage(\d+)\.(?:patch_embed|cls_token)", (0,)),
-                (r"^stage(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh zero-initialised one for `num_classes` (0 = features)."""
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            if global_pool == "token" and not self.num_prefix_tokens:
-                raise ValueError("global_pool='token' needs the [CLS] token")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
 
     def prune_intermediate_layers(
         self,
@@ -465,9 +439,7 @@ class ConvolutionalVisionTransformer(VitkitModel):
 
     # ----------------------------------------------------------------- forward
     def _run_block(self, block: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-            return checkpoint(block, x, hw, use_reentrant=False)
-        return block(x, hw)
+        return self._checkpointed(block, x, hw)
 
     @staticmethod
     def _to_map(stage: CvtStage, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -514,48 +486,28 @@ class ConvolutionalVisionTransformer(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """The outputs of selected *stages* (a feature pyramid), as timm does for hierarchical models.
+    # forward_intermediates (Backbone), as timm's for hierarchical models: stage i gives (B, C_i, H_i, W_i)
+    # for 'NCHW' or (B, H_i W_i, C_i) for 'NLC', its prefix (B, P_i, C_i) with P_i = 1 where the stage
+    # has a [CLS] token; the final features are `forward_features(x)`, or the raw tokens of the last
+    # stage run when `stop_early` stops before the end
+    def _num_feature_levels(self) -> int:
+        return self.num_stages
 
-        `indices`: an int n takes the last n stages, a sequence takes those stage indices (negative
-        ones count from the end), None takes all. Stage i gives (B, C_i, H_i, W_i) for 'NCHW' or
-        (B, H_i W_i, C_i) for 'NLC'; with `return_prefix_tokens` each is a pair (spatial, prefix
-        (B, P_i, C_i)), P_i = 1 where the stage has a [CLS] token. `norm` applies the final
-        LayerNorm to the last stage's output (the only one of its width). Returns (final tokens,
-        intermediates) unless `intermediates_only`; the final tokens are `forward_features(x)`, or
-        the raw tokens of the last stage run when `stop_early` stops before the end.
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(self.num_stages, indices, unit="stages")
-        stages = self.stages
-        last = max(take) if stop_early else self.num_stages - 1
-        out = []
-        for i, stage in enumerate(stages[: last + 1]):
+    def _run_levels(self, x: torch.Tensor, last: int):
+        for i, stage in enumerate(self.stages[: last + 1]):
             x, hw = stage.embed(x)
             for block in stage.blocks:
                 x = self._run_block(block, x, hw)
-            if i in take:
-                y = self.norm(x) if norm and i == self.num_stages - 1 else x
-                P = stage.num_prefix_tokens
-                prefix, spatial = y[:, :P], y[:, P:]
-                if output_fmt == "NCHW":
-                    spatial = spatial.transpose(1, 2).reshape(y.shape[0], y.shape[2], *hw)
-                out.append((spatial, prefix) if return_prefix_tokens else spatial)
+            yield x, (stage.num_prefix_tokens, hw)
             if i < last:
                 x = self._to_map(stage, x, hw)
-        if intermediates_only:
-            return out
-        return (self.norm(x) if last == self.num_stages - 1 else x), out
+
+    def _format_intermediate(self, y: torch.Tensor, ctx: tuple[int, tuple[int, int]], output_fmt: str):
+        P, hw = ctx
+        prefix, spatial = y[:, :P], y[:, P:]
+        if output_fmt == "NCHW":
+            spatial = spatial.transpose(1, 2).reshape(y.shape[0], y.shape[2], *hw)
+        return spatial, prefix
 
 
 # --------------------------------------------------------------------------------------------
