@@ -11,6 +11,7 @@ from torch import nn
 
 import vitkit
 from vitkit import create_model, list_models
+from vitkit.models import _base as base_mod  # Backbone._checkpointed runs the stages
 from vitkit.models import cnn
 from vitkit.registry import get_model_spec
 
@@ -98,7 +99,7 @@ def test_backbone_contract(name, tmp_path, monkeypatch):
     model = randomise(create_model(name, num_classes=5, img_size=(20, 12)))
     check_save_roundtrip(model.eval(), x, tmp_path, name)
     model.train()
-    check_grad_checkpointing(model, x, cnn, monkeypatch, expected_calls=3, loss_fn=lambda out: out.square().sum())
+    check_grad_checkpointing(model, x, base_mod, monkeypatch, expected_calls=3, loss_fn=lambda out: out.square().sum())
 
 
 @pytest.mark.parametrize("name", ["resnet_micro_28", "regnety_micro_28"])

@@ -37,11 +37,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, drop_path_rates, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import Backbone, feature_take_indices, register_family
 
 
 @dataclass
@@ -167,19 +166,28 @@ class Stage(nn.Module):
 
 
 @register_family
-class ConvNet(VitkitModel):
+class ConvNet(Backbone):
     """A ResNet (`block='basic'`) or RegNetY/X (`block='regnet'`) for small images."""
 
     family = "cnn"
     config_class = CNNConfig
     hierarchical_features = True  # features_only takes every stage by default
+    # no_weight_decay: none; BN and bias parameters are 1-D, which the optimiser already exempts
+    # layer-decay groups in timm's format: the stem, then one group per stage
+    group_stem = r"^stem"
+    group_blocks = [(r"^stages\.(\d+)", None)]
+    group_blocks_coarse = r"^stages\.(\d+)"
+    # forward_intermediates: the feature maps (B, C_i, H_i, W_i) of selected stages; `norm` is accepted
+    # for timm's interface and changes nothing (a ResNet has no final norm)
+    intermediate_fmts = ("NCHW",)
+    feature_level_unit = "stages"
+    norm_intermediates = "none"
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__(config)
         c = config
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
-        self.grad_checkpointing = False
         block_cls = BasicBlock if c.block == "basic" else RegNetBlock
         self.stem = conv_bn(c.in_chans, c.stem_width, 3, 1, eps=c.bn_eps)
         dpr = drop_path_rates(c.drop_path_rate, sum(c.depths))
@@ -215,27 +223,9 @@ class ConvNet(VitkitModel):
         for stage in self.stages:
             for block in stage.blocks:
                 nn.init.zeros_(block.last_bn().weight)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        return set()  # BN and bias parameters are 1-D: the optimiser already exempts them
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Layer-decay groups in timm's format: the stem, then one group per stage."""
-        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)", None)]}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def prune_intermediate_layers(
         self,
         indices: int | list[int] | tuple[int, ...] = 1,
@@ -254,16 +244,6 @@ class ConvNet(VitkitModel):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh zero-initialised one for `num_classes` (0 = features)."""
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Identity map except the head: another number of classes keeps the model's fresh head (with a warning)."""
@@ -284,9 +264,7 @@ class ConvNet(VitkitModel):
             )
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+        return self._checkpointed(stage, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> feature map (B, F, H / reduction, W / reduction)."""
@@ -306,29 +284,22 @@ class ConvNet(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The feature maps (B, C_i, H_i, W_i) of selected stages (indices as `feature_take_indices`).
-        `norm` is accepted for timm's interface and changes nothing (a ResNet has no final norm)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"a CNN's intermediates are feature maps: output_fmt must be 'NCHW', got {output_fmt!r}")
-        take = feature_take_indices(len(self.stages), indices, unit="stages")
+    # forward_intermediates (Backbone): no prefix tokens (an empty (B, 0, C_i) with return_prefix_tokens)
+    def _num_feature_levels(self) -> int:
+        return len(self.stages)
+
+    def _run_levels(self, x: torch.Tensor, last: int):
         self._check_input(x)
         x = self.stem(x)
-        out = []
-        stages = self.stages[: max(take) + 1] if stop_early else self.stages
-        for i, stage in enumerate(stages):
+        for stage in self.stages[: last + 1]:
             x = self._run_stage(stage, x)
-            if i in take:
-                out.append(x)
-        return out if intermediates_only else (x, out)
+            yield x, None
+
+    def _format_intermediate(self, y: torch.Tensor, ctx: Any, output_fmt: str):
+        return y, y.new_zeros(y.shape[0], 0, y.shape[1])
+
+    def _final_features(self, x: torch.Tensor, ctx: Any, complete: bool) -> torch.Tensor:
+        return x
 
 
 # --------------------------------------------------------------------------------------------
