@@ -117,3 +117,36 @@ def test_errors_name_what_is_missing(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b"]})}).save_to_disk(str(tmp_path / "t"))
     with pytest.raises(ValueError, match=r"has the columns \['text'\]; vitkit needs an image column"):
         load_dataset("hf", tmp_path / "t")
+
+
+def test_a_hub_id_read_offline_from_the_datasets_cache(tmp_path, monkeypatch):
+    """`load_dataset("hf:ORG/NAME")` offline reads the Arrow cache that datasets' own `load_dataset` writes:
+    `$HF_DATASETS_CACHE/ORG___NAME/default/0.0.0/<hash>/NAME-<split>.arrow`. The cache is written here by
+    `datasets.load_dataset` from the dataset's parquet files (the files a Hub repo holds); a local folder
+    is cached under its own name, so that folder is then moved to the name the Hub id gives (ORG___NAME)."""
+    import shutil
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
+    repo = tmp_path / "tiny-pets"
+    (repo / "data").mkdir(parents=True)
+    for split, part in _dict().items():
+        part.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    datasets.load_dataset(str(repo), cache_dir=str(tmp_path / "first-load"))
+    shutil.move(tmp_path / "first-load" / "tiny-pets", datasets.config.HF_DATASETS_CACHE / "org___tiny-pets")
+    shutil.rmtree(repo)  # only the cache is left
+    assert list((datasets.config.HF_DATASETS_CACHE / "org___tiny-pets").glob("default/0.0.0/*/tiny-pets-train.arrow"))
+
+    s = load_dataset("hf:org/tiny-pets", img_size=8, val_fraction=0.25, seed=1)
+    assert s.name == "hf:org/tiny-pets" and s.classes == CLASSES and s.in_chans == 3
+    assert (len(s.train), len(s.val), len(s.test)) == (9, 3, 6)
+    _same_as_folder(s.train, tmp_path, 0)
+    _same_as_folder(s.test, tmp_path, 100)
+    xs, ys = zip(*torch.utils.data.DataLoader(s.train, batch_size=4, num_workers=1))  # the cache in a worker
+    assert torch.cat(ys).tolist() == s.train.labels.tolist() and torch.cat(xs).shape == (9, 3, 8, 8)
+    assert load_dataset("hf", "org/tiny-pets", img_size=8, val_fraction=0.25, seed=1).mean == s.mean
+
+    with pytest.raises(FileNotFoundError, match=r"hf: org/absent is not in the local datasets cache \(.*hf-cache\)"):
+        load_dataset("hf:org/absent")
+    with pytest.raises(FileNotFoundError, match="holds no dataset that datasets can read"):
+        (tmp_path / "empty").mkdir()
+        load_dataset("hf", tmp_path / "empty")

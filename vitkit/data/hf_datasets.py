@@ -2,8 +2,10 @@
 `data_dir=ORG/NAME`), through the `datasets` library (`pip install vitkit[hf]`).
 
 What `data_dir` may name:
-- a Hub dataset id, `ORG/NAME`: `datasets.load_dataset(ORG/NAME)`, which reads its local cache
-  (offline with `HF_HUB_OFFLINE=1` / `HF_DATASETS_OFFLINE=1`) and downloads otherwise;
+- a Hub dataset id, `ORG/NAME`: `datasets.load_dataset(ORG/NAME)`, which downloads it, or, offline
+  (`HF_HUB_OFFLINE=1` / `HF_DATASETS_OFFLINE=1`, or no network), reads the Arrow cache an earlier
+  `load_dataset(ORG/NAME)` wrote (`$HF_DATASETS_CACHE/ORG___NAME/<config>/<version>/<hash>/`, by default
+  under ~/.cache/huggingface/datasets); not cached there, it is an error that says so;
 - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: `datasets.load_from_disk`;
 - any other local folder (parquet files, an `imagefolder` of `<split>/<class>/<image>`, ...):
   `datasets.load_dataset(folder)`, which picks the builder from the files.
@@ -127,13 +129,28 @@ def _open(source: str):
         and (path / "state.json").is_file()
     ):
         return datasets.load_from_disk(str(path))
+    if path.is_dir():
+        try:
+            return datasets.load_dataset(str(path))
+        except FileNotFoundError as e:  # no data files datasets can read
+            raise FileNotFoundError(
+                f"hf: the folder {source} holds no dataset that datasets can read ({e}); pass a folder written by "
+                "save_to_disk, or a folder of parquet / image files"
+            ) from None
     try:
-        return datasets.load_dataset(str(path) if path.is_dir() else source)
+        return datasets.load_dataset(source)
+    except ConnectionError as e:  # offline (HF_HUB_OFFLINE=1) or no network, and not in the local cache
+        raise FileNotFoundError(
+            f"hf: {source} is not in the local datasets cache ({datasets.config.HF_DATASETS_CACHE}) and the "
+            f"Hub cannot be reached ({e}). Load it once with network access (datasets.load_dataset({source!r}) "
+            "or this command without HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1), point HF_DATASETS_CACHE (or "
+            "HF_HOME) at the cache that holds it, or pass a local folder"
+        ) from None
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"hf: {source} is not a local folder and cannot be found on the Hub or in the "
-            f"local cache ({e}); pass ORG/NAME of a Hub dataset, a folder written by "
-            "save_to_disk, or a folder of parquet / image files"
+            f"hf: {source} is not a local folder and cannot be found on the Hub or in the local datasets "
+            f"cache ({datasets.config.HF_DATASETS_CACHE}): {e}. Pass ORG/NAME of a Hub dataset, a folder "
+            "written by save_to_disk, or a folder of parquet / image files"
         ) from None
 
 
