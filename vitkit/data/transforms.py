@@ -16,11 +16,11 @@ the same PIL image, bit for bit: resize (the shorter side to size / crop_pct for
 'center', both sides for 'squash', the longer side for 'border'), centre crop (or pad, for
 'border', with the mean colour), scale to [0, 1], normalise. It does not import torchvision, whose
 PyPI wheel fails to import next to a CPU-only torch (vitkit/compat.py). `normalize=False` stops
-before the scaling and returns uint8 (C, H, W), as timm's does; vitkit's training loop takes
-those and normalises inside the graph (vitkit.train.engine.Normalise), with the same float ops.
-Training augmentation is not built here: vitkit augments whole batches on the training device
-(vitkit/data/augment.py), so `is_training=True` gives timm's no-augmentation training transform
-and asks for `no_aug=True` to say so.
+before the scaling and returns uint8 (C, H, W), as timm's does; vitkit's evaluation takes those
+and normalises inside the graph (vitkit.train.engine.Normalise), with the same float ops.
+Training augmentation is not built here: `worker_pipeline` (below) and `BatchAugment`
+(vitkit/data/augment.py) apply it, so `is_training=True` gives timm's no-augmentation training
+transform and asks for `no_aug=True` to say so.
 
 `load_image(path, in_chans)` is the one decoder of vitkit: the training loaders of image folders
 and `vitkit predict` / `vitkit inspect` read files through it, so a file becomes the same pixels
@@ -393,14 +393,15 @@ def create_transform(
     if kwargs:
         raise TypeError(
             f"create_transform got unexpected keyword argument(s) {sorted(kwargs)}: vitkit builds the "
-            f"evaluation transform (training augmentation: vitkit.data.augment.BatchAugment)"
+            f"evaluation transform (training augmentation: worker_pipeline and vitkit.data.augment.BatchAugment)"
         )
     if is_training:
         if not no_aug:
             raise ValueError(
-                "create_transform(is_training=True) builds no random augmentation: vitkit augments "
-                "whole batches on the training device (vitkit.data.augment.BatchAugment); pass "
-                "no_aug=True for timm's no-augmentation training transform, or is_training=False"
+                "create_transform(is_training=True) builds no random augmentation: vitkit's training "
+                "augmentation is vitkit.data.transforms.worker_pipeline (per image, in the DataLoader "
+                "workers) and vitkit.data.augment.BatchAugment (per batch); pass no_aug=True for timm's "
+                "no-augmentation training transform, or is_training=False"
             )
         interpolation = "bilinear" if interpolation == "random" else interpolation
         # torchvision's Resize: an int sizes the shorter side, (H, W) both sides
