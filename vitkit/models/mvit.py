@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import (
     DropPath,
@@ -47,7 +45,7 @@ from ..layers import (
 )
 from ..layers.video import TubeletEmbed, to_3tuple
 from ..registry import MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -212,16 +210,22 @@ class MultiScaleBlock(nn.Module):
 
 
 @register_family
-class MViT(VitkitModel):
+class MViT(Backbone):
     family = "mvit"
     config_class = MViTConfig
+    global_pools = ("token",)  # classifies from [CLS]
+    no_weight_decay_names = ("cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class")
+    group_stem = r"^cls_token|^pos_embed|^patch_embed"
+    # forward_intermediates: one output per stage (a feature pyramid); `norm` reaches the last stage only
+    intermediate_fmts = ("NCTHW", "NLC")
+    feature_level_unit = "stages"
+    norm_intermediates = "last"
 
     def __init__(self, config: MViTConfig) -> None:
         super().__init__(config)
         c = config
         self.num_classes = c.num_classes
         self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
         self.patch_embed = TubeletEmbed(
             c.num_frames,
             to_2tuple(c.img_size),
@@ -290,35 +294,7 @@ class MViT(VitkitModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-
-    # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"}
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^cls_token|^pos_embed|^patch_embed",
-            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
-        )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "token"):
-            raise ValueError(f"MViT classifies from [CLS]: global_pool must be 'token', got {global_pool!r}")
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,9 +308,7 @@ class MViT(VitkitModel):
         return torch.cat([cls, x], dim=1)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, thw):
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, thw, use_reentrant=False)
-        return block(x, thw)
+        return self._checkpointed(block, x, thw)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> normalised tokens of the last stage (B, 1 + t*h*w, C_last)."""
@@ -350,39 +324,23 @@ class MViT(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCTHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """Outputs of selected *stages* (a feature pyramid): stage i gives (B, C_i, t, h_i, w_i) for
-        'NCTHW' or (B, t*h_i*w_i, C_i) for 'NLC'; `norm` applies the final LN to the last stage."""
-        if output_fmt not in ("NCTHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
-        n_stages = len(self.stage_ends)
-        take = feature_take_indices(n_stages, indices, unit="stages")
-        last_block = self.stage_ends[max(take)] if stop_early else len(self.blocks) - 1
+    # forward_intermediates (Backbone): the outputs of selected *stages* (a feature pyramid), stage i
+    # (B, C_i, t, h_i, w_i) for 'NCTHW' or (B, t*h_i*w_i, C_i) for 'NLC', its [CLS] as the prefix
+    def _num_feature_levels(self) -> int:
+        return len(self.stage_ends)
+
+    def _run_levels(self, x: torch.Tensor, last: int):
         x, thw = self._embed(x), self.patch_embed.grid_size
-        out = []
-        for i, block in enumerate(self.blocks[: last_block + 1]):
+        for i, block in enumerate(self.blocks[: self.stage_ends[last] + 1]):
             x, thw = self._run_block(block, x, thw)
-            if i in self.stage_ends and self.stage_ends.index(i) in take:
-                s = self.stage_ends.index(i)
-                y = self.norm(x) if norm and s == n_stages - 1 else x
-                prefix, tokens = y[:, :1], y[:, 1:]
-                if output_fmt == "NCTHW":
-                    tokens = tokens.transpose(1, 2).reshape(y.shape[0], y.shape[2], *thw)
-                out.append((tokens, prefix) if return_prefix_tokens else tokens)
-        if intermediates_only:
-            return out
-        if last_block == len(self.blocks) - 1:
-            x = self.norm(x)
-        return x, out
+            if i in self.stage_ends:
+                yield x, thw
+
+    def _format_intermediate(self, y: torch.Tensor, thw: tuple[int, int, int], output_fmt: str):
+        prefix, tokens = y[:, :1], y[:, 1:]
+        if output_fmt == "NCTHW":
+            tokens = tokens.transpose(1, 2).reshape(y.shape[0], y.shape[2], *thw)
+        return tokens, prefix
 
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
