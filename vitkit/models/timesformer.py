@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import Attention, Block, DropPath, Mlp, drop_path_rates, to_2tuple
 from ..layers.video import TubeletEmbed, inflate_patch_weight
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -115,9 +113,13 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 @register_family
-class TimeSformer(VitkitModel):
+class TimeSformer(Backbone):
     family = "timesformer"
     config_class = TimeSformerConfig
+    global_pools = ("token",)  # classifies from [CLS]
+    no_weight_decay_names = ("pos_embed", "cls_token", "time_embed")
+    group_stem = r"^cls_token|^pos_embed|^time_embed|^patch_embed"
+    intermediate_fmts = ("NCTHW", "NLC")
 
     def __init__(self, config: TimeSformerConfig) -> None:
         super().__init__(config)
@@ -127,7 +129,6 @@ class TimeSformer(VitkitModel):
         self.embed_dim = self.num_features = c.embed_dim
         self.num_prefix_tokens = 1
         self.num_frames = c.num_frames
-        self.grad_checkpointing = False
         # ViT's patch embedding applied frame by frame: a tubelet of one frame.
         self.patch_embed = TubeletEmbed(
             c.num_frames, to_2tuple(c.img_size), (1, c.patch_size, c.patch_size), c.in_chans, c.embed_dim
@@ -172,35 +173,7 @@ class TimeSformer(VitkitModel):
             if i > 0 and isinstance(block, DividedSpaceTimeBlock):
                 nn.init.zeros_(block.temporal_fc.weight)
                 nn.init.zeros_(block.temporal_fc.bias)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-
-    # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        return {n for n in ("pos_embed", "cls_token", "time_embed") if getattr(self, n, None) is not None}
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^cls_token|^pos_embed|^time_embed|^patch_embed",
-            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
-        )
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "token"):
-            raise ValueError(f"TimeSformer classifies from [CLS]: global_pool must be 'token', got {global_pool!r}")
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,9 +194,7 @@ class TimeSformer(VitkitModel):
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         args = (self.num_frames,) if isinstance(block, DividedSpaceTimeBlock) else ()
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, *args, use_reentrant=False)
-        return block(x, *args)
+        return self._checkpointed(block, x, *args)
 
     def _frame_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Space-only: (B*T, 1 + S, D) -> (B, 1 + S, D), the reference code's average over frames."""
@@ -245,45 +216,29 @@ class TimeSformer(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCTHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """Outputs of selected blocks, each (B, D, T, h, w) for 'NCTHW' or (B, T*h*w, D) in (t, s)
-        order for 'NLC' (space-only: per-frame outputs, the [CLS] averaged over frames)."""
-        if output_fmt not in ("NCTHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.blocks), indices)
-        B, T = x.shape[0], self.num_frames
-        _, h, w = self.patch_embed.grid_size
+    # forward_intermediates (Backbone): per block, (B, D, T, h, w) for 'NCTHW' or (B, T*h*w, D) in (t, s)
+    # order for 'NLC' (space-only: the per-frame outputs, the [CLS] averaged over frames)
+    def _run_levels(self, x: torch.Tensor, last: int):
+        B = x.shape[0]
         x = self._embed(x)
-        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
-        out = []
-        for i, block in enumerate(blocks):
+        for block in self.blocks[: last + 1]:
             x = self._run_block(block, x)
-            if i in take:
-                y = self.norm(x) if norm else x
-                D = y.shape[-1]
-                if self.time_embed is None:  # (B*T, 1 + S, D)
-                    prefix = y[:, :1].reshape(B, T, D).mean(1, keepdim=True)
-                    tokens = y[:, 1:].reshape(B, T * h * w, D)
-                else:  # (B, 1 + S*T, D) in (s, t) order -> (t, s)
-                    prefix = y[:, :1]
-                    tokens = y[:, 1:].reshape(B, h * w, T, D).transpose(1, 2).reshape(B, T * h * w, D)
-                if output_fmt == "NCTHW":
-                    tokens = tokens.transpose(1, 2).reshape(B, D, T, h, w)
-                out.append((tokens, prefix) if return_prefix_tokens else tokens)
-        if intermediates_only:
-            return out
-        if len(blocks) == len(self.blocks):
-            x = self.norm(self._frame_mean(x))
-        return x, out
+            yield x, B
+
+    def _format_intermediate(self, y: torch.Tensor, B: int, output_fmt: str):
+        T, (_, h, w), D = self.num_frames, self.patch_embed.grid_size, y.shape[-1]
+        if self.time_embed is None:  # (B*T, 1 + S, D)
+            prefix = y[:, :1].reshape(B, T, D).mean(1, keepdim=True)
+            tokens = y[:, 1:].reshape(B, T * h * w, D)
+        else:  # (B, 1 + S*T, D) in (s, t) order -> (t, s)
+            prefix = y[:, :1]
+            tokens = y[:, 1:].reshape(B, h * w, T, D).transpose(1, 2).reshape(B, T * h * w, D)
+        if output_fmt == "NCTHW":
+            tokens = tokens.transpose(1, 2).reshape(B, D, T, h, w)
+        return tokens, prefix
+
+    def _final_features(self, x: torch.Tensor, B: int, complete: bool) -> torch.Tensor:
+        return self.norm(self._frame_mean(x)) if complete else x
 
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import (
     Attention,
@@ -58,7 +57,7 @@ from ..layers.video import (
     to_3tuple,
 )
 from ..registry import MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -236,9 +235,13 @@ class FactorisedDotProductBlock(Block):
 
 # --------------------------------------------------------------------------------------------
 @register_family
-class ViViT(VitkitModel):
+class ViViT(Backbone):
     family = "vivit"
     config_class = ViViTConfig
+    global_pools = ("token", "avg")
+    no_weight_decay_names = ("pos_embed", "cls_token", "temporal_pos_embed", "temporal_cls_token")
+    group_stem = r"^cls_token|^pos_embed|^patch_embed"
+    intermediate_fmts = ("NCTHW", "NLC")
 
     def __init__(self, config: ViViTConfig) -> None:
         super().__init__(config)
@@ -248,7 +251,6 @@ class ViViT(VitkitModel):
         self.global_pool = c.global_pool
         self.embed_dim = self.num_features = c.embed_dim
         self.num_prefix_tokens = int(c.class_token)
-        self.grad_checkpointing = False
         img_size = to_2tuple(c.img_size)
         self.patch_embed = TubeletEmbed(c.num_frames, img_size, c.tubelet_size, c.in_chans, c.embed_dim)
         nt, nh, nw = self.patch_embed.grid_size
@@ -319,51 +321,27 @@ class ViViT(VitkitModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        self._zero_init_head()
-
-    def _zero_init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
-    def no_weight_decay(self) -> set[str]:
-        names = ("pos_embed", "cls_token", "temporal_pos_embed", "temporal_cls_token")
-        return {n for n in names if getattr(self, n, None) is not None}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer-wise LR decay groups: stem, then the blocks (Model 2: spatial, then temporal blocks)."""
-        blocks = [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
-        if self.attention_type == "factorised_encoder":
-            blocks = [
-                (r"^blocks\.(\d+)", None),
-                (r"^norm", (self.config.depth - 1,)),
-                (r"^temporal_cls_token|^temporal_pos_embed", (self.config.depth,)),
-                (r"^temporal_blocks\.(\d+)", (self.config.depth,)),
-                (r"^temporal_norm", (99999,)),
-            ]
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=r"^blocks\.(\d+)" if coarse else blocks)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("token", "avg") or (global_pool == "token" and self.cls_token is None):
-                raise ValueError(f"global_pool must be 'avg', or 'token' with a class token; got {global_pool!r}")
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self.new_head(self.num_features, num_classes)
-        self._zero_init_head()
+        if coarse or self.attention_type != "factorised_encoder":
+            return super().group_matcher(coarse)
+        d = self.config.depth
+        blocks = [
+            (r"^blocks\.(\d+)", None),
+            (r"^norm", (d - 1,)),
+            (r"^temporal_cls_token|^temporal_pos_embed", (d,)),
+            (r"^temporal_blocks\.(\d+)", (d,)),
+            (r"^temporal_norm", (99999,)),
+        ]
+        return dict(stem=self.group_stem, blocks=blocks)
 
     # ----------------------------------------------------------------- forward
     def _run(self, block: nn.Module, x: torch.Tensor, *args: Any) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, *args, use_reentrant=False)
-        return block(x, *args)
+        return self._checkpointed(block, x, *args)
 
     def _prepend(self, x: torch.Tensor, token: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         if token is not None:
@@ -416,45 +394,29 @@ class ViViT(VitkitModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCTHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
-        """Outputs of selected blocks (for Model 2: of the spatial encoder's blocks), as timm's
-        `forward_intermediates`, each (B, D, n_t, n_h, n_w) for 'NCTHW' or (B, N, D) for 'NLC'; with
-        `return_prefix_tokens` a pair (tokens, prefix (B, P, D)) -- for Model 2 the prefix is
-        (B, n_t * P, D), one [CLS] per temporal index. Returns (final features, list) unless
-        `intermediates_only`."""
-        if output_fmt not in ("NCTHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.blocks), indices)
+    # forward_intermediates (Backbone): the outputs of selected blocks (for Model 2: of the spatial
+    # encoder's blocks), each (B, D, n_t, n_h, n_w) for 'NCTHW' or (B, N, D) for 'NLC', the prefix
+    # (B, P, D) -- for Model 2 (B, n_t * P, D), one [CLS] per temporal index
+    def _run_levels(self, x: torch.Tensor, last: int):
         B = x.shape[0]
+        x = self._spatial_tokens(x)
+        for block in self.blocks[: last + 1]:
+            x = self._run_blocks(x, [block])
+            yield x, B
+
+    def _format_intermediate(self, y: torch.Tensor, B: int, output_fmt: str):
         nt, nh, nw = self.patch_embed.grid_size
         P = self.num_prefix_tokens
-        x = self._spatial_tokens(x)
-        blocks = self.blocks[: max(take) + 1] if stop_early else self.blocks
-        out = []
-        for i, block in enumerate(blocks):
-            x = self._run_blocks(x, [block])
-            if i in take:
-                y = self.norm(x) if norm else x
-                prefix, tokens = y[:, :P].reshape(B, -1, y.shape[-1]), y[:, P:].reshape(B, nt * nh * nw, -1)
-                if output_fmt == "NCTHW":
-                    tokens = tokens.transpose(1, 2).reshape(B, -1, nt, nh, nw)
-                out.append((tokens, prefix) if return_prefix_tokens else tokens)
-        if intermediates_only:
-            return out
-        if len(blocks) == len(self.blocks):
-            x = self.norm(x)
-            if self.attention_type == "factorised_encoder":
-                x = self._temporal(x, B)
-        return x, out
+        prefix, tokens = y[:, :P].reshape(B, -1, y.shape[-1]), y[:, P:].reshape(B, nt * nh * nw, -1)
+        if output_fmt == "NCTHW":
+            tokens = tokens.transpose(1, 2).reshape(B, -1, nt, nh, nw)
+        return tokens, prefix
+
+    def _final_features(self, x: torch.Tensor, B: int, complete: bool) -> torch.Tensor:
+        if not complete:
+            return x
+        x = self.norm(x)
+        return self._temporal(x, B) if self.attention_type == "factorised_encoder" else x
 
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
