@@ -306,7 +306,10 @@ class Backbone(VitkitModel):
     # ----------------------------------------------------------------- intermediates
     def _num_feature_levels(self) -> int:
         """How many blocks (or stages) `forward_intermediates` indexes."""
-        return len(self.blocks)
+        blocks = getattr(self, "blocks", None)
+        if blocks is None:
+            raise NotImplementedError(f"{type(self).__name__} does not support forward_intermediates")
+        return len(blocks)
 
     def _run_levels(self, x: torch.Tensor, last: int) -> Iterator[tuple[torch.Tensor, Any]]:
         """Embed `x`, run levels 0..`last` and yield (that level's raw output, what formatting it

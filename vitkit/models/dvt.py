@@ -60,7 +60,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, to_2tuple
 from ..layers.attention import record_attention, split_heads, use_fused_attention
 from ..registry import MNIST_MEAN, MNIST_STD, register_model
-from ._base import VitkitModel, register_family
+from ._base import Backbone, register_family
 
 NEVER = 2.0  # a threshold no softmax probability reaches: the stage never exits early
 
@@ -468,9 +468,14 @@ class DVTStage(nn.Module):
 
 # --------------------------------------------------------------------------------------------- model
 @register_family
-class DynamicVisionTransformer(VitkitModel):
+class DynamicVisionTransformer(Backbone):
     family = "dvt"
     config_class = DVTConfig
+    global_pools = ("token",)  # every exit classifies from its [CLS]
+    # stem = every stage's embeddings; block i of every stage shares layer id i
+    group_stem = r"^stages\.\d+\.(cls_token|pos_embed|patch_embed)"
+    group_blocks = [(r"^stages\.\d+\.blocks\.(\d+)", None), (r"^stages\.\d+\.norm", (99999,))]
+    group_blocks_coarse = r"^stages\.\d+\.blocks\.(\d+)"
 
     def __init__(self, config: DVTConfig) -> None:
         super().__init__(config)
@@ -479,6 +484,8 @@ class DynamicVisionTransformer(VitkitModel):
         sizes = [to_2tuple(s) for s in c.stage_img_sizes] if c.stage_img_sizes else [self.img_size] * len(c.patch_sizes)
         self.num_exits = len(c.patch_sizes)
         self.num_classes = c.num_classes
+        self.global_pool = "token"
+        self.num_prefix_tokens = 1  # each stage's [CLS]
         self.embed_dim = self.num_features = c.embed_dim
         upstream_layers = c.depth * c.num_heads
         self.stages = nn.ModuleList(
@@ -499,9 +506,7 @@ class DynamicVisionTransformer(VitkitModel):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         for stage in self.stages:
-            if isinstance(stage.head, nn.Linear):
-                nn.init.zeros_(stage.head.weight)
-                nn.init.zeros_(stage.head.bias)
+            self.init_classifier(stage.head)
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """DVT checkpoints are vitkit's own (no released weights use these keys): an identity map; the
@@ -511,30 +516,24 @@ class DynamicVisionTransformer(VitkitModel):
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.{n}" for i in range(self.num_exits) for n in ("pos_embed", "cls_token")}
 
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Stem = every stage's embeddings; block i of every stage shares layer id i."""
-        return dict(
-            stem=r"^stages\.\d+\.(cls_token|pos_embed|patch_embed)",
-            blocks=r"^stages\.\d+\.blocks\.(\d+)"
-            if coarse
-            else [(r"^stages\.\d+\.blocks\.(\d+)", None), (r"^stages\.\d+\.norm", (99999,))],
-        )
-
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block of every stage (each stage runs its own blocks)."""
+        self.grad_checkpointing = bool(enable)
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            stage.grad_checkpointing = bool(enable)
 
     def get_classifier(self) -> nn.Module:
+        """The last exit's head (the one `forward_head` uses)."""
         return self.stages[-1].head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Fresh zero-initialised heads for every exit (0 = no heads)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Fresh zero-initialised heads for every exit (0 = no heads); the pooling is always [CLS]."""
+        if global_pool is not None:
+            self.check_global_pool(global_pool)
         self.num_classes = self.config.num_classes = num_classes
         for stage in self.stages:
             stage.head = self.new_head(self.embed_dim, num_classes)
-            if num_classes > 0:
-                nn.init.zeros_(stage.head.weight)
-                nn.init.zeros_(stage.head.bias)
+            self.init_classifier(stage.head)
 
     @property
     def exit_thresholds(self) -> tuple[float, ...] | None:
