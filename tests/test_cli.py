@@ -1,11 +1,14 @@
 """The command line and the embedded dataset, run for real on small settings."""
 
+import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from vitkit.cli import main
+from vitkit.cli import build_parser, main
 from vitkit.data import load_digits
 from vitkit.train.schedule import cosine_schedule
 
@@ -69,3 +72,46 @@ def test_cli_predict(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["predict", str(tmp_path / "m"), str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_its_help(capsys):
+    """`vitkit --help` lists every subcommand of the vitkit/cli/ modules, and each one's --help works."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = list(sub.choices)
+    assert commands == [
+        "train",
+        "pretrain",
+        "eval",
+        "models",
+        "info",
+        "predict",
+        "calibrate",
+        "make-shards",
+        "push",
+        "export",
+        "inspect",
+    ]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_info.value.code == 0 and out.startswith(f"usage: vitkit {command} "), command
+        assert sub.choices[command].get_default("func").__module__ == "vitkit.cli." + {
+            "models": "models",
+            "info": "models",
+            "calibrate": "eval",
+            "make-shards": "data",
+        }.get(command, command)
+
+
+@pytest.mark.parametrize("module", ["vitkit", "vitkit.cli"])
+def test_python_dash_m(module):
+    """`python -m vitkit` and `python -m vitkit.cli` (what torchrun runs) are the `vitkit` command, errors included."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, "models", "vit_micro_patch2_*"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and "vit_micro_patch2_8" in run.stdout.split(), run.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", module, "info", "vit_micro_patch2_9"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "vitkit info: error: unknown model" in run.stderr and "Traceback" not in run.stderr

@@ -1,5 +1,5 @@
-"""`vitkit inspect`: every inspection figure for one model and a set of images, written to a folder,
-with the numbers behind them in `summary.json`."""
+"""`run_inspect` (what `vitkit inspect` runs): every inspection figure for one model and a set of images,
+written to a folder, with the numbers behind them in `summary.json`."""
 
 from __future__ import annotations
 
