@@ -79,6 +79,22 @@ def test_channel_stats_uint8_matches_float():
     assert channel_stats(clips, chunk=4) == channel_stats(clips.float() / 255, chunk=4)
 
 
+def test_uint8_channel_sums_are_exact_whatever_the_channel_axis():
+    from vitkit.data.splits import uint8_channel_sums
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (4, 3, 7, 5), dtype=torch.uint8, generator=g)
+    x[0, 1] = 255  # the top of the range: squares of 255 summed
+    want = x.long().sum((0, 2, 3)).numpy(), (x.long() ** 2).sum((0, 2, 3)).numpy()
+    for images, axis in ((x, 1), (x.transpose(0, 1).contiguous()[:, None], 0), (x.permute(0, 2, 3, 1), -1)):
+        s, sq, n = uint8_channel_sums(images, channel_axis=axis)
+        assert (s == want[0]).all() and (sq == want[1]).all() and n == 4 * 7 * 5
+    one = uint8_channel_sums(x[2], channel_axis=0)  # one (C, H, W) image, as the folder statistics sum them
+    assert (one[0] == x[2].long().sum((1, 2)).numpy()).all() and one[2] == 35
+    with pytest.raises(TypeError, match="uint8"):
+        uint8_channel_sums(x.float())
+
+
 def test_split_batch_and_dataset_interface():
     imgs = torch.arange(4 * 1 * 2 * 2, dtype=torch.uint8).view(4, 1, 2, 2) * 15
     s = Split(imgs, torch.tensor([0, 1, 0, 1]), ["a", "b"])

@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 from .embedded import Split, load_digits
 from .folder import ImageFolderDataset, channels_for, probe_modes, scan_image_folder
 from .formats import read_cifar_archive, read_cifar_batch, read_cifar_meta, read_idx, read_mnist5k_csv, read_mnist_pkl
-from .splits import channel_stats, stratified_split
+from .splits import channel_stats, stats_from_sums, stratified_split, uint8_channel_sums
 
 logger = logging.getLogger("vitkit")
 
@@ -365,9 +365,15 @@ def folder_stats(train: ImageFolderDataset, seed: int, mode_of: Callable[[int], 
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:FOLDER_STATS_SAMPLE]
     pick = pick.sort().values.tolist()
     train.in_chans = channels_for({m for m in map(mode_of, pick) if m is not None})
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-        images = list(pool.map(lambda i: train.load_readable(i)[0], pick))
-    mean, std = channel_stats(torch.stack(images))
+
+    def sums(i):  # decoded and summed in the thread: Pillow and numpy's histogram run without the GIL
+        return uint8_channel_sums(train.load_readable(i)[0], channel_axis=0)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        per_image = list(pool.map(sums, pick))
+    mean, std = stats_from_sums(
+        sum(s for s, _, _ in per_image), sum(q for _, q, _ in per_image), sum(n for _, _, n in per_image)
+    )
     logger.info("mean/std from %d of %d train images (seed %d)", len(pick), len(train), seed)
     return train.in_chans, mean, std
 
