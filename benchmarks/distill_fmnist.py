@@ -56,7 +56,7 @@ def run(overrides: list[str]) -> dict:
 def common(args: argparse.Namespace) -> list[str]:
     return [f"--data.name={args.data}", "--data.val_fraction=0", f"--data.train_fraction={args.fraction}",
             f"--run.threads={args.threads}", "--run.progress=false", f"--run.batch_size={args.batch_size}",
-            "--data.num_workers=0", f"--run.bf16={args.bf16}"]
+            "--data.num_workers=0", f"--run.precision={dict(auto='auto', true='bf16', false='fp32')[args.bf16]}"]
 
 
 def train_teacher(args: argparse.Namespace, out: Path) -> dict:

@@ -53,7 +53,7 @@ def pretrain_backbone(args, out: Path) -> Path:
         return run_dir / "backbone"
     overrides = [f"--run.out={run_dir}", f"--data.name={args.data}", "--data.val_fraction=0",
                  f"--data.train_fraction={args.fraction}", f"--model.name={args.model}",
-                 f"--run.threads={args.threads}", f"--run.bf16={args.bf16}", "--data.num_workers=0"]
+                 f"--run.threads={args.threads}", f"--run.precision={dict(auto='auto', true='bf16', false='fp32')[args.bf16]}", "--data.num_workers=0"]
     # the recipe's epochs, batch and lr stand unless given here; without a recipe, PRETRAIN_DEFAULTS
     for key, flag in (("epochs", "sched.epochs"), ("batch_size", "run.batch_size"), ("lr", "optim.lr")):
         if getattr(args, key) is not None:
@@ -96,7 +96,7 @@ def finetune(args, out: Path, backbone_dir: Path | None, fraction: float) -> flo
         f"--run.out={out / f'ft-{tag}-{fraction}'}", f"--data.name={args.data}", "--data.val_fraction=0",
         f"--data.train_fraction={fraction}", f"--model.name={args.model}", f"--sched.epochs={args.ft_epochs}",
         "--sched.warmup_epochs=1", f"--run.threads={args.threads}", f"--run.batch_size={args.ft_batch_size}",
-        f"--run.bf16={args.bf16}",
+        f"--run.precision={dict(auto='auto', true='bf16', false='fp32')[args.bf16]}",
         f"--optim.lr={args.ft_lr}", "--run.progress=false", "--data.num_workers=0", "--optim.layer_decay=0.75",
     ])
     if (Path(cfg.run.out) / "metrics.json").is_file():

@@ -9,7 +9,7 @@ inference with every attention call on SDPA against the explicit softmax path.
     OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/fmnist_vit_fast.yaml --threads 2 --compile \\
         --model.overrides.patch_drop_rate=0        # the step with every patch (docs/performance.md, PatchDropout)
     OMP_NUM_THREADS=2 python benchmarks/step_profile.py --recipe recipes/mnist_vit_fast.yaml --threads 2 \\
-        --attention-paths --rounds 5 --steps 8 --run.bf16=false   # SDPA vs eager on whole steps
+        --attention-paths --rounds 5 --steps 8 --run.precision=fp32   # SDPA vs eager on whole steps
     python benchmarks/step_profile.py --smoke      # a tiny model, seconds (tests/test_benchmarks_smoke.py)
 """
 
@@ -121,11 +121,11 @@ def time_attention_paths(model, step, cfg, chans: int, size: int, args) -> dict[
     """Images/s of the training step and of inference under attention_policy('fused') and ('eager'),
     in interleaved rounds (the check behind the CPU rows of SDPA_MIN_SEQ_LEN, on whole steps)."""
     from vitkit.layers.attention import attention_policy
-    from vitkit.precision import resolve_bf16
+    from vitkit.precision import resolve_precision
 
     batch = cfg.run.batch_size
     x = torch.rand(batch, chans, size, size)
-    bf16 = resolve_bf16(cfg.run.bf16, "cpu", warn=False)
+    bf16 = resolve_precision(cfg.run.precision, "cpu", warn=False) == "bf16"
 
     def infer() -> None:
         model.eval()

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.precision import resolve_bf16
+from vitkit.precision import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {  # dataset -> (recipe, budget seconds, target test accuracy %)
@@ -133,7 +133,7 @@ def training_step(model: nn.Module, cfg, chans: int, size: int, classes: int = 1
     augment = BatchAugment(cfg.aug, classes, label_smoothing=cfg.optim.label_smoothing)
     x = torch.rand(cfg.run.batch_size, chans, size, size)
     y = torch.randint(0, classes, (cfg.run.batch_size,))
-    bf16 = resolve_bf16(cfg.run.bf16, "cpu", warn=False)
+    bf16 = resolve_precision(cfg.run.precision, "cpu", warn=False) == "bf16"
 
     def step():
         xb, _ = augment(x, y) if augment.active else (x, y)

@@ -1,4 +1,5 @@
-"""`--run.bf16=auto|true|false`: bf16 autocast only where the hardware computes bf16 natively."""
+"""`--run.precision=auto|bf16|fp16|fp32` (training) and `--bf16=auto|true|false` (eval, predict): bf16 autocast
+only where the hardware computes bf16 natively."""
 
 import logging
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import vitkit.precision as precision
-from vitkit.precision import bf16_is_native, parse_bf16, resolve_bf16
+from vitkit.precision import bf16_is_native, parse_bf16, resolve_bf16, resolve_precision
 from vitkit.train import TrainConfig, apply_overrides, train
 
 
@@ -21,10 +22,21 @@ def test_parse(given, parsed):
 def test_bad_values_name_the_choices():
     with pytest.raises(ValueError, match="auto, true or false"):
         parse_bf16("maybe")
-    with pytest.raises(ValueError, match="run.bf16 expects true, false or auto"):
-        apply_overrides(TrainConfig(), ["--run.bf16=sometimes"])
-    assert apply_overrides(TrainConfig(), ["--run.bf16=auto"]).run.bf16 == "auto"
-    assert apply_overrides(TrainConfig(), ["--run.bf16=true"]).run.bf16 is True
+    with pytest.raises(ValueError, match=r"--run.precision='sometimes' is out of range: it must be one of auto, bf16"):
+        apply_overrides(TrainConfig(), ["--run.precision=sometimes"])
+    assert apply_overrides(TrainConfig(), ["--run.precision=auto"]).run.precision == "auto"
+    assert TrainConfig().run.precision == "fp32"
+    for old in ("true", "auto"):  # the setting it replaces names the new one
+        with pytest.raises(ValueError, match=r"run.bf16 is replaced by run.precision: use --run.precision=bf16"):
+            apply_overrides(TrainConfig(), [f"--run.bf16={old}"])
+
+
+def test_a_recipe_naming_bf16_is_refused_with_the_new_name(tmp_path):
+    from vitkit.train import load_recipe
+
+    (tmp_path / "old.yaml").write_text("run:\n  bf16: auto\n")
+    with pytest.raises(ValueError, match=r"old.yaml: run.bf16 is replaced by run.precision"):
+        load_recipe(tmp_path / "old.yaml")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -35,6 +47,8 @@ def test_auto_follows_the_hardware_and_true_warns_when_emulated(monkeypatch, cap
     with caplog.at_level(logging.WARNING, logger="vitkit.precision"):
         assert resolve_bf16(True, "cpu") is True  # honoured either way
     assert ("emulated" in caplog.text) is (not native)
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert [resolve_precision(p, "cpu", warn=False) for p in ("fp32", "fp16", "BF16")] == ["fp32", "fp16", "bf16"]
 
 
 def test_native_query_is_torchs():
@@ -54,7 +68,7 @@ def test_training_records_what_auto_chose(tmp_path, monkeypatch, native):
         TrainConfig(),
         [
             f"--run.out={tmp_path / 'run'}",
-            "--run.bf16=auto",
+            "--run.precision=auto",
             "--sched.epochs=1",
             "--model.overrides.depth=1",
             "--model.overrides.embed_dim=32",
@@ -64,4 +78,5 @@ def test_training_records_what_auto_chose(tmp_path, monkeypatch, native):
             "--data.num_workers=0",
         ],
     )
-    assert train(cfg)["bf16"] is native
+    m = train(cfg)
+    assert m["bf16"] is native and m["precision"] == ("bf16" if native else "fp32")

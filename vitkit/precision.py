@@ -6,8 +6,11 @@ step of the 540k-parameter MNIST ViT (`recipes/mnist_vit_fast.yaml`) runs 1.7x f
 fp32 on a CPU with AMX, and about 9.5x slower on one with AVX2 only
 (docs/performance.md#bf16-autocast-cpu-and-cuda).
 
-So `--run.bf16=auto` (what the recipes use) turns autocast on only where it is native, and an
-explicit `--run.bf16=true` where bf16 is emulated runs as asked but logs a warning that names the cost.
+So `--run.precision=auto` (what the recipes use) turns bf16 autocast on only where it is native and
+trains in fp32 elsewhere, and an explicit `--run.precision=bf16` where bf16 is emulated runs as asked but
+logs a warning that names the cost. `--run.precision=fp16` is float16 autocast with a gradient scaler
+(`torch.amp.GradScaler`, vitkit/train/runner.py), on CUDA and on CPU. `vitkit eval` and `vitkit predict`
+take their own `--bf16` flag (`resolve_bf16`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 BF16_CHOICES = ("auto", "true", "false")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --run.precision
 
 
 @functools.cache
@@ -62,8 +66,21 @@ def resolve_bf16(value: Any, device: str, warn: bool = True) -> bool:
     if mode and warn and not native:
         logger.warning(
             "bf16 autocast on this %s is emulated (no AMX or AVX512-BF16 instructions): it computes in bf16 but "
-            "runs several times slower than fp32 (about 10x for a small ViT on an AVX2 CPU). Use --run.bf16=auto "
-            "(bf16 only where it is native) or --run.bf16=false.",
+            "runs several times slower than fp32 (about 10x for a small ViT on an AVX2 CPU). Use auto "
+            "(--run.precision=auto, --bf16=auto: bf16 only where it is native) or fp32.",
             "GPU" if device.startswith("cuda") else "CPU",
         )
     return bool(mode)
+
+
+def resolve_precision(value: str, device: str, warn: bool = True) -> str:
+    """`--run.precision` -> 'bf16', 'fp16' or 'fp32': 'auto' is bf16 where bf16 is native on `device`, else fp32
+    (as `resolve_bf16('auto')`); bf16 where it is emulated is honoured, with `resolve_bf16`'s warning."""
+    mode = str(value).strip().lower()
+    if mode not in PRECISIONS:
+        raise ValueError(f"--run.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    if mode == "auto":
+        return "bf16" if bf16_is_native(device) else "fp32"
+    if mode == "bf16":
+        resolve_bf16(True, device, warn=warn)
+    return mode

@@ -52,7 +52,7 @@ class Stop(BaseException):
 def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
     """A run stopped after its first epoch's checkpoint and resumed ends with the weights of an uninterrupted
     one (inside an epoch and for DINO's schedules too: tests/train/test_run_safety.py)."""
-    import vitkit.train.pretrain as pre
+    import vitkit.train.runner as runner
 
     run("mae", tmp_path / "full", "--sched.epochs=2")
 
@@ -60,7 +60,7 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
         raise Stop
 
     with monkeypatch.context() as m:
-        m.setattr(pre, "_write_history", stop)  # right after the first checkpoint
+        m.setattr(runner, "write_history", stop)  # right after the first checkpoint
         with pytest.raises(Stop):
             run("mae", tmp_path / "part", "--sched.epochs=2")
     run("mae", tmp_path / "part", "--sched.epochs=2", "--run.resume=true")

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit.train.engine as engine
+import vitkit.train.runner as runner
 from vitkit.cli import main
 from vitkit.train import TrainConfig, TrainingDiverged, apply_overrides, train
 from vitkit.train.checkpoint import CheckpointWriteError, RunInUse, RunLock, read_marker, recover
@@ -116,7 +117,7 @@ def kill_at(monkeypatch, k: int) -> list:
             return _real(*a, **kw)
 
         monkeypatch.setattr(modules[mod], name, op)
-    real_write = engine.write_checkpoint
+    real_write = runner.write_checkpoint
 
     def write(*a, **kw):
         inside.append(1)
@@ -125,7 +126,7 @@ def kill_at(monkeypatch, k: int) -> list:
         finally:
             inside.clear()
 
-    monkeypatch.setattr(engine, "write_checkpoint", write)
+    monkeypatch.setattr(runner, "write_checkpoint", write)
     return seen
 
 
@@ -511,7 +512,7 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkey
         raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "_write_history", stop)  # right after the first checkpoint
+        m.setattr(runner, "write_history", stop)  # right after the first checkpoint
         with pytest.raises(Killed):
             assert main(["train", "--out", str(out), *TINY, *started])
     saved = (out / "config.yaml").read_bytes()
@@ -547,10 +548,10 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------------ NaN and infinity
-def _lr_inf_at(monkeypatch, last_step_of_epoch: int, module=engine):
+def _lr_inf_at(monkeypatch, last_step_of_epoch: int, module=runner):
     """The learning rate is infinite on the last step of epoch `last_step_of_epoch` (1-based): Adam's update
     makes the weights NaN/inf while the loss of that step was still finite."""
-    real = module.cosine_schedule
+    from vitkit.train.schedule import cosine_schedule as real
 
     def schedule(base_lr, total_steps, warmup_steps, min_lr=0.0):
         lrs = real(base_lr, total_steps, warmup_steps, min_lr)
@@ -584,7 +585,7 @@ def test_nonfinite_weights_on_the_last_step_of_an_epoch_are_never_checkpointed(t
 
     import vitkit.train.pretrain as pre  # the same in `vitkit pretrain`
 
-    _lr_inf_at(monkeypatch, 2, pre)
+    _lr_inf_at(monkeypatch, 2)
     with pytest.raises(
         TrainingDiverged,
         match=r"mae weights became NaN or infinite during epoch 2 .*checkpoint "
@@ -607,15 +608,15 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
         "--optim.accum_steps=2",
     )
     ref = straight(*extra)
-    real = engine.save_checkpoint
+    real = runner.Runner._save  # (self, task, optimizer, scaler, ema, epoch, history, step=0, partial=None)
     positions = []
 
     def count(*a, **kw):
-        positions.append((a[4], kw.get("step", a[7] if len(a) > 7 else 0)))
+        positions.append((a[5], kw.get("step", a[7] if len(a) > 7 else 0)))
         return real(*a, **kw)
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "save_checkpoint", count)
+        m.setattr(runner.Runner, "_save", count)
         run(tmp_path / "count", *extra, "--run.checkpoint_every=3")
     inside = [k for k, (_, step) in enumerate(positions) if step]
     assert len(inside) >= 4 and all(step % 2 == 0 for _, step in positions), positions  # at optimizer steps
@@ -630,7 +631,7 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
                 raise Killed
 
         with monkeypatch.context() as m:
-            m.setattr(engine, "save_checkpoint", stop_after)
+            m.setattr(runner.Runner, "_save", stop_after)
             with pytest.raises(Killed):
                 run(out, *extra, "--run.checkpoint_every=3")
         assert read_marker(out / "checkpoint")["step"] == positions[k][1]
@@ -662,17 +663,17 @@ def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypat
         return pre.pretrain(pre.pretrain_config(method, overrides=[*args(out, *extra), *more]))
 
     go(tmp_path / "straight")
-    real = pre._save_state
+    real = runner.Runner._save
     calls = []
 
     def stop_after(*a, **kw):
         real(*a, **kw)
-        calls.append(kw.get("step", a[5] if len(a) > 5 else 0))
+        calls.append(kw.get("step", a[7] if len(a) > 7 else 0))
         if len(calls) == 3:
             raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(pre, "_save_state", stop_after)
+        m.setattr(runner.Runner, "_save", stop_after)
         with pytest.raises(Killed):
             go(tmp_path / "part", "--run.checkpoint_every=2")
     assert calls[-1] > 0  # stopped inside an epoch
@@ -698,7 +699,7 @@ def test_a_stream_of_tar_shards_resumes_inside_an_epoch_exactly(tmp_path, monkey
         "--run.checkpoint_every=4",
     ]
     run(tmp_path / "straight", *extra)
-    real = engine.save_checkpoint
+    real = runner.Runner._save
     calls = []
 
     def stop_after(*a, **kw):
@@ -708,7 +709,7 @@ def test_a_stream_of_tar_shards_resumes_inside_an_epoch_exactly(tmp_path, monkey
             raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "save_checkpoint", stop_after)
+        m.setattr(runner.Runner, "_save", stop_after)
         with pytest.raises(Killed):
             run(tmp_path / "part", *extra)
     assert read_marker(tmp_path / "part" / "checkpoint")["step"] > 0

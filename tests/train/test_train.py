@@ -44,12 +44,12 @@ def test_overrides_and_recipes(tmp_path):
         [
             "--optim.lr=1e-3",
             "--optim.betas=[0.9, 0.95]",
-            "--run.bf16=true",
+            "--run.precision=bf16",
             "--optim.clip_grad=null",
             "--model.overrides.drop_path_rate=0.1",
         ],
     )
-    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95) and cfg.run.bf16 is True
+    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95) and cfg.run.precision == "bf16"
     assert cfg.model.overrides == {"drop_path_rate": 0.1}
     with pytest.raises(ValueError, match="optim has: .*lr"):
         apply_overrides(TrainConfig(), ["--optim.learning_rate=1"])
@@ -200,16 +200,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     """The learning rate jumps to 1e30 early in epoch 2: the next loss is not finite, the run stops and
     names the checkpoint after epoch 1, which stays as it was (the last step of an epoch, and a run with no
     checkpoint yet: tests/train/test_run_safety.py)."""
-    import vitkit.train.engine as engine
+    import vitkit.train.runner as runner
 
-    real = engine.cosine_schedule
+    real = runner.cosine_schedule
 
     def exploding(base_lr, total_steps, warmup_steps, min_lr=0.0):
         lrs = real(base_lr, total_steps, warmup_steps, min_lr)
         second_epoch = total_steps // 3
         return lrs[: second_epoch + 1] + [1e30] * (total_steps - second_epoch - 1)
 
-    monkeypatch.setattr(engine, "cosine_schedule", exploding)
+    monkeypatch.setattr(runner, "cosine_schedule", exploding)
     with pytest.raises(
         TrainingDiverged,
         match=r"the loss became .* at epoch 2, step \d+; the last good checkpoint is "
@@ -226,7 +226,7 @@ def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path)
         config(
             tmp_path / "run",
             "--sched.epochs=1",
-            "--run.bf16=true",
+            "--run.precision=bf16",
             "--optim.accum_steps=2",
             "--optim.clip_grad=1.0",
             "--run.ema_decay=0.9",
@@ -242,13 +242,13 @@ def test_bf16_accumulation_clipping_ema_checkpointing_augmentation_run(tmp_path)
 
 
 def test_training_on_cpu_reuses_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
-    import vitkit.train.engine as engine
+    import vitkit.train.runner as runner
 
     calls = []
-    monkeypatch.setattr(engine, "reuse_freed_memory", lambda: calls.append(1))  # the effect: tests/test_allocator.py
+    monkeypatch.setattr(runner, "reuse_freed_memory", lambda: calls.append(1))  # the effect: tests/test_allocator.py
     kept = []
-    real = engine.KeptGradients
-    monkeypatch.setattr(engine, "KeptGradients", lambda params: kept.append(real(params)) or kept[-1])
+    real = runner.KeptGradients
+    monkeypatch.setattr(runner, "KeptGradients", lambda params: kept.append(real(params)) or kept[-1])
     more = ["--sched.epochs=1", "--optim.accum_steps=2", "--optim.clip_grad=1.0"]
     train(config(tmp_path / "a", *more))
     assert calls == [1]

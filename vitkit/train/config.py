@@ -77,9 +77,10 @@ class RunConfig:
     out: str | None = None  # run directory; default runs/<model>-<data>-<time>
     seed: int = 0  # seed of the initialisation, the batch order and the augmentation
     batch_size: int = 64  # global batch (all processes together, before accumulation)
-    # bf16 autocast (CPU and CUDA; never fp16 on CPU): true | false | auto = only where bf16 is native (CPUs with
-    # AMX or AVX512-BF16, CUDA GPUs with bf16); emulated bf16 is ~10x slower than fp32 (vitkit/precision.py)
-    bf16: bool | str = False
+    # autocast precision: fp32 | bf16 | fp16 (float16 with a gradient scaler, CPU and CUDA) | auto = bf16 where it is
+    # native (CPUs with AMX or AVX512-BF16, CUDA GPUs with bf16), else fp32; emulated bf16 is ~10x slower than fp32
+    # (vitkit/precision.py)
+    precision: str = "fp32"
     grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     compile: bool = False  # torch.compile the training forward/backward (measure first: docs/performance.md)
     ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.999
@@ -95,6 +96,13 @@ class RunConfig:
     reuse_cpu_memory: bool = True
     progress: bool = True  # a progress bar per epoch
     tensorboard: str = "auto"  # auto (when `tensorboard` is installed) | true | false; rank 0, in the run dir
+    log_every: int = 1  # per-step logs (TensorBoard, W&B, steps.csv) every N optimizer steps
+    # Weights & Biases logging (rank 0): false | true (requires the `wandb` package) | auto (when it is installed)
+    wandb: str = "false"
+    wandb_project: str | None = None  # the W&B project; None: "vitkit"
+    # channels-last memory format for convolutional models: auto (on CUDA for models with convolutions) | true | false
+    channels_last: str = "auto"
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the torchrun processes (FSDP2)
 
 
 @dataclass
@@ -187,13 +195,6 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
         if isinstance(value, str):
             return value or None
         raise ValueError(f"{key} expects true, false or the path of a checkpoint, got {value!r}")
-    if annotation == "bool | str":  # true | false | auto (run.bf16)
-        from ..precision import parse_bf16
-
-        try:
-            return parse_bf16(value)
-        except ValueError:
-            raise ValueError(f"{key} expects true, false or auto, got {value!r}") from None
     if annotation.startswith("bool"):
         if not isinstance(value, bool):
             raise ValueError(f"{key} expects true or false, got {value!r}")
@@ -224,6 +225,11 @@ def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
     if len(parts) == 3 and parts[0] in sections and isinstance(getattr(getattr(cfg, parts[0]), parts[1], None), dict):
         getattr(getattr(cfg, parts[0]), parts[1])[parts[2]] = value  # any mapping field, e.g. method.options.NAME
         return
+    if dotted == "run.bf16":
+        raise ValueError(
+            "run.bf16 is replaced by run.precision: use --run.precision=bf16 (was true), fp32 (was false) or auto "
+            "(bf16 where it is native), or fp16; in a recipe, write `precision:` under `run:`"
+        )
     if len(parts) != 2 or parts[0] not in sections:
         raise ValueError(
             f"unknown setting {dotted!r}: settings are SECTION.FIELD with SECTION one of {sorted(sections)}"
@@ -275,6 +281,11 @@ def _choice(*options: str):
     return rule
 
 
+def _switch(v: Any) -> str | None:
+    """auto | true | false, as YAML reads them (a bool) or as text in any case."""
+    return None if str(v).strip().lower() in ("auto", "true", "false") else "auto, true or false"
+
+
 def _device(v: Any) -> str | None:
     ok = v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())
     return None if ok else "auto, cpu, cuda or cuda:N"
@@ -323,6 +334,11 @@ RULES: dict[str, Any] = {
     "run.batch_size": _AT_LEAST_1,
     "run.ema_decay": _BELOW_1,
     "run.device": _device,
+    "run.precision": _choice("auto", "bf16", "fp16", "fp32"),
+    "run.tensorboard": _switch,
+    "run.wandb": _switch,
+    "run.channels_last": _switch,
+    "run.log_every": _AT_LEAST_1,
     "run.threads": _AT_LEAST_1,
     "run.checkpoint_every": _AT_LEAST_1,
     "distill.type": _choice("none", "soft", "hard"),

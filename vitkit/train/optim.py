@@ -71,19 +71,29 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {cfg.name!r}: choose adamw or sgd (--optim.name=sgd)")
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, lr: float, parameters, clip_grad: float, kept=None) -> None:
-    """One optimizer step as `vitkit train` and `vitkit pretrain` take it: every group's learning rate set to
-    `lr` times its layer-decay `lr_scale`, the gradients clipped to norm `clip_grad` (0: off), the step, and the
-    gradients zeroed: in place with `kept` (a `vitkit.allocator.KeptGradients`, which first takes parameters
-    that got no gradient out of the step), otherwise set to None."""
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, lr: float, parameters, clip_grad: float | None, kept=None, scaler=None
+) -> torch.Tensor | None:
+    """One optimizer step as the runner takes it (vitkit/train/runner.py): every group's learning rate set to
+    `lr` times its layer-decay `lr_scale`, the gradients unscaled (fp16: `scaler`, a `torch.amp.GradScaler`)
+    and clipped to norm `clip_grad` (None or 0: off), the step (skipped by the scaler when a gradient
+    overflowed), the scaler's update, and the gradients zeroed: in place with `kept` (a
+    `vitkit.allocator.KeptGradients`, which first takes parameters that got no gradient out of the step),
+    otherwise set to None. Returns the gradients' total norm before clipping (None without clipping)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     if kept is not None:
         kept.before_step()
-    if clip_grad:
-        nn.utils.clip_grad_norm_(parameters, clip_grad)
-    optimizer.step()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = nn.utils.clip_grad_norm_(parameters, clip_grad) if clip_grad else None
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     if kept is not None:
         kept.zero_grad()
     else:
         optimizer.zero_grad(set_to_none=True)
+    return norm
