@@ -179,10 +179,10 @@ def mean_attention_distances(records: Sequence[AttentionRecord]) -> torch.Tensor
 
 # ------------------------------------------------------------------------------------ embeddings
 def _patch_grid(model: nn.Module) -> tuple[int, int]:
-    pe = getattr(model, "patch_embed", None)
-    grid = getattr(pe, "grid_size", None)
+    """The (h, w) patch grid: the backbone interface's `grid_size`, or a timm model's `patch_embed.grid_size`."""
+    grid = getattr(model, "grid_size", None) or getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
-        raise ValueError(f"{type(model).__name__} has no patch_embed.grid_size to lay the embeddings out on")
+        raise ValueError(f"{type(model).__name__} has no patch grid (grid_size) to lay the embeddings out on")
     return tuple(grid)
 
 

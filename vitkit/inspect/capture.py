@@ -19,7 +19,7 @@ needed for capture; for the spatial analyses each record also gets:
       `num_prefix_tokens` attribute ([CLS], distillation token), else 0;
     - the token grids of queries and keys, inferred from the token counts and the image's aspect
       ratio (None when the count does not factor into such a grid). For video input (B, C, T, H, W)
-      only a count equal to the model's spatial patch grid (`patch_embed.grid_size`) counts as a
+      only a count equal to the model's spatial patch grid (`grid_size`) counts as a
       grid: per-frame spatial attention gets one, joint space-time and temporal attention do not;
     - for windowed attention (the enclosing block has `window_size` and `shift_size`, as Swin's),
       the window layout, so `AttentionRecord.image_attention()` maps windows back onto the image.
@@ -172,7 +172,9 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[Attenti
     capture = AttentionCapture()
     image_size: list[tuple[int, int]] = []
     video: list[bool] = []
-    patch_grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", ()) or ())[-2:]
+    # the per-frame patch grid: the backbone interface's `grid_size`, or a timm model's `patch_embed.grid_size`
+    grid = getattr(model, "grid_size", None) or getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    patch_grid = tuple(grid or ())[-2:]
     layouts: dict[int, WindowLayout] = {}
     hooks = []
 

@@ -1,7 +1,8 @@
 """The self-supervised pre-training interface shared by MAE, masked patch prediction, DINO and MSN.
 
-A method is an `nn.Module` that wraps a vitkit backbone (any model with the backbone interface:
-`forward_features`, `num_prefix_tokens`, `embed_dim`, `no_weight_decay`, `group_matcher`) and
+A method is an `nn.Module` that wraps a vitkit backbone (any model with the public backbone
+interface, `vitkit.models.Backbone`: `forward_features`, `forward_head`, `num_prefix_tokens`,
+`num_features`, `patch_size`, `no_weight_decay`, `group_matcher`, `pretrained_cfg`, ...) and
 turns a batch of images into a loss. It makes its own views or masks from the batch, on the
 tensor and batched (no per-sample Python, no data-loader changes), so one generic loop
 (`vitkit/train/pretrain.py`) trains every method:
@@ -34,11 +35,13 @@ Contract (what the loop relies on):
       jitter); the backbone is built with `num_classes=0`.
     - Optional hooks the loop calls when present: `save_pretrained(dir)` (the whole method as a
       vitkit model directory, MAE) and `save_figure(images, path)` (MAE's reconstructions).
-Backbone extensions that methods may use (vitkit ViTs, vitkit/models/vit.py):
-    - `forward_features(x, keep_indices=(B, K))` encodes only K patches per image (after adding
-      position embeddings; prefix tokens are kept): MAE's visible patches, MSN's masked anchors;
-    - `forward_tokens(patch_embeddings, keep_indices=None)` runs the rest of the model on patch
-      embeddings the method altered (masked patch prediction's corrupted embeddings).
+Optional parts of the backbone interface that methods may use (vitkit ViTs have them):
+    - `forward_features(x, keep_indices=(B, K))`, where `accepts_keep_indices` is true, encodes only
+      K patches per image (after adding position embeddings; prefix tokens are kept): MAE's visible
+      patches, MSN's masked anchors;
+    - `patch_embed(x)` and `forward_tokens(patch_embeddings, keep_indices=None)` run the rest of the
+      model on patch embeddings the method altered (masked patch prediction's corrupted embeddings).
+Methods read no private attribute of the backbone (tests/test_layering.py checks it).
 """
 
 from __future__ import annotations

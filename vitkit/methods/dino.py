@@ -184,7 +184,9 @@ class DINOLoss(nn.Module):
 
 
 def _patch_size(backbone: nn.Module) -> int | None:
-    p = getattr(getattr(backbone, "config", None), "patch_size", None)
+    """The backbone's patch size in pixels (the `patch_size` of the backbone interface, its height);
+    None for a backbone without patch tokens."""
+    p = getattr(backbone, "patch_size", None)
     return int(p[0] if isinstance(p, (tuple, list)) else p) if p else None
 
 

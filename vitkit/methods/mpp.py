@@ -119,7 +119,7 @@ class MaskedPatchPrediction(PretrainMethod):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         bb = self.backbone
-        targets = mean_color_targets(images * self.std + self.mean, bb.patch_embed.patch_size, self.bits)
+        targets = mean_color_targets(images * self.std + self.mean, bb.patch_size, self.bits)
         tokens, corrupted = self.corrupt(bb.patch_embed(images), generator)
         out = bb.forward_tokens(tokens)[:, bb.num_prefix_tokens :]  # (B, N, D)
         loss, acc = self.loss(out, targets, corrupted)

@@ -32,7 +32,6 @@ entropy of the sharpened targets; near 0 is healthy, log K would be uniform coll
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -228,10 +227,10 @@ class MSN(PretrainMethod):
             raise ValueError(f"momentum={momentum} must be in [0, 1] (MSN: 0.996)")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1) (MSN ViT-S/16: 0.15)")
-        if mask_ratio > 0 and "keep_indices" not in inspect.signature(backbone.forward_features).parameters:
+        if mask_ratio > 0 and not getattr(backbone, "accepts_keep_indices", False):
             raise ValueError(
-                f"{type(backbone).__name__}.forward_features cannot drop tokens (no keep_indices "
-                f"argument): use a ViT backbone, or mask_ratio=0"
+                f"{type(backbone).__name__}.forward_features cannot drop tokens (it takes no keep_indices: "
+                f"accepts_keep_indices is off): use a ViT backbone, or mask_ratio=0"
             )
         if getattr(backbone, "cls_token", True) is None:
             raise ValueError("MSN uses the [CLS] token as the representation: build the backbone with class_token=True")
