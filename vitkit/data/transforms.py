@@ -690,7 +690,13 @@ class AugmentFiles(torch.utils.data.Dataset):
         saved = self.data.preprocess
         self.data.preprocess = _ItemPreprocess(self.crop, saved, self.hflip, rng)
         try:
-            x, label = self.data[i]
+            if self.mean is None or not hasattr(self.data, "load_readable"):
+                x, label = self.data[i]
+            else:  # the same float ops as the dataset's item, into one contiguous (C, H, W) float tensor
+                pixels, label = self.data.load_readable(i)
+                x = torch.empty(pixels.shape, dtype=torch.get_default_dtype()).copy_(pixels).div_(255.0)
+                if getattr(self.data, "transform", None) is not None:
+                    x = self.data.transform(x)
         finally:
             self.data.preprocess = saved
         if self.mean is not None:
