@@ -13,6 +13,9 @@ absolute module names):
    build argparse parsers (`ArgumentParser(...)`, `add_parser(...)`, `add_subparsers(...)`) or define
    `cmd_*` functions, and nothing outside it imports it except `vitkit/__main__.py` (`python -m vitkit`).
    Scripts outside vitkit/ (benchmarks/, scripts/) have their own command lines.
+4. The pre-training methods, evaluation and inspection (vitkit/methods, vitkit/eval, vitkit/inspect)
+   use the public backbone interface (`vitkit.models.Backbone`): they read no private attribute
+   `x._name` of another object.
 """
 
 from __future__ import annotations
@@ -195,4 +198,73 @@ def test_the_command_line_check_finds_parsers_outside_cli(tmp_path):
         "vitkit/data/shards.py:5: an argparse parser (add_parser) outside vitkit/cli/",
         "vitkit/train/run.py:3: an argparse parser (ArgumentParser) outside vitkit/cli/",
         "vitkit/train/run.py:4: imports the command line (vitkit.cli.go); the library never imports vitkit.cli",
+    ], found
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The code on top of the models (pre-training methods, evaluation, inspection) uses the public
+# backbone interface (`vitkit.models.Backbone`): it reads no private attribute `x._name` of another
+# object (x is not `self`/`cls`/`super()`). Attributes of modules bound by `import m` (a library's
+# own API, such as `torch._foreach_lerp_`) are the library's business and not counted.
+INTERFACE_USERS = ("methods", "eval", "inspect")
+
+
+def private_attribute_reads(root: Path = ROOT, folders: tuple[str, ...] = INTERFACE_USERS) -> list[str]:
+    """Every `x._name` read in vitkit/<folder>/*.py where x is another object, as "file:line: ..."."""
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            modules = {
+                (alias.asname or alias.name).split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            }
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Attribute) and is_private(node.attr)):
+                    continue
+                owner = node.value
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls", *modules):
+                    continue
+                if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+                    continue
+                where = path.relative_to(root.parent)
+                found.append(
+                    f"{where}:{node.lineno}: reads the private attribute {ast.unparse(node)} of another object "
+                    f"(use the public backbone interface, vitkit.models.Backbone, or make it public there)"
+                )
+    return found
+
+
+def test_methods_eval_inspect_read_no_private_attributes():
+    found = private_attribute_reads()
+    assert not found, "private attributes read across objects:\n" + "\n".join(found)
+
+
+def test_the_private_attribute_check_finds_reads(tmp_path):
+    """The checker on a scratch package: a backbone's private attribute (directly, through an
+    attribute chain, or on a call's result) is reported with file:line; `self._x`, `cls._x`,
+    `super()._x` and an imported module's `torch._x` are not; files outside the checked folders are not."""
+    pkg = tmp_path / "vitkit"
+    for folder in ("methods", "eval", "models"):
+        (pkg / folder).mkdir(parents=True)
+    (pkg / "methods" / "m.py").write_text(
+        "import torch\n"
+        "class M:\n"
+        "    def f(self, backbone):\n"
+        "        self._views = torch._foreach_lerp_\n"
+        "        super()._g()\n"
+        "        return backbone._pos_embed(self.backbone._grid)\n"
+    )
+    (pkg / "eval" / "e.py").write_text(
+        "from torch import nn\ndef f(model):\n    return model.get()._cache, nn._private, type(model).__name__\n"
+    )
+    (pkg / "models" / "vit.py").write_text("def f(x):\n    return x._inner\n")
+    found = private_attribute_reads(pkg)
+    assert [f.split(" of another")[0] for f in found] == [
+        "vitkit/methods/m.py:6: reads the private attribute backbone._pos_embed",
+        "vitkit/methods/m.py:6: reads the private attribute self.backbone._grid",
+        "vitkit/eval/e.py:3: reads the private attribute model.get()._cache",
+        "vitkit/eval/e.py:3: reads the private attribute nn._private",
     ], found
