@@ -1,0 +1,276 @@
+"""The one runner (vitkit/train/runner.py) and its tasks (vitkit/train/tasks.py), for real on the scikit-learn
+digits at tiny size: pre-training honours gradient accumulation, the EMA, torch.compile and the logs; settings
+that mean nothing for a task are refused before any data is read; fp16 with a gradient scaler (an overflowing
+step is skipped, and a killed run resumes to the same weights); `train(cfg, data=...)` takes any Dataset; the
+supervised task follows the model's public attributes."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+import vitkit.train.runner as runner
+from vitkit.train import TrainConfig, apply_overrides, train
+from vitkit.train.pretrain import PretrainConfig, pretrain, pretrain_config
+
+pytest.importorskip("sklearn")
+TINY = [
+    "--model.overrides.depth=1",
+    "--model.overrides.embed_dim=32",
+    "--model.overrides.num_heads=2",
+    "--run.progress=false",
+    "--run.threads=1",
+    "--data.num_workers=0",
+    "--run.tensorboard=false",
+]
+
+
+class Killed(BaseException):
+    """A simulated kill (nothing catches a BaseException)."""
+
+
+def pre(out, *overrides, method="mae"):
+    return pretrain(pretrain_config(method, overrides=[f"--run.out={out}", *TINY, *overrides]))
+
+
+def sup(out, *overrides, **kw):
+    return train(apply_overrides(TrainConfig(), [f"--run.out={out}", *TINY, *overrides]), **kw)
+
+
+def weights(path) -> dict:
+    return load_file(str(path))
+
+
+def steps(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "steps.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------ pre-training settings
+def test_pretrain_accumulation_of_two_half_batches_equals_the_whole_batch(tmp_path):
+    """MAE draws its masks from torch's global RNG: 2 micro-batches of 32 draw the noise of one batch of 64, see
+    its images, and the runner's schedule counts optimizer updates, so the weights match the batch-64 run's;
+    ignoring accum_steps would take twice the updates."""
+    # SGD keeps the comparison linear in the gradients (Adam divides by ~|g|, amplifying rounding on tiny ones)
+    common = ["--sched.epochs=2", "--data.train_fraction=0.3", "--optim.name=sgd", "--optim.lr=0.05"]
+    pre(tmp_path / "whole", *common, "--run.batch_size=64")
+    pre(tmp_path / "accum", *common, "--run.batch_size=32", "--optim.accum_steps=2")
+    pre(tmp_path / "ignored", *common, "--run.batch_size=32")
+    a, b, c = (weights(tmp_path / d / "checkpoint" / "method.safetensors") for d in ("whole", "accum", "ignored"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+    assert any((a[k] - c[k]).abs().max() > 1e-3 for k in a)
+    # one steps.csv row per optimizer update: the same count as the batch-64 run's
+    assert len(steps(tmp_path / "accum")) == len(steps(tmp_path / "whole")) == len(steps(tmp_path / "ignored")) // 2
+
+
+def test_pretrain_ema_gives_the_saved_backbone_and_resumes(tmp_path, monkeypatch):
+    """--run.ema_decay: the checkpoint holds the EMA of the method; RUN/backbone is the EMA's encoder (not the
+    last step's); a run stopped after its first epoch resumes to the same EMA."""
+    extra = ["--sched.epochs=2", "--data.train_fraction=0.3", "--run.batch_size=64", "--run.ema_decay=0.9"]
+    m = pre(tmp_path / "full", *extra)
+    ckpt = tmp_path / "full" / "checkpoint"
+    ema, live = weights(ckpt / "ema.safetensors"), weights(ckpt / "method.safetensors")
+    backbone = weights(tmp_path / "full" / "backbone" / "model.safetensors")
+    enc = {k[len("encoder.") :]: v for k, v in ema.items() if k.startswith("encoder.")}
+    assert backbone.keys() == enc.keys()
+    assert all(torch.equal(backbone[k], enc[k]) for k in backbone)
+    assert any(not torch.equal(ema[k], live[k]) for k in ema if k.startswith("encoder."))
+    assert m["backbone_dir"] == str(tmp_path / "full" / "backbone")
+
+    def stop(run_dir, history):
+        raise Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "write_history", stop)  # right after the first epoch's checkpoint
+        with pytest.raises(Killed):
+            pre(tmp_path / "part", *extra)
+    pre(tmp_path / "part", *extra, "--run.resume=true")
+    again = weights(tmp_path / "part" / "checkpoint" / "ema.safetensors")
+    assert all(torch.equal(ema[k], again[k]) for k in ema)
+
+
+def test_pretrain_logs_every_step_and_honours_tensorboard(tmp_path):
+    """steps.csv holds one row per optimizer step with the method's logs; --run.tensorboard=true writes the
+    step and epoch scalars, or, without the tensorboard package, stops before any data is read, naming the
+    install."""
+    extra = ["--sched.epochs=1", "--data.train_fraction=0.3", "--run.batch_size=64"]
+    pre(tmp_path / "r", *extra)
+    rows = steps(tmp_path / "r")
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 5
+    assert {"loss", "lr", "feature_std", "images_per_second"} <= set(rows[0])
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        with pytest.raises(ImportError, match="--run.tensorboard=true needs TensorBoard: pip install tensorboard"):
+            pre(tmp_path / "tb", *extra, "--run.tensorboard=true")
+        return
+    pre(tmp_path / "tb", *extra, "--run.tensorboard=true")
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"step/loss", "step/feature_std", "loss", "lr"} <= set(acc.Tags()["scalars"])
+
+
+@pytest.mark.slow  # inductor compiles the forward and backward: about a minute on 2 cores
+def test_pretrain_compiles(tmp_path, monkeypatch):
+    """--run.compile=true trains the compiled method (inductor on the CPU) to the eager run's weights (SGD: Adam
+    would amplify the compiled kernels' rounding on tiny gradients)."""
+    extra = [
+        "--sched.epochs=1",
+        "--data.train_fraction=0.1",
+        "--run.batch_size=64",
+        "--optim.name=sgd",
+        "--optim.lr=0.05",
+    ]
+    import torch._inductor.config
+
+    # compiled code draws its random numbers (MPP's masks) from torch's generator, as eager code does
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    pre(tmp_path / "eager", *extra, method="mpp")
+    pre(tmp_path / "compiled", *extra, "--run.compile=true", method="mpp")
+    a, b = (weights(tmp_path / d / "checkpoint" / "method.safetensors") for d in ("eager", "compiled"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("--optim.label_smoothing=0.1", r"--optim.label_smoothing=0.1: pre-training has no labels"),
+        ("--optim.layer_decay=0.75", r"--optim.layer_decay=0.75 is for fine-tuning"),
+    ],
+)
+def test_pretrain_refuses_settings_it_cannot_honour(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain_config("mae", overrides=[setting])
+    cfg = PretrainConfig()  # the Python API checks too, before any data is read or any directory made
+    apply_overrides(cfg, [setting, f"--run.out={tmp_path / 'r'}"])
+    with pytest.raises(ValueError, match=message):
+        pretrain(cfg)
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------ fp16
+def big_head_model():
+    """A ViT whose head starts at std 1 (timm's starts at 0): scaled by the GradScaler's first scale (2^16),
+    its float16 gradients overflow."""
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_micro_patch2_8", num_classes=10, depth=1, embed_dim=32, num_heads=2)
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 1.0)
+    return model
+
+
+def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    """--run.precision=fp16 on the CPU: float16 autocast with a GradScaler. The first steps' gradients
+    overflow: the scaler skips them and halves its scale (no NaN stop), and the run trains on. Stopped after
+    a checkpoint inside an epoch and resumed, it ends with the uninterrupted run's weights (the scaler's state
+    is in the checkpoint)."""
+    extra = ["--run.precision=fp16", "--sched.epochs=2", "--run.batch_size=128", "--run.checkpoint_every=3"]
+    m = sup(tmp_path / "straight", *extra, model=big_head_model())
+    assert m["precision"] == "fp16"
+    scales = [float(r["loss_scale"]) for r in steps(tmp_path / "straight")]
+    assert scales[0] == 2.0**15 and min(scales) < 2.0**15 <= 2.0**16  # overflowed, skipped, scaled down
+    final = weights(tmp_path / "straight" / "model" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in final.values())
+    start = big_head_model().state_dict()
+    assert not torch.equal(final["head.weight"], start["head.weight"])  # later steps did train
+
+    real = runner.Runner._save
+    calls = []
+
+    def stop_after(*a, **kw):
+        real(*a, **kw)
+        calls.append(kw.get("step", a[7] if len(a) > 7 else 0))
+        if len(calls) == 2:
+            raise Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner.Runner, "_save", stop_after)
+        with pytest.raises(Killed):
+            sup(tmp_path / "part", *extra, model=big_head_model())
+    assert calls[-1] > 0  # inside an epoch
+    sup(tmp_path / "part", *extra, "--run.resume=true", model=big_head_model())
+    again = weights(tmp_path / "part" / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+# ------------------------------------------------------------------------------------ any Dataset
+class Plain(torch.utils.data.Dataset):
+    """A plain map-style Dataset of (CHW float image in [0, 1], int label), with class names."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str] | None = None) -> None:
+        self.images, self.labels = images, labels
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+def plain_splits():
+    from vitkit.data import load_dataset
+
+    s = load_dataset("digits")
+    out = {}
+    for name in ("train", "val", "test"):
+        x, y = s.__dict__[name].batch(torch.arange(len(s.__dict__[name])))
+        out[name] = Plain(x, y, list(s.classes))
+    return s, out
+
+
+def test_train_takes_any_dataset_and_matches_the_named_dataset(tmp_path):
+    """The digits as plain Datasets (read through a DataLoader) train to the weights of `--data.name=digits`
+    (in memory) when the statistics are the same; metrics, the saved model's labels and normalisation follow."""
+    s, data = plain_splits()
+    stats = [f"--data.mean={list(s.mean)}", f"--data.std={list(s.std)}"]
+    common = ["--sched.epochs=2", "--run.batch_size=128", *stats]
+    named = sup(tmp_path / "named", *common)
+    mine = sup(tmp_path / "mine", *common, data=data)
+    a, b = (weights(tmp_path / d / "model" / "model.safetensors") for d in ("named", "mine"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert mine["test_acc"] == pytest.approx(named["test_acc"], abs=0.2) and mine["dataset"] == "custom"
+    cfg = json.loads((tmp_path / "mine" / "model" / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["label_names"] == list(s.classes)
+
+    # no statistics given: the train set's; no val split; classes from the model when the Dataset has none
+    bare = {k: Plain(v.images, v.labels) for k, v in data.items() if k != "val"}
+    model = vitkit.create_model("vit_micro_patch2_8", num_classes=10, depth=1, embed_dim=32, num_heads=2)
+    m = sup(tmp_path / "bare", "--sched.epochs=1", data=bare, model=model)
+    assert m["best_val_acc"] is None and 0 <= m["test_acc"] <= 100
+
+
+def test_train_data_errors_name_the_fix(tmp_path):
+    _, data = plain_splits()
+    with pytest.raises(TypeError, match="keys 'train', 'test' and optionally 'val'"):
+        sup(tmp_path / "a", data={"train": data["train"]})
+    with pytest.raises(ValueError, match="give the dataset a `classes` list"):
+        sup(tmp_path / "b", data={k: Plain(v.images, v.labels) for k, v in data.items()})
+    as_uint8 = Plain((data["train"].images * 255).to(torch.uint8), data["train"].labels, ["0"] * 10)
+    with pytest.raises(TypeError, match=r"float CHW image tensor in \[0, 1\].*ToTensor"):
+        sup(tmp_path / "c", data={"train": as_uint8, "test": data["test"]})
+
+
+# ------------------------------------------------------------------------------------ tasks
+def test_the_supervised_task_follows_the_models_public_attributes():
+    from vitkit.train import ClassificationTask, DistillationTask, MultiExitTask, task_for
+
+    small = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    assert task_for(vitkit.create_model("vit_micro_patch2_8", **small)) is ClassificationTask
+    assert task_for(vitkit.create_model("vit_micro_patch2_8", **small), "soft") is DistillationTask
+    assert task_for(vitkit.create_model("vit_micro_patch2_8", distilled=True, **small)) is DistillationTask
+    dvt = vitkit.create_model("dvt_micro_28")
+    assert dvt.num_exits > 1 and task_for(dvt) is MultiExitTask
+
+
+def test_fsdp_is_refused_with_the_alternative(tmp_path):
+    with pytest.raises(ValueError, match="--run.fsdp=true"):
+        sup(tmp_path / "r", "--run.fsdp=true")
