@@ -188,6 +188,7 @@ class ConvNet(Backbone):
         c = config
         self.num_classes = c.num_classes
         self.global_pool = c.global_pool
+        self.num_prefix_tokens = 0  # a feature map: no prefix tokens
         block_cls = BasicBlock if c.block == "basic" else RegNetBlock
         self.stem = conv_bn(c.in_chans, c.stem_width, 3, 1, eps=c.bn_eps)
         dpr = drop_path_rates(c.drop_path_rate, sum(c.depths))
