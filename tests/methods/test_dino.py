@@ -155,6 +155,9 @@ def test_cls_attention_maps_and_figure(tmp_path):
     assert (maps >= 0).all() and (maps.sum((-1, -2)) <= 1 + 1e-5).all()  # the rest goes to [CLS] itself
     path = plot_cls_attention(backbone, x, tmp_path / "attn.png", MEAN, STD)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    no_cls = vitkit.create_model("vit_micro_patch4_28", num_classes=0, class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="no \\[CLS\\] token"):
+        cls_attention_maps(no_cls, x)
 
 
 def test_bad_options_are_named():

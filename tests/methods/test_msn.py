@@ -153,6 +153,8 @@ def test_bad_options_are_named():
     mixer = vitkit.create_model("mixer_micro_patch4_28", num_classes=0)
     with pytest.raises(ValueError, match="keep_indices|drop tokens"):
         create_method("msn", mixer, mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="MlpMixer has none"):  # no [CLS] to take the representation from
+        create_method("msn", mixer, mean=MEAN, std=STD, mask_ratio=0.0)
 
 
 # ------------------------------------------------------------------------------------ through the loop

@@ -363,8 +363,8 @@ def cls_attention_maps(backbone: nn.Module, images: Tensor) -> Tensor:
         raise ValueError(
             f"{type(backbone).__name__} cannot return attention weights (no forward_features_with_attention)"
         )
-    if getattr(backbone, "cls_token", None) is None:
-        raise ValueError("the backbone has no [CLS] token (class_token=False): there is no [CLS] attention to show")
+    if not getattr(backbone, "num_prefix_tokens", 0):
+        raise ValueError("the backbone has no [CLS] token (num_prefix_tokens=0): there is no [CLS] attention to show")
     _, attentions = backbone.forward_features_with_attention(images)
     attn = attentions[-1][:, :, 0, backbone.num_prefix_tokens :]  # (B, heads, N)
     n = attn.shape[-1]

@@ -232,8 +232,11 @@ class MSN(PretrainMethod):
                 f"{type(backbone).__name__}.forward_features cannot drop tokens (it takes no keep_indices: "
                 f"accepts_keep_indices is off): use a ViT backbone, or mask_ratio=0"
             )
-        if getattr(backbone, "cls_token", True) is None:
-            raise ValueError("MSN uses the [CLS] token as the representation: build the backbone with class_token=True")
+        if not getattr(backbone, "num_prefix_tokens", 0):
+            raise ValueError(
+                f"MSN uses the [CLS] token as the representation and {type(backbone).__name__} has none "
+                f"(num_prefix_tokens=0): build a ViT backbone with class_token=True"
+            )
         embed_dim = getattr(backbone, "num_features", None) or backbone.embed_dim
         self.backbone = backbone
         self.projector = MSNProjector(embed_dim, hidden_dim, out_dim)
