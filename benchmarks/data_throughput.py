@@ -18,6 +18,8 @@ DataLoader workers, a horizontal flip with probability 0.5, and normalisation wi
 
 Measured, for each, in rounds with the order alternating between rounds (the median kept):
 - steady throughput: images per second over `--batches` batches after `--warmup` batches of the same epoch;
+- CPU time per image: the per-image work (decode, crop, flip, normalise, collate) of each pipeline's dataset in
+  this process, in CPU milliseconds (`time.process_time`), which other jobs on a shared machine barely move;
 - time to the first batch, from nothing: listing the folder, (vitkit) the statistics sample, the split, the
   loader's workers starting and the first batch arriving; on the same folder, and on a folder of
   `--first-batch-files` files. That large folder is made cheaply: the generated JPEGs are copied under many
@@ -115,10 +117,10 @@ def folder_facts(folder: Path) -> tuple[int, float]:
 
 
 # --------------------------------------------------------------------------- the two pipelines
-def vitkit_batches(folder: Path, args, in_workers: bool = True):
-    """An iterator of normalised (x, y) batches, as `vitkit train` builds them for a folder: the crop, flip and
-    normalisation in the workers (`worker_pipeline`); with in_workers=False only the crop is, and the flip and
-    normalisation run on each batch in this process."""
+def vitkit_train_data(folder: Path, in_workers: bool = True):
+    """(training dataset, augmentation left for the batch, normalised, classes, data config), as `vitkit train`
+    builds them for a folder: the crop, flip and normalisation in the workers (`worker_pipeline`); with
+    in_workers=False only the crop is there, and the flip and normalisation are left to each batch."""
     splits = load_dataset("folder", folder, val_fraction=0.1, seed=0, img_size=SIZE)
     config = training_data_config(splits, None, None, {"interpolation": INTERPOLATION})
     apply_data_config(splits, config)
@@ -128,8 +130,15 @@ def vitkit_batches(folder: Path, args, in_workers: bool = True):
     else:
         crop = RandomResizedCrop(config["input_size"][1:], SCALE, RATIO, config["interpolation"])
         train, left, normalised = RandomCropFiles(splits.train, crop, seed=0), AugmentConfig(hflip=HFLIP), False
+    return train, left, normalised, splits.classes, config
+
+
+def vitkit_batches(folder: Path, args, in_workers: bool = True):
+    """An iterator of normalised (x, y) batches, as `vitkit train` builds them for a folder (see
+    `vitkit_train_data`); the augmentation left for the batch and the normalisation, if any, in this process."""
+    train, left, normalised, classes, config = vitkit_train_data(folder, in_workers)
     batches = Batches(train, args.batch_size, Dist(), seed=0, num_workers=args.workers)
-    augment = BatchAugment(left, len(splits.classes), normalised=normalised)
+    augment = BatchAugment(left, len(classes), normalised=normalised)
     norm = Normalise(config["mean"], config["std"])
     with torch.no_grad():
         for x, y in batches.epoch(0):
@@ -140,10 +149,10 @@ def vitkit_batches(folder: Path, args, in_workers: bool = True):
             yield x, y
 
 
-def timm_batches(folder: Path, args):
-    """An iterator of normalised (x, y) batches from timm's ImageDataset and create_loader."""
+def timm_loader(folder: Path, args):
+    """timm's ImageDataset and create_loader (which sets the dataset's training transform)."""
     dataset = create_dataset("", root=str(folder), split="train", is_training=True)
-    loader = create_loader(
+    return create_loader(
         dataset,
         input_size=(3, SIZE, SIZE),
         batch_size=args.batch_size,
@@ -158,7 +167,34 @@ def timm_batches(folder: Path, args):
         device=torch.device("cpu"),
         persistent_workers=False,
     )
-    yield from loader
+
+
+def timm_batches(folder: Path, args):
+    """An iterator of normalised (x, y) batches from timm's ImageDataset and create_loader."""
+    yield from timm_loader(folder, args)
+
+
+def cpu_per_image(folder: Path, args) -> dict[str, float]:
+    """CPU milliseconds per image of each pipeline's per-image work in this process (decode, crop, flip,
+    normalise, and the collate of a batch): `time.process_time` over batches of `--batch-size` images, the
+    pipelines alternating, the median kept. CPU time, unlike images/s, barely moves with other jobs' load."""
+    vitkit_data = vitkit_train_data(folder)[0]
+    timm_data = timm_loader(folder, args).dataset
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    out: dict[str, list[float]] = {"vitkit": [], "timm": []}
+    n = args.batch_size
+    try:
+        for r in range(2 * args.rounds):
+            pairs = [("vitkit", vitkit_data), ("timm", timm_data)]
+            for name, data in pairs if r % 2 == 0 else pairs[::-1]:
+                lo = (r * n) % max(1, min(len(vitkit_data), len(timm_data)) - n)
+                t = time.process_time()
+                torch.utils.data.default_collate([data[i] for i in range(lo, lo + n)])
+                out[name].append((time.process_time() - t) / n * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: statistics.median(v) for name, v in out.items()}
 
 
 PIPELINES = {
@@ -276,6 +312,8 @@ def main(argv=None) -> dict:
     )
     print("steady throughput and time to the first batch on the generated folder:", flush=True)
     steady = measure(folder, args, steady=True)
+    cpu = cpu_per_image(folder, args)
+    print(f"CPU ms per image in one process: vitkit {cpu['vitkit']:.2f}, timm {cpu['timm']:.2f}", flush=True)
 
     large = None
     if args.first_batch_files:
@@ -297,6 +335,13 @@ def main(argv=None) -> dict:
             f"{lo['img_s']:.1f}",
             f"{t['img_s']:.1f}",
             f"{lo['img_s'] / t['img_s']:.2f}",
+        ],
+        [
+            "CPU ms per image, one process (decode, crop, flip, normalise, collate)",
+            f"{n_files}",
+            f"{cpu['vitkit']:.2f}",
+            f"{cpu['timm']:.2f}",
+            f"{cpu['vitkit'] / cpu['timm']:.2f}",
         ],
         [
             "time to first batch (s)",
@@ -346,7 +391,7 @@ def main(argv=None) -> dict:
         ),
         args.markdown,
     )
-    return {"steady": steady, "large": large, "folder": str(folder), "files": n_files, "rows": rows}
+    return {"steady": steady, "cpu": cpu, "large": large, "folder": str(folder), "files": n_files, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ def test_data_throughput_smoke(tmp_path):
             if part == "steady":
                 assert r["img_s"] > 0
             assert r["min"] < 0.0, (part, name, r["min"])  # normalised batches go below 0
+    assert result["cpu"]["vitkit"] > 0 and result["cpu"]["timm"] > 0
     assert [row[0].split(",")[0] for row in result["rows"]] == [
         "images/s (steady)",
         "images/s (steady)",
+        "CPU ms per image",
         "time to first batch (s)",
         "time to first batch (s)",
     ]
