@@ -608,11 +608,11 @@ def test_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypatch, strai
         "--optim.accum_steps=2",
     )
     ref = straight(*extra)
-    real = runner.Runner._save  # (self, task, optimizer, scaler, ema, epoch, history, step=0, partial=None)
+    real = runner.Runner._save  # (self, task, model, optimizer_state, scaler, ema, epoch, history, step=, partial=)
     positions = []
 
     def count(*a, **kw):
-        positions.append((a[5], kw.get("step", a[7] if len(a) > 7 else 0)))
+        positions.append((a[6], kw.get("step", 0)))
         return real(*a, **kw)
 
     with monkeypatch.context() as m:
@@ -668,7 +668,7 @@ def test_pretrain_checkpoints_inside_an_epoch_resume_exactly(tmp_path, monkeypat
 
     def stop_after(*a, **kw):
         real(*a, **kw)
-        calls.append(kw.get("step", a[7] if len(a) > 7 else 0))
+        calls.append(kw.get("step", 0))
         if len(calls) == 3:
             raise Killed
 

@@ -185,7 +185,7 @@ def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, monkeypatch)
 
     def stop_after(*a, **kw):
         real(*a, **kw)
-        calls.append(kw.get("step", a[7] if len(a) > 7 else 0))
+        calls.append(kw.get("step", 0))
         if len(calls) == 2:
             raise Killed
 
@@ -271,6 +271,44 @@ def test_the_supervised_task_follows_the_models_public_attributes():
     assert dvt.num_exits > 1 and task_for(dvt) is MultiExitTask
 
 
-def test_fsdp_is_refused_with_the_alternative(tmp_path):
-    with pytest.raises(ValueError, match="--run.fsdp=true"):
+def test_fsdp_needs_torchrun_and_refuses_what_it_cannot_shard(tmp_path):
+    with pytest.raises(ValueError, match="--run.fsdp=true shards the model over torchrun's processes"):
         sup(tmp_path / "r", "--run.fsdp=true")
+    for setting, message in [
+        ("--run.ema_decay=0.9", "--run.ema_decay with --run.fsdp=true"),
+        ("--run.precision=fp16", "--run.precision=fp16 with --run.fsdp=true"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            runner.check_fsdp(apply_overrides(TrainConfig(), ["--run.fsdp=true", setting]).run, world=2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_fsdp_equals_one_process(tmp_path):
+    """--run.fsdp=true in 2 gloo processes (batch 32 each, accumulation over 2 micro-batches, a checkpoint
+    inside each epoch gathered from the shards) trains the weights of 1 process with the whole batch; the
+    checkpoint and the model directory are the one-process files."""
+    import os
+    import subprocess
+    import sys
+
+    common = [*TINY, "--sched.epochs=2", "--optim.name=sgd", "--optim.lr=0.1", "--run.batch_size=64"]
+    common += ["--optim.accum_steps=2", "--run.checkpoint_every=2", "--optim.clip_grad=1.0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitkit.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(
+        [*cmd, "train", f"--run.out={tmp_path / 'fsdp'}", *common, "--run.fsdp=true"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    sup(tmp_path / "one", *[c for c in common if not c.startswith("--run.out")])
+    a, b = (weights(tmp_path / d / "model" / "model.safetensors") for d in ("fsdp", "one"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+    c = weights(tmp_path / "fsdp" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert json.loads((tmp_path / "fsdp" / "metrics.json").read_text())["processes"] == 2

@@ -22,7 +22,6 @@ with batch B and no accumulation.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -52,6 +51,7 @@ from .checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from . import fsdp
 from .logging import RunLogger
 from .optim import build_optimizer, optimizer_step
 from .schedule import cosine_schedule
@@ -237,13 +237,10 @@ class Runner:
     # ---------------------------------------------------------------- set-up
     def __enter__(self) -> Runner:  # noqa: PYI034
         run = self.run
-        if run.fsdp:
-            raise ValueError(
-                "--run.fsdp=true: FSDP is not available in this version of vitkit; train data-parallel "
-                "with torchrun and --run.fsdp=false (DDP), with --run.grad_checkpointing=true to save memory"
-            )
         self.device = resolve_device(run.device)
         self.d = init_distributed(self.device)
+        if run.fsdp:
+            check_fsdp(run, self.d.world)
         if self.device == "cuda":
             torch.cuda.set_device(self.d.local_rank)
         self.device_str = f"cuda:{self.d.local_rank}" if self.device == "cuda" else "cpu"
@@ -289,36 +286,43 @@ class Runner:
         return Batches(data, self.run.batch_size, self.d, self.run.seed, num_workers)
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, task, optimizer, scaler, ema, epoch: int, history: list[dict], step=0, partial=None) -> None:
-        """The task's weights + the training state, swapped in whole (vitkit/train/checkpoint.py): a kill at any
-        instant leaves one complete checkpoint. `epoch` epochs are done, and `step` batches of the next one
-        (`partial`: that epoch's running sums)."""
+    def _save(
+        self, task, model, optimizer_state, scaler, ema, epoch: int, history: list[dict], step=0, partial=None
+    ) -> None:
+        """The task's weights (`model`: the unsharded module) + the training state, swapped in whole
+        (vitkit/train/checkpoint.py): a kill at any instant leaves one complete checkpoint. `epoch` epochs are
+        done, and `step` batches of the next one (`partial`: that epoch's running sums)."""
         state = {
             "epoch": epoch,
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(),
             "history": history,
             "partial": partial,
-            "scalars": module_scalars(task.module),
+            "scalars": module_scalars(model),
         }
 
         def write(directory: Path) -> None:
-            task.save_weights(task.module, ema, directory)
+            task.save_weights(model, ema, directory)
             torch.save(state, directory / STATE_NAME)
 
         write_checkpoint(self.run_dir, write, {"command": self.command, "epoch": epoch, "step": step})
 
-    def _load(self, task, optimizer, scaler, ema) -> dict[str, Any]:
+    def _load(self, task, optimizer, scaler, ema, shadow=None) -> dict[str, Any]:
+        """Every process reads the checkpoint; a sharded module (`shadow`: its unsharded copy) takes its shard."""
         from ..torch_load import load_torch_file
 
         ckpt = self.run_dir / CHECKPOINT_DIR
         if not (ckpt / STATE_NAME).is_file():
             raise FileNotFoundError(f"--resume: {ckpt} has no checkpoint; start the run again with --overwrite")
-        task.load_weights(task.module, ema, ckpt)
+        task.load_weights(task.module if shadow is None else shadow, ema, ckpt)
         state = load_torch_file(ckpt / STATE_NAME)  # tensors and plain data only; a CheckpointError if damaged
-        optimizer.load_state_dict(state["optimizer"])
+        if shadow is not None:
+            fsdp.load_full_state_dict(task.module, shadow.state_dict())
+            fsdp.load_optimizer_state_dict(task.module, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -334,10 +338,17 @@ class Runner:
         optim, sched, run, d, device = self.optim, self.sched, self.run, self.d, self.device_str
         module = task.module
         batches = self.batches(train_data, getattr(self.cfg.data, "num_workers", 0))
+        channels_last = fsdp.use_channels_last(run.channels_last, module, device)
+        if channels_last:  # NHWC convolutions (cuDNN's fast kernels); the batches follow
+            module.to(memory_format=torch.channels_last)
+        shadow = None
+        if run.fsdp:  # the unsharded copy that checkpoints and the final outputs read and write
+            shadow = copy.deepcopy(module).cpu()
+            fsdp.shard(module)
         ema = copy.deepcopy(module).eval().requires_grad_(False) if run.ema_decay else None
         optimizer = build_optimizer(module, optim)
         # gradients allocated once, before any activation: a heap that keeps freed memory stays near the live size
-        kept = KeptGradients(module.parameters()) if self.reuse_cpu else None
+        kept = KeptGradients(module.parameters()) if self.reuse_cpu and shadow is None else None
         # fp16: the loss is scaled so small gradients survive; a step whose gradients overflow is skipped
         scaler = torch.amp.GradScaler(self.device) if self.precision == "fp16" else None
         accum, steps_per_epoch = optim.accum_steps, len(batches)
@@ -356,7 +367,7 @@ class Runner:
         start_epoch, start_step, partial, history = 0, 0, None, []
         good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint written or resumed from
         if run.resume:
-            state = self._load(task, optimizer, scaler, ema)
+            state = self._load(task, optimizer, scaler, ema, shadow)
             start_epoch, start_step, partial, history = (
                 state["epoch"],
                 state["step"],
@@ -370,10 +381,11 @@ class Runner:
                 if start_epoch >= sched.epochs:
                     logger.info("all %d epochs are done: writing the final outputs again", sched.epochs)
         net = module
-        if d.world > 1:
+        if d.world > 1 and shadow is None:
             net = nn.parallel.DistributedDataParallel(
                 module, device_ids=[d.local_rank] if self.device == "cuda" else None
             )
+        wrapped = net  # what no_sync acts on (DDP or FSDP)
         if run.compile:  # the compiled wrapper shares the parameters; checkpoints still save `module`
             net = torch.compile(net)
         # steps.csv, TensorBoard, W&B (vitkit/train/logging.py); a resumed run drops the rows after its checkpoint
@@ -386,12 +398,25 @@ class Runner:
             advice = diverged_advice(self.run_dir, optim.lr, good, model_dir=task.checkpoint_is_model)
             return TrainingDiverged(f"{problem}{last_good(self.run_dir, good)}. {advice}")
 
-        def checked_state(where: str) -> None:
+        def snapshot() -> tuple[nn.Module, dict]:
+            """(the unsharded module, the optimizer state) to check and save; sharded: gathered on the main
+            process (a collective: every process calls it)."""
+            if shadow is None:
+                return module, optimizer.state_dict()
+            weights, opt_state = fsdp.full_state_dict(module), fsdp.optimizer_state_dict(module, optimizer)
+            if d.main:
+                shadow.load_state_dict(weights)
+            return shadow, opt_state
+
+        def checkpoint(where: str, epoch: int, step: int = 0, partial: dict | None = None) -> None:
             """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
+            model, opt_state = snapshot()
+            if not d.main:
+                return
             named = [
-                *((f"model.{k}", v) for k, v in module.state_dict().items()),
+                *((f"model.{k}", v) for k, v in model.state_dict().items()),
                 *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
-                ("optimizer", optimizer.state_dict()["state"]),
+                ("optimizer", opt_state["state"]),
             ]
             bad = nonfinite_tensors(named)
             if bad:
@@ -399,6 +424,7 @@ class Runner:
                 raise diverged(
                     f"the {what}weights became NaN or infinite {where} ({names}); they are not checkpointed: "
                 )
+            self._save(task, model, opt_state, scaler, ema, epoch, history, step=step, partial=partial)
 
         def gathered(sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:
             """This epoch's running sums over all processes."""
@@ -433,10 +459,11 @@ class Runner:
                     step = epoch * steps_per_epoch + i
                     update = epoch * updates_per_epoch + i // accum
                     batch = [t.to(device, non_blocking=True) if isinstance(t, Tensor) else t for t in batch]
+                    if channels_last:
+                        batch[0] = fsdp.to_channels_last(batch[0])
                     n = len(batch[0])
                     last_micro = (i + 1) % accum == 0 or i + 1 == steps_per_epoch
-                    sync = net.no_sync() if (d.world > 1 and not last_micro) else contextlib.nullcontext()
-                    with sync:
+                    with fsdp.no_sync(wrapped, not last_micro):  # accumulate locally; reduce on the last micro-batch
                         with self.autocast():
                             loss, logs = task.step(net, batch, step)
                         scaled = loss / accum
@@ -445,8 +472,8 @@ class Runner:
                         bar.close()
                         raise diverged(f"the {what}loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; ")
                     if last_micro:
-                        grad_norm = optimizer_step(
-                            optimizer, lrs[update], module.parameters(), optim.clip_grad, kept, scaler
+                        grad_norm = fsdp.grad_norm(
+                            optimizer_step(optimizer, lrs[update], module.parameters(), optim.clip_grad, kept, scaler)
                         )
                         task.on_step_end(update, total_updates)
                         if ema is not None:
@@ -483,9 +510,7 @@ class Runner:
                             "count": total_count,
                             "seconds": before + time.perf_counter() - t0,
                         }
-                        if d.main:
-                            checked_state(f"by epoch {epoch + 1}, step {i + 1}")
-                            self._save(task, optimizer, scaler, ema, epoch, history, i + 1, partial_now)
+                        checkpoint(f"by epoch {epoch + 1}, step {i + 1}", epoch, i + 1, partial_now)
                         good = (epoch, i + 1)
                 bar.close()
                 seconds = before + time.perf_counter() - t0
@@ -500,9 +525,8 @@ class Runner:
                 }
                 row.update(task.evaluate(ema if ema is not None else module) or {})
                 history.append(row)
+                checkpoint(f"during epoch {epoch + 1}", epoch + 1)
                 if d.main:
-                    checked_state(f"during epoch {epoch + 1}")
-                    self._save(task, optimizer, scaler, ema, epoch + 1, history)
                     write_history(self.run_dir, history)
                     log.log_epoch(row)
                     shown = ", ".join(
@@ -530,12 +554,29 @@ class Runner:
             "precision": self.precision,
             "run_dir": str(self.run_dir),
         }
-        metrics = task.finish(ema if ema is not None else module, self, history, summary)
+        final = ema if ema is not None else module
+        if shadow is not None:  # the whole model, for the test metrics and the saved outputs
+            final = snapshot()[0].to(device)
+        metrics = task.finish(final, self, history, summary)
         if d.main:
             write_json(self.run_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "figure"})
             log.log_final(metrics)
         log.close()
         return metrics
+
+
+def check_fsdp(run: Any, world: int) -> None:
+    """`--run.fsdp=true` needs torchrun, and combines with neither the EMA nor fp16 (their state is per
+    full parameter; bf16 and fp32 autocast are fine)."""
+    if world <= 1:
+        raise ValueError(
+            "--run.fsdp=true shards the model over torchrun's processes: launch with torchrun --nproc_per_node=N, "
+            "or leave --run.fsdp=false"
+        )
+    if run.ema_decay:
+        raise ValueError("--run.ema_decay with --run.fsdp=true is not supported: drop one of them")
+    if str(run.precision).lower() == "fp16":
+        raise ValueError("--run.precision=fp16 with --run.fsdp=true is not supported: use --run.precision=bf16 or fp32")
 
 
 @torch.no_grad()
