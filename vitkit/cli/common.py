@@ -11,6 +11,16 @@ BF16_HELP = (
 )
 
 
+class SettingsHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the settings listing (vitkit/train/config.py `settings_help`, the epilog of
+    `vitkit train --help` and `vitkit pretrain --help`) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("settings ("):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def ranged(
     kind: type, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
 ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_run_flags, is_rank_zero
+from .common import SettingsHelpFormatter, add_run_flags, is_rank_zero
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     """Register `vitkit pretrain` on the command line's sub-parsers."""
-    from ..train.config import SettingsHelpFormatter, settings_help
+    from ..train.config import settings_help
     from ..train.pretrain import PretrainConfig
 
     p = sub.add_parser(

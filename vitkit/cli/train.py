@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_run_flags, is_rank_zero
+from .common import SettingsHelpFormatter, add_run_flags, is_rank_zero
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     """Register `vitkit train` on the command line's sub-parsers."""
-    from ..train.config import SettingsHelpFormatter, TrainConfig, settings_help
+    from ..train.config import TrainConfig, settings_help
 
     p = sub.add_parser(
         "train",

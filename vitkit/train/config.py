@@ -9,7 +9,6 @@ value parsed as YAML (so `1e-3`, `true`, `[0.9, 0.95]` and `null` mean what they
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -489,15 +488,6 @@ def _yaml_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
     return str(value)
-
-
-class SettingsHelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, except that the settings listing (`settings_help`) keeps its lines."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith("settings ("):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 # descriptions of settings whose dataclass (outside this file) has no comment for them
