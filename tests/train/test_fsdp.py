@@ -129,6 +129,9 @@ def worker() -> None:
     low_opt = build_optimizer(low, OPTIM)
     _train_steps(low, low_opt, 1, 0, rank, world)
     assert all(p.dtype == torch.float32 for p in low.parameters())
+    # SGD: build_optimizer takes torch's foreach kernel for sharded parameters (the fused one has no DTensor rule)
+    sgd = build_optimizer(low, OptimConfig(name="sgd", lr=0.01))
+    _train_steps(low, sgd, 1, 1, rank, world)
 
     # The sharded run's checkpoint also resumes without FSDP (and its optimizer state has each parameter's).
     if rank == 0:

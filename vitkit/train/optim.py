@@ -67,6 +67,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
     if cfg.name == "sgd":
+        # torch has no DTensor rule for the fused SGD kernel: FSDP2's sharded parameters take the foreach one
+        fused = fused and not any(type(p).__name__ == "DTensor" for p in params)
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
     raise ValueError(f"unknown optimizer {cfg.name!r}: choose adamw or sgd (--optim.name=sgd)")
 
