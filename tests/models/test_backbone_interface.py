@@ -122,3 +122,6 @@ def test_a_model_without_intermediates_says_so():
     model = build("dvt_micro_28")
     with pytest.raises(NotImplementedError, match="DynamicVisionTransformer does not support forward_intermediates"):
         model.forward_intermediates(inputs(model))
+    for name in ("dvt_micro_28", "vivit_micro_4x2_28", "mvit_micro_28"):
+        with pytest.raises(NotImplementedError, match="does not support prune_intermediate_layers"):
+            build(name).prune_intermediate_layers(1)

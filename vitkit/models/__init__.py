@@ -1,6 +1,7 @@
 """One file per architecture family. Importing this package registers every family and model name."""
 
-from ._base import FAMILIES, Backbone, VitkitModel, config_from_dict, register_family  # first: the families register here
+# first: the families register here
+from ._base import FAMILIES, Backbone, VitkitModel, config_from_dict, register_family
 from . import cnn  # noqa: F401
 from . import cvt  # noqa: F401
 from . import dvt  # noqa: F401

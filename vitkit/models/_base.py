@@ -180,8 +180,8 @@ class Backbone(VitkitModel):
         (hierarchical models: `hierarchical_features`), see its docstring.
     Sizes
         `num_features` (width of `forward_features`), `head_hidden_size` (width of the pooled
-        features), `embed_dim` (token width; the first stage's for hierarchical models where timm
-        does so), `num_prefix_tokens` (0 without [CLS] or distillation tokens), `num_classes`,
+        features), `embed_dim` (token width, where the model has tokens: Swin's first stage's, CvT's
+        last stage's), `num_prefix_tokens` (0 without [CLS] or distillation tokens), `num_classes`,
         `global_pool`, `feature_info` (per block or stage: `num_chs`, `reduction`, `module`),
         `patch_size` and `grid_size` (the pixels per patch token and the token grid at the
         configured image size; None for models without a patch embedding).
@@ -193,14 +193,16 @@ class Backbone(VitkitModel):
         `forward_features(x, keep_indices=...)` when `accepts_keep_indices` (ViT: encode only the
         given patches per image, MAE's and MSN's masking); `forward_tokens(patch_embeddings)` (ViT:
         the encoder on altered patch embeddings, masked patch prediction);
-        `forward_features_with_attention(x)` (every block's attention weights);
-        `prune_intermediate_layers`, `set_input_size`.
+        `forward_features_with_attention(x)` (every block's attention weights); `set_input_size`;
+        `prune_intermediate_layers` (the image families; the video models and Dynamic ViT raise
+        NotImplementedError, as they do for `forward_intermediates` where they have none).
 
     A family declares what differs as class attributes (`classifier_attr`, `global_pools`,
     `no_weight_decay_names`, `group_stem`, `group_blocks`, `group_blocks_coarse`,
     `intermediate_fmts`, `norm_intermediates`, `feature_level_unit`) and implements
     `_num_feature_levels`, `_run_levels`, `_format_intermediate` (and `_final_features` where its
-    final features are not the last level's output through `norm`) for `forward_intermediates`.
+    final features are not the last level's output through `norm`) for `forward_intermediates`,
+    `_keep_levels` (and `_prune_head`) for `prune_intermediate_layers`.
     """
 
     # dotted attribute path of the classifier that get_classifier / reset_classifier handle
@@ -319,6 +321,41 @@ class Backbone(VitkitModel):
     def _format_intermediate(self, y: torch.Tensor, ctx: Any, output_fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One level's output -> (spatial features in `output_fmt`, prefix tokens (B, P, D))."""
         raise NotImplementedError(f"{type(self).__name__} does not support forward_intermediates")
+
+    def _keep_levels(self, n: int) -> None:
+        """Keep the first `n` blocks (or stages) and drop the rest, for `prune_intermediate_layers`."""
+        raise NotImplementedError(f"{type(self).__name__} does not support prune_intermediate_layers")
+
+    def _prune_head(self) -> None:
+        """What `prune_intermediate_layers(prune_head=True)` drops besides the classifier (nothing here)."""
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's: drop the blocks (stages) after the last one `indices` takes (as in
+        `forward_intermediates`), the final norm if `prune_norm`, the classifier
+        (`reset_classifier(0, '')`) if `prune_head`. For a hierarchical model, dropping the last stage
+        also drops the final norm and the classifier (they are sized for it) and `num_features`
+        becomes the last kept stage's width. Returns the kept indices (non-negative: negative ones
+        would point elsewhere once the model is shorter)."""
+        if type(self)._keep_levels is Backbone._keep_levels:
+            raise NotImplementedError(f"{type(self).__name__} does not support prune_intermediate_layers")
+        num_levels = self._num_feature_levels()
+        take = feature_take_indices(num_levels, indices, unit=self.feature_level_unit)
+        last = max(take)
+        prune_end = self.hierarchical_features and last < num_levels - 1
+        self._keep_levels(last + 1)
+        if (prune_norm or prune_end) and isinstance(getattr(self, "norm", None), nn.Module):
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
+            self._prune_head()
+            self.reset_classifier(0, "")
+        return take
 
     def _final_features(self, x: torch.Tensor, ctx: Any, complete: bool) -> torch.Tensor:
         """The first output of `forward_intermediates`: `forward_features(x)` when every level ran

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..layers import DropPath, drop_path_rates, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import Backbone, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 
 @dataclass
@@ -227,24 +227,8 @@ class ConvNet(Backbone):
         self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """timm's: drop the stages after the last one `indices` takes (`num_features` becomes the last kept
-        stage's width) and, with `prune_head` or when the last stage goes, the classifier
-        (`reset_classifier(0, '')`). Returns the kept (non-negative) stage indices."""
-        take = feature_take_indices(len(self.stages), indices, unit="stages")
-        max_index = max(take)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            self.num_features = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take
+    def _keep_levels(self, n: int) -> None:  # prune_intermediate_layers (Backbone)
+        self.stages = self.stages[:n]
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Identity map except the head: another number of classes keeps the model's fresh head (with a warning)."""

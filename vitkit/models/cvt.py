@@ -61,7 +61,7 @@ from ..layers import (
     record_attention,
 )
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import Backbone, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 # fields that hold one value per stage; a scalar given for one of them applies to every stage
 _PER_STAGE = (
@@ -403,30 +403,13 @@ class ConvolutionalVisionTransformer(Backbone):
     def no_weight_decay(self) -> set[str]:
         return {f"stage{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
 
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """timm's rule for hierarchical models: drop the stages after the last one `indices` takes; the
-        final norm goes with `prune_norm` or with the last stage (it is sized for it), and then
-        `num_features` becomes the last kept stage's width; the head goes (`reset_classifier(0, '')`) with
-        `prune_head` or the last stage. Returns the kept (non-negative) stage indices."""
-        take = feature_take_indices(self.num_stages, indices, unit="stages")
-        max_index = max(take)
-        prune_end = max_index < self.num_stages - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        for i in range(max_index + 1, self.num_stages):
+    def _keep_levels(self, n: int) -> None:  # prune_intermediate_layers (Backbone)
+        if n < self.num_stages:  # the last kept stage's tokens are the features now
+            self.embed_dim = self.feature_info[n - 1]["num_chs"]
+            self.num_prefix_tokens = getattr(self, f"stage{n - 1}").num_prefix_tokens
+        for i in range(n, self.num_stages):
             delattr(self, f"stage{i}")
-        self.num_stages = max_index + 1
-        if prune_end:
-            self.embed_dim = self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            self.num_prefix_tokens = self.stages[-1].num_prefix_tokens
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take
+        self.num_stages = n
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Official keys are ours: only the classifier is fitted (another number of classes, or a

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..layers import DropPath, Mlp, PatchEmbed, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import Backbone, feature_take_indices, init_weights_jax_, register_family
+from ._base import Backbone, init_weights_jax_, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -164,21 +164,8 @@ class MlpMixer(Backbone):
         self.init_classifier(self.head)
 
     # ----------------------------------------------------------------- backbone interface
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """timm's: drop the blocks after the last one `indices` takes, the final norm if `prune_norm`, the
-        classifier (`reset_classifier(0, '')`) if `prune_head`. Returns the kept (non-negative) indices."""
-        take = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max(take) + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+    def _keep_levels(self, n: int) -> None:  # prune_intermediate_layers (Backbone)
+        self.blocks = self.blocks[:n]
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Fit a timm-keyed Mixer state dict (called by `load_pretrained`).

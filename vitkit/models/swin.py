@@ -52,7 +52,7 @@ from ..layers import (
 )
 from ..layers.attention import attention_recording
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import Backbone, feature_take_indices, register_family
+from ._base import Backbone, register_family
 
 logger = logging.getLogger("vitkit")
 
@@ -610,28 +610,9 @@ class SwinTransformer(Backbone):
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
 
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """timm's: drop the stages after the last one `indices` takes; the final norm goes with
-        `prune_norm` or when the last stage goes (it is sized for it), and then `num_features` becomes the
-        last kept stage's width; the head goes (`reset_classifier(0, '')`) with `prune_head` or the last
-        stage. Returns the kept (non-negative) stage indices."""
-        take = feature_take_indices(len(self.layers), indices)
-        max_index = max(take)
-        prune_end = max_index < len(self.layers) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        self.layers = self.layers[: max_index + 1]
-        self.num_layers = len(self.layers)
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take
+    def _keep_levels(self, n: int) -> None:  # prune_intermediate_layers (Backbone)
+        self.layers = self.layers[:n]
+        self.num_layers = n
 
     def set_input_size(
         self,

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..layers import Block, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
-from ._base import Backbone, feature_take_indices, init_weights_jax_, register_family
+from ._base import Backbone, init_weights_jax_, register_family
 
 
 @dataclass
@@ -283,26 +283,15 @@ class VisionTransformer(Backbone):
             raise ValueError("set_distilled_training needs a distilled model (one with a distillation token)")
         self.distilled_training = bool(enable)
 
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """timm's: drop the blocks after the last one `indices` takes (as in `forward_intermediates`),
-        the final norm if `prune_norm`, the fc-norm and the classifier (`reset_classifier(0, '')`) if
-        `prune_head`. Returns the kept indices (non-negative; negative ones would shift after pruning)."""
-        take = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max(take) + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.fc_norm = nn.Identity()
-            if isinstance(self.pre_logits, nn.Sequential):  # the representation layer feeds only the head
-                self.pre_logits = nn.Identity()
-                self.head_hidden_size = self.num_features
-            self.reset_classifier(0, "")
-        return take
+    def _keep_levels(self, n: int) -> None:  # prune_intermediate_layers (Backbone)
+        self.blocks = self.blocks[:n]
+
+    def _prune_head(self) -> None:
+        """The fc-norm and the representation layer feed only the head: they go with it."""
+        self.fc_norm = nn.Identity()
+        if isinstance(self.pre_logits, nn.Sequential):
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = self.num_features
 
     def set_input_size(
         self, img_size: int | tuple[int, int] | None = None, patch_size: int | tuple[int, int] | None = None
