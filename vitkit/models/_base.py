@@ -191,8 +191,9 @@ class Backbone(VitkitModel):
         `reset_classifier(num_classes, global_pool=None)`, `pretrained_cfg` (preprocessing), `config`.
     Optional, where a family has it
         `forward_features(x, keep_indices=...)` when `accepts_keep_indices` (ViT: encode only the
-        given patches per image, MAE's and MSN's masking); `forward_tokens(patch_embeddings)` (ViT:
-        the encoder on altered patch embeddings, masked patch prediction);
+        given patches per image, MAE's and MSN's masking); `patch_embed(x)` and
+        `forward_tokens(patch_embeddings)` (ViT: the encoder on altered patch embeddings, masked
+        patch prediction);
         `forward_features_with_attention(x)` (every block's attention weights); `set_input_size`;
         `prune_intermediate_layers` (the image families; the video models and Dynamic ViT raise
         NotImplementedError, as they do for `forward_intermediates` where they have none).
