@@ -96,7 +96,8 @@ class RunConfig:
     progress: bool = True  # a progress bar per epoch
     tensorboard: str = "auto"  # auto (when `tensorboard` is installed) | true | false; rank 0, in the run dir
     log_every: int = 1  # per-step logs (TensorBoard, W&B, steps.csv) every N optimizer steps
-    # Weights & Biases logging (rank 0): false | true (requires the `wandb` package) | auto (when it is installed)
+    # Weights & Biases logging (rank 0): false | true (requires the `wandb` package) | auto (when it is installed
+    # and has somewhere to log: WANDB_API_KEY, WANDB_MODE or `wandb login`)
     wandb: str = "false"
     wandb_project: str | None = None  # the W&B project; None: "vitkit"
     # channels-last memory format for convolutional models: auto (on CUDA for models with convolutions) | true | false
