@@ -8,11 +8,12 @@
 #    one at /opt/torch/.venv): $VITKIT_PYTHON if set, else python3. vitkit's .venv is not used: it holds the
 #    CPU build of torch. A virtual environment is made from that Python in $VITKIT_GPU_VENV (default
 #    /tmp/vitkit-gpu-venv) with --system-site-packages, so it sees the installed packages, and the checkout on its
-#    path (a .pth file, what an editable install writes; no pip, no network). Packages it lacks install from a
+#    path (a .pth file, what an editable install writes; no pip, no network; if no environment can be made, that
+#    Python runs with the checkout on PYTHONPATH). Packages it lacks install from a
 #    wheel folder when $VITKIT_WHEELS names one (pip install --no-index --find-links), else the step that needs
 #    them stops with a message naming them.
 # 2. env.txt: nvidia-smi, the GPU, and the versions of torch, CUDA, cuDNN, timm and transformers.
-# 3. The CUDA tests: pytest -m cuda (tests/test_cuda.py) -> cuda_tests.log, cuda_tests.xml (JUnit).
+# 3. The CUDA tests: pytest -m cuda on $CUDA_TESTS (default tests/test_cuda.py) -> cuda_tests.log, cuda_tests.xml.
 # 4. The timing: benchmarks/gpu_check.py (ViT-B/16 and Swin-T against timm and transformers, bf16, inference and
 #    training images/s) -> gpu_check.log, gpu_check.json, gpu_check.md.
 #
@@ -26,6 +27,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 python="${VITKIT_PYTHON:-python3}"
 venv="${VITKIT_GPU_VENV:-/tmp/vitkit-gpu-venv}"
 tests_timeout="${TESTS_TIMEOUT:-300}"
+cuda_tests="${CUDA_TESTS:-tests/test_cuda.py}"  # the files pytest -m cuda collects
 bench_timeout="${BENCH_TIMEOUT:-150}"
 status=0
 started=$(date +%s)
@@ -36,18 +38,21 @@ if ! command -v "$python" >/dev/null 2>&1; then
   echo "no $python: set VITKIT_PYTHON to a Python with a CUDA build of torch" >&2
   exit 2
 fi
-if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv --system-site-packages --without-pip "$venv" || { echo "could not create $venv" >&2; exit 2; }
-fi
-py="$venv/bin/python"
-site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-# The checkout, then the chosen Python's own site-packages: when it is itself a virtual environment (as in GPU
-# images), --system-site-packages reaches only its base interpreter's. An `import` line of a .pth file runs at
-# start-up; site.addsitedir also reads the .pth files there.
-addsite=$("$python" -c 'import site, sys
+if [ -x "$venv/bin/python" ] || "$python" -m venv --system-site-packages --without-pip "$venv"; then
+  py="$venv/bin/python"
+  site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # The checkout, then the chosen Python's own site-packages: when it is itself a virtual environment (as in GPU
+  # images), --system-site-packages reaches only its base interpreter's. An `import` line of a .pth file runs
+  # at start-up; site.addsitedir also reads the .pth files there.
+  addsite=$("$python" -c 'import site, sys
 print("; ".join(["import site"] + [f"site.addsitedir({p!r})" for p in site.getsitepackages() if p.startswith(sys.prefix)]))')
-printf '%s\n%s\n' "$PWD" "$addsite" > "$site/vitkit-checkout.pth"
-printf '#!/bin/sh\nexec "%s" -m vitkit.cli "$@"\n' "$py" > "$venv/bin/vitkit" && chmod +x "$venv/bin/vitkit"
+  printf '%s\n%s\n' "$PWD" "$addsite" > "$site/vitkit-checkout.pth"
+  printf '#!/bin/sh\nexec "%s" -m vitkit.cli "$@"\n' "$py" > "$venv/bin/vitkit" && chmod +x "$venv/bin/vitkit"
+else
+  echo "could not create $venv: running $python itself with the checkout on PYTHONPATH"
+  py="$python"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 need=$("$py" - <<'EOF'
 import importlib.util
 mods = {"torch": "torch", "timm": "timm", "transformers": "transformers", "safetensors": "safetensors",
@@ -96,7 +101,7 @@ fi
 
 step "3. CUDA tests (pytest -m cuda, at most $tests_timeout s) -> $OUT/cuda_tests.log"
 timeout "$tests_timeout" "$py" -m pytest -q -m cuda -p no:cacheprovider -o addopts="-ra" \
-  --junitxml="$OUT/cuda_tests.xml" tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+  --junitxml="$OUT/cuda_tests.xml" $cuda_tests 2>&1 | tee "$OUT/cuda_tests.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -eq 0 ] || { echo "CUDA tests: exit status $rc (124: out of time)"; status=1; }
 
