@@ -248,6 +248,16 @@ def test_train_takes_any_dataset_and_matches_the_named_dataset(tmp_path):
     assert m["best_val_acc"] is None and 0 <= m["test_acc"] <= 100
 
 
+def test_pretrain_takes_any_dataset_without_classes(tmp_path):
+    _, data = plain_splits()
+    bare = {k: Plain(v.images[:512], v.labels[:512]) for k, v in data.items()}  # no class names: none needed
+    cfg = pretrain_config("mae", overrides=[f"--run.out={tmp_path / 'r'}", *TINY, "--sched.epochs=1"])
+    cfg.run.batch_size = 64
+    m = pretrain(cfg, data=bare)
+    assert m["dataset"] == "custom" and m["final_loss"] > 0
+    assert vitkit.from_pretrained(tmp_path / "r" / "backbone").num_classes == 0
+
+
 def test_train_data_errors_name_the_fix(tmp_path):
     _, data = plain_splits()
     with pytest.raises(TypeError, match="keys 'train', 'test' and optionally 'val'"):

@@ -132,12 +132,12 @@ def train_subset(data, fraction: float, seed: int):
     return data.subset(keep)
 
 
-def load_splits(cfg: Any, data: Any = None, model: nn.Module | None = None):
+def load_splits(cfg: Any, data: Any = None, model: nn.Module | None = None, labels: bool = True):
     """The run's splits: `cfg.data`'s dataset (`load_dataset`), or `data` as given to `train()` / `pretrain()`:
     a `vitkit.data.DatasetSplits`, or a mapping {"train": ds, "val": ds or None, "test": ds} of any
     `torch.utils.data.Dataset` whose items are (CHW float image in [0, 1], int label). Classes come from the
     train set's `classes`, else from `model.num_classes`; mean/std from `--data.mean/std`, else the train
-    set's (over up to 2,048 images)."""
+    set's (over up to 2,048 images). `labels=False` (pre-training) needs no classes."""
     from ..data import DatasetSplits, load_dataset
 
     if data is None:
@@ -170,7 +170,7 @@ def load_splits(cfg: Any, data: Any = None, model: nn.Module | None = None):
     classes = getattr(train_set, "classes", None)
     if classes is None and model is not None and getattr(model, "num_classes", 0):
         classes = [str(i) for i in range(model.num_classes)]
-    if not classes:
+    if not classes and labels:
         raise ValueError(
             "the classes of data['train'] are unknown: give the dataset a `classes` list (its class names), or "
             "pass a model built with num_classes"
@@ -189,7 +189,7 @@ def load_splits(cfg: Any, data: Any = None, model: nn.Module | None = None):
         train=train_set,
         val=data.get("val"),
         test=data["test"],
-        classes=list(classes),
+        classes=list(classes or []),
         mean=mean,
         std=std,
         in_chans=in_chans,

@@ -185,7 +185,7 @@ def pretrain(cfg: PretrainConfig, data: Any = None) -> dict[str, Any]:
     with Runner(cfg, "pretrain", default_dir) as runner:
         from ..methods import create_method
 
-        splits = load_splits(cfg, data)
+        splits = load_splits(cfg, data, labels=False)
         if cfg.data.train_fraction != 1.0:  # pre-train on a stratified share (smoke runs)
             splits.train = train_subset(splits.train, cfg.data.train_fraction, cfg.data.seed)
         backbone = create_model(
