@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitkit import create_model
@@ -60,7 +61,7 @@ def _train_steps(model, optimizer, steps, first, rank, world, accum=2) -> list[f
         for micro in range(accum):
             x, y = _batch(step, micro, rank, world)
             with no_sync(model, micro < accum - 1):
-                loss = nn.functional.cross_entropy(model(x), y) / accum
+                loss = F.cross_entropy(model(x), y) / accum
                 loss.backward()
         norm = optimizer_step(optimizer, OPTIM.lr, model.parameters(), OPTIM.clip_grad)
         norms.append(grad_norm(norm))
@@ -132,6 +133,28 @@ def worker() -> None:
     # SGD: build_optimizer takes torch's foreach kernel for sharded parameters (the fused one has no DTensor rule)
     sgd = build_optimizer(low, OptimConfig(name="sgd", lr=0.01))
     _train_steps(low, sgd, 1, 1, rank, world)
+
+    # no_sync really keeps the reduction back: DDP's gradients stay this process's own (they differ between the
+    # processes, whose data differ), FSDP2 keeps the unsharded gradients instead of reduce-scattering them.
+    for model in (ddp, restored):
+        model.zero_grad(set_to_none=True)
+        x, y = _batch(9, 0, rank, world)
+        with no_sync(model, True):
+            F.cross_entropy(model(x), y).backward()
+        if model is ddp:
+            grad = ddp.module.head.weight.grad
+            grads = [torch.empty_like(grad) for _ in range(world)]
+            dist.all_gather(grads, grad)
+            assert not torch.equal(grads[0], grads[1])
+        else:
+            assert all(p.grad is None for p in model.parameters())
+        F.cross_entropy(model(x), y).backward()  # the step's last micro-batch: reduced
+        if model is ddp:
+            dist.all_gather(grads, ddp.module.head.weight.grad)
+            assert torch.equal(grads[0], grads[1])
+        else:
+            assert all(p.grad is not None for p in model.parameters())
+        model.zero_grad(set_to_none=True)
 
     # The sharded run's checkpoint also resumes without FSDP (and its optimizer state has each parameter's).
     if rank == 0:
