@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import vitkit
 import vitkit.train.runner as runner
-from vitkit.train import TrainConfig, apply_overrides, train
+from vitkit.train import Task, TrainConfig, apply_overrides, train
 from vitkit.train.pretrain import PretrainConfig, pretrain, pretrain_config
 
 pytest.importorskip("sklearn")
@@ -322,3 +322,50 @@ def test_torchrun_fsdp_equals_one_process(tmp_path):
     c = weights(tmp_path / "fsdp" / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert json.loads((tmp_path / "fsdp" / "metrics.json").read_text())["processes"] == 2
+
+
+class LinearProbe(Task):
+    """A task of one's own: a linear classifier on the flattened pixels, its weights in a .pt file."""
+
+    name = "probe"
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        self.module = torch.nn.Linear(in_features, classes)
+
+    def step(self, net, batch, step):
+        x, y = batch
+        logits = net(x.flatten(1))
+        return torch.nn.functional.cross_entropy(logits, y), {"acc": (logits.argmax(-1) == y).float().mean()}
+
+    def save_weights(self, model, ema, directory):
+        torch.save(model.state_dict(), directory / "probe.pt")
+
+    def load_weights(self, model, ema, directory):
+        model.load_state_dict(torch.load(directory / "probe.pt"))
+
+
+def test_a_task_of_ones_own_gets_the_runner(tmp_path, monkeypatch):
+    """`Task` + `Runner`: the loop, the logs, the checkpoints and resume come with it."""
+    from vitkit.data import load_dataset
+    from vitkit.train import Runner
+
+    def run(out, *more):
+        cfg = apply_overrides(TrainConfig(), [f"--run.out={out}", *TINY, "--sched.epochs=2", "--optim.lr=0.01", *more])
+        with Runner(cfg, "train", tmp_path / "unused") as r:
+            return r.fit(LinearProbe(64, 10), load_dataset("digits").train)
+
+    m = run(tmp_path / "a")
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[1]["loss"] < rows[0]["loss"] and rows[1]["acc"] > rows[0]["acc"]
+    assert m["processes"] == 1 and (tmp_path / "a" / "checkpoint" / "probe.pt").is_file()
+
+    def stop(run_dir, history):
+        raise Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "write_history", stop)
+        with pytest.raises(Killed):
+            run(tmp_path / "b")
+    run(tmp_path / "b", "--run.resume=true")
+    a, b = (torch.load(tmp_path / d / "checkpoint" / "probe.pt") for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
