@@ -176,6 +176,16 @@ def test_a_killed_run_keeps_its_rows_and_resume_logs_each_step_once(tmp_path):
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 9))
     assert [float(r[1]) for r in rows[1:]] == [float(s) for s in range(1, 9)]
 
+    # A file that holds nothing yet (emptied by a full disk, say) resumes as a new one; another CSV is refused.
+    (tmp_path / "steps.csv").write_text("")
+    with RunLogger(tmp_path, _run_cfg(resume=True), main=True) as log:
+        log.truncate(4)
+        log.log_step(5, {"loss": 5.0})
+    assert _csv_rows(tmp_path) == [["step", "loss"], ["5", "5.0"]]
+    (tmp_path / "steps.csv").write_text("epoch,loss\n1,2.0\n")
+    with pytest.raises(ValueError, match="not a vitkit steps file"):
+        RunLogger(tmp_path, _run_cfg(resume=True), main=True)
+
     # A new run (not resumed) in the same directory starts the file again.
     with RunLogger(tmp_path, _run_cfg(), main=True) as log:
         log.log_step(1, {"other": 1.0})

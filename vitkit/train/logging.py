@@ -136,8 +136,13 @@ class StepCSV:
         if lines and not lines[-1].endswith("\n"):
             lines = lines[:-1]
         parsed = list(csv.reader(lines))
-        if not parsed or not parsed[0] or parsed[0][0] != "step":
-            raise ValueError(f"{self.path} is not a vitkit steps file (its first column is not `step`)")
+        if not parsed:  # empty: nothing was logged yet
+            return ["step"], []
+        if not parsed[0] or parsed[0][0] != "step":
+            raise ValueError(
+                f"{self.path} is not a vitkit steps file (its first column is not `step`): move it out of the run "
+                "directory to resume the run"
+            )
         header, rows = parsed[0], []
         for row in parsed[1:]:
             try:
