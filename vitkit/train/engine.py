@@ -91,7 +91,19 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------ outputs
-def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
+# per panel: (title, y label, [(curve label, metrics.jsonl key), ...])
+SUPERVISED_PANELS = (
+    ("loss (train: with label smoothing / mixing)", "cross-entropy", [("train", "train_loss"), ("val", "val_loss")]),
+    ("accuracy", "top-1 accuracy (%)", [("train", "train_acc"), ("val", "val_acc")]),
+)
+PRETRAIN_PANELS = (
+    ("loss", "pre-training loss", [("train", "loss")]),
+    ("collapse monitor (0 = collapsed)", "std of normalised features", [("train", "feature_std")]),
+)
+
+
+def plot_history(path: Path, history: list[dict], title: str, panels=SUPERVISED_PANELS) -> Path | None:
+    """The per-epoch curves of a run (`curves.png`), one panel each; a key the history lacks is left out."""
     try:
         import matplotlib
 
@@ -100,16 +112,14 @@ def plot_history(path: Path, history: list[dict], title: str) -> Path | None:
     except ImportError:
         return None
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    a.plot(epochs, [h["train_loss"] for h in history], label="train")
-    if history and "val_loss" in history[0]:
-        a.plot(epochs, [h["val_loss"] for h in history], label="val")
-    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend()
-    a.set_title("loss (train: with label smoothing / mixing)")
-    b.plot(epochs, [h["train_acc"] for h in history], label="train")
-    if history and "val_acc" in history[0]:
-        b.plot(epochs, [h["val_acc"] for h in history], label="val")
-    b.set_xlabel("epoch"), b.set_ylabel("top-1 accuracy (%)"), b.legend(), b.set_title("accuracy")
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4), layout="constrained")
+    for ax, (name, ylabel, curves) in zip(axes, panels):
+        for label, key in curves:
+            if history and key in history[0]:
+                ax.plot(epochs, [h[key] for h in history], label=label)
+        ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.set_title(name)
+        if len(curves) > 1:
+            ax.legend()
     fig.suptitle(title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

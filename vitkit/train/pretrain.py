@@ -133,31 +133,6 @@ def save_backbone(method, directory: Path) -> Path:
     return save_pretrained(backbone, directory)
 
 
-def plot_pretrain_history(path: Path, history: list[dict], title: str) -> Path | None:
-    """Loss and the collapse monitor (feature std) per epoch."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    from ..hub import atomic_write
-
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    a.plot(epochs, [h["loss"] for h in history])
-    a.set_xlabel("epoch"), a.set_ylabel("pre-training loss"), a.set_title("loss")
-    if history and "feature_std" in history[0]:
-        b.plot(epochs, [h["feature_std"] for h in history])
-    b.set_xlabel("epoch"), b.set_ylabel("std of normalised features")
-    b.set_title("collapse monitor (0 = collapsed)")
-    fig.suptitle(title)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return path
-
-
 # ------------------------------------------------------------------------------------ the loop
 def check_pretrain_settings(cfg: PretrainConfig) -> None:
     """Refuse the settings that mean nothing for pre-training (every other one is honoured)."""

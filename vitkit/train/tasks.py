@@ -260,7 +260,8 @@ class PretrainTask(Task):
             load_state_dict_checked(m, load_file(str(directory / name)), source=str(directory))
 
     def finish(self, model: nn.Module, runner: Any, history: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
-        from .pretrain import plot_pretrain_history, save_backbone
+        from .engine import PRETRAIN_PANELS, plot_history
+        from .pretrain import save_backbone
         from .runner import eval_batches
 
         cfg, run_dir = self.cfg, runner.run_dir
@@ -286,7 +287,7 @@ class PretrainTask(Task):
                 figure = model.save_figure(self.norm(x.to(runner.device_str)), run_dir / "reconstruction.png")
                 metrics["reconstruction"] = str(figure)
             title = f"{cfg.method.name} pre-training of {cfg.model.name} on {self.splits.name}"
-            figure = plot_pretrain_history(run_dir / "curves.png", history, title)
+            figure = plot_history(run_dir / "curves.png", history, title, PRETRAIN_PANELS)
             if figure:
                 metrics["figure"] = str(figure)
         return metrics
