@@ -296,6 +296,10 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(b[1].cpu(), a[1])
     xe, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen())(x.cuda(), y.cuda())
     assert xe.is_cuda and xe.min() >= 0 and xe.max() <= 1 and not torch.equal(xe.cpu(), x)
+    full = torch.full((64, 3, 28, 28), 7.0, device="cuda")  # normalised: standard normal noise on the device
+    xn, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen(), normalised=True)(full, y.cuda())
+    noise = xn[xn != 7.0]
+    assert xn.is_cuda and noise.numel() > 1000 and noise.min() < 0 and abs(float(noise.std()) - 1) < 0.05
 
 
 def test_random_erasing_on_normalised_images_is_timms_pixel_mode():
