@@ -9,13 +9,13 @@ runner calls:
   (gradient accumulation), for an FSDP or a DDP model alike;
 - `full_state_dict(model)` / `optimizer_state_dict(model, optimizer)` to checkpoint: collectives (every
   process calls them) that return full, unsharded CPU tensors on rank 0 and an empty dict on the others, so
-  the checkpoint is the same file a one-process run writes;
+  the checkpoint's weights are the file a one-process run writes;
 - `load_full_state_dict(model, sd)` / `load_optimizer_state_dict(model, optimizer, sd)` to resume: rank 0's
   dicts are broadcast and sharded, the other processes pass anything (an empty dict).
 
-The optimizer state dict is torch.distributed.checkpoint's full form (state keyed by parameter name), which
-`load_optimizer_state_dict` also loads into an unsharded model: a run checkpointed with FSDP resumes without
-it and the other way round.
+The optimizer state dict is torch.distributed.checkpoint's full form (state keyed by parameter name);
+`optimizer_state_dict` gives the same form for an unsharded model, and `load_optimizer_state_dict` loads it
+into a sharded or an unsharded model's optimizer.
 
 Gradient clipping needs no change: `torch.nn.utils.clip_grad_norm_` on sharded (DTensor) gradients
 computes the norm over every shard; the norm it returns is a DTensor (`grad_norm(norm)` gives the float).
