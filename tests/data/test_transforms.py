@@ -473,6 +473,8 @@ def test_worker_pipeline_crops_flips_and_normalises_in_the_workers(tmp_path):
     # a training step that needs [0, 1] images (a distillation teacher) keeps them
     assert worker_pipeline(splits.train, AugmentConfig(hflip=0.5), config, normalise=False)[2] is False
     assert worker_pipeline(splits.train, AugmentConfig(), config, normalise=False)[0] is splits.train
+    with pytest.raises(TypeError, match="already augments in the workers"):
+        worker_pipeline(data, AugmentConfig(hflip=0.5), config)
 
 
 def test_worker_pipeline_leaves_in_memory_data_and_shards_to_the_batch():

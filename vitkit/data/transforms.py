@@ -744,6 +744,8 @@ def worker_pipeline(
     """
     import dataclasses
 
+    if isinstance(dataset, AugmentFiles):
+        raise TypeError(f"{dataset!r} already augments in the workers: pass the dataset it wraps (`.data`)")
     if not hasattr(dataset, "preprocess") or isinstance(dataset, torch.utils.data.IterableDataset):
         return dataset, aug_cfg, False
     crop = None
