@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -99,3 +101,72 @@ def test_claim_without_its_data_is_skipped(tmp_path):
     assert r["verdict"].startswith("skipped: cifar10: pass data_dir=")
     assert all(a["n"] == 0 for a in r["arms"].values())
     assert not (tmp_path / "runs").exists() and not (tmp_path / "train").exists()
+
+
+def test_rank_correlation_matches_scipy():
+    """Spearman's rho (ties averaged) equals scipy's; the interval is Fisher's z with se sqrt(1.06 / (n - 3))."""
+    stats = pytest.importorskip("scipy.stats")
+    s = study()
+    x = [88.0, 91.5, 91.5, 70.2, 65.0, 80.1, 93.3, 77.7]
+    y = [97.1, 96.0, 98.2, 90.5, 91.0, 95.5, 98.9, 93.0]
+    t = s.rank_correlation(x, y)
+    assert t["diff"] == pytest.approx(stats.spearmanr(x, y).statistic, rel=1e-12) and t["n"] == 8
+    z, half = np.arctanh(t["diff"]), stats.norm.ppf(0.975) * np.sqrt(1.06 / 5)
+    assert (t["lo"], t["hi"]) == pytest.approx((np.tanh(z - half), np.tanh(z + half)), rel=1e-9)
+    assert s.verdict(t, "rank_correlation") == ("reproduced" if t["lo"] > 0 else "inconclusive")
+    flipped = s.rank_correlation(x, [-v for v in y])
+    assert flipped["diff"] == pytest.approx(-t["diff"])
+    assert s.verdict(flipped, "rank_correlation") == ("contradicted" if t["lo"] > 0 else "inconclusive")
+    assert s.rank_correlation([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])["lo"] is None  # fewer than 4 points: no interval
+    assert s.rank_correlation([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])["diff"] is None  # no spread: undefined
+    with pytest.raises(ValueError, match="pairs"):
+        s.rank_correlation([1.0, 2.0], [1.0])
+
+
+def test_fewshot_claim_end_to_end(tmp_path):
+    """The few-shot / fine-tuning claim's machinery on two upstream models and two seeds (smoke budgets): each
+    transfer arm trains its upstream model first, fine-tunes it on the downstream digits from its saved weights
+    with a new head, and the claim's rho is Spearman's over the four (few-shot, fine-tuned) points."""
+    stats = pytest.importorskip("scipy.stats")
+    s = study()
+    ctx = s.Ctx(tmp_path, dict(s.SMOKE, seeds=(0, 1)), True, 1, {})
+    models = {"ViT": "vit_micro_patch4_28", "Mixer": "mixer_micro_patch4_28"}
+    transfer = {
+        m: s.transfer_arm(s.classify(f"up_{m}", name, "small", "small_epochs"), name) for m, name in models.items()
+    }
+    claim = s.Claim(
+        "fewshot_test",
+        "ViT",
+        "test",
+        "few-shot tracks fine-tuning",
+        "Spearman rho",
+        {
+            f"{m}: {how}": (transfer[m], key)
+            for m in transfer
+            for how, key in (("few-shot", "few_shot"), ("fine-tuned", "finetune_acc"))
+        },
+        {},
+        {},
+        kind="rank_correlation",
+        pairs=tuple((f"{m}: few-shot", f"{m}: fine-tuned") for m in transfer),
+    )
+    r = s.run_claim(ctx, claim)
+    assert set(r["arms"]) == {"ViT: few-shot", "ViT: fine-tuned", "Mixer: few-shot", "Mixer: fine-tuned"}
+    for arm in r["arms"].values():
+        assert arm["n"] == 2 and all(0.0 <= v <= 100.0 for v in arm["values"])
+    xs = r["arms"]["ViT: few-shot"]["values"] + r["arms"]["Mixer: few-shot"]["values"]
+    ys = r["arms"]["ViT: fine-tuned"]["values"] + r["arms"]["Mixer: fine-tuned"]["values"]
+    if len(set(xs)) > 1 and len(set(ys)) > 1:
+        assert r["test"]["diff"] == pytest.approx(stats.spearmanr(xs, ys).statistic)
+    assert r["verdict"] in {"reproduced", "contradicted", "inconclusive"} and r["pairs"][0] == [
+        "ViT: few-shot",
+        "ViT: fine-tuned",
+    ]
+    for m, name in models.items():  # fine-tuned from the upstream model's directory, on the digits, 10 classes
+        for seed in (0, 1):
+            cfg = yaml.safe_load((ctx.run_dir(f"transfer_up_{m}", seed) / "config.yaml").read_text())
+            assert cfg["model"]["pretrained"] == str(ctx.run_dir(f"up_{m}", seed) / "model")
+            assert cfg["model"]["name"] == name and cfg["data"]["name"] == "digits"
+            saved = json.loads((tmp_path / "runs" / f"transfer_up_{m}" / f"seed{seed}.json").read_text())["result"]
+            assert saved["shots"] == 5
+    assert s.rule_text(claim) == "Spearman rho(few-shot, fine-tuned) over models x seeds > 0"
