@@ -285,6 +285,7 @@ def test_pixel_ops_match_pil():
         torch.testing.assert_close(ours, ref, atol=1.5 / 255, rtol=0)  # PIL rounds to 8 bits
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x, y = batch(b=64)
