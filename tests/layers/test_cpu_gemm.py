@@ -229,6 +229,7 @@ def test_training_step_matches_plain_path():
         torch.testing.assert_close(after["onednn"][k], v, atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_take_f_linear():
     layer = Linear(8, 8).cuda()
