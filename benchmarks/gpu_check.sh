@@ -13,7 +13,8 @@
 #    wheel folder when $VITKIT_WHEELS names one (pip install --no-index --find-links), else the step that needs
 #    them stops with a message naming them.
 # 2. env.txt: nvidia-smi, the GPU, and the versions of torch, CUDA, cuDNN, timm and transformers.
-# 3. The CUDA tests: pytest -m cuda on $CUDA_TESTS (default tests/test_cuda.py) -> cuda_tests.log, cuda_tests.xml.
+# 3. The CUDA tests: pytest -m cuda on $CUDA_TESTS (default: the test files that use the marker, tests/test_cuda.py
+#    and the CUDA cases of other modules) -> cuda_tests.log, cuda_tests.xml (JUnit).
 # 4. The timing: benchmarks/gpu_check.py (ViT-B/16 and Swin-T against timm and transformers, bf16, inference and
 #    training images/s) -> gpu_check.log, gpu_check.json, gpu_check.md.
 #
@@ -27,7 +28,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 python="${VITKIT_PYTHON:-python3}"
 venv="${VITKIT_GPU_VENV:-/tmp/vitkit-gpu-venv}"
 tests_timeout="${TESTS_TIMEOUT:-300}"
-cuda_tests="${CUDA_TESTS:-tests/test_cuda.py}"  # the files pytest -m cuda collects
+# the files pytest -m cuda collects: every test file that uses the marker
+cuda_tests="${CUDA_TESTS:-$(grep -rl --include='*.py' 'pytest.mark.cuda' tests | sort | tr '\n' ' ')}"
 bench_timeout="${BENCH_TIMEOUT:-150}"
 status=0
 started=$(date +%s)
@@ -99,7 +101,7 @@ if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 2
 fi
 
-step "3. CUDA tests (pytest -m cuda, at most $tests_timeout s) -> $OUT/cuda_tests.log"
+step "3. CUDA tests (pytest -m cuda $cuda_tests, at most $tests_timeout s) -> $OUT/cuda_tests.log"
 timeout "$tests_timeout" "$py" -m pytest -q -m cuda -p no:cacheprovider -o addopts="-ra" \
   --junitxml="$OUT/cuda_tests.xml" $cuda_tests 2>&1 | tee "$OUT/cuda_tests.log"
 rc=${PIPESTATUS[0]}
