@@ -6,7 +6,10 @@ the median of the per-round ratios reported, so drift on a shared machine hits a
    oneDNN's packed inner product, and onnxruntime's MatMul (MLAS; fp32 only) when onnxruntime and onnx are
    installed. The best of them is the denominator for "% of the hardware's rate".
 2. The Linear-layer GEMMs of ViT-S at batch 32 (6304 rows): `F.linear` against vitkit's oneDNN path, forward
-   (x @ W^T) and input gradient (grad_out @ W), fp32 and bf16, in GFLOP/s; and what "auto" chooses for each.
+   (x @ W^T), input gradient (grad_out @ W) and weight gradient (grad_out^T @ x), fp32 and bf16, in GFLOP/s;
+   and what "auto" chooses for each. For the weight gradient also oneDNN's backward-weights primitive
+   (`aten.mkldnn_linear_backward_weights`, its operands copied into oneDNN's layout as it requires), the
+   kernel vitkit does not take because it measures slower than the inner product it uses.
 3. ViT-S inference at batch 32: vitkit with the path ("auto", the default), vitkit without it ("off") and timm,
    the same weights, in img/s.
 4. A ViT-S training step (forward + backward + AdamW), the same three.
@@ -87,10 +90,14 @@ def ort_matmul(n: int) -> Callable[[], object] | None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "mm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -109,8 +116,10 @@ def hardware_rate(args) -> list[dict]:
         dtype = DTYPES[dname]
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         packed = vlinear.packed_weight(b, dtype, False, n)  # weight (out, in) = b: computes a @ b^T
-        fns = {"torch.mm (default BLAS)": lambda a=a, b=b: torch.mm(a, b),
-               "oneDNN packed": lambda a=a, p=packed: vlinear._onednn_linear(a, p, None)}
+        fns = {
+            "torch.mm (default BLAS)": lambda a=a, b=b: torch.mm(a, b),
+            "oneDNN packed": lambda a=a, p=packed: vlinear._onednn_linear(a, p, None),
+        }
         ort_fn = ort_matmul(n) if dtype is torch.float32 else None
         if ort_fn is not None:
             fns["onnxruntime MatMul (MLAS)"] = ort_fn
@@ -136,17 +145,32 @@ def gemm_rows(args) -> list[dict]:
             bucket = vlinear._bucket(rows_n)
             pw = vlinear.packed_weight(w, dtype, False, bucket)
             pwt = vlinear.packed_weight(w, dtype, True, bucket)
+            w32 = w.float()  # the primitive's weight argument: fp32, for the output's dtype only
             for role, plain, fast in (
                 ("fwd", lambda x=x, w=w: F.linear(x, w), lambda x=x, p=pw: vlinear._onednn_linear(x, p, None)),
                 ("dgrad", lambda go=go, w=w: torch.mm(go, w), lambda go=go, p=pwt: vlinear._onednn_linear(go, p, None)),
+                ("wgrad", lambda go=go, x=x: go.t().mm(x), lambda go=go, x=x: vlinear._onednn_wgrad(go, x)),
             ):
-                s = paired({"plain": plain, "onednn": fast}, args.rounds, args.min_time, args.warmup)
+                fns = {"plain": plain, "onednn": fast}
+                if role == "wgrad":
+                    fns["primitive"] = lambda go=go, x=x, w=w32: torch.ops.aten.mkldnn_linear_backward_weights(
+                        go.to_mkldnn(), x.to_mkldnn(), w, False
+                    )[0]
+                s = paired(fns, args.rounds, args.min_time, args.warmup)
                 with cpu_gemm("auto"):
                     auto = vlinear.use_onednn(role, dtype, rows_n, fin, fout)
-                out.append({"dtype": dname, "layer": f"{lname} {fin}->{fout}", "GEMM": role,
-                            "F.linear GFLOP/s": flop / med(s["plain"]) / 1e9,
-                            "oneDNN GFLOP/s": flop / med(s["onednn"]) / 1e9,
-                            "oneDNN/F.linear": ratio(s, "onednn", "plain"), "auto takes": "oneDNN" if auto else "plain"})
+                out.append(
+                    {
+                        "dtype": dname,
+                        "layer": f"{lname} {fin}->{fout}",
+                        "GEMM": role,
+                        "F.linear GFLOP/s": flop / med(s["plain"]) / 1e9,
+                        "oneDNN GFLOP/s": flop / med(s["onednn"]) / 1e9,
+                        "oneDNN/F.linear": ratio(s, "onednn", "plain"),
+                        "bwd-weights primitive/F.linear": ratio(s, "primitive", "plain") if "primitive" in s else "",
+                        "auto takes": "oneDNN" if auto else "plain",
+                    }
+                )
     return out
 
 
@@ -179,10 +203,15 @@ def model_rows(args) -> list[dict]:
         def run():
             with torch.inference_mode(), cpu_gemm(mode or "off"):
                 model(x)
+
         return run
 
-    s = paired({"vitkit auto": infer(vm, "auto"), "vitkit off": infer(vm, "off"), "timm": infer(tm)},
-               args.rounds, args.min_time, args.warmup)
+    s = paired(
+        {"vitkit auto": infer(vm, "auto"), "vitkit off": infer(vm, "off"), "timm": infer(tm)},
+        args.rounds,
+        args.min_time,
+        args.warmup,
+    )
     rows.append(_model_row("inference", args.batch, s, diffs))
 
     y = torch.randint(0, tm.num_classes, (args.batch,), generator=torch.Generator().manual_seed(2))
@@ -197,10 +226,15 @@ def model_rows(args) -> list[dict]:
                 F.cross_entropy(model(x), y).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return run
 
-    s = paired({"vitkit auto": step(vm, "auto"), "vitkit off": step(vm, "off"), "timm": step(tm)},
-               max(1, args.train_rounds), 0.0, 1)
+    s = paired(
+        {"vitkit auto": step(vm, "auto"), "vitkit off": step(vm, "off"), "timm": step(tm)},
+        max(1, args.train_rounds),
+        0.0,
+        1,
+    )
     rows.append(_model_row("training step", args.batch, s, None))
     return rows
 
@@ -218,8 +252,9 @@ def _model_row(what: str, batch: int, s: dict[str, list[float]], diffs: dict | N
 
 # --------------------------------------------------------------------------- report
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--batch", type=int, default=None, help="images per batch (default 32)")
@@ -260,33 +295,53 @@ def main(argv=None) -> dict[str, list[dict]]:
         result["gemm"] = gemm_rows(args)
     if "models" not in args.skip:
         result["models"] = model_rows(args)
-    lines = [f"date: {started}" + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
-             machine_line("cpu") + f"; {torch.get_num_threads()} threads; torch {torch.__version__}; {allocator}; "
-             f"load average at start {load:.2f}",
-             f"{args.rounds} interleaved rounds (training: {args.train_rounds}); ratios are medians of per-round ratios",
-             "command: " + " ".join([os.path.basename(sys.executable), *sys.argv])]
+    lines = [
+        f"date: {started}" + ("; SMOKE RUN: numbers meaningless" if args.smoke else ""),
+        machine_line("cpu") + f"; {torch.get_num_threads()} threads; torch {torch.__version__}; {allocator}; "
+        f"load average at start {load:.2f}",
+        f"{args.rounds} interleaved rounds (training: {args.train_rounds}); ratios are medians of per-round ratios",
+        "command: " + " ".join([os.path.basename(sys.executable), *sys.argv]),
+    ]
     parts = []
     if result["hardware"]:
         best = {d: max(r["GFLOP/s"] for r in result["hardware"] if r["dtype"] == d) for d in args.dtypes}
         for r in result["hardware"]:
             r["% of best"] = 100.0 * r["GFLOP/s"] / best[r["dtype"]]
         cols = ["dtype", "kernel", "GFLOP/s", "% of best"]
-        parts.append(f"### The hardware's rate: GEMM {args.square}x{args.square}\n\n"
-                     + markdown_report("cpu_gemm.py", lines, cols,
-                                       [[fmt(r[c]) for c in cols] for r in result["hardware"]]))
+        parts.append(
+            f"### The hardware's rate: GEMM {args.square}x{args.square}\n\n"
+            + markdown_report("cpu_gemm.py", lines, cols, [[fmt(r[c]) for c in cols] for r in result["hardware"]])
+        )
     if result["gemm"]:
-        cols = ["dtype", "layer", "GEMM", "F.linear GFLOP/s", "oneDNN GFLOP/s", "oneDNN/F.linear", "auto takes"]
-        parts.append(f"### ViT-S Linear GEMMs, {args.rows} rows\n\n"
-                     + "\n".join(markdown_report("cpu_gemm.py", lines, cols,
-                                                 [[fmt(r[c]) for c in cols] for r in result["gemm"]], left=3)
-                                 .split("\n")[len(lines) + 2:]))
+        cols = [
+            "dtype",
+            "layer",
+            "GEMM",
+            "F.linear GFLOP/s",
+            "oneDNN GFLOP/s",
+            "oneDNN/F.linear",
+            "bwd-weights primitive/F.linear",
+            "auto takes",
+        ]
+        parts.append(
+            f"### ViT-S Linear GEMMs, {args.rows} rows\n\n"
+            + "\n".join(
+                markdown_report(
+                    "cpu_gemm.py", lines, cols, [[fmt(r[c]) for c in cols] for r in result["gemm"]], left=3
+                ).split("\n")[len(lines) + 2 :]
+            )
+        )
     if result["models"]:
         cols = list(result["models"][0])
-        parts.append(f"### {'Tiny ViT' if args.smoke else 'ViT-S'}: vitkit with (auto) and without (off) the path, "
-                     "and timm, the same weights\n\n"
-                     + "\n".join(markdown_report("cpu_gemm.py", lines, cols,
-                                                 [[fmt(r[c]) for c in cols] for r in result["models"]], left=1)
-                                 .split("\n")[len(lines) + 2:]))
+        parts.append(
+            f"### {'Tiny ViT' if args.smoke else 'ViT-S'}: vitkit with (auto) and without (off) the path, "
+            "and timm, the same weights\n\n"
+            + "\n".join(
+                markdown_report(
+                    "cpu_gemm.py", lines, cols, [[fmt(r[c]) for c in cols] for r in result["models"]], left=1
+                ).split("\n")[len(lines) + 2 :]
+            )
+        )
     publish("\n".join(parts), args.markdown)
     return result
 

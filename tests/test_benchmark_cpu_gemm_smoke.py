@@ -26,8 +26,9 @@ def test_cpu_gemm_smoke(tmp_path):
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         assert ("fp32", "onnxruntime MatMul (MLAS)") in kernels
     assert {(r["dtype"], r["GEMM"]) for r in result["gemm"]} == {
-        (d, g) for d in ("fp32", "bf16") for g in ("fwd", "dgrad")
+        (d, g) for d in ("fp32", "bf16") for g in ("fwd", "dgrad", "wgrad")
     }
+    assert all((r["bwd-weights primitive/F.linear"] != "") == (r["GEMM"] == "wgrad") for r in result["gemm"])
     assert all(r["F.linear GFLOP/s"] > 0 and r["oneDNN GFLOP/s"] > 0 for r in result["gemm"])
     assert [r["what"] for r in result["models"]] == ["inference", "training step"]
     for r in result["models"]:

@@ -112,7 +112,7 @@ def test_auto_probes_once_per_shape_class_and_matches():
         y = layer(x)
         y.sum().backward()
         decisions = cpu_linear.probe_decisions()
-        assert set(decisions) == {("fwd", torch.float32, 128, 160, 128), ("dgrad", torch.float32, 128, 160, 128)}
+        assert set(decisions) == {(role, torch.float32, 128, 160, 128) for role in ("fwd", "dgrad", "wgrad")}
         layer(torch.randn(2, 60, 128))  # 120 rows: the same class, no new probe
         assert cpu_linear.probe_decisions() == decisions
         small = Linear(16, 16)  # below AUTO_MIN_MACS: F.linear itself, no probe
@@ -120,6 +120,70 @@ def test_auto_probes_once_per_shape_class_and_matches():
         assert torch.equal(small(xs), F.linear(xs, small.weight, small.bias))
         assert cpu_linear.probe_decisions() == decisions
     torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-4, rtol=1e-5)
+
+
+def _kernel_calls(fn) -> dict[str, int]:
+    """How many times each GEMM kernel ran inside `fn()` (torch's profiler, which leaves the dispatch alone)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    keys = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm")
+    return {e.key: e.count for e in prof.key_averages() if e.key in keys}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_weight_gradient_on_onednn(dtype, input_grad):
+    """Mode "onednn" runs all three GEMMs of a training step on oneDNN -- forward, input gradient (when the input
+    needs one) and weight gradient -- and the gradients equal F.linear's within rounding (fp32, or fp32
+    gradients of fp32 parameters under bf16 autocast)."""
+    gen = torch.Generator().manual_seed(3)
+    layer = Linear(48, 80)
+    x = torch.randn(2, 37, 48, generator=gen).requires_grad_(input_grad)
+    g = torch.randn(2, 37, 80, generator=gen)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16)
+    params = [t for t in (x, layer.weight, layer.bias) if t.requires_grad]
+
+    def step():
+        with autocast, cpu_gemm("onednn"):
+            y = layer(x)
+        return torch.autograd.grad(y, params, g.to(y.dtype))
+
+    calls = _kernel_calls(step)
+    assert calls.get("mkldnn::_linear_pointwise") == (3 if input_grad else 2), calls
+    assert "aten::mm" not in calls and "aten::addmm" not in calls, calls
+    grads = step()
+    with autocast:
+        ref = F.linear(x, layer.weight, layer.bias)
+    ref_grads = torch.autograd.grad(ref, params, g.to(ref.dtype))
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype is torch.float32 else dict(atol=0.3, rtol=2e-2)
+    for got, want, p in zip(grads, ref_grads, params):
+        assert got.dtype == want.dtype == p.dtype == torch.float32 and got.shape == p.shape
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_onednn_weight_gradient_kernel_on_strided_operands():
+    """The weight-gradient kernel takes the transposed views of non-contiguous and broadcast operands."""
+    gen = torch.Generator().manual_seed(4)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(40, 24, generator=gen).to(dtype)[::2]  # every other row
+        g = torch.randn(20, 1, generator=gen).to(dtype).expand(20, 33)  # stride 0, as sum().backward() gives
+        want = g.t().mm(x)
+        got = cpu_linear._onednn_wgrad(g, x)
+        assert got.dtype == dtype and got.shape == (33, 24)
+        torch.testing.assert_close(got.float(), want.float(), atol=1e-4 if dtype is torch.float32 else 0.1, rtol=1e-2)
+
+
+def test_off_runs_no_onednn_kernel():
+    layer = Linear(48, 80)
+    x = torch.randn(2, 37, 48, requires_grad=True)
+
+    def step():
+        with cpu_gemm("off"):
+            layer(x).sum().backward()
+
+    assert "mkldnn::_linear_pointwise" not in _kernel_calls(step)
 
 
 def test_mode_switches_and_bad_values(monkeypatch):
@@ -134,6 +198,8 @@ def test_mode_switches_and_bad_values(monkeypatch):
     with pytest.raises(ValueError, match="unknown CPU GEMM mode 'mkl'"):
         with cpu_gemm("mkl"):
             pass
+    with pytest.raises(ValueError, match="unknown GEMM role 'bwd'.*'fwd', 'dgrad', 'wgrad'"):
+        cpu_linear.use_onednn("bwd", torch.float32, 64, 32, 32, "onednn")
 
 
 def test_packed_weights_follow_optimizer_steps_and_loads():

@@ -16,9 +16,14 @@ variable `VITKIT_CPU_GEMM` (read at each call), else "auto". CUDA tensors, other
 tracing / compiling contexts (torch.jit, torch.export, torch.compile) take `F.linear`, so exports hold
 `nn.Linear`'s graph; a torch.fx graph holds one call of `linear`, which chooses at run time as eager does.
 
-Training: a custom autograd function runs the forward GEMM and the input-gradient GEMM (grad_out @ W,
-on W's transpose packed the same way) each by the probe's choice; the weight gradient (grad_out^T @ x)
-and the bias gradient are computed as autograd computes them for `F.linear`. Packed weights live in a
+Training: a custom autograd function runs three GEMMs, each by its own probe's choice: the forward GEMM,
+the input-gradient GEMM (grad_out @ W, on W's transpose packed the same way) and the weight-gradient GEMM
+(grad_out^T @ x, role "wgrad"). Both operands of the weight gradient change every step, so nothing is packed
+for it: its oneDNN kernel is the inner product with x^T as an unpacked weight (`_linear_pointwise` on the
+transposed views, which oneDNN reorders per call); the plain path is `grad_out^T.mm(x)`, as autograd computes
+it for `F.linear`. (oneDNN's own backward-weights primitive, `aten.mkldnn_linear_backward_weights`, needs
+both operands copied into oneDNN's tensor layout first and measures slower still; see
+`benchmarks/cpu_gemm.py`.) The bias gradient is `grad_out.sum(0)`, as for `F.linear`. Packed weights live in a
 process-wide cache keyed by the weight tensor and its `_version` counter, which every in-place update
 (an optimizer step, `load_state_dict`, `torch.no_grad()` edits) bumps, so a changed weight is repacked
 lazily at its next use. Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling
@@ -60,7 +65,8 @@ _DTYPES = (torch.float32, torch.bfloat16)
 _MODE = contextvars.ContextVar("vitkit_cpu_gemm", default=None)
 _lock = threading.RLock()  # re-entrant: a weakref callback (`_forget`) may run while it is held
 # (role, dtype, in_features, out_features, rows bucket) -> True when oneDNN wins; role "fwd" is x @ W^T,
-# "dgrad" is grad_out @ W.
+# "dgrad" is grad_out @ W, "wgrad" is grad_out^T @ x.
+ROLES = ("fwd", "dgrad", "wgrad")
 _DECISIONS: dict[tuple, bool] = {}
 # id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (version, data_ptr, packed)})
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
@@ -121,6 +127,12 @@ def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _onednn_wgrad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad_out^T @ x for grad_out (rows, out), x (rows, in): oneDNN's inner product of grad_out^T with x^T
+    as its (unpacked) weight, the transposes passed as views."""
+    return torch.ops.mkldnn._linear_pointwise(grad_out.t(), x.contiguous().t(), None, "none", [], "")
+
+
 def _forget(key: int) -> None:
     with _lock:
         _PACKED.pop(key, None)
@@ -162,8 +174,9 @@ def _timed(fn) -> float:
 
 
 def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
-    """Whether oneDNN's packed kernel beats the plain path for one GEMM of `role` in `dtype` -- "fwd":
-    `F.linear((rows, in), W)`; "dgrad": `(rows, out) @ W` as autograd computes it -- with W (out, in):
+    """Whether oneDNN's kernel beats the plain path for one GEMM of `role` in `dtype` -- "fwd":
+    `F.linear((rows, in), W)`; "dgrad": `(rows, out) @ W` as autograd computes it; "wgrad":
+    `(rows, out)^T @ (rows, in)` as autograd computes it -- with W (out, in):
     one warm-up call of each, then `PROBE_ROUNDS` paired rounds in alternating order on random data, oneDNN
     taken only if it wins every round by `PROBE_MARGIN` (the probe stops at the first round it does not)."""
     gen = torch.Generator().manual_seed(0)
@@ -173,11 +186,17 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
             x = torch.randn(rows, in_features, generator=gen).to(dtype)
             packed = _pack(w, rows)
             plain = lambda: F.linear(x, w)  # noqa: E731
-        else:
+            onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
+        elif role == "dgrad":
             x = torch.randn(rows, out_features, generator=gen).to(dtype)
             packed = _pack(w.t().contiguous(), rows)
             plain = lambda: x.matmul(w)  # noqa: E731
-        onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
+            onednn = lambda: _onednn_linear(x, packed, None)  # noqa: E731
+        else:
+            x = torch.randn(rows, in_features, generator=gen).to(dtype)
+            g = torch.randn(rows, out_features, generator=gen).to(dtype)
+            plain = lambda: g.t().mm(x)  # noqa: E731
+            onednn = lambda: _onednn_wgrad(g, x)  # noqa: E731
         plain(), onednn()
         for i in range(PROBE_ROUNDS):
             if i % 2 == 0:
@@ -192,8 +211,11 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
 def use_onednn(
     role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int, mode: str | None = None
 ) -> bool:
-    """The choice for one GEMM of `role` ("fwd": (rows, in) @ W^T with W (out, in); "dgrad": (rows, out) @ W)
-    under `mode` (default: the active one); "auto" probes each shape class once per process."""
+    """The choice for one GEMM of `role` ("fwd": (rows, in) @ W^T with W (out, in); "dgrad": (rows, out) @ W;
+    "wgrad": (rows, out)^T @ (rows, in)) under `mode` (default: the active one); "auto" probes each shape class
+    once per process."""
+    if role not in ROLES:
+        raise ValueError(f"unknown GEMM role {role!r}; choose one of {', '.join(map(repr, ROLES))}")
     mode = cpu_gemm_mode() if mode is None else mode
     if mode == "off":
         return False
@@ -224,10 +246,10 @@ def clear_probe_decisions() -> None:
 
 
 class _PackedLinear(torch.autograd.Function):
-    """y = x @ W^T + b in `dtype`, forward and input gradient by the kernels chosen for them."""
+    """y = x @ W^T + b in `dtype`, forward, input gradient and weight gradient by the kernels chosen for them."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dtype, fwd_packed, dgrad_packed):
+    def forward(ctx, x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad_onednn):
         xc = x.to(dtype)
         bc = None if bias is None else bias.to(dtype)
         if fwd_packed is not None:
@@ -238,6 +260,7 @@ class _PackedLinear(torch.autograd.Function):
         ctx.save_for_backward(xc.reshape(-1, xc.shape[-1]) if weight.requires_grad else None, weight.t())
         ctx.dtype, ctx.x_dtype, ctx.has_bias = dtype, x.dtype, bias is not None
         ctx.dgrad_packed = dgrad_packed  # W^T packed (cached by `packed_weight`), or None: plain matmul
+        ctx.wgrad_onednn = wgrad_onednn
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
@@ -256,10 +279,10 @@ class _PackedLinear(torch.autograd.Function):
                 grad_x = grad_out.matmul(weight.to(ctx.dtype))
             grad_x = grad_x.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = g2.t().mm(x2).to(weight.dtype)
+            grad_w = (_onednn_wgrad(g2, x2) if ctx.wgrad_onednn else g2.t().mm(x2)).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 @torch.fx.wrap  # one call in a torch.fx graph, which then chooses at run time as eager mode does
@@ -305,11 +328,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         bc = None if bias is None else bias.to(dtype)
         return _onednn_linear(x.to(dtype), packed_weight(weight, dtype, False, bucket), bc)
     dgrad = x.requires_grad and use_onednn("dgrad", dtype, rows, in_features, out_features, mode)
-    if not fwd and not dgrad:
+    wgrad = weight.requires_grad and use_onednn("wgrad", dtype, rows, in_features, out_features, mode)
+    if not fwd and not dgrad and not wgrad:
         return F.linear(x, weight, bias)
     fwd_packed = packed_weight(weight, dtype, False, bucket) if fwd else None
     dgrad_packed = packed_weight(weight, dtype, True, bucket) if dgrad else None
-    return _PackedLinear.apply(x, weight, bias, dtype, fwd_packed, dgrad_packed)
+    return _PackedLinear.apply(x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad)
 
 
 class Linear(nn.Linear):
@@ -324,6 +348,7 @@ __all__ = [
     "ENV_VAR",
     "Linear",
     "MODES",
+    "ROLES",
     "clear_probe_decisions",
     "cpu_gemm",
     "cpu_gemm_mode",
