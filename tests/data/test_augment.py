@@ -343,3 +343,23 @@ def test_normalised_batches_refuse_randaugment_and_mix_as_before():
     b, yb = BatchAugment(cfg, 10, generator=gen(3))(x, y)
     torch.testing.assert_close(a, b * 4 - 2, rtol=0, atol=1e-5)
     torch.testing.assert_close(ya, yb)
+
+
+def test_random_erasing_on_unit_images_with_the_later_normalisation_draws_timms_noise():
+    """Images in [0, 1] normalised after the augmentation (in-memory datasets, tar shards): given that
+    normalisation's mean/std, the erased pixels are standard normal once normalised, as with normalised=True."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.full((200, 3, 32, 32), 7.0)
+    y = torch.zeros(200, dtype=torch.long)
+    unit, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen(), mean=mean, std=std)(x, y)
+    normed, _ = BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen(), normalised=True)(x, y)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    erased = unit != 7.0
+    torch.testing.assert_close(erased, normed != 7.0)  # the same boxes from the same draws
+    torch.testing.assert_close(((unit - m) / s)[erased], normed[erased], rtol=0, atol=1e-5)  # the same noise
+    with pytest.raises(ValueError, match="mean and std together"):
+        BatchAugment(AugmentConfig(random_erasing=1.0), 10, mean=mean)
+    with pytest.raises(ValueError, match="with normalised=True leave them out"):
+        BatchAugment(AugmentConfig(random_erasing=1.0), 10, normalised=True, mean=mean, std=std)
+    with pytest.raises(ValueError, match="3 channels but the images have 1"):
+        BatchAugment(AugmentConfig(random_erasing=1.0), 10, generator=gen(), mean=mean, std=std)(x[:, :1], y)

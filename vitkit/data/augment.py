@@ -11,7 +11,8 @@ erasing -> mixup/cutmix. Every op works on the batch at once (per-sample paramet
 for the geometric ops), on CPU or CUDA, for any number of channels. The images are in [0, 1], or
 normalised ((x - mean) / std) with `normalised=True`: then random erasing fills with standard normal
 noise, as timm's RandomErasing (mode 'pixel') does after normalisation, and RandAugment, whose ops are
-defined on pixel values in [0, 1], is refused.
+defined on pixel values in [0, 1], is refused. Images in [0, 1] that the model normalises later pass that
+normalisation's `mean`/`std`, so erasing draws the noise that is standard normal once normalised.
 
 Where the training images are decoded from files (image folders, `hf` datasets), the random resized
 crop, the flip and, when RandAugment is off, the normalisation run in the DataLoader workers instead,
@@ -262,6 +263,8 @@ class BatchAugment:
         label_smoothing: float = 0.0,
         generator: torch.Generator | None = None,
         normalised: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -291,6 +294,16 @@ class BatchAugment:
                 "(vitkit.data.transforms.worker_pipeline does when RandAugment is on) and normalise after it"
             )
         self.normalised = bool(normalised)
+        if (mean is None) != (std is None):
+            raise ValueError("BatchAugment takes the normalisation's mean and std together (or neither)")
+        if mean is not None and normalised:
+            raise ValueError("mean/std describe a normalisation still to come: with normalised=True leave them out")
+        if std is not None and any(float(v) <= 0 for v in std):
+            raise ValueError(f"std={tuple(std)} must be positive")
+        # [0, 1] images normalised later with (mean, std): erasing draws mean + std * N(0, 1), which is N(0, 1)
+        # once normalised, as timm's RandomErasing(mode='pixel') draws after its Normalize
+        self.mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else None
+        self.std = torch.tensor(std, dtype=torch.float32) if std is not None else None
 
     # ---- state
     @property
@@ -389,8 +402,9 @@ class BatchAugment:
 
     def random_erasing(self, x: torch.Tensor) -> torch.Tensor:
         """timm's RandomErasing (area 2%-33%, aspect 0.3-3.3, one box) with per-pixel noise: standard normal on
-        normalised images (`normalised=True`: timm's mode 'pixel', which runs after normalisation), uniform in
-        [0, 1) on images in [0, 1]."""
+        normalised images (`normalised=True`: timm's mode 'pixel', which runs after normalisation); on images in
+        [0, 1] to be normalised with the given `mean`/`std`, `mean + std * N(0, 1)`, the same noise once
+        normalised; without them, uniform in [0, 1)."""
         b, c, h, w = x.shape
         tries = 10
         apply = self._rand(b) < self.cfg.random_erasing
@@ -421,11 +435,19 @@ class BatchAugment:
         return x
 
     def _noise(self, shape, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        draw = torch.randn if self.normalised else torch.rand
+        draw = torch.randn if (self.normalised or self.mean is not None) else torch.rand
         if device.type == "cpu":
-            return draw(shape, generator=self.generator, dtype=dtype)
-        g = torch.Generator(device=device).manual_seed(self._seed())
-        return draw(shape, generator=g, device=device, dtype=dtype)
+            noise = draw(shape, generator=self.generator, dtype=dtype)
+        else:
+            g = torch.Generator(device=device).manual_seed(self._seed())
+            noise = draw(shape, generator=g, device=device, dtype=dtype)
+        if self.mean is not None:
+            if len(self.mean) not in (1, shape[1]):
+                raise ValueError(f"mean/std have {len(self.mean)} channels but the images have {shape[1]}")
+            view = (1, -1) + (1,) * (len(shape) - 2)
+            mean, std = (t.to(device=device, dtype=dtype).view(view) for t in (self.mean, self.std))
+            noise = noise * std + mean
+        return noise
 
     def randaugment(self, x: torch.Tensor) -> torch.Tensor:
         """timm's RandAugment, per image: `num_ops` ops drawn with replacement, each applied with prob `prob`."""
