@@ -1,5 +1,6 @@
-"""benchmarks/study.py: the verdict rule against scipy's Welch test, and one claim end to end in --smoke
-mode (the digits, tiny budgets) with its outputs and the resume after a stop (--max-runs)."""
+"""benchmarks/study.py: the verdict rules against scipy (Welch's interval, Spearman's rho), one claim end to
+end in --smoke mode (the digits, tiny budgets) with its outputs and the resume after a stop (--max-runs), and
+the few-shot / fine-tuning transfer arms on two models."""
 
 from __future__ import annotations
 
