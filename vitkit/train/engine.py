@@ -248,9 +248,11 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, data: Any = None) ->
             splits.train, cfg.aug, data_config, seed=cfg.run.seed, normalise=cfg.distill.type == "none"
         )
         # Augmentation draws from torch's global RNG, which the checkpoint saves: a resumed run replays the same
-        # augmentations. Label smoothing is folded into mixup/cutmix soft targets.
+        # augmentations. Label smoothing is folded into mixup/cutmix soft targets. Random erasing draws noise
+        # that is standard normal once normalised (timm's pixel mode), before or after the normalisation.
+        later = {} if normalised else {"mean": data_config["mean"], "std": data_config["std"]}
         augment = BatchAugment(
-            aug_cfg, len(splits.classes), label_smoothing=cfg.optim.label_smoothing, normalised=normalised
+            aug_cfg, len(splits.classes), label_smoothing=cfg.optim.label_smoothing, normalised=normalised, **later
         )
         smoothing = 0.0 if augment.mixing else cfg.optim.label_smoothing
         # The loss: cross-entropy, or DeiT distillation against a frozen teacher (vitkit/methods/distill.py).
