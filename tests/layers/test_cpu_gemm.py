@@ -222,6 +222,42 @@ def test_packed_weights_follow_optimizer_steps_and_loads():
             torch.testing.assert_close(model(x), _plain_mlp(model, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("opt", ["adamw_fused", "sgd_fused", "adamw_foreach"])
+def test_packed_weights_follow_fused_optimizer_steps(opt):
+    """The fused kernels update parameters in place without bumping `_version`: the optimizer-step count in
+    the stamp makes the next call repack (vitkit's training uses AdamW(fused=True))."""
+    torch.manual_seed(0)
+    model = Mlp(32, 64)
+    make = {
+        "adamw_fused": lambda p: torch.optim.AdamW(p, lr=0.1, fused=True),
+        "sgd_fused": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+        "adamw_foreach": lambda p: torch.optim.AdamW(p, lr=0.1, foreach=True),
+    }[opt]
+    optimizer = make(model.parameters())
+    x = torch.randn(2, 10, 32)
+    with cpu_gemm("onednn"):
+        for _ in range(3):
+            before = model.fc1.weight.detach().clone()
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            assert not torch.equal(before, model.fc1.weight)
+            with torch.no_grad():
+                torch.testing.assert_close(model(x), _plain_mlp(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_weights_follow_data_swaps():
+    layer = Linear(32, 48)
+    x = torch.randn(5, 32)
+    with cpu_gemm("onednn"), torch.no_grad():
+        layer(x)
+        for _ in range(3):  # `.data =` keeps `_version`; the storage changes
+            layer.weight.data = torch.randn(48, 32)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.double().float()  # module.to() swaps `.data` too
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
 def _plain_mlp(m: Mlp, x: torch.Tensor) -> torch.Tensor:
     return F.linear(m.act(F.linear(x, m.fc1.weight, m.fc1.bias)), m.fc2.weight, m.fc2.bias)
 

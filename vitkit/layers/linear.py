@@ -24,9 +24,15 @@ transposed views, which oneDNN reorders per call); the plain path is `grad_out^T
 it for `F.linear`. (oneDNN's own backward-weights primitive, `aten.mkldnn_linear_backward_weights`, needs
 both operands copied into oneDNN's tensor layout first and measures slower still; see
 `benchmarks/cpu_gemm.py`.) The bias gradient is `grad_out.sum(0)`, as for `F.linear`. Packed weights live in a
-process-wide cache keyed by the weight tensor and its `_version` counter, which every in-place update
-(an optimizer step, `load_state_dict`, `torch.no_grad()` edits) bumps, so a changed weight is repacked
-lazily at its next use. Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling
+process-wide cache keyed by the weight tensor and stamped with what changes when its values do: its
+`_version` counter, which in-place updates through autograd's dispatch (`load_state_dict`, `torch.no_grad()`
+edits, the for-loop and foreach optimizers) bump; its data pointer, which a `.data =` swap or `module.to()`
+changes (the cache holds the packed weight's storage, so a new storage never takes its address); and a
+count of optimizer steps (a global `torch.optim` step hook), because the fused optimizer kernels
+(`AdamW(fused=True)`, what vitkit's training uses) update parameters in place without bumping `_version`.
+A changed weight is repacked lazily at its next use. Writes that bypass all three -- in-place edits through
+`.data` (`w.data.mul_(2)`) or C++ collectives outside an optimizer step -- need `clear_probe_decisions()`
+(or mode "off") before the next call. Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling
 see a plain `nn.Linear`. Under CPU autocast (bf16) the layer computes in the autocast dtype, as `F.linear`
 does there, and returns fp32 gradients for fp32 parameters. `tests/layers/test_cpu_gemm.py` checks outputs
 and gradients against `F.linear`.
@@ -45,6 +51,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 MODES = ("off", "auto", "onednn")
 ENV_VAR = "VITKIT_CPU_GEMM"
@@ -70,6 +77,20 @@ ROLES = ("fwd", "dgrad", "wgrad")
 _DECISIONS: dict[tuple, bool] = {}
 # id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (version, data_ptr, packed)})
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
+_OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any torch.optim optimizer, fused ones included)
+_STEP_HOOK: list = []
+
+
+def _count_optimizer_step(_optimizer, _args, _kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+def _watch_optimizer_steps() -> None:
+    """Count optimizer steps from the first packing on: fused optimizer kernels leave `_version` alone."""
+    if not _STEP_HOOK:
+        with _lock:
+            if not _STEP_HOOK:
+                _STEP_HOOK.append(register_optimizer_step_post_hook(_count_optimizer_step))
 
 
 def _check_mode(mode: str) -> str:
@@ -140,10 +161,12 @@ def _forget(key: int) -> None:
 
 def packed_weight(weight: torch.Tensor, dtype: torch.dtype, transposed: bool, rows: int) -> torch.Tensor:
     """`weight` (out, in) -- or its transpose (in, out) when `transposed` -- cast to `dtype` and packed by
-    oneDNN for about `rows` input rows; cached until the weight changes in place (its `_version`) or is freed."""
+    oneDNN for about `rows` input rows; cached until the weight changes (its `_version`, its storage, an
+    optimizer step) or is freed."""
+    _watch_optimizer_steps()
     key = id(weight)
     sub = (dtype, transposed, rows)
-    stamp = (weight._version, weight.data_ptr())
+    stamp = (weight._version, weight.data_ptr(), _OPTIMIZER_STEPS[0])
     with _lock:
         entry = _PACKED.get(key)
         if entry is not None and entry[0]() is not weight:
@@ -163,7 +186,8 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype, transposed: bool, ro
         # a stale packing of another shape class is dropped with the change of version
         for k in [k for k, v in entry[1].items() if v[0] != stamp]:
             del entry[1][k]
-        entry[1][sub] = (stamp, packed)
+        # the storage is held so that its address, part of the stamp, is not reused while the packing lives
+        entry[1][sub] = (stamp, packed, weight.untyped_storage())
     return packed
 
 
