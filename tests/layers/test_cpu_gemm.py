@@ -293,6 +293,81 @@ def test_model_state_dict_keys_unchanged():
     assert any(isinstance(m, Linear) for m in model.modules())
 
 
+# one micro model of each family whose Linear layers are vitkit's (MAE: the pre-training model, types only)
+FAMILY_MODELS = [
+    "vit_micro_patch2_8",
+    "deit_micro_distilled_patch4_28",
+    "cvt_micro_28",
+    "dvt_micro_28",
+    "mixer_micro_patch4_28",
+    "mvit_micro_28",
+    "swin_micro_patch2_window7_28",
+    "timesformer_micro_patch4_28",
+    "vivit_micro_4x2_28",
+]
+
+
+def _family_input(model: nn.Module) -> torch.Tensor:
+    c, h, w = model.pretrained_cfg["input_size"]
+    frames = getattr(model.config, "num_frames", None)
+    shape = (2, c, h, w) if frames is None else (2, c, frames, h, w)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+def _flat(out) -> torch.Tensor:
+    return torch.cat([o.flatten() for o in out]) if isinstance(out, (list, tuple)) else out.flatten()
+
+
+@pytest.mark.parametrize("name", [*FAMILY_MODELS, "mae_vit_micro_patch4_28"])
+def test_every_family_builds_its_linear_layers_as_vitkit_linear(name):
+    model = vitkit.create_model(name, pretrained="")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is Linear for m in linears), [type(m) for m in linears]
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(3)
+        assert all(type(m) is Linear for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_every_family_runs_every_linear_call_on_onednn_with_plain_results(name):
+    """Forced onto oneDNN, each family's Linear calls all run there (profiler count = forward-hook count), and
+    outputs and gradients equal the plain path's within fp32 rounding."""
+    torch.manual_seed(0)
+    model = vitkit.create_model(name, pretrained="", num_classes=5).eval()
+    with torch.no_grad():  # zero-initialised heads would make the comparison vacuous
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.normal_(0, 0.02)
+    x = _family_input(model)
+    calls = [0]
+    hooks = [
+        m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        for m in model.modules()
+        if isinstance(m, Linear)
+    ]
+
+    def forward():
+        with cpu_gemm("onednn"), torch.no_grad():
+            model(x)
+
+    kernels = _kernel_calls(forward)
+    for h in hooks:
+        h.remove()
+    assert calls[0] > 0 and kernels.get("mkldnn::_linear_pointwise") == calls[0], (calls, kernels)
+
+    results = {}
+    for mode in ("off", "onednn"):
+        model.zero_grad(set_to_none=True)
+        with cpu_gemm(mode):
+            out = _flat(model(x))
+        out.square().sum().backward()
+        results[mode] = (out.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(results["onednn"][0], results["off"][0], atol=1e-5, rtol=1e-4)
+    assert results["onednn"][1].keys() == results["off"][1].keys()
+    for k, g in results["off"][1].items():
+        torch.testing.assert_close(results["onednn"][1][k], g, atol=1e-4, rtol=1e-3, msg=k)
+
+
 def test_fx_graph_chooses_at_run_time():
     mlp = Mlp(16, 32).eval()
     gm = torch.fx.symbolic_trace(mlp)

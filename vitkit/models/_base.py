@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import is_fx_tracing
+from ..layers import Linear, is_fx_tracing
 
 FAMILIES: dict[str, type[VitkitModel]] = {}
 
@@ -150,7 +150,8 @@ class VitkitModel(nn.Module):
         return self.pretrained_cfg
 
     def new_head(self, in_features: int, num_classes: int) -> nn.Module:
-        """A fresh classifier for `reset_classifier`: `nn.Linear(in_features, num_classes)` on the
+        """A fresh classifier for `reset_classifier`: `Linear(in_features, num_classes)` (vitkit's
+        `nn.Linear` subclass, on the CPU GEMM path like the heads the model is built with) on the
         model's device and dtype and in its train/eval mode, or `nn.Identity()` when `num_classes` is 0.
         Callers initialise the weights by their family's rule."""
         if num_classes <= 0:
@@ -158,7 +159,7 @@ class VitkitModel(nn.Module):
         else:
             ref = next(self.parameters(), None)
             kw = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
-            head = nn.Linear(in_features, num_classes, **kw)
+            head = Linear(in_features, num_classes, **kw)
         return head.train(self.training)
 
 

@@ -54,6 +54,7 @@ from torch import nn
 
 from ..layers import (
     DropPath,
+    Linear,
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
@@ -208,11 +209,11 @@ class ConvAttention(nn.Module):
         self.conv_proj_q = _conv_projection(dim, kernel, stride_q, padding_q)
         self.conv_proj_k = _conv_projection(dim, kernel, stride_kv, padding_kv)
         self.conv_proj_v = _conv_projection(dim, kernel, stride_kv, padding_kv)
-        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_q = Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,7 +379,7 @@ class ConvolutionalVisionTransformer(Backbone):
             reduction *= c.patch_strides[i]
             self.feature_info.append(dict(num_chs=c.embed_dims[i], reduction=reduction, module=f"stage{i}"))
         self.norm = nn.LayerNorm(self.embed_dim, eps=c.norm_eps) if c.final_norm else nn.Identity()
-        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     @property

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, to_2tuple
+from ..layers import Attention, DropPath, Linear, Mlp, PatchEmbed, drop_path_rates, to_2tuple
 from ..layers.attention import record_attention, split_heads, use_fused_attention
 from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import Backbone, register_family
@@ -393,7 +393,7 @@ class DVTStage(nn.Module):
             self.feature_reuse = nn.Sequential(
                 nn.LayerNorm(D, eps=c.norm_eps), Mlp(D, int(D * c.mlp_ratio), out_features=self.reuse_dim, act=c.act)
             )
-            self.feature_reuse_proj = nn.Linear(self.reuse_dim, c.depth * self.reuse_dim)
+            self.feature_reuse_proj = Linear(self.reuse_dim, c.depth * self.reuse_dim)
         self.relation_reuse = (
             Mlp(upstream_layers, c.relation_reuse_hidden, out_features=c.depth * c.num_heads, act=c.act)
             if has_up and c.relation_reuse
@@ -419,7 +419,7 @@ class DVTStage(nn.Module):
         )
         self.norm = nn.LayerNorm(D, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(D, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(D, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
 
     def reused(self, up: Upstream | None) -> tuple[list[torch.Tensor | None], list[RelationBias | None]]:

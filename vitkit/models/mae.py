@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import Block, to_2tuple
+from ..layers import Block, Linear, to_2tuple
 from ..registry import MNIST_MEAN, MNIST_STD, register_model
 from ._base import VitkitModel, register_family
 from .vit import VisionTransformer, ViTConfig
@@ -228,7 +228,7 @@ class MaskedAutoencoder(VitkitModel):
         self.num_prefix_tokens = encoder.num_prefix_tokens
         num_patches = self.grid_size[0] * self.grid_size[1]
 
-        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.decoder_embed = Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(  # fixed sin-cos, not trained (section 3, "Decoder")
             torch.zeros(1, self.num_prefix_tokens + num_patches, c.decoder_embed_dim), requires_grad=False
@@ -247,7 +247,7 @@ class MaskedAutoencoder(VitkitModel):
             ]
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, self.patch_size[0] * self.patch_size[1] * c.in_chans)
+        self.decoder_pred = Linear(c.decoder_embed_dim, self.patch_size[0] * self.patch_size[1] * c.in_chans)
         self.init_weights(encoder=fresh)
 
     @classmethod

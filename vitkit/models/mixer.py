@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import DropPath, Mlp, PatchEmbed, is_fx_tracing
+from ..layers import DropPath, Linear, Mlp, PatchEmbed, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import Backbone, init_weights_jax_, register_family
 
@@ -141,7 +141,7 @@ class MlpMixer(Backbone):
         )
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         reduction = self.stem.patch_size[0]
         self.feature_info = [
             dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=reduction) for i in range(c.depth)

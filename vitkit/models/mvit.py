@@ -36,6 +36,7 @@ from torch import nn
 
 from ..layers import (
     DropPath,
+    Linear,
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
@@ -131,8 +132,8 @@ class MultiScaleAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         # As the reference: a pooling layer exists when its kernel or stride is larger than 1 (so
         # K/V of the last stage, stride 1x1x1, are still convolved).
@@ -187,7 +188,7 @@ class MultiScaleBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), out_features=dim_out, act=act, drop=proj_drop)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.proj = Linear(dim, dim_out) if dim != dim_out else None
         if max(stride_q) > 1:  # the residual follows Q's resolution: max pooling, kernel stride + 1
             kernel = tuple(s + 1 if s > 1 else s for s in stride_q)
             self.pool_skip = nn.MaxPool3d(kernel, stride=stride_q, padding=tuple(k // 2 for k in kernel))
@@ -282,7 +283,7 @@ class MViT(Backbone):
         self.num_features = dim
         self.norm = nn.LayerNorm(dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..layers import (
     DropPath,
+    Linear,
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
@@ -206,9 +207,9 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_offsets, num_heads))
         # a buffer rebuilt from the window size, not saved (timm: non-persistent)
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def set_window_size(self, window: tuple[int, int], mode: str = "geometric") -> None:
@@ -422,7 +423,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: int, eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.reduction = Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -525,7 +526,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, drop: float) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 @register_family

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import Attention, Block, DropPath, Mlp, drop_path_rates, to_2tuple
+from ..layers import Attention, Block, DropPath, Linear, Mlp, drop_path_rates, to_2tuple
 from ..layers.video import TubeletEmbed, inflate_patch_weight
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import Backbone, register_family
@@ -88,7 +88,7 @@ class DividedSpaceTimeBlock(nn.Module):
         super().__init__()
         self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.temporal_fc = nn.Linear(dim, dim)
+        self.temporal_fc = Linear(dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
@@ -155,7 +155,7 @@ class TimeSformer(Backbone):
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import Block, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
+from ..layers import Block, Linear, PatchEmbed, drop_path_rates, is_fx_tracing, resample_abs_pos_embed, to_2tuple
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import Backbone, init_weights_jax_, register_family
 
@@ -225,16 +225,16 @@ class VisionTransformer(Backbone):
         if c.representation_size:
             self.pre_logits = nn.Sequential(
                 OrderedDict(
-                    fc=nn.Linear(c.embed_dim, c.representation_size),
+                    fc=Linear(c.embed_dim, c.representation_size),
                     act=nn.Tanh(),
                 )
             )
         else:
             self.pre_logits = nn.Identity()
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
         if c.distilled:
-            self.head_dist = nn.Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
+            self.head_dist = Linear(self.head_hidden_size, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.distilled_training = False  # timm's switch: see set_distilled_training
         reduction = self.patch_embed.patch_size[0]
         self.feature_info = [

@@ -44,6 +44,7 @@ from ..layers import (
     Attention,
     Block,
     DropPath,
+    Linear,
     Mlp,
     drop_path_rates,
     fused_attention_enabled,
@@ -198,9 +199,9 @@ class FactorisedDotProductAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], prefix: int) -> torch.Tensor:
@@ -294,7 +295,7 @@ class ViViT(Backbone):
             )
             self.temporal_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ----------------------------------------------------------------- initialisation
