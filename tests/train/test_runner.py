@@ -66,6 +66,9 @@ def test_pretrain_accumulation_of_two_half_batches_equals_the_whole_batch(tmp_pa
     assert any((a[k] - c[k]).abs().max() > 1e-3 for k in a)
     # one steps.csv row per optimizer update: the same count as the batch-64 run's
     assert len(steps(tmp_path / "accum")) == len(steps(tmp_path / "whole")) == len(steps(tmp_path / "ignored")) // 2
+    # and each row's loss is the whole update's (the mean over its micro-batches), not its last micro-batch's
+    whole, accum = ([float(r["loss"]) for r in steps(tmp_path / d)] for d in ("whole", "accum"))
+    torch.testing.assert_close(accum, whole, atol=1e-4, rtol=1e-4)
 
 
 def test_pretrain_ema_gives_the_saved_backbone_and_resumes(tmp_path, monkeypatch):

@@ -443,6 +443,9 @@ class Runner:
                 first = start_step if epoch == start_epoch else 0
                 sums: dict[str, Tensor] = {}
                 count, before = 0, 0.0
+                seen = 0  # images this process loaded since t0 (the throughput's numerator)
+                step_sums: dict[str, Tensor] = {}  # the current optimizer step's micro-batches (steps.csv)
+                step_count = 0
                 if first and partial is not None:  # resumed inside this epoch: its sums so far (on the main process)
                     sums = {k: (v if d.main else torch.zeros_like(v)).to(device) for k, v in partial["sums"].items()}
                     count, before = (partial["count"], partial["seconds"]) if d.main else (0, 0.0)
@@ -479,22 +482,32 @@ class Runner:
                         if ema is not None:
                             update_ema(ema, module, run.ema_decay)
                     for k, v in {"loss": loss, **logs}.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+                        weighted = v.detach().float() * n
+                        sums[k] = sums.get(k, 0.0) + weighted
+                        step_sums[k] = step_sums.get(k, 0.0) + weighted
                     count += n
+                    seen += n
+                    step_count += n
                     bar.update(1)
-                    if d.main and last_micro and (update + 1) % log.log_every == 0:
-                        values = {"epoch": epoch + 1, "lr": lrs[update], "loss": loss.item()}
-                        values.update({k: v.item() for k, v in logs.items()})
-                        if grad_norm is not None:
-                            values["grad_norm"] = float(grad_norm)
-                        if scaler is not None:
-                            values["loss_scale"] = scaler.get_scale()
-                        values["images_per_second"] = count * d.world / (time.perf_counter() - t0 + 1e-9)
-                        log.log_step(update + 1, values)
+                    if last_micro and (update + 1) % log.log_every == 0:
+                        # the step's values: means over its micro-batches and every process (a collective, on
+                        # every process), so they are those of the whole batch of one process without accumulation
+                        step_totals, step_images = gathered(step_sums, step_count)
+                        if d.main:
+                            values = {"epoch": epoch + 1, "lr": lrs[update]}
+                            values.update({k: (v / step_images).item() for k, v in step_totals.items()})
+                            if grad_norm is not None:
+                                values["grad_norm"] = float(grad_norm)
+                            if scaler is not None:
+                                values["loss_scale"] = scaler.get_scale()
+                            values["images_per_second"] = seen * d.world / (time.perf_counter() - t0 + 1e-9)
+                            log.log_step(update + 1, values)
+                    if last_micro:
+                        step_sums, step_count = {}, 0
                     if i % 10 == 0:
                         bar.set_postfix(
                             loss=f"{loss.item():.4f}",
-                            img_s=f"{count * d.world / (time.perf_counter() - t0 + 1e-9):.0f}",
+                            img_s=f"{seen * d.world / (time.perf_counter() - t0 + 1e-9):.0f}",
                         )
                     since_checkpoint += 1
                     if (
