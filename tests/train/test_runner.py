@@ -202,6 +202,41 @@ def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, monkeypatch)
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
+def test_a_resumed_run_reports_the_throughput_of_what_it_trained(tmp_path, monkeypatch):
+    """steps.csv's images_per_second divides the images trained since the epoch (re)started by the time since
+    then: a run resumed inside an epoch does not count the images trained before the kill. A clock that moves
+    one second per batch (of 64 images) makes the expected value exactly 64 in every row."""
+    import types
+
+    from vitkit.train.tasks import ClassificationTask
+
+    clock = [0.0]
+    real_step = ClassificationTask.step
+
+    def step(self, *a, **kw):
+        clock[0] += 1.0
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(ClassificationTask, "step", step)
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    extra = ["--sched.epochs=1", "--run.batch_size=64", "--run.checkpoint_every=4"]
+    real = runner.Runner._save
+
+    def stop(*a, **kw):
+        real(*a, **kw)
+        raise Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner.Runner, "_save", stop)
+        with pytest.raises(Killed):
+            sup(tmp_path / "part", *extra)
+    sup(tmp_path / "part", *extra, "--run.resume=true")
+    rows = steps(tmp_path / "part")
+    assert len(rows) > 8
+    for r in rows:
+        assert float(r["images_per_second"]) == pytest.approx(64.0), r
+
+
 # ------------------------------------------------------------------------------------ any Dataset
 class Plain(torch.utils.data.Dataset):
     """A plain map-style Dataset of (CHW float image in [0, 1], int label), with class names."""
