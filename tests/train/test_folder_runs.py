@@ -111,10 +111,11 @@ def test_a_folder_run_with_workers_resumes_inside_an_epoch_exactly(tmp_path, fol
 
 def test_torchrun_folder_run_equals_one_process(tmp_path, folder):
     """2 processes x 3 images (each with 2 workers) == 1 process x 6 images: the workers' crops and flips are
-    drawn per item, so each process decodes exactly its slice of the one-process batch. steps.csv holds the
-    values of the whole batch (averaged over the processes), so it matches the one-process file too. SGD keeps
-    the comparison linear in the gradients."""
-    common = ["--optim.name=sgd", "--optim.lr=0.1"]
+    drawn per item, so each process decodes exactly its slice of the one-process batch, and random erasing and
+    mixup on the batch draw for the whole global batch, as one process does. steps.csv holds the values of the
+    whole batch (averaged over the processes), so it matches the one-process file too. SGD keeps the
+    comparison linear in the gradients."""
+    common = ["--optim.name=sgd", "--optim.lr=0.1", "--aug.random_erasing=0.5", "--aug.mixup=0.8"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitkit.cli"]
     res = subprocess.run(

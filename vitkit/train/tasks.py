@@ -101,6 +101,23 @@ class ClassificationTask(Task):
         self.indices = batches.indices(epoch) if self.distill.cached is not None else None
         self.steps_per_epoch = len(batches)
 
+    def augment_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """`augment` on this process's slice of the global batch. Every process holds the same RNG state (one
+        seed, one checkpoint), so under torchrun each gathers the whole global batch, augments it with the
+        draws one process would make, and keeps its slice: N processes erase, mix and pair images exactly as one
+        process does, and no two processes draw alike. A collective: every process calls it at every step."""
+        d = self.runner.d
+        if d.world == 1:
+            return self.augment(x, y)
+        import torch.distributed as dist
+
+        xs, ys = [torch.empty_like(x) for _ in range(d.world)], [torch.empty_like(y) for _ in range(d.world)]
+        dist.all_gather(xs, x.contiguous())
+        dist.all_gather(ys, y.contiguous())
+        whole, target = self.augment(torch.cat(xs), torch.cat(ys))
+        lo, n = d.rank * len(x), len(x)
+        return whole[lo : lo + n], target[lo : lo + n]
+
     def teacher_logits(self, x: Tensor, step: int) -> Tensor | None:
         idx = self.indices[step % self.steps_per_epoch] if self.indices is not None else None
         with torch.autocast(x.device.type, enabled=False):  # the teacher computes in full precision
@@ -114,7 +131,7 @@ class ClassificationTask(Task):
         x, y = batch[0], batch[1]
         target = y
         if self.augment.active:
-            x, target = self.augment(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
+            x, target = self.augment_batch(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
         teacher = self.teacher_logits(x, step)
         loss, logits = self.loss(net(self.train_norm(x)), target, teacher)
         acc = (logits.detach().argmax(-1) == y).float().mean() * 100.0
