@@ -97,6 +97,20 @@ def test_pretrain_ema_gives_the_saved_backbone_and_resumes(tmp_path, monkeypatch
     assert all(torch.equal(ema[k], again[k]) for k in ema)
 
 
+def test_pretrain_cli_summary_rounds_its_numbers(tmp_path, capsys):
+    """The closing line of `vitkit pretrain` shows the loss and the collapse monitor to 4 decimals."""
+    import re
+
+    from vitkit.cli import main
+
+    assert (
+        main(["pretrain", "mae", "--out", str(tmp_path / "p"), *TINY, "--sched.epochs=1", "--data.train_fraction=0.2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert re.search(r"final loss \d+\.\d{4}, feature std \d+\.\d{4}, 1 epochs in", out), out
+
+
 def test_pretrain_logs_every_step_and_honours_tensorboard(tmp_path):
     """steps.csv holds one row per optimizer step with the method's logs; --run.tensorboard=true writes the
     step and epoch scalars, or, without the tensorboard package, stops before any data is read, naming the

@@ -26,10 +26,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         )
     m = pretrain(cfg)
     if is_rank_zero():
+        std = m["final_feature_std"]
         print(
             f"\n{m['method']} pre-training of {m['model']} ({m['params']:,} parameters, {m['trainable_params']:,} "
             f"trainable) on {m['dataset']}: final loss {m['final_loss']:.4f}, feature std "
-            f"{m['final_feature_std']}, {m['epochs']} epochs in {m['train_seconds']:.0f} s ({m['processes']} "
+            f"{'n/a' if std is None else f'{std:.4f}'}, {m['epochs']} epochs in {m['train_seconds']:.0f} s ({m['processes']} "
             f"process(es) x {m['threads']} threads)"
         )
         print(
