@@ -24,7 +24,8 @@ from ..data.transforms import apply_data_config, data_args, training_data_config
 from ..hub import atomic_write
 from ..registry import create_model
 from .config import TrainConfig
-from .runner import (  # noqa: F401  (the loop's pieces, importable from here as before)
+from .runner import (  # noqa: F401  (the loop's pieces, importable from here too)
+    AUTOCAST_DTYPES,
     STATE_NAME,
     Batches,
     Dist,
@@ -48,9 +49,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -65,7 +63,7 @@ def evaluate(
     bf16 autocast with `bf16`, or the autocast of `dtype` ('bf16', 'fp16', 'fp32') when given."""
     was_training = model.training
     model.eval()
-    autocast_dtype = AUTOCAST.get(dtype or ("bf16" if bf16 else "fp32"))
+    autocast_dtype = AUTOCAST_DTYPES.get(dtype or ("bf16" if bf16 else "fp32"))
     device_type = torch.device(device).type
     n = correct1 = correct5 = 0
     loss_sum = 0.0
