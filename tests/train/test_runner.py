@@ -333,6 +333,31 @@ def test_the_supervised_task_follows_the_models_public_attributes():
     assert dvt.num_exits > 1 and task_for(dvt) is MultiExitTask
 
 
+def test_pretraining_processes_draw_their_own_masks_and_resume_draws_them_again():
+    """Under torchrun every process holds the same RNG state; a pre-training step draws the method's masks from a
+    stream of (seed, step, rank), so two processes mask the same images differently, and a step draws the same
+    masks whatever the global RNG holds (a resumed run). One process keeps drawing from the global RNG."""
+    import types
+
+    from vitkit.methods import create_method
+    from vitkit.train.runner import Dist
+    from vitkit.train.tasks import PretrainTask
+
+    cfg = pretrain_config("mae", overrides=TINY)
+    torch.manual_seed(0)
+    method = create_method("mae", vitkit.create_model("vit_micro_patch2_8", num_classes=0, depth=1, embed_dim=32))
+    x = torch.rand(4, 1, 8, 8)
+
+    def loss(rank, world, global_seed):
+        task = PretrainTask(method, None, torch.nn.Identity(), cfg, types.SimpleNamespace(d=Dist(rank, world)))
+        torch.manual_seed(global_seed)
+        return task.step(method, [x], 7)[0].item()
+
+    assert loss(0, 2, 0) != loss(1, 2, 0)  # the same images, the same global RNG: different masks per process
+    assert loss(0, 2, 0) == loss(0, 2, 123) and loss(1, 2, 0) == loss(1, 2, 5)  # independent of the global RNG
+    assert loss(0, 1, 0) == loss(0, 1, 0) != loss(0, 1, 1)  # one process: the global RNG
+
+
 def test_fsdp_needs_torchrun_and_refuses_what_it_cannot_shard(tmp_path):
     with pytest.raises(ValueError, match="--run.fsdp=true shards the model over torchrun's processes"):
         sup(tmp_path / "r", "--run.fsdp=true")

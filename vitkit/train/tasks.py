@@ -248,7 +248,21 @@ class PretrainTask(Task):
         self.name = cfg.method.name
 
     def step(self, net: nn.Module, batch: list[Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        out = net(self.norm(batch[0]))  # the labels are never used
+        x = self.norm(batch[0])  # the labels are never used
+        d = self.runner.d
+        if d.world == 1:
+            out = net(x)
+        else:
+            # Every process starts from one seed and one checkpointed RNG state, so the method's masks and views
+            # would be drawn alike for every process's slice. Each process draws from a stream of its own,
+            # seeded by (run seed, step, rank): different over the processes, the same when a run resumes.
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                seed = ((self.cfg.run.seed * 1_000_003 + step) * 1_009 + d.rank) % 2**63
+                torch.random.default_generator.manual_seed(seed)
+                if devices:
+                    torch.cuda.manual_seed(seed)
+                out = net(x)
         return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
