@@ -358,6 +358,35 @@ def test_pretraining_processes_draw_their_own_masks_and_resume_draws_them_again(
     assert loss(0, 1, 0) == loss(0, 1, 0) != loss(0, 1, 1)  # one process: the global RNG
 
 
+def test_classifier_processes_draw_their_own_stochastic_depth():
+    """The same for a classifier's dropout and stochastic depth (drop_path_rate): under torchrun two processes
+    drop different blocks for the same images, independently of the global RNG; one process draws from it."""
+    import types
+
+    from vitkit.data.augment import AugmentConfig, BatchAugment
+    from vitkit.methods.distill import build_distillation
+    from vitkit.train.runner import Dist
+    from vitkit.train.tasks import ClassificationTask
+
+    cfg = apply_overrides(TrainConfig(), TINY)
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_micro_patch2_8", num_classes=3, depth=2, embed_dim=32, drop_path_rate=0.5)
+    torch.nn.init.normal_(model.head.weight)  # a zero head would make every loss log(3)
+    model.train()
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 3
+    distill = build_distillation(cfg.distill, model, None, None, False, 0.0, "cpu")
+
+    def loss(rank, world, global_seed):
+        run = types.SimpleNamespace(d=Dist(rank, world))
+        task = ClassificationTask(model, None, torch.nn.Identity(), BatchAugment(AugmentConfig(), 3), distill, cfg, run)
+        torch.manual_seed(global_seed)
+        return task.step(model, [x, y], 3)[0].item()
+
+    assert loss(0, 2, 0) != loss(1, 2, 0)
+    assert loss(0, 2, 0) == loss(0, 2, 9) and loss(1, 2, 0) == loss(1, 2, 4)
+    assert loss(0, 1, 0) == loss(0, 1, 0) != loss(0, 1, 1)
+
+
 def test_fsdp_needs_torchrun_and_refuses_what_it_cannot_shard(tmp_path):
     with pytest.raises(ValueError, match="--run.fsdp=true shards the model over torchrun's processes"):
         sup(tmp_path / "r", "--run.fsdp=true")

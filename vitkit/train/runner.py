@@ -10,7 +10,8 @@ Determinism: the data order of epoch e is a permutation drawn from (seed, e) ove
 a step takes the next `batch_size` indices of it and each process takes its own contiguous slice, so N
 processes with batch B/N see exactly the batches one process with B sees (the batch augmentation draws for the
 gathered global batch: `ClassificationTask.augment_batch`), and DDP's gradient averaging reproduces the
-single-process gradient. The last partial batch is dropped for that reason. A checkpoint
+single-process gradient. What the forward draws (dropout, stochastic depth, a method's masks) comes from a
+stream per process and step (`tasks.process_stream`), so the processes draw differently from one another. The last partial batch is dropped for that reason. A checkpoint
 at the end of every epoch (and, with `--run.checkpoint_every=N`, every N batches inside it) stores the
 task's weights, the EMA, the optimizer, the fp16 loss scaler, the RNG state, the history and the position
 in the epoch, so `--resume` continues a killed run to the same final weights as an uninterrupted one. The

@@ -25,6 +25,7 @@ logs over the epoch into `metrics.jsonl` under `log_prefix + name`, with the los
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hub import load_pretrained, save_pretrained
+
+
+@contextlib.contextmanager
+def process_stream(d: Any, seed: int, step: int, device: torch.device):
+    """Under torchrun, the random numbers drawn inside the block (dropout, stochastic depth, a method's masks and
+    views) come from a stream of this process's own, seeded by (run seed, step, rank), and torch's global RNG is
+    as it was after it. Every process holds the same RNG state (one seed, one checkpoint), so without it every
+    process would draw the same masks for its slice of the batch; with it they differ, and a resumed run draws
+    them again. One process (`d.world == 1`): the block draws from the global RNG as usual."""
+    if d.world == 1:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        stream = ((seed * 1_000_003 + step) * 1_009 + d.rank) % 2**63
+        torch.random.default_generator.manual_seed(stream)
+        if devices:
+            torch.cuda.manual_seed(stream)
+        yield
 
 
 class Task:
@@ -133,7 +153,9 @@ class ClassificationTask(Task):
         if self.augment.active:
             x, target = self.augment_batch(x, y)  # target: (B,) labels, or (B, K) soft targets when mixing
         teacher = self.teacher_logits(x, step)
-        loss, logits = self.loss(net(self.train_norm(x)), target, teacher)
+        with process_stream(self.runner.d, self.cfg.run.seed, step, x.device):  # dropout, stochastic depth
+            out = net(self.train_norm(x))
+        loss, logits = self.loss(out, target, teacher)
         acc = (logits.detach().argmax(-1) == y).float().mean() * 100.0
         return loss, {"acc": acc}
 
@@ -249,20 +271,8 @@ class PretrainTask(Task):
 
     def step(self, net: nn.Module, batch: list[Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
         x = self.norm(batch[0])  # the labels are never used
-        d = self.runner.d
-        if d.world == 1:
+        with process_stream(self.runner.d, self.cfg.run.seed, step, x.device):  # the method's masks and views
             out = net(x)
-        else:
-            # Every process starts from one seed and one checkpointed RNG state, so the method's masks and views
-            # would be drawn alike for every process's slice. Each process draws from a stream of its own,
-            # seeded by (run seed, step, rank): different over the processes, the same when a run resumes.
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                seed = ((self.cfg.run.seed * 1_000_003 + step) * 1_009 + d.rank) % 2**63
-                torch.random.default_generator.manual_seed(seed)
-                if devices:
-                    torch.cuda.manual_seed(seed)
-                out = net(x)
         return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
