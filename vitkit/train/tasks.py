@@ -340,5 +340,6 @@ __all__ = [
     "MultiExitTask",
     "PretrainTask",
     "Task",
+    "process_stream",
     "task_for",
 ]
