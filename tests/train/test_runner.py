@@ -216,6 +216,19 @@ def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, monkeypatch)
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
+def test_a_short_last_step_of_an_epoch_takes_the_mean_of_its_gradients(tmp_path, caplog):
+    """With --optim.accum_steps=2 and one batch per epoch, every optimizer step has one micro-batch: its gradient
+    is that batch's (as timm divides by the micro-batches the step has), so the run equals the one without
+    accumulation instead of stepping with half the gradient."""
+    common = ["--sched.epochs=2", "--data.train_fraction=0.1", "--run.batch_size=100", "--optim.name=sgd"]
+    sup(tmp_path / "one", *common)
+    with caplog.at_level("WARNING", logger="vitkit"):
+        sup(tmp_path / "accum", *common, "--optim.accum_steps=2")
+    assert "the last 1 batch(es) of each epoch make an optimizer step of their own" in caplog.text
+    a, b = (weights(tmp_path / d / "model" / "model.safetensors") for d in ("one", "accum"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_resumed_run_reports_the_throughput_of_what_it_trained(tmp_path, monkeypatch):
     """steps.csv's images_per_second divides the images trained since the epoch (re)started by the time since
     then: a run resumed inside an epoch does not count the images trained before the kill. A clock that moves

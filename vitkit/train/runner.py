@@ -357,7 +357,7 @@ class Runner:
         if steps_per_epoch % accum and d.main:
             logger.warning(
                 "%d batches per epoch is not a multiple of --optim.accum_steps=%d: the last %d batch(es) of "
-                "each epoch make an optimizer step of their own",
+                "each epoch make an optimizer step of their own (the mean of their gradients, as timm's)",
                 steps_per_epoch,
                 accum,
                 steps_per_epoch % accum,
@@ -471,7 +471,8 @@ class Runner:
                     with fsdp.no_sync(wrapped, not last_micro):  # accumulate locally; reduce on the last micro-batch
                         with self.autocast():
                             loss, logs = task.step(net, batch, step)
-                        scaled = loss / accum
+                        # the mean over the step's micro-batches: fewer than accum in an epoch's last, short step
+                        scaled = loss / min(accum, steps_per_epoch - i // accum * accum)
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     if not torch.isfinite(loss):
                         bar.close()
