@@ -98,6 +98,8 @@ FULL = dict(
     video_train=4000,
     video_test=2000,
     video_epochs=4,
+    video_small_train=1000,
+    video_small_epochs=8,
     transfer_data="digits",
     transfer_fraction=0.2,
     transfer_epochs=20,
@@ -130,6 +132,8 @@ SMOKE = dict(
     video_train=64,
     video_test=64,
     video_epochs=1,
+    video_small_train=64,
+    video_small_epochs=1,
     transfer_data="digits",
     transfer_fraction=0.2,
     transfer_epochs=1,
@@ -593,46 +597,53 @@ def ssl_arm(method: str) -> Arm:
     )
 
 
-def video_arm(model: str) -> Arm:
+def video_arm(model: str, size: str = "") -> Arm:
     """A harder moving-digits task: 8 directions (the diagonals too) at 1 or 2 px per frame; trained with
-    benchmarks/video_moving_digits.py's loop (AdamW lr 1e-3, cosine, batch 32)."""
+    benchmarks/video_moving_digits.py's loop (AdamW lr 1e-3, cosine, batch 32). `size` '' trains on
+    {video_train} clips x {video_epochs} epochs, 'small' on {video_small_train} clips x {video_small_epochs}
+    epochs; both are tested on the same {video_test} clips."""
+    train, epochs = (f"video_{size}_train", f"video_{size}_epochs") if size else ("video_train", "video_epochs")
 
     def run(ctx: Ctx, seed: int) -> dict:
         from video_moving_digits import train_one
 
-        data = video_data(ctx)
+        data = video_data(ctx, ctx.p[train])
         args = argparse.Namespace(
-            seed=seed, init=None, lr=1e-3, epochs=ctx.p["video_epochs"], batch_size=32, progress=False, repeats=1
+            seed=seed, init=None, lr=1e-3, epochs=ctx.p[epochs], batch_size=32, progress=False, repeats=1
         )
         torch.set_num_threads(ctx.threads)
         r = train_one(model, data, args)
         return {"acc": r["acc"], "acc_shuffled": r["acc_shuffled"], "params": r["params"], "gmacs": r["gmacs"]}
 
-    return Arm(f"video_{model}", run, "{video_train} clips x {video_epochs} epochs")
+    return Arm(f"video_{size + '_' if size else ''}{model}", run, f"{{{train}}} clips x {{{epochs}}} epochs")
 
 
-def video_data(ctx: Ctx):
-    if "video" in ctx.cache:
-        return ctx.cache["video"]
+def video_data(ctx: Ctx, num_train: int):
+    """Moving-digits clips: `num_train` training clips (generator seed 0; a smaller set is not a prefix of a
+    larger one) and {video_test} test clips (seed 1: the same for every training set size)."""
+    key = ("video", num_train)
+    if key in ctx.cache:
+        return ctx.cache[key]
     from vitkit.data import DatasetSplits, Split, load_dataset
     from vitkit.data.moving_digits import DIRECTIONS, make_moving_digits
     from vitkit.data.splits import channel_stats
 
     digits = load_dataset(ctx.p["data"], val_fraction=0.0)
-    g = torch.Generator().manual_seed(0)
 
     def u8(x):
         return x if x.dtype == torch.uint8 else (x * 255).round().to(torch.uint8)
 
-    kw = dict(directions=8, speeds=(1, 2), generator=g)
-    x, y, _ = make_moving_digits(u8(digits.train.images), digits.train.labels, ctx.p["video_train"], **kw)
-    xt, yt, _ = make_moving_digits(u8(digits.test.images), digits.test.labels, ctx.p["video_test"], **kw)
+    def clips(split, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        return make_moving_digits(u8(split.images), split.labels, n, directions=8, speeds=(1, 2), generator=g)[:2]
+
+    (x, y), (xt, yt) = clips(digits.train, num_train, 0), clips(digits.test, ctx.p["video_test"], 1)
     classes = [n for n, _ in DIRECTIONS]
     mean, std = channel_stats(x)
-    ctx.cache["video"] = DatasetSplits(
+    ctx.cache[key] = DatasetSplits(
         "moving_digits_8", Split(x, y, classes), None, Split(xt, yt, classes), classes, mean, std, 1, (28, 28)
     )
-    return ctx.cache["video"]
+    return ctx.cache[key]
 
 
 def build_claims() -> list[Claim]:
@@ -665,8 +676,15 @@ def build_claims() -> list[Claim]:
     mae, dino, msn, rnd, pix = (ssl_arm(m) for m in ("mae", "dino", "msn", "random", "pixels"))
     divided, joint = video_arm("timesformer_micro_patch4_28"), video_arm("timesformer_micro_joint_patch4_28")
     vivit, mvit = video_arm("vivit_micro_4x2_28"), video_arm("mvit_micro_28")
-    vivit_fe, vivit_fsa, vivit_fdp = (video_arm(f"vivit_micro_{v}_4x2_28") for v in ("fe", "fsa", "fdp"))
+    # ViViT's and MViT's claims train on the small video set: at {video_train} clips x {video_epochs} epochs
+    # Models 1, 3, 4 and MViT all sit at 99.5-100% (docs/study.md), too close to the ceiling to differ.
+    vivit_s, mvit_s = video_arm("vivit_micro_4x2_28", "small"), video_arm("mvit_micro_28", "small")
+    vivit_fe, vivit_fsa, vivit_fdp = (video_arm(f"vivit_micro_{v}_4x2_28", "small") for v in ("fe", "fsa", "fdp"))
     video_budget = "moving digits, 8 directions, 1-2 px/frame: {video_train} clips x {video_epochs} epochs"
+    small_video = (
+        "moving digits, 8 directions, 1-2 px/frame: {video_small_train} clips x {video_small_epochs} epochs; "
+        "{video_test} test clips"
+    )
     acc = "test accuracy (%)"
     sizes = (
         "{small} and {large} of the train set, {small_epochs} and {large_epochs} epochs (equal images seen per size)"
@@ -910,11 +928,11 @@ def build_claims() -> list[Claim]:
                 "Arnab et al. 2021 (ViViT), table 1 (Kinetics-400)",
                 f"The unfactorised ViViT (Model 1, joint space-time attention) beats Model {n} ({what}).",
                 "test accuracy (%), 8 directions",
-                {"Model 1 (joint)": (vivit, "acc"), f"Model {n} ({what})": (arm, "acc")},
+                {"Model 1 (joint)": (vivit_s, "acc"), f"Model {n} ({what})": (arm, "acc")},
                 {"Model 1 (joint)": 1},
                 {f"Model {n} ({what})": 1},
                 needs="video",
-                budget=video_budget,
+                budget=small_video,
                 note="the paper's Epic Kitchens column ranks Model 2 first (Model 1 overfits the smaller set)"
                 if n == 2
                 else "",
@@ -931,11 +949,11 @@ def build_claims() -> list[Claim]:
             "Fan et al. 2021 (MViT), sec. 4.1 and table 2 (trained from scratch)",
             "Multiscale pooling attention (MViT) beats a plain video ViT of higher cost, both trained from scratch.",
             "test accuracy (%), 8 directions",
-            {"MViT": (mvit, "acc"), "ViViT Model 1 (plain ViT)": (vivit, "acc")},
+            {"MViT": (mvit_s, "acc"), "ViViT Model 1 (plain ViT)": (vivit_s, "acc")},
             {"MViT": 1},
             {"ViViT Model 1 (plain ViT)": 1},
             needs="video",
-            budget=video_budget,
+            budget=small_video,
             note="GMACs per clip: MViT 0.022, ViViT Model 1 (joint attention over 2x4x4 tubelets) 0.046 (each run "
             "records its own); MViT has 2.4x the parameters",
         ),
