@@ -6,9 +6,11 @@ hardware does; oneDNN's inner product on a weight reordered ("packed") once into
 there. Elsewhere (e.g. where MKL already runs near peak) it gives nothing, so it is never assumed:
 
 - "auto" (the default) measures both kernels once per process for each shape class -- (GEMM role,
-  dtype, in features, out features, rows rounded up to a power of two) -- on a probe of a few milliseconds,
-  and takes oneDNN only where it wins every paired round clearly (`PROBE_MARGIN`, `PROBE_ROUNDS`);
-  otherwise the plain path stays. GEMMs under `AUTO_MIN_MACS` multiply-adds stay plain unprobed.
+  dtype, in features, out features, rows rounded up to a power of two) -- on the shape of the class's first
+  call (rows cut only above `PROBE_FLOPS`: which kernel wins changes with the row count, most for the weight
+  gradient, whose reduction runs over the rows), and takes oneDNN only where it wins every paired round
+  clearly (`PROBE_MARGIN`, `PROBE_ROUNDS`); otherwise the plain path stays. The probe costs a few calls of
+  each GEMM once per process. GEMMs under `AUTO_MIN_MACS` multiply-adds stay plain unprobed.
 - "onednn" always takes oneDNN (for CPU tensors of fp32/bf16); "off" never does.
 
 The mode comes from `cpu_gemm(mode)` (a context manager, thread/task local), else the environment
@@ -60,9 +62,10 @@ ENV_VAR = "VITKIT_CPU_GEMM"
 # that noise alone could give, keeps the default BLAS.
 PROBE_MARGIN = 0.9
 PROBE_ROUNDS = 5
-# The probe multiplies at most this many FLOPs per call (rows are cut to fit, never below PROBE_MIN_ROWS):
-# about 1-3 ms per call at 100-400 GFLOP/s, a few calls per kernel.
-PROBE_FLOPS = 4e8
+# The probe runs the call's own rows up to this many FLOPs per call (ViT-S's GEMMs at batch 32 fit; larger
+# ones are cut to fit, never below PROBE_MIN_ROWS): at most ~80 ms per call at 100 GFLOP/s, 2 to 12 calls
+# per GEMM, once per process.
+PROBE_FLOPS = 8e9
 PROBE_MIN_ROWS = 32
 # "auto" leaves GEMMs of fewer multiply-adds than this to F.linear without a probe: there the kernels' run
 # times are a few microseconds, of the order of the choice's own cost (the layers of micro ViTs, heads).
@@ -249,7 +252,7 @@ def use_onednn(
     key = (role, dtype, in_features, out_features, bucket)
     choice = _DECISIONS.get(key)
     if choice is None:
-        probe_rows = bucket
+        probe_rows = max(rows, 1)
         while probe_rows > PROBE_MIN_ROWS and 2.0 * probe_rows * in_features * out_features > PROBE_FLOPS:
             probe_rows //= 2
         choice = _probe(role, dtype, probe_rows, in_features, out_features)
