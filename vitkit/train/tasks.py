@@ -131,8 +131,9 @@ class ClassificationTask(Task):
             return self.augment(x, y)
         import torch.distributed as dist
 
+        x = x.contiguous()  # NCCL gathers contiguous tensors only (a channels-last batch is not)
         xs, ys = [torch.empty_like(x) for _ in range(d.world)], [torch.empty_like(y) for _ in range(d.world)]
-        dist.all_gather(xs, x.contiguous())
+        dist.all_gather(xs, x)
         dist.all_gather(ys, y.contiguous())
         whole, target = self.augment(torch.cat(xs), torch.cat(ys))
         lo, n = d.rank * len(x), len(x)
