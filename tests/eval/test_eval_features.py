@@ -44,3 +44,15 @@ def test_features_feed_the_evaluators():
     feats = extract_features(model, split, normalize="model")
     res = knn_classifier(feats, split.labels, feats, split.labels, ks=(1,))
     assert res[1]["top1"] == 100.0  # every sample is its own nearest neighbour
+
+
+def test_uint8_images_are_scaled_to_unit_range():
+    """8-bit pixels (MNIST's and CIFAR's in-memory splits) give the features of the same images as floats in
+    [0, 1], so `normalize` statistics of [0, 1] images apply to them."""
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_micro_patch2_8").eval()
+    pixels = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8)
+    as_bytes = extract_features(model, pixels, normalize="model")
+    as_floats = extract_features(model, pixels.float() / 255, normalize="model")
+    torch.testing.assert_close(as_bytes, as_floats, rtol=0, atol=0)
+    assert not torch.allclose(as_floats, extract_features(model, pixels.float(), normalize="model"), atol=1e-3)

@@ -47,7 +47,8 @@ def extract_features(
     """Pooled features (N, D), float32 on the CPU, in the order of the input.
 
     `images_or_loader`: a tensor (N, C, H, W), a Split-like object with `.images`, or an iterable of
-    batches. `normalize`: per-channel (mean, std) applied as (x - mean) / std, 'model' for the
+    batches; floating-point images are taken as they are, uint8 images (MNIST's and CIFAR's in-memory
+    splits) are scaled to [0, 1] first, as torchvision's `ToTensor` does. `normalize`: per-channel (mean, std) applied as (x - mean) / std, 'model' for the
     model's `pretrained_cfg` mean and std, or None when the images are already normalised.
     `device`: where the batches go; None is the model's device (the model itself is not moved).
     Runs in eval mode under `torch.inference_mode`, then restores the model's training flags.
@@ -71,7 +72,10 @@ def extract_features(
     try:
         out = []
         for x in _batches(images_or_loader, batch_size):
-            x = x.to(device, torch.float32, non_blocking=True)
+            if x.dtype == torch.uint8:  # 8-bit pixels: [0, 255] -> [0, 1], what `normalize` statistics assume
+                x = x.to(device, non_blocking=True).float().div_(255)
+            else:
+                x = x.to(device, torch.float32, non_blocking=True)
             if normalize is not None:
                 if x.shape[1] != mean.shape[1] and mean.shape[1] != 1:
                     raise ValueError(f"normalize has {mean.shape[1]} channels, the images {x.shape[1]}")
