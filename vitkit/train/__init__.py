@@ -8,7 +8,7 @@ DDP, precision and logging.
 from .config import TrainConfig, apply_overrides, load_recipe
 from .engine import evaluate, train
 from .runner import Runner, TrainingDiverged
-from .tasks import ClassificationTask, DistillationTask, MultiExitTask, PretrainTask, Task, task_for
+from .tasks import ClassificationTask, DistillationTask, MultiExitTask, PretrainTask, Task, process_stream, task_for
 
 __all__ = [
     "ClassificationTask",
@@ -22,6 +22,7 @@ __all__ = [
     "apply_overrides",
     "evaluate",
     "load_recipe",
+    "process_stream",
     "task_for",
     "train",
 ]
