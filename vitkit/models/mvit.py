@@ -346,6 +346,7 @@ class MViT(Backbone):
     # ----------------------------------------------------------------- weight import
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
         """Rename a torchvision `mvit_v1_b` state dict to vitkit's keys (logged), then fit the head."""
+        from ..convert.official import convert_torchvision_mvit
         from ..convert.timm import fit_heads
 
         state = dict(state)
@@ -354,42 +355,6 @@ class MViT(Backbone):
             logger.info("%s: torchvision MViT keys renamed to vitkit's", source)
         fit_heads(self, state, self.state_dict(), source)
         return state
-
-
-_TV_RENAMES = (
-    ("conv_proj.", "patch_embed.proj."),
-    ("pos_encoding.class_token", "cls_token"),
-    ("pos_encoding.spatial_pos", "pos_embed_spatial"),
-    ("pos_encoding.temporal_pos", "pos_embed_temporal"),
-    ("pos_encoding.class_pos", "pos_embed_class"),
-    ("head.1.", "head."),
-)
-_TV_BLOCK_RENAMES = (
-    (".attn.project.0.", ".attn.proj."),
-    (".norm_act.0.", ".norm."),
-    (".mlp.0.", ".mlp.fc1."),
-    (".mlp.3.", ".mlp.fc2."),
-    (".project.", ".proj."),
-)
-
-
-def convert_torchvision_mvit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision `MViT` keys -> vitkit keys; the embedding vectors gain the (1, n, C) layout."""
-    out = {}
-    for key, value in state.items():
-        for old, new in _TV_RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        if key.startswith("blocks."):
-            for old, new in _TV_BLOCK_RENAMES:
-                key = key.replace(old, new)
-        if key in ("cls_token", "pos_embed_class"):
-            value = value.reshape(1, 1, -1)
-        elif key in ("pos_embed_spatial", "pos_embed_temporal"):
-            value = value.unsqueeze(0)
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -738,15 +738,9 @@ class SwinTransformer(Backbone):
             logger.info(
                 "%s: official Swin layout: moving patch merging to the start of the next stage, head -> head.fc", source
             )
-            moved = {}
-            for k, v in state.items():
-                if k.startswith("layers.") and ".downsample." in k:
-                    i, rest = k[len("layers.") :].split(".", 1)
-                    k = f"layers.{int(i) + 1}.{rest}"
-                elif k.startswith("head.") and not k.startswith("head.fc."):
-                    k = "head.fc." + k[len("head.") :]
-                moved[k] = v
-            state = moved
+            from ..convert.official import convert_official_swin
+
+            state = convert_official_swin(state)
 
         expected = self.state_dict()
         for k, v in list(state.items()):
