@@ -450,6 +450,24 @@ def test_an_existing_directory_is_not_overwritten_unless_asked(tmp_path, capsys)
     assert (tmp_path / "a-file").read_text() == "mine"
 
 
+def test_a_run_stopped_by_its_data_leaves_the_directory_for_the_corrected_command(tmp_path, capsys):
+    """A run that stops before its first step (a missing image folder, a batch larger than the training set)
+    takes back the config.yaml it wrote: the corrected command runs in the same --out without --overwrite."""
+    out = tmp_path / "r"
+    missing = ["train", "--out", str(out), *TINY, "--data.name=folder", f"--data.data_dir={tmp_path / 'nope'}"]
+    assert main(missing) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        run(out, "--run.batch_size=100000")
+    assert [p.name for p in out.iterdir() if p.name != ".lock"] == []
+    run(out, "--sched.epochs=1")  # no --overwrite needed
+    assert (out / "metrics.json").is_file()
+    # --overwrite deletes the finished run's outputs first, as asked; the failed run then leaves nothing either
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        run(out, "--run.batch_size=100000", "--run.overwrite=true")
+    assert [p.name for p in out.iterdir() if p.name != ".lock"] == []
+
+
 def test_a_kill_during_overwrite_is_finished_by_the_next_overwrite(tmp_path, monkeypatch):
     """--overwrite killed before each os call of its deletion: the directory is left to a new run only with
     --overwrite again (the refusal says so), which finishes the deletion; the user's own file stays."""

@@ -69,6 +69,8 @@ RUN_OUTPUTS = (
     "config.yaml",
     "metrics.json",
     "metrics.jsonl",
+    "steps.csv",  # vitkit/train/logging.py's per-step rows and W&B run id
+    "wandb_id.txt",
     "curves.png",
     "reconstruction.png",
     "model",

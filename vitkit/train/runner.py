@@ -45,6 +45,7 @@ from ..hub import atomic_write
 from ..precision import resolve_precision
 from .checkpoint import (
     CHECKPOINT_DIR,
+    clear_outputs,
     module_scalars,
     nonfinite_tensors,
     open_run,
@@ -235,6 +236,8 @@ class Runner:
         self.optim, self.sched, self.run = cfg.optim, cfg.sched, cfg.run
         self.run_dir = Path(cfg.run.out) if cfg.run.out else default_dir
         self._lock = None
+        self._new_run = False  # this run wrote config.yaml into run_dir (not a resumed one)
+        self._started = False  # fit() reached its first step
 
     # ---------------------------------------------------------------- set-up
     def __enter__(self) -> Runner:  # noqa: PYI034
@@ -257,6 +260,7 @@ class Runner:
             raise ValueError("with torchrun, name the run directory: --run.out=DIR (every process must agree on it)")
         # the lock, an interrupted checkpoint swap finished, the settings of a resumed run checked, config.yaml
         self._lock, _ = open_run(self.run_dir, self.command, self.cfg, state_name=STATE_NAME, main=self.d.main)
+        self._new_run = not run.resume
         if self.d.world > 1:
             dist.barrier()  # the other processes read the run directory only once the main one has prepared it
         torch.manual_seed(run.seed)
@@ -264,6 +268,10 @@ class Runner:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
+        if kind is not None and self._new_run and not self._started and self.main and self._lock is not None:
+            # stopped before its first step (the data, a setting the data decides): the run wrote only its
+            # config.yaml, which goes, so the corrected command can take the same --out without --overwrite
+            clear_outputs(self.run_dir)
         if self._lock is not None:
             self._lock.release()
         if kind is None and self.d.owns_group:
@@ -437,6 +445,7 @@ class Runner:
             return {k: totals[j].cpu() for j, k in enumerate(keys)}, int(totals[-1].item())
 
         train_seconds = sum(h["seconds"] for h in history)
+        self._started = True
         try:
             for epoch in range(start_epoch, sched.epochs):
                 net.train()
