@@ -261,6 +261,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds for GEMMs and inference (default 7)")
     p.add_argument("--train-rounds", type=int, default=None, help="interleaved training-step rounds (default 4)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample (default 0.3)")
+    p.add_argument("--rows", type=int, default=None, help="rows of the ViT-S GEMMs (default 6304: batch 32)")
     p.add_argument("--skip", nargs="*", default=[], choices=["hardware", "gemm", "models"])
     add_allocator_argument(p)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one round (numbers meaningless)")
@@ -272,7 +273,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.min_time = args.min_time if args.min_time is not None else (0.0 if args.smoke else 0.3)
     args.warmup = 1 if args.smoke else 2
     args.square = 64 if args.smoke else 2048
-    args.rows = 2 * 17 if args.smoke else 32 * 197
+    args.rows = args.rows or (2 * 17 if args.smoke else 32 * 197)
     args.linears = [("fc1", 32, 128), ("fc2", 128, 32)] if args.smoke else VIT_S_LINEARS
     return args
 

@@ -7,8 +7,8 @@ there. Elsewhere (e.g. where MKL already runs near peak) it gives nothing, so it
 
 - "auto" (the default) measures both kernels once per process for each shape class -- (GEMM role,
   dtype, in features, out features, rows rounded up to a power of two) -- on the shape of the class's first
-  call (rows cut only above `PROBE_FLOPS`: which kernel wins changes with the row count, most for the weight
-  gradient, whose reduction runs over the rows), and takes oneDNN only where it wins every paired round
+  call (rows cut only above `PROBE_FLOPS`: a probe on fewer rows measures another GEMM, most of all for the
+  weight gradient, whose reduction runs over the rows), and takes oneDNN only where it wins every paired round
   clearly (`PROBE_MARGIN`, `PROBE_ROUNDS`); otherwise the plain path stays. The probe costs a few calls of
   each GEMM once per process. GEMMs under `AUTO_MIN_MACS` multiply-adds stay plain unprobed.
 - "onednn" always takes oneDNN (for CPU tensors of fp32/bf16); "off" never does.
