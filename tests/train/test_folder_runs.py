@@ -135,3 +135,18 @@ def test_torchrun_folder_run_equals_one_process(tmp_path, folder):
     assert len(ddp) == len(one) == 8
     for key in ("loss", "acc"):
         torch.testing.assert_close([float(r[key]) for r in ddp], [float(r[key]) for r in one], atol=1e-5, rtol=1e-5)
+
+
+def test_a_folder_model_evaluates_the_same_with_decoding_workers(tmp_path, folder):
+    """`vitkit eval --workers 2` (DataLoader processes decode the test files) gives the numbers of 0 workers."""
+    from vitkit.eval import evaluate_dir
+
+    train(apply_overrides(TrainConfig(), args(tmp_path / "run", folder, "--sched.epochs=1")))
+    plain = evaluate_dir(tmp_path / "run", data_dir=str(folder), check=False)
+    workers = evaluate_dir(tmp_path / "run", data_dir=str(folder), check=False, num_workers=2)
+    assert plain["images"] == workers["images"] == 6
+    assert (plain["acc"], plain["loss"], plain["per_class_acc"]) == (
+        workers["acc"],
+        workers["loss"],
+        workers["per_class_acc"],
+    )

@@ -21,6 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         engine=args.engine,
         threads=args.threads,
         check=not args.no_check,
+        num_workers=args.workers,
     )
     engine = f" with onnxruntime ({r['engine']['onnx']})" if "engine" in r else ""
     print(
@@ -71,6 +72,13 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=ranged(int, 0),
+        default=0,
+        help="DataLoader processes that decode image files (timm's -j); in-memory datasets need none",
+    )
     p.add_argument("--bf16", action="store_true", help=BF16_HELP)
     add_engine_flags(p)
     add_reuse_cpu_memory_flag(p)

@@ -25,12 +25,14 @@ def evaluate_dir(
     engine: str = "torch",
     threads: int | None = None,
     check: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a saved model (`bf16`: under bf16 autocast, as `vitkit eval --bf16`).
 
     `engine='onnxruntime'` runs the model's ONNX export (`path` may be an `.onnx` file written by `vitkit
     export`) with onnxruntime, compared with PyTorch on the first batch unless `check` is False
-    (vitkit/predict.py `load_model`); `threads`: intra-op threads of either engine."""
+    (vitkit/predict.py `load_model`); `threads`: intra-op threads of either engine; `num_workers`: DataLoader
+    processes that decode image files (the results do not depend on it)."""
     from ..data.datasets import load_dataset
     from ..data.transforms import apply_data_config, model_data_config
     from ..precision import resolve_bf16
@@ -56,7 +58,9 @@ def evaluate_dir(
     from .metrics import confusion_matrix, per_class_accuracy_from_cm, plot_confusion_matrix
 
     norm = Normalise(config["mean"], config["std"])
-    result = evaluate(model, data, norm, "cpu", bf16=resolve_bf16(bf16, "cpu"), return_logits=True)
+    result = evaluate(
+        model, data, norm, "cpu", bf16=resolve_bf16(bf16, "cpu"), return_logits=True, num_workers=num_workers
+    )
     logits, labels = result.pop("logits"), result.pop("labels")
     cm = confusion_matrix(logits, labels, len(splits.classes))
     per_class = per_class_accuracy_from_cm(cm)

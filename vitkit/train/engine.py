@@ -58,9 +58,11 @@ def evaluate(
     bf16: bool = False,
     return_logits: bool = False,
     dtype: str | None = None,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split (+ logits and labels on request), under
-    bf16 autocast with `bf16`, or the autocast of `dtype` ('bf16', 'fp16', 'fp32') when given."""
+    bf16 autocast with `bf16`, or the autocast of `dtype` ('bf16', 'fp16', 'fp32') when given; files are
+    decoded by `num_workers` DataLoader processes."""
     was_training = model.training
     model.eval()
     autocast_dtype = AUTOCAST_DTYPES.get(dtype or ("bf16" if bf16 else "fp32"))
@@ -68,7 +70,7 @@ def evaluate(
     n = correct1 = correct5 = 0
     loss_sum = 0.0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for x, y in eval_batches(data):
+    for x, y in eval_batches(data, num_workers=num_workers):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = model(norm(x))

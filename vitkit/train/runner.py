@@ -165,12 +165,14 @@ def epoch_batches(batches, epoch: int, start: int = 0):
     return stream
 
 
-def eval_batches(data, batch_size: int = 512):
+def eval_batches(data, batch_size: int = 512, num_workers: int = 0):
+    """A split in order, in batches: in-memory tensors directly, files through a DataLoader whose
+    `num_workers` processes decode them (`--data.num_workers` during training, `vitkit eval --workers`)."""
     if hasattr(data, "batch"):
         for i in range(0, len(data), batch_size):
             yield data.batch(torch.arange(i, min(i + batch_size, len(data))))
     else:
-        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=0)
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
 
 
 class Normalise(nn.Module):

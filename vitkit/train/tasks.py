@@ -170,7 +170,14 @@ class ClassificationTask(Task):
         from .engine import evaluate
 
         r = self.runner
-        return evaluate(model, data, self.norm if norm is None else norm, r.device, dtype=r.precision)
+        return evaluate(
+            model,
+            data,
+            self.norm if norm is None else norm,
+            r.device,
+            dtype=r.precision,
+            num_workers=self.cfg.data.num_workers,
+        )
 
     def finish(self, model: nn.Module, runner: Any, history: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
         from .engine import plot_history
