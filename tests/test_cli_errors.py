@@ -520,3 +520,22 @@ def test_from_pretrained_checks_a_vitkit_config_before_building(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelConfigError, match="num_heads = 0 must be at least 1"):
         from_pretrained(tmp_path / "m")
+
+
+def test_an_interrupted_run_names_the_command_that_continues_it(monkeypatch, capsys):
+    import vitkit.cli.pretrain
+    import vitkit.cli.train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vitkit.cli.train, "cmd_train", interrupted)
+    monkeypatch.setattr(vitkit.cli.pretrain, "cmd_pretrain", interrupted)
+    assert main(["train", "--out", "runs/x"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "vitkit train: interrupted; continue it from its last checkpoint with `vitkit train --out runs/x --resume`"
+    )
+    assert main(["pretrain", "mae", "--run.out=runs/m"]) == 130
+    assert "with `vitkit pretrain mae --out runs/m --resume`" in capsys.readouterr().err
+    assert main(["train"]) == 130
+    assert "`vitkit train --out RUN_DIR --resume`" in capsys.readouterr().err

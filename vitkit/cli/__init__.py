@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(args: argparse.Namespace) -> str:
+    """For an interrupted training run: the command that continues it from its last checkpoint."""
+    if args.command not in ("train", "pretrain"):
+        return ""
+    out = getattr(args, "out", None) or next(
+        (o.split("=", 1)[1] for o in getattr(args, "overrides", None) or [] if o.startswith("--run.out=")), None
+    )
+    method = f" {args.method}" if args.command == "pretrain" else ""
+    return (
+        f"; continue it from its last checkpoint with `vitkit {args.command}{method} --out {out or 'RUN_DIR'} --resume`"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`vitkit ...`: 0 on success; a user's mistake (a setting, a file, the environment) gives one message on stderr
     and exit code 2 (`--debug`: its traceback too); anything else is a bug and shows its traceback."""
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"vitkit {args.command}: interrupted", file=sys.stderr)
+        print(f"vitkit {args.command}: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 -- sorted below: a user's mistake gets a message, a bug its traceback
         message = user_error_message(e)
