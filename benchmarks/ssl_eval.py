@@ -75,14 +75,15 @@ def frozen_evals(backbone, splits, args) -> dict:
     from vitkit.eval import extract_features, few_shot_lsr, knn_classifier, linear_probe
 
     kw = {"normalize": (splits.mean, splits.std)}
-    n_train = args.probe_train
-    train_x = splits.train.images[:n_train] if n_train else splits.train.images
-    train_y = splits.train.labels[:n_train] if n_train else splits.train.labels
+    # Split.batch gives float32 in [0, 1] whatever the storage (MNIST's splits hold uint8 0..255), the range
+    # the data's mean/std and the pre-training saw
+    train_x, train_y = splits.train.batch(slice(0, args.probe_train or len(splits.train)))
+    test_x, test_y = splits.test.batch(slice(None))
     ftr = extract_features(backbone, train_x, **kw)
-    fte = extract_features(backbone, splits.test.images, **kw)
-    knn = knn_classifier(ftr, train_y, fte, splits.test.labels, ks=(20,))
-    probe = linear_probe(ftr, train_y, fte, splits.test.labels, max_iter=args.probe_iter)
-    shots = few_shot_lsr(ftr, train_y, fte, splits.test.labels, shots=(1, 5, 10))
+    fte = extract_features(backbone, test_x, **kw)
+    knn = knn_classifier(ftr, train_y, fte, test_y, ks=(20,))
+    probe = linear_probe(ftr, train_y, fte, test_y, max_iter=args.probe_iter)
+    shots = few_shot_lsr(ftr, train_y, fte, test_y, shots=(1, 5, 10))
     return {"knn20": round(knn[20]["top1"], 2), "linear_probe": round(probe.top1, 2),
             **{f"few_shot_{n}": round(v["mean"], 2) for n, v in shots.items()}}
 

@@ -249,3 +249,32 @@ def test_flop_counter_counts_a_depthwise_convolution_backward_like_its_forward()
         with common.flop_counter() as fc:
             conv(x.detach()).sum().backward()  # no input gradient: forward + weight gradient
         assert fc.get_total_flops() == 2 * forward
+
+
+def test_ssl_eval_frozen_evals_take_uint8_splits_as_pixels_in_0_1():
+    """ssl_eval's frozen evaluations on a split stored as uint8 (as MNIST's and Fashion-MNIST's are) equal those on
+    the same pixels stored as float in [0, 1]: the images reach the backbone in the range the data's mean/std
+    describe, not as 0..255."""
+    import argparse
+    import dataclasses
+
+    import vitkit
+    from vitkit.data import load_dataset
+    from vitkit.data.embedded import Split
+
+    ssl_eval = script("ssl_eval")
+    digits = load_dataset("digits", val_fraction=0.0)
+
+    def stored(split, as_uint8):
+        u8 = split.images.mul(255).round().to(torch.uint8)
+        return Split(u8 if as_uint8 else u8.float() / 255, split.labels, split.classes)
+
+    as_float = dataclasses.replace(digits, train=stored(digits.train, False), test=stored(digits.test, False))
+    as_uint8 = dataclasses.replace(digits, train=stored(digits.train, True), test=stored(digits.test, True))
+    assert as_uint8.train.images.dtype == torch.uint8
+    torch.manual_seed(0)
+    backbone = vitkit.create_model("vit_micro_patch2_8", num_classes=0)
+    args = argparse.Namespace(probe_train=500, probe_iter=30)
+    from_float = ssl_eval.frozen_evals(backbone, as_float, args)
+    assert ssl_eval.frozen_evals(backbone, as_uint8, args) == from_float
+    assert set(from_float) == {"knn20", "linear_probe", "few_shot_1", "few_shot_5", "few_shot_10"}
