@@ -32,11 +32,11 @@ edits, the for-loop and foreach optimizers) bump; its data pointer, which a `.da
 changes (the cache holds the packed weight's storage, so a new storage never takes its address); and a
 count of optimizer steps (a global `torch.optim` step hook), because the fused optimizer kernels
 (`AdamW(fused=True)`, what vitkit's training uses) update parameters in place without bumping `_version`.
-A changed weight is repacked lazily at its next use. Writes that bypass all three -- in-place edits through
-`.data` (`w.data.mul_(2)`) or C++ collectives outside an optimizer step -- need `clear_probe_decisions()`
-(or mode "off") before the next call. Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling
-see a plain `nn.Linear`. Under CPU autocast (bf16) the layer computes in the autocast dtype, as `F.linear`
-does there, and returns fp32 gradients for fp32 parameters. `tests/layers/test_cpu_gemm.py` checks outputs
+A changed weight is repacked lazily at its next use. Writes that bypass all three, such as in-place edits
+through `.data` (`w.data.mul_(2)`), need `clear_probe_decisions()` (or mode "off") before the next call.
+Nothing is stored on the module: state dicts, checkpoints, `deepcopy` and pickling see a plain `nn.Linear`.
+Under CPU autocast (bf16) the layer computes in the autocast dtype, as `F.linear` does there, and returns
+fp32 gradients for fp32 parameters. `tests/layers/test_cpu_gemm.py` checks outputs
 and gradients against `F.linear`.
 """
 
@@ -78,7 +78,8 @@ _lock = threading.RLock()  # re-entrant: a weakref callback (`_forget`) may run 
 # "dgrad" is grad_out @ W, "wgrad" is grad_out^T @ x.
 ROLES = ("fwd", "dgrad", "wgrad")
 _DECISIONS: dict[tuple, bool] = {}
-# id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (version, data_ptr, packed)})
+# id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (stamp, packed, weight's storage)}),
+# stamp = (version, data_ptr, optimizer steps)
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any torch.optim optimizer, fused ones included)
 _STEP_HOOK: list = []
@@ -186,7 +187,7 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype, transposed: bool, ro
         if entry is None or entry[0]() is not weight:
             entry = (weakref.ref(weight, lambda _r, k=key: _forget(k)), {})
             _PACKED[key] = entry
-        # a stale packing of another shape class is dropped with the change of version
+        # a stale packing of another shape class is dropped with the change of stamp
         for k in [k for k, v in entry[1].items() if v[0] != stamp]:
             del entry[1][k]
         # the storage is held so that its address, part of the stamp, is not reused while the packing lives
