@@ -304,6 +304,7 @@ FAMILY_MODELS = [
     "swin_micro_patch2_window7_28",
     "timesformer_micro_patch4_28",
     "vivit_micro_4x2_28",
+    "resnet_micro_28",
 ]
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import DropPath, drop_path_rates, is_fx_tracing
+from ..layers import DropPath, Linear, drop_path_rates, is_fx_tracing
 from ..registry import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, register_model
 from ._base import Backbone, register_family
 
@@ -206,7 +206,7 @@ class ConvNet(Backbone):
             self.feature_info.append(dict(num_chs=width, reduction=self.reduction, module=f"stages.{i}"))
         self.num_features = c_in
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ----------------------------------------------------------------- initialisation
