@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine facts, synchronised interleaved timing, peak memory.
+"""Helpers shared by the benchmark scripts: machine facts, the hardware's GEMM rate, synchronised interleaved timing, peak memory.
 
 Timing: every library/variant runs back to back within a round and the order alternates between
 rounds, so slow drift on a shared machine hits all of them alike; the median over rounds is kept.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,32 +66,183 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
-def matmul_sampler(device: str, seconds: float = 0.5) -> tuple[Callable[[], object], float]:
-    """(fn, FLOPs per call): fn runs back-to-back fp32 2048^2 matmuls (8192^2 on CUDA, TF32 off) for about
-    `seconds`. Timed among the steps of `interleaved`, it gives the matmul rate under the same conditions
-    as the steps it sits between: a like-for-like denominator for "% of peak" on a shared machine."""
-    n = 8192 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+# --------------------------------------------------------------------------- the hardware's GEMM rate
+MKL = "torch.matmul (MKL)"
+TORCH_MATMUL = "torch.matmul"
+ONEDNN = "oneDNN packed"
+MLAS = "onnxruntime MatMul (MLAS)"
 
-    def mm() -> None:
+
+def gemm_size(device: str) -> int:
+    """The square GEMM the rates are measured on: 2048 on a CPU, 8192 on CUDA."""
+    return 8192 if device == "cuda" else 2048
+
+
+def torch_matmul_name(device: str, dtype: torch.dtype) -> str:
+    """torch.matmul's kernel as reported: fp32 on an x86 CPU runs MKL (torch's default BLAS there)."""
+    if device == "cpu" and dtype == torch.float32 and torch.backends.mkl.is_available():
+        return MKL
+    return TORCH_MATMUL
+
+
+def onnxruntime_matmul(n: int, a=None, b=None) -> Callable[[], object] | str:
+    """onnxruntime's MatMul (MLAS) on two fp32 n x n inputs (NumPy arrays `a` and `b`, random when not given),
+    at torch's intra-op thread count; or, when onnxruntime or onnx is missing, a note saying so. The function
+    returns [a @ b]."""
+    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{MLAS} skipped: {' and '.join(missing)} not installed (pip install onnx onnxruntime)"
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "mm",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) if v is None else v for k, v in (("a", a), ("b", b))}
+    return lambda: sess.run(None, feeds)
+
+
+def gemm_kernels(
+    device: str, dtype: torch.dtype = torch.float32, size: int | None = None
+) -> tuple[dict[str, Callable[[], object]], list[str]]:
+    """({kernel name: one size x size GEMM}, notes on kernels left out), `size` by default `gemm_size(device)`;
+    every kernel multiplies the same two matrices and returns the product (onnxruntime: a list holding it).
+
+    CPU: torch.matmul (MKL for fp32 on x86), oneDNN's inner product on a weight packed once into its blocked
+    layout (the kernel of vitkit's CPU GEMM path, `vitkit.layers.linear` forced to "onednn") and, for fp32,
+    onnxruntime's MatMul (MLAS). CUDA: torch.matmul, TF32 off."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the GEMM rate is measured for torch.float32 or torch.bfloat16, not {dtype}")
+    n = size or gemm_size(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    notes: list[str] = []
+
+    def mm() -> torch.Tensor:
         prev = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            for _ in range(reps):
-                torch.mm(a, b)
+            return torch.matmul(a, b)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev
 
-    reps = 1
-    mm()
-    reps = max(1, round(seconds / max(timed(mm, 1, device), 1e-6)))
-    return mm, 2.0 * n**3 * reps
+    kernels: dict[str, Callable[[], object]] = {torch_matmul_name(device, dtype): mm}
+    if device != "cpu":
+        return kernels, notes
+    from vitkit.layers import cpu_gemm
+    from vitkit.layers.linear import linear
+
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        weight = b.t().contiguous()  # (out, in): linear(a, weight) = a @ b
+
+        def onednn() -> torch.Tensor:
+            with torch.no_grad(), cpu_gemm("onednn"):
+                return linear(a, weight)
+
+        kernels[ONEDNN] = onednn
+    else:
+        notes.append(f"{ONEDNN} skipped: this torch has no oneDNN linear kernel")
+    if dtype == torch.float32:
+        ort = onnxruntime_matmul(n, a.numpy(), b.numpy())
+        if isinstance(ort, str):
+            notes.append(ort)
+        else:
+            kernels[MLAS] = ort
+    return kernels, notes
 
 
-def matmul_peak_gflops(device: str, repeats: int) -> float:
-    """Best-of-`repeats` fp32 matmul throughput (one matmul per sample, after `matmul_sampler`'s two warm-up calls)."""
-    mm, flop = matmul_sampler(device, seconds=0.0)
-    return flop / min(timed(mm, 1, device) for _ in range(repeats)) / 1e9
+def _repeat(fn: Callable[[], object], reps: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(reps):
+            fn()
+
+    return run
+
+
+def gemm_sampler(
+    device: str, kernel: str, dtype: torch.dtype = torch.float32, seconds: float = 0.5, size: int | None = None
+) -> tuple[Callable[[], object], float]:
+    """(fn, FLOPs per call): fn runs back-to-back size x size GEMMs (`gemm_size(device)` by default) of `kernel` (a name from
+    `gemm_kernels`, e.g. `GemmRate.kernel`) for about `seconds`. Timed among the steps of `interleaved`, it
+    gives that kernel's rate under the same conditions as the steps it sits between: a like-for-like
+    denominator for "% of the GEMM rate" on a shared machine."""
+    kernels, _ = gemm_kernels(device, dtype, size)
+    if kernel not in kernels:
+        raise ValueError(f"no GEMM kernel {kernel!r} here; available: {', '.join(kernels)}")
+    fn = kernels[kernel]
+    fn()
+    reps = max(1, round(seconds / max(timed(fn, 1, device), 1e-6)))
+    return _repeat(fn, reps), 2.0 * (size or gemm_size(device)) ** 3 * reps
+
+
+@dataclass
+class GemmRate:
+    """The hardware's GEMM rate as measured: the best kernel's GFLOP/s, its name, every kernel's rate, and
+    notes on kernels that were left out."""
+
+    gflops: float
+    kernel: str
+    dtype: str
+    rates: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def torch_matmul(self) -> tuple[str, float]:
+        """(name, GFLOP/s) of torch.matmul: MKL's rate for fp32 on an x86 CPU."""
+        name = next(k for k in self.rates if k in (MKL, TORCH_MATMUL))
+        return name, self.rates[name]
+
+    def describe(self) -> str:
+        """One line for a report: the rate, the kernel that set it, torch.matmul's rate beside it, the notes."""
+        size = f" ({self.size}x{self.size})" if self.size else ""
+        mm_name, mm_rate = self.torch_matmul
+        text = f"the hardware's {self.dtype} GEMM rate{size}: {self.gflops:.0f} GFLOP/s, set by {self.kernel}"
+        if self.kernel != mm_name:
+            text += f" ({mm_name}: {mm_rate:.0f} GFLOP/s, {100 * mm_rate / self.gflops:.0f}% of it)"
+        others = [f"{k} {v:.0f}" for k, v in self.rates.items() if k not in (self.kernel, mm_name)]
+        if others:
+            text += f"; also timed: {', '.join(others)} GFLOP/s"
+        return text + "".join(f"; {note}" for note in self.notes)
+
+
+def hardware_gemm_rate(
+    device: str, repeats: int, dtype: torch.dtype = torch.float32, size: int | None = None
+) -> GemmRate:
+    """The hardware's `dtype` GEMM rate on `device`: the best of `gemm_kernels` (torch.matmul, oneDNN's packed
+    inner product, onnxruntime's MLAS for fp32 on a CPU; torch.matmul on CUDA), each kernel's rate the best of
+    `repeats` rounds in which every kernel runs one GEMM, the order alternating, after two warm-up calls. The
+    GEMM is square, `gemm_size(device)` by default (smaller sizes run below the hardware's rate).
+
+    torch's default BLAS is not always the hardware's rate: on a Zen 4 EPYC MKL runs fp32 GEMMs at about half
+    of MLAS's rate, so a share of MKL's rate is not a share of what the CPU can do."""
+    kernels, notes = gemm_kernels(device, dtype, size)
+    for fn in kernels.values():
+        fn(), fn()
+    samples: dict[str, list[float]] = {k: [] for k in kernels}
+    names = list(kernels)
+    for r in range(max(1, repeats)):
+        for k in names if r % 2 == 0 else names[::-1]:
+            samples[k].append(timed(kernels[k], 1, device))
+    n = size or gemm_size(device)
+    flop = 2.0 * n**3
+    rates = {k: flop / min(s) / 1e9 for k, s in samples.items()}
+    best = max(rates, key=rates.__getitem__)
+    dname = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    return GemmRate(rates[best], best, dname, rates, notes, size=n)
 
 
 # --------------------------------------------------------------------------- memory

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import statistics
 import sys
@@ -32,7 +31,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import add_allocator_argument, apply_allocator, machine_line, markdown_report, publish
+from _common import (
+    add_allocator_argument,
+    apply_allocator,
+    machine_line,
+    markdown_report,
+    onnxruntime_matmul,
+    publish,
+)
 
 import vitkit
 from vitkit.compat import make_torchvision_importable
@@ -82,31 +88,8 @@ def med(samples: list[float]) -> float:
 # --------------------------------------------------------------------------- 1. the hardware's rate
 def ort_matmul(n: int) -> Callable[[], object] | None:
     """onnxruntime's MatMul (MLAS) on two fp32 n x n inputs, or None when onnxruntime / onnx are missing."""
-    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
-        return None
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "mm",
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
-        ],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
-    onnx.checker.check_model(model)
-    return lambda: sess.run(None, feeds)
+    fn = onnxruntime_matmul(n)
+    return None if isinstance(fn, str) else fn
 
 
 def hardware_rate(args) -> list[dict]:

@@ -26,7 +26,7 @@ def test_suite_smoke(tmp_path):
     out = tmp_path / "suite.md"
     rows = suite.main(["--smoke", "--threads", "1", "--markdown", str(out)])
     text = out.read_text()
-    assert "SMOKE RUN" in text and "threads" in text and "fp32 matmul peak" in text
+    assert "SMOKE RUN" in text and "threads" in text and "the hardware's fp32 GEMM rate" in text and "set by" in text
     families = {r.family for r in rows}
     assert families == {"vit", "deit", "swin", "cvt", "mixer"}
     by_key = {(r.family, r.metric): r.values for r in rows}
@@ -38,7 +38,10 @@ def test_suite_smoke(tmp_path):
     for values in by_key.values():
         assert all(v >= 0 for v in values.values())
     assert text.count("\n| ") == 1 + 5 * 6  # header + 6 metrics per family
-    assert all("matmuls between the training rounds" in r.note for r in rows if r.metric == "train % of fp32 peak")
+    shares = [r for r in rows if r.metric == "train % of the hardware's fp32 GEMM rate"]
+    assert len(shares) == 5 and all("GEMMs between the training rounds" in r.note for r in shares)
+    best = [r for r in rows if r.metric == "train % of the hardware's best fp32 GEMM rate"]
+    assert len(best) == 5 and all("best of the rounds at the start" in r.note for r in best)
 
 
 def test_suite_profile_rows(tmp_path):
@@ -65,11 +68,40 @@ def test_bench_vs_timm_smoke(tmp_path, capsys):
     for r in rows:
         assert r.timm_ips > 0 and r.vitkit_ips > 0 and len(r.paired) == 1 and r.gflop_per_img > 0
     text = out.read_text()
-    assert "SMOKE RUN" in text and "fp32 matmul 2048x2048 peak" in text
+    assert "SMOKE RUN" in text and "the hardware's fp32 GEMM rate (2048x2048)" in text and "set by" in text
     assert "| " + " | ".join(bench.HEADERS) + " |" in text
     assert text.count("\n| ") == 1 + len(rows)  # header + one line per row
     printed = capsys.readouterr().out
     assert "paired ratio [min-max]" in printed and all(m in printed for m in bench.SMOKE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hardware_gemm_rate_is_the_best_kernel_of_one_gemm(dtype):
+    """Every kernel timed computes the same product (so each rate is of the same GEMM), and the rate reported is
+    the best of them, named: MKL, oneDNN packed, and MLAS for fp32 where onnxruntime is installed."""
+    common = script("_common")
+    kernels, notes = common.gemm_kernels("cpu", dtype)
+    ref = kernels[common.torch_matmul_name("cpu", dtype)]().float()
+    names = {common.torch_matmul_name("cpu", dtype), common.ONEDNN}
+    has_ort = importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")
+    if dtype == torch.float32 and has_ort:
+        names.add(common.MLAS)
+    if dtype == torch.float32:
+        assert common.torch_matmul_name("cpu", dtype) == common.MKL
+    assert set(kernels) == names and (notes == [] if has_ort or dtype != torch.float32 else len(notes) == 1)
+    tol = 0.5 if dtype == torch.bfloat16 else 2e-2  # sums of 2048 products of N(0, 1) values: |c| ~ 45
+    for name, fn in kernels.items():
+        out = fn()
+        out = torch.from_numpy(out[0]) if isinstance(out, list) else out.float()
+        torch.testing.assert_close(out, ref, atol=tol, rtol=2e-2, msg=name)
+    rate = common.hardware_gemm_rate("cpu", 1, dtype)
+    assert set(rate.rates) == names and rate.gflops == max(rate.rates.values()) > 0
+    assert rate.rates[rate.kernel] == rate.gflops and rate.kernel in rate.describe()
+    assert rate.torch_matmul[0] == common.torch_matmul_name("cpu", dtype)
+    with pytest.raises(ValueError, match="float32 or torch.bfloat16"):
+        common.gemm_kernels("cpu", torch.float16)
+    with pytest.raises(ValueError, match="available"):
+        common.gemm_sampler("cpu", "no such kernel", dtype)
 
 
 def test_bench_vs_timm_smoke_needs_a_tiny_config():
