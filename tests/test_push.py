@@ -113,7 +113,7 @@ def test_training_command_round_trips_awkward_values():
         [
             "--optim.betas=[0.9, 0.95]",
             "--data.data_dir=/data/my images",
-            "--run.bf16=auto",
+            "--run.precision=auto",
             "--optim.clip_grad=1.0",
             "--model.name=deit_tiny_patch16_224",
             "--optim.lr=1e-3",
