@@ -175,8 +175,8 @@ def _repeat(fn: Callable[[], object], reps: int) -> Callable[[], None]:
 def gemm_sampler(
     device: str, kernel: str, dtype: torch.dtype = torch.float32, seconds: float = 0.5, size: int | None = None
 ) -> tuple[Callable[[], object], float]:
-    """(fn, FLOPs per call): fn runs back-to-back size x size GEMMs (`gemm_size(device)` by default) of `kernel` (a name from
-    `gemm_kernels`, e.g. `GemmRate.kernel`) for about `seconds`. Timed among the steps of `interleaved`, it
+    """(fn, FLOPs per call): fn runs back-to-back size x size GEMMs (`gemm_size(device)` by default) of
+    `kernel` (a name from `gemm_kernels`, e.g. `GemmRate.kernel`) for about `seconds`. Timed among the steps of `interleaved`, it
     gives that kernel's rate under the same conditions as the steps it sits between: a like-for-like
     denominator for "% of the GEMM rate" on a shared machine."""
     kernels, _ = gemm_kernels(device, dtype, size)
@@ -231,7 +231,8 @@ def hardware_gemm_rate(
     of MLAS's rate, so a share of MKL's rate is not a share of what the CPU can do."""
     kernels, notes = gemm_kernels(device, dtype, size)
     for fn in kernels.values():
-        fn(), fn()
+        for _ in range(2):
+            fn()
     samples: dict[str, list[float]] = {k: [] for k in kernels}
     names = list(kernels)
     for r in range(max(1, repeats)):
