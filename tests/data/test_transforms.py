@@ -445,7 +445,7 @@ def test_worker_pipeline_crops_flips_and_normalises_in_the_workers(tmp_path):
         flips.append(rng.random() < 0.5)
         return x.flip(-1) if flips[-1] else x
 
-    def expected(i, epoch):  # the old path: flip, then Normalise, on the batch
+    def expected(i, epoch):  # the reference: the crop and flip above, then the training step's Normalise
         return norm(unit(i, epoch)[None])[0]
 
     want = torch.stack([expected(i, 1) for i in range(len(data))])
