@@ -22,6 +22,7 @@ pytest.importorskip("timm")
 
 TAG = "vit_small_patch16_224.augreg_in21k"
 TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32)
+TINY_FLAGS = [f"--model.overrides.{k}={v}" for k, v in TINY.items() if k != "img_size"]  # the same model on the CLI
 RUN = [
     "--sched.epochs=1",
     "--optim.lr=1e-12",
@@ -83,9 +84,7 @@ def test_finetune_a_tag_from_the_hub(hub_cache, tmp_path, folder, capsys):
                 str(run),
                 f"--model.name={TAG}",
                 "--model.pretrained=true",
-                "--model.overrides.embed_dim=32",
-                "--model.overrides.depth=1",
-                "--model.overrides.num_heads=2",
+                *TINY_FLAGS,
                 f"--data.data_dir={folder}",
                 *RUN,
             ]
@@ -142,9 +141,7 @@ def test_pretrain_from_a_tag(hub_cache, tmp_path, folder, capsys):
                 str(run),
                 f"--model.name={TAG}",
                 "--model.pretrained=true",
-                "--model.overrides.embed_dim=32",
-                "--model.overrides.depth=1",
-                "--model.overrides.num_heads=2",
+                *TINY_FLAGS,
                 f"--data.data_dir={folder}",
                 *RUN,
             ]
