@@ -39,7 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import PeakMemory, interleaved, machine_line, write_atomic  # noqa: E402
-from suite import SWIN_SMOKE, SWIN_T, VIT_SMOKE, Family, build, check_same, infer_fn, train_outputs  # noqa: E402
+from suite import (  # noqa: E402
+    AUTOCAST_DTYPES,
+    SWIN_SMOKE,
+    SWIN_T,
+    VIT_SMOKE,
+    Family,
+    autocast,
+    bench_infer,
+    build,
+    check_same,
+    train_outputs,
+)
 
 import vitkit  # noqa: E402
 
@@ -70,7 +81,6 @@ MODELS = {
     ),
 }
 LIBS = ("vitkit", "timm", "transformers")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @contextlib.contextmanager
@@ -83,25 +93,6 @@ def full_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = before
-
-
-def autocast(args):
-    dtype = DTYPES[args.precision]
-    return torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def bench_infer(models, img: int, batch: int, args) -> dict[str, float]:
-    x = torch.randn(batch, 3, img, img, device=args.device)
-    fns = {}
-    for lib, model in models.items():
-        f = infer_fn(lib, model)
-
-        def run(f=f):
-            with torch.inference_mode(), autocast(args):
-                f(x)
-
-        fns[lib] = run
-    return {lib: batch / s for lib, s in interleaved(fns, args, args.warmup, args.rounds).items()}
 
 
 def bench_train(models, img: int, batch: int, args) -> tuple[dict[str, float], dict[str, float]]:
@@ -151,7 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: only with --smoke")
-    p.add_argument("--precision", default="bf16", choices=list(DTYPES), help="autocast dtype (fp32: none)")
+    p.add_argument("--precision", default="bf16", choices=list(AUTOCAST_DTYPES), help="autocast dtype (fp32: none)")
     p.add_argument("--infer-batch", type=int, default=None, help="inference batch (default 256)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per setting (default 5)")

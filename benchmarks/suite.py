@@ -221,8 +221,14 @@ def flops_per_image(model: nn.Module, img: int, device: str, train: bool) -> flo
     return fc.get_total_flops() / 2
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
 def autocast(args):
-    return torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
+    """The autocast of `args.precision` (bf16 | fp16 | fp32, gpu_check.py), else bf16 when `args.bf16`."""
+    precision = getattr(args, "precision", None) or ("bf16" if args.bf16 else "fp32")
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def bench_infer(models, img, batch, args, ort_session=None) -> dict[str, float]:
