@@ -37,13 +37,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# Environment variables that change which GEMM kernels run; a table records those that are set.
+# MKL_ENABLE_INSTRUCTIONS=AVX2 caps MKL at its AVX2 code path while oneDNN keeps AVX-512: on an AVX-512 Intel
+# CPU this gives a default BLAS below the hardware's rate, as MKL runs on some AMD CPUs
+# (docs/performance.md#a-default-blas-below-the-hardwares-rate).
+KERNEL_ENV = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "VITKIT_CPU_GEMM")
+
+
 def machine_line(device: str) -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     line = f"CPU: {cpu_model()} ({cores} usable cores)"
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
         line += f"; GPU: {p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    return line
+    kernels = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if k in os.environ]
+    return line + (f"; {', '.join(kernels)}" if kernels else "")
 
 
 def sync(device: str) -> None:
