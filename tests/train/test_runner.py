@@ -488,3 +488,52 @@ def test_a_task_of_ones_own_gets_the_runner(tmp_path, monkeypatch):
     run(tmp_path / "b", "--run.resume=true")
     a, b = (torch.load(tmp_path / d / "checkpoint" / "probe.pt") for d in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+NAN_ON_RANK_1 = """
+import os
+import sys
+
+import vitkit.train.tasks as tasks
+from vitkit.train import TrainConfig, TrainingDiverged, apply_overrides, train
+
+step_of = tasks.ClassificationTask.step
+
+
+def step(self, net, batch, step):  # the loss of process 1 only turns NaN at its fourth step
+    loss, logs = step_of(self, net, batch, step)
+    return (loss * float("nan") if os.environ["RANK"] == "1" and step == 3 else loss), logs
+
+
+tasks.ClassificationTask.step = step
+try:
+    train(apply_overrides(TrainConfig(), sys.argv[1:]))
+except TrainingDiverged as e:
+    print(f"process {os.environ['RANK']} stopped: {e}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_nan_in_one_process_stops_every_process_with_its_cause(tmp_path):
+    """Under torchrun a NaN loss in process 1 alone stops both processes at that step, each naming process 1,
+    instead of process 1 leaving the others waiting in their next collective."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    res = subprocess.run(
+        [*cmd, f"--run.out={tmp_path / 'run'}", *TINY, "--sched.epochs=1", "--run.batch_size=64"],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0
+    for rank in (0, 1):
+        assert f"process {rank} stopped: the loss became nan in process 1 at epoch 1, step 4" in res.stdout, (
+            res.stdout[-2000:] + res.stderr[-2000:]
+        )

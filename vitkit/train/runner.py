@@ -423,20 +423,36 @@ class Runner:
         def checkpoint(where: str, epoch: int, step: int = 0, partial: dict | None = None) -> None:
             """Never checkpoint NaN or infinite weights: stop naming the last good checkpoint instead."""
             model, opt_state = snapshot()
-            if not d.main:
-                return
-            named = [
-                *((f"model.{k}", v) for k, v in model.state_dict().items()),
-                *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
-                ("optimizer", opt_state["state"]),
-            ]
-            bad = nonfinite_tensors(named)
+            bad = []
+            if d.main:
+                named = [
+                    *((f"model.{k}", v) for k, v in model.state_dict().items()),
+                    *((f"ema.{k}", v) for k, v in (ema.state_dict() if ema is not None else {}).items()),
+                    ("optimizer", opt_state["state"]),
+                ]
+                bad = nonfinite_tensors(named)
+            if d.world > 1:  # every process stops together, with the same message
+                shared = [bad]
+                dist.broadcast_object_list(shared, src=0)
+                bad = shared[0]
             if bad:
                 names = f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
                 raise diverged(
                     f"the {what}weights became NaN or infinite {where} ({names}); they are not checkpointed: "
                 )
-            self._save(task, model, opt_state, scaler, ema, epoch, history, step=step, partial=partial)
+            if d.main:
+                self._save(task, model, opt_state, scaler, ema, epoch, history, step=step, partial=partial)
+
+        def nonfinite_loss(loss: Tensor) -> tuple[float, int] | None:
+            """(value, process) of the first process whose loss is NaN or infinite, else None. Under torchrun
+            a collective, so that every process stops at the same step and names the same cause."""
+            if d.world == 1:
+                return None if torch.isfinite(loss) else (loss.item(), 0)
+            losses = torch.zeros(d.world, device=device)
+            losses[d.rank] = loss.detach().float()
+            dist.all_reduce(losses)  # a sum with zeros elsewhere: each process's own value, NaN and inf kept
+            bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+            return (losses[bad[0]].item(), bad[0]) if bad else None
 
         def gathered(sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:
             """This epoch's running sums over all processes."""
@@ -485,9 +501,12 @@ class Runner:
                         # the mean over the step's micro-batches: fewer than accum in an epoch's last, short step
                         scaled = loss / min(accum, steps_per_epoch - i // accum * accum)
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    if not torch.isfinite(loss):
+                    nonfinite = nonfinite_loss(loss)
+                    if nonfinite is not None:
                         bar.close()
-                        raise diverged(f"the {what}loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; ")
+                        value, process = nonfinite
+                        where = f" in process {process}" if d.world > 1 else ""
+                        raise diverged(f"the {what}loss became {value}{where} at epoch {epoch + 1}, step {i + 1}; ")
                     if last_micro:
                         grad_norm = fsdp.grad_norm(
                             optimizer_step(optimizer, lrs[update], module.parameters(), optim.clip_grad, kept, scaler)
