@@ -533,8 +533,9 @@ def float_splits(splits):
 
 
 # DINO and MSN pre-train with the settings of their MNIST recipes (heads, views and crops sized for 28 px
-# digits; the ImageNet defaults, a 65,536-way DINO head, collapse to the uniform output and run 6x slower), under
-# the study's epochs, batch and lr. MAE has no MNIST recipe: its defaults with the normalised-pixel loss.
+# digits; the ImageNet defaults, a 65,536-way DINO head, collapse to the uniform output and run about 7x
+# slower), under the study's epochs, batch and lr. MAE has no MNIST recipe: its defaults with the
+# normalised-pixel loss.
 SSL_RECIPES = {
     m: str(Path(__file__).resolve().parent.parent / "recipes" / f"pretrain_{m}_mnist.yaml") for m in ("dino", "msn")
 }
