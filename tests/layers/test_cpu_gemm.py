@@ -128,7 +128,7 @@ def _kernel_calls(fn) -> dict[str, int]:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    keys = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm")
+    keys = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::mkldnn_linear_backward_weights")
     return {e.key: e.count for e in prof.key_averages() if e.key in keys}
 
 
@@ -138,6 +138,8 @@ def test_weight_gradient_on_onednn(dtype, input_grad):
     """Mode "onednn" runs all three GEMMs of a training step on oneDNN -- forward, input gradient (when the input
     needs one) and weight gradient -- and the gradients equal F.linear's within rounding (fp32, or fp32
     gradients of fp32 parameters under bf16 autocast)."""
+    if dtype is torch.bfloat16 and not cpu_linear._BF16:
+        pytest.skip("oneDNN has no bf16 inner product on this CPU")
     gen = torch.Generator().manual_seed(3)
     layer = Linear(48, 80)
     x = torch.randn(2, 37, 48, generator=gen).requires_grad_(input_grad)
@@ -166,7 +168,7 @@ def test_weight_gradient_on_onednn(dtype, input_grad):
 def test_onednn_weight_gradient_kernel_on_strided_operands():
     """The weight-gradient kernel takes the transposed views of non-contiguous and broadcast operands."""
     gen = torch.Generator().manual_seed(4)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if cpu_linear._BF16 else (torch.float32,):
         x = torch.randn(40, 24, generator=gen).to(dtype)[::2]  # every other row
         g = torch.randn(20, 1, generator=gen).to(dtype).expand(20, 33)  # stride 0, as sum().backward() gives
         want = g.t().mm(x)
@@ -432,3 +434,55 @@ def test_flop_counter_sees_aten_linear_whatever_the_mode():
             layer(x)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] == 2 * 4096 * 256 * 512
+
+
+def test_backward_weights_primitive_on_strided_operands():
+    """oneDNN's backward-weights primitive, the other fp32 weight-gradient kernel "auto" may take, gives
+    grad_out^T @ x on non-contiguous and broadcast operands."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 24, generator=gen)[::2]
+    g = torch.randn(20, 1, generator=gen).expand(20, 33)
+    w = torch.randn(33, 24, generator=gen)
+    got = cpu_linear.WGRAD_KERNELS["backward_weights"](g, x, w)
+    assert got.dtype == torch.float32 and got.layout == torch.strided and got.shape == (33, 24)
+    torch.testing.assert_close(got, g.t().mm(x), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["inner_product", "backward_weights"])
+def test_each_weight_gradient_kernel_trains_as_the_plain_path(kernel):
+    """With "auto" holding a choice of either oneDNN weight-gradient kernel for a layer's shape class, its
+    gradients are those of the plain path, and the kernel runs."""
+    torch.manual_seed(0)
+    layer = Linear(96, 80)
+    x = torch.randn(4, 64, 96, requires_grad=True)
+    with cpu_gemm("off"):
+        layer(x).square().sum().backward()
+    want = [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+    cpu_linear.clear_probe_decisions()
+    key = ("wgrad", torch.float32, 96, 80, 256)
+    try:
+        cpu_linear._DECISIONS[key] = True
+        cpu_linear._WGRAD_CHOICE[key] = kernel
+        for t in (x, layer.weight, layer.bias):
+            t.grad = None
+        with cpu_gemm("auto"):
+            assert cpu_linear.wgrad_kernel(torch.float32, 256, 96, 80) == kernel
+            calls = _kernel_calls(lambda: layer(x).square().sum().backward())
+        for t, w in zip((x, layer.weight, layer.bias), want):
+            torch.testing.assert_close(t.grad, w, atol=1e-4, rtol=1e-5)
+        op = "mkldnn_linear_backward_weights" if kernel == "backward_weights" else "mkldnn::_linear_pointwise"
+        assert any(op in name for name in calls), calls
+    finally:
+        cpu_linear.clear_probe_decisions()
+
+
+def test_bf16_takes_f_linear_where_onednn_has_no_bf16(monkeypatch):
+    """On a CPU whose oneDNN has no bf16 inner product (AVX2 only), bf16 calls take F.linear in every mode
+    instead of failing in the packing."""
+    monkeypatch.setattr(cpu_linear, "_BF16", False)
+    layer = Linear(96, 80)
+    x = torch.randn(4, 64, 96, requires_grad=True)
+    for mode in ("auto", "onednn"):
+        with cpu_gemm(mode), torch.autocast("cpu", dtype=torch.bfloat16):
+            calls = _kernel_calls(lambda: layer(x).float().sum().backward())
+        assert "mkldnn::_linear_pointwise" not in calls, (mode, calls)

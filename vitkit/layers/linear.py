@@ -23,9 +23,10 @@ the input-gradient GEMM (grad_out @ W, on W's transpose packed the same way) and
 (grad_out^T @ x, role "wgrad"). Both operands of the weight gradient change every step, so nothing is packed
 for it: its oneDNN kernel is the inner product with x^T as an unpacked weight (`_linear_pointwise` on the
 transposed views, which oneDNN reorders per call); the plain path is `grad_out^T.mm(x)`, as autograd computes
-it for `F.linear`. (oneDNN's own backward-weights primitive, `aten.mkldnn_linear_backward_weights`, needs
-both operands copied into oneDNN's tensor layout first and measures slower still; see
-`benchmarks/cpu_gemm.py`.) The bias gradient is `grad_out.sum(0)`, as for `F.linear`. Packed weights live in a
+it for `F.linear`. In fp32 "auto" also times oneDNN's own backward-weights primitive
+(`aten.mkldnn_linear_backward_weights`, both operands copied into oneDNN's tensor layout first) and takes the
+faster of the two oneDNN kernels as the candidate (which one is faster depends on the CPU and its default
+BLAS; `benchmarks/cpu_gemm.py` times both). The bias gradient is `grad_out.sum(0)`, as for `F.linear`. Packed weights live in a
 process-wide cache keyed by the weight tensor and stamped with what changes when its values do: its
 `_version` counter, which in-place updates through autograd's dispatch (`load_state_dict`, `torch.no_grad()`
 edits, the for-loop and foreach optimizers) bump; its data pointer, which a `.data =` swap or `module.to()`
@@ -78,6 +79,8 @@ _lock = threading.RLock()  # re-entrant: a weakref callback (`_forget`) may run 
 # "dgrad" is grad_out @ W, "wgrad" is grad_out^T @ x.
 ROLES = ("fwd", "dgrad", "wgrad")
 _DECISIONS: dict[tuple, bool] = {}
+# the same keys, role "wgrad" only -> the oneDNN kernel "auto" chose for it (WGRAD_KERNELS)
+_WGRAD_CHOICE: dict[tuple, str] = {}
 # id(weight) -> (weakref to weight, {(dtype, transposed, rows bucket): (stamp, packed, weight's storage)}),
 # stamp = (version, data_ptr, optimizer steps)
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
@@ -138,6 +141,8 @@ def _available() -> bool:
 
 
 _AVAILABLE = _available()
+# oneDNN's bf16 inner product needs avx_ne_convert or AVX-512 (BW, VL, DQ); elsewhere bf16 takes F.linear
+_BF16 = _AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _bucket(rows: int) -> int:
@@ -156,6 +161,23 @@ def _onednn_wgrad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out^T @ x for grad_out (rows, out), x (rows, in): oneDNN's inner product of grad_out^T with x^T
     as its (unpacked) weight, the transposes passed as views."""
     return torch.ops.mkldnn._linear_pointwise(grad_out.t(), x.contiguous().t(), None, "none", [], "")
+
+
+def _onednn_wgrad_primitive(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad_out^T @ x by oneDNN's backward-weights primitive (fp32; `weight` gives the result's shape and
+    dtype), both operands copied into oneDNN's tensor layout first."""
+    return torch.ops.aten.mkldnn_linear_backward_weights(
+        grad_out.contiguous().to_mkldnn(), x.contiguous().to_mkldnn(), weight, False
+    )[0]
+
+
+# The oneDNN kernels for the weight gradient, (grad_out, x, weight) -> grad_out^T @ x. "auto" times both and
+# takes the faster against the plain path: which one wins depends on the CPU and the default BLAS
+# (docs/performance.md#cpu-gemm-path). "onednn" mode takes the inner product.
+WGRAD_KERNELS = {
+    "inner_product": lambda g, x, w: _onednn_wgrad(g, x),
+    "backward_weights": _onednn_wgrad_primitive,
+}
 
 
 def _forget(key: int) -> None:
@@ -201,12 +223,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> bool:
-    """Whether oneDNN's kernel beats the plain path for one GEMM of `role` in `dtype` -- "fwd":
+def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_features: int) -> str | None:
+    """The oneDNN kernel that beats the plain path for one GEMM of `role` in `dtype`, or None -- "fwd":
     `F.linear((rows, in), W)`; "dgrad": `(rows, out) @ W` as autograd computes it; "wgrad":
     `(rows, out)^T @ (rows, in)` as autograd computes it -- with W (out, in):
     one warm-up call of each, then `PROBE_ROUNDS` paired rounds in alternating order on random data, oneDNN
-    taken only if it wins every round by `PROBE_MARGIN` (the probe stops at the first round it does not)."""
+    taken only if it wins every round by `PROBE_MARGIN` (the probe stops at the first round it does not). For
+    "wgrad" in fp32 the faster of WGRAD_KERNELS (the best of 3 calls each) is the candidate."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(out_features, in_features, generator=gen).to(dtype)
     with torch.no_grad():
@@ -224,7 +247,13 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
             x = torch.randn(rows, in_features, generator=gen).to(dtype)
             g = torch.randn(rows, out_features, generator=gen).to(dtype)
             plain = lambda: g.t().mm(x)  # noqa: E731
-            onednn = lambda: _onednn_wgrad(g, x)  # noqa: E731
+            names = list(WGRAD_KERNELS) if dtype == torch.float32 else ["inner_product"]  # the primitive: fp32
+            kernels = {n: (lambda f=WGRAD_KERNELS[n]: f(g, x, w)) for n in names}
+            for f in kernels.values():
+                f()  # warm-up
+            name = min(names, key=lambda n: min(_timed(kernels[n]) for _ in range(3)))
+            onednn = kernels[name]
+        kernel = name if role == "wgrad" else "onednn"
         plain(), onednn()
         for i in range(PROBE_ROUNDS):
             if i % 2 == 0:
@@ -232,8 +261,8 @@ def _probe(role: str, dtype: torch.dtype, rows: int, in_features: int, out_featu
             else:
                 t_onednn, t_plain = _timed(onednn), _timed(plain)
             if t_onednn >= PROBE_MARGIN * t_plain:
-                return False  # one round without a clear win keeps the default BLAS
-    return True
+                return None  # one round without a clear win keeps the default BLAS
+    return kernel
 
 
 def use_onednn(
@@ -256,13 +285,24 @@ def use_onednn(
         probe_rows = max(rows, 1)
         while probe_rows > PROBE_MIN_ROWS and 2.0 * probe_rows * in_features * out_features > PROBE_FLOPS:
             probe_rows //= 2
-        choice = _probe(role, dtype, probe_rows, in_features, out_features)
-        _DECISIONS[key] = choice
+        kernel = _probe(role, dtype, probe_rows, in_features, out_features)
+        if role == "wgrad" and kernel is not None:
+            _WGRAD_CHOICE[key] = kernel
+        choice = _DECISIONS[key] = kernel is not None
     return choice
 
 
+def wgrad_kernel(dtype: torch.dtype, rows: int, in_features: int, out_features: int, mode: str | None = None) -> str:
+    """The name (in WGRAD_KERNELS) of the oneDNN weight-gradient kernel for a shape class that takes oneDNN:
+    under "auto" the probe's choice, else the inner product."""
+    mode = cpu_gemm_mode() if mode is None else mode
+    key = ("wgrad", dtype, in_features, out_features, _bucket(rows))
+    return _WGRAD_CHOICE.get(key, "inner_product") if mode == "auto" else "inner_product"
+
+
 def probe_decisions() -> dict[tuple, bool]:
-    """A copy of the "auto" choices made so far in this process: (role, dtype, in, out, rows bucket) -> oneDNN?"""
+    """A copy of the "auto" choices made so far in this process: (role, dtype, in, out, rows bucket) -> oneDNN?
+    (`wgrad_kernel` names the weight-gradient kernel of those that take oneDNN)."""
     return dict(_DECISIONS)
 
 
@@ -270,6 +310,7 @@ def clear_probe_decisions() -> None:
     """Forget the "auto" choices and the packed weights (the next calls measure again)."""
     with _lock:
         _DECISIONS.clear()
+        _WGRAD_CHOICE.clear()
         _PACKED.clear()
 
 
@@ -277,7 +318,7 @@ class _PackedLinear(torch.autograd.Function):
     """y = x @ W^T + b in `dtype`, forward, input gradient and weight gradient by the kernels chosen for them."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad_onednn):
+    def forward(ctx, x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad):
         xc = x.to(dtype)
         bc = None if bias is None else bias.to(dtype)
         if fwd_packed is not None:
@@ -288,7 +329,7 @@ class _PackedLinear(torch.autograd.Function):
         ctx.save_for_backward(xc.reshape(-1, xc.shape[-1]) if weight.requires_grad else None, weight.t())
         ctx.dtype, ctx.x_dtype, ctx.has_bias = dtype, x.dtype, bias is not None
         ctx.dgrad_packed = dgrad_packed  # W^T packed (cached by `packed_weight`), or None: plain matmul
-        ctx.wgrad_onednn = wgrad_onednn
+        ctx.wgrad = wgrad  # a WGRAD_KERNELS entry, or None: plain mm
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
@@ -307,7 +348,7 @@ class _PackedLinear(torch.autograd.Function):
                 grad_x = grad_out.matmul(weight.to(ctx.dtype))
             grad_x = grad_x.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = (_onednn_wgrad(g2, x2) if ctx.wgrad_onednn else g2.t().mm(x2)).to(weight.dtype)
+            grad_w = (ctx.wgrad(g2, x2, weight) if ctx.wgrad is not None else g2.t().mm(x2)).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None
@@ -341,6 +382,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     if dtype not in _DTYPES or weight.dtype not in _DTYPES or x.dtype not in _DTYPES:
         return F.linear(x, weight, bias)
+    if dtype == torch.bfloat16 and not _BF16:  # oneDNN packs bf16 only with AVX512-BF16-class ISAs
+        return F.linear(x, weight, bias)
     if not autocast and (weight.dtype != dtype or (bias is not None and bias.dtype != dtype)):
         return F.linear(x, weight, bias)  # mixed dtypes: let F.linear raise its own error
     out_features, in_features = weight.shape
@@ -361,7 +404,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     fwd_packed = packed_weight(weight, dtype, False, bucket) if fwd else None
     dgrad_packed = packed_weight(weight, dtype, True, bucket) if dgrad else None
-    return _PackedLinear.apply(x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad)
+    wgrad_fn = WGRAD_KERNELS[wgrad_kernel(dtype, rows, in_features, out_features, mode)] if wgrad else None
+    return _PackedLinear.apply(x, weight, bias, dtype, fwd_packed, dgrad_packed, wgrad_fn)
 
 
 class Linear(nn.Linear):
