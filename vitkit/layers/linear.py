@@ -26,12 +26,12 @@ transposed views, which oneDNN reorders per call); the plain path is `grad_out^T
 it for `F.linear`. In fp32 "auto" also times oneDNN's own backward-weights primitive
 (`aten.mkldnn_linear_backward_weights`, both operands copied into oneDNN's tensor layout first) and takes the
 faster of the two oneDNN kernels as the candidate (which one is faster depends on the CPU and its default
-BLAS; `benchmarks/cpu_gemm.py` times both). The bias gradient is `grad_out.sum(0)`, as for `F.linear`. Packed weights live in a
-process-wide cache keyed by the weight tensor and stamped with what changes when its values do: its
-`_version` counter, which in-place updates through autograd's dispatch (`load_state_dict`, `torch.no_grad()`
-edits, the for-loop and foreach optimizers) bump; its data pointer, which a `.data =` swap or `module.to()`
-changes (the cache holds the packed weight's storage, so a new storage never takes its address); and a
-count of optimizer steps (a global `torch.optim` step hook), because the fused optimizer kernels
+BLAS; `benchmarks/cpu_gemm.py` times both). The bias gradient is `grad_out.sum(0)`, as for `F.linear`.
+Packed weights live in a process-wide cache keyed by the weight tensor and stamped with what changes when its
+values do: its `_version` counter, which in-place updates through autograd's dispatch (`load_state_dict`,
+`torch.no_grad()` edits, the for-loop and foreach optimizers) bump; its data pointer, which a `.data =` swap
+or `module.to()` changes (the cache holds the packed weight's storage, so a new storage never takes its
+address); and a count of optimizer steps (a global `torch.optim` step hook), because the fused optimizer kernels
 (`AdamW(fused=True)`, what vitkit's training uses) update parameters in place without bumping `_version`.
 A changed weight is repacked lazily at its next use. Writes that bypass all three, such as in-place edits
 through `.data` (`w.data.mul_(2)`), need `clear_probe_decisions()` (or mode "off") before the next call.
@@ -382,7 +382,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     if dtype not in _DTYPES or weight.dtype not in _DTYPES or x.dtype not in _DTYPES:
         return F.linear(x, weight, bias)
-    if dtype == torch.bfloat16 and not _BF16:  # oneDNN packs bf16 only with AVX512-BF16-class ISAs
+    if dtype == torch.bfloat16 and not _BF16:  # no oneDNN bf16 kernel on this CPU (AVX2 only, say)
         return F.linear(x, weight, bias)
     if not autocast and (weight.dtype != dtype or (bias is not None and bias.dtype != dtype)):
         return F.linear(x, weight, bias)  # mixed dtypes: let F.linear raise its own error
