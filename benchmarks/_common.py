@@ -153,7 +153,9 @@ def gemm_kernels(
     from vitkit.layers import cpu_gemm
     from vitkit.layers.linear import linear
 
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        notes.append(f"{ONEDNN} skipped: oneDNN has no bf16 inner product on this CPU")
+    elif torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         weight = b.t().contiguous()  # (out, in): linear(a, weight) = a @ b
 
         def onednn() -> torch.Tensor:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from _common import (
     add_allocator_argument,
     apply_allocator,
+    gemm_kernels,
     machine_line,
     markdown_report,
-    onnxruntime_matmul,
     publish,
 )
 
@@ -86,26 +86,15 @@ def med(samples: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------- 1. the hardware's rate
-def ort_matmul(n: int) -> Callable[[], object] | None:
-    """onnxruntime's MatMul (MLAS) on two fp32 n x n inputs, or None when onnxruntime / onnx are missing."""
-    fn = onnxruntime_matmul(n)
-    return None if isinstance(fn, str) else fn
-
-
 def hardware_rate(args) -> list[dict]:
+    """Every kernel of `gemm_kernels` (_common: torch.matmul, oneDNN packed, MLAS for fp32) on one square GEMM,
+    timed paired; GFLOP/s from the median of the rounds."""
     n = args.square
     rows = []
     for dname in args.dtypes:
-        dtype = DTYPES[dname]
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        packed = vlinear.packed_weight(b, dtype, False, n)  # weight (out, in) = b: computes a @ b^T
-        fns = {
-            "torch.mm (default BLAS)": lambda a=a, b=b: torch.mm(a, b),
-            "oneDNN packed": lambda a=a, p=packed: vlinear._onednn_linear(a, p, None),
-        }
-        ort_fn = ort_matmul(n) if dtype is torch.float32 else None
-        if ort_fn is not None:
-            fns["onnxruntime MatMul (MLAS)"] = ort_fn
+        fns, notes = gemm_kernels("cpu", DTYPES[dname], n)
+        for note in notes:
+            print(note)
         samples = paired(fns, args.rounds, args.min_time, args.warmup)
         flop = 2.0 * n**3
         for name, s in samples.items():
@@ -136,9 +125,8 @@ def gemm_rows(args) -> list[dict]:
             ):
                 fns = {"plain": plain, "onednn": fast}
                 if role == "wgrad":
-                    fns["primitive"] = lambda go=go, x=x, w=w32: torch.ops.aten.mkldnn_linear_backward_weights(
-                        go.to_mkldnn(), x.to_mkldnn(), w, False
-                    )[0]
+                    primitive = vlinear.WGRAD_KERNELS["backward_weights"]
+                    fns["primitive"] = lambda go=go, x=x, w=w32, f=primitive: f(go, x, w)
                 s = paired(fns, args.rounds, args.min_time, args.warmup)
                 with cpu_gemm("auto"):
                     auto = vlinear.use_onednn(role, dtype, rows_n, fin, fout)
