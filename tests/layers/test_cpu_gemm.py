@@ -450,8 +450,9 @@ def test_backward_weights_primitive_on_strided_operands():
 
 @pytest.mark.parametrize("kernel", ["inner_product", "backward_weights"])
 def test_each_weight_gradient_kernel_trains_as_the_plain_path(kernel):
-    """With "auto" holding a choice of either oneDNN weight-gradient kernel for a layer's shape class, its
-    gradients are those of the plain path, and the kernel runs."""
+    """With "auto" holding a choice of either oneDNN weight-gradient kernel for a layer's shape class (and the
+    plain path for its forward and input gradient), its gradients are those of the plain path, and exactly that
+    kernel runs once."""
     torch.manual_seed(0)
     layer = Linear(96, 80)
     x = torch.randn(4, 64, 96, requires_grad=True)
@@ -463,6 +464,8 @@ def test_each_weight_gradient_kernel_trains_as_the_plain_path(kernel):
     try:
         cpu_linear._DECISIONS[key] = True
         cpu_linear._WGRAD_CHOICE[key] = kernel
+        for role in ("fwd", "dgrad"):
+            cpu_linear._DECISIONS[(role, torch.float32, 96, 80, 256)] = False
         for t in (x, layer.weight, layer.bias):
             t.grad = None
         with cpu_gemm("auto"):
@@ -470,8 +473,11 @@ def test_each_weight_gradient_kernel_trains_as_the_plain_path(kernel):
             calls = _kernel_calls(lambda: layer(x).square().sum().backward())
         for t, w in zip((x, layer.weight, layer.bias), want):
             torch.testing.assert_close(t.grad, w, atol=1e-4, rtol=1e-5)
-        op = "mkldnn_linear_backward_weights" if kernel == "backward_weights" else "mkldnn::_linear_pointwise"
-        assert any(op in name for name in calls), calls
+        primitive, inner = (
+            calls.get("aten::mkldnn_linear_backward_weights", 0),
+            calls.get("mkldnn::_linear_pointwise", 0),
+        )
+        assert (primitive, inner) == ((1, 0) if kernel == "backward_weights" else (0, 1)), calls
     finally:
         cpu_linear.clear_probe_decisions()
 
