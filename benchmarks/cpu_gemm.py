@@ -38,6 +38,7 @@ from _common import (
     machine_line,
     markdown_report,
     publish,
+    torch_matmul_name,
 )
 
 import vitkit
@@ -92,9 +93,11 @@ def hardware_rate(args) -> list[dict]:
     n = args.square
     rows = []
     for dname in args.dtypes:
-        fns, notes = gemm_kernels("cpu", DTYPES[dname], n)
+        kernels, notes = gemm_kernels("cpu", DTYPES[dname], n)
         for note in notes:
             print(note)
+        default = torch_matmul_name("cpu", DTYPES[dname])  # reported as what it is here: torch's default BLAS
+        fns = {("torch.mm (default BLAS)" if k == default else k): fn for k, fn in kernels.items()}
         samples = paired(fns, args.rounds, args.min_time, args.warmup)
         flop = 2.0 * n**3
         for name, s in samples.items():
